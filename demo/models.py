@@ -1,0 +1,1 @@
+"""The demo app holds no models: it generates data for the others."""

@@ -1,0 +1,21 @@
+"""Navigation and home panels contributed by the device registry."""
+
+from portal.models import Role
+from portal.permissions import Right
+from portal.shell import HomePanel, NavItem, register_nav, register_panel
+
+
+def register() -> None:
+    from devices.selectors import device_state_overview
+
+    register_nav(NavItem(20, "devices:list", "Devices", Right.VIEW_DEVICES))
+    register_panel(HomePanel(5, "devices/panels/lookup.html", Right.VIEW_DEVICES))
+    register_panel(
+        HomePanel(
+            20,
+            "devices/panels/states.html",
+            Right.VIEW_DEVICES,
+            device_state_overview,
+            roles=frozenset({Role.PROVIDER_ADMIN, Role.AGENT, Role.FINANCE, Role.AUDITOR, Role.OPERATOR}),
+        )
+    )

@@ -1,0 +1,29 @@
+"""Reads of the device registry."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db.models import Count, F, Q, QuerySet
+
+from devices.models import Device, LockState, normalise_imei
+from portal.permissions import Right, scoped_list
+
+
+def devices_by_imei(qs: QuerySet[Device], raw: str) -> QuerySet[Device]:
+    """Devices whose first or second IMEI is ``raw`` (spaces and dashes ignored); none if invalid."""
+    try:
+        imei = normalise_imei(raw)
+    except ValidationError:
+        return qs.none()
+    return qs.filter(Q(imei=imei) | Q(imei2=imei))
+
+
+def device_state_overview(actor) -> dict:
+    """Devices per desired state and how many have not yet acknowledged it (two queries)."""
+    devices = scoped_list(Device.objects.all(), actor, Right.VIEW_DEVICES)
+    counts = dict(devices.order_by().values_list("desired_state").annotate(n=Count("id")))
+    return {
+        "state_counts": [(s.value, s.label, counts.get(s.value, 0)) for s in LockState],
+        "total": sum(counts.values()),
+        "out_of_sync": devices.exclude(reported_state=F("desired_state")).count(),
+    }

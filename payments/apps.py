@@ -1,0 +1,11 @@
+from django.apps import AppConfig
+
+
+class PaymentsConfig(AppConfig):
+    name = "payments"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from payments import panels
+
+        panels.register()

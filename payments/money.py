@@ -1,0 +1,46 @@
+"""Money helpers: Decimal amounts with an ISO 4217 currency, never float."""
+
+from __future__ import annotations
+
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+
+from babel.numbers import format_currency, get_currency_precision
+
+
+def minor_units(currency: str) -> int:
+    """Digits after the decimal point for ``currency`` (KES 2, JPY 0, ...)."""
+    return get_currency_precision(currency)
+
+
+def quantum(currency: str) -> Decimal:
+    return Decimal(1).scaleb(-minor_units(currency))
+
+
+def quantize(amount: Decimal, currency: str, *, rounding=ROUND_HALF_UP) -> Decimal:
+    return Decimal(amount).quantize(quantum(currency), rounding=rounding)
+
+
+def has_valid_precision(amount: Decimal, currency: str) -> bool:
+    """True when ``amount`` has no more decimals than the currency allows."""
+    return quantize(amount, currency) == amount
+
+
+def split_evenly(total: Decimal, parts: int, currency: str) -> list[Decimal]:
+    """Split ``total`` into ``parts`` equal amounts in the currency's minor unit.
+
+    Each part is rounded down; the rounding remainder goes on the last part, so
+    the parts always sum exactly to ``total``.
+    """
+    if parts < 1:
+        raise ValueError("parts must be at least 1")
+    share = (total / parts).quantize(quantum(currency), rounding=ROUND_DOWN)
+    return [share] * (parts - 1) + [total - share * (parts - 1)]
+
+
+def format_money(amount: Decimal | None, currency: str, locale: str = "en") -> str:
+    if amount is None:
+        return "—"
+    try:
+        return format_currency(amount, currency, locale=locale)
+    except Exception:  # an unknown locale must never break a page
+        return format_currency(amount, currency, locale="en")

@@ -1,0 +1,31 @@
+"""Audit trail entries for sign-in, sign-out and failed sign-in."""
+
+from __future__ import annotations
+
+from portal.models import User
+from portal.services import audit_record
+
+
+def _ip(request) -> str | None:
+    return request.META.get("REMOTE_ADDR") if request is not None else None
+
+
+def on_login(sender, request, user, **kwargs):
+    audit_record(actor=user, action="login", obj=user, organisation=user.organisation, ip_address=_ip(request))
+
+
+def on_logout(sender, request, user, **kwargs):
+    if user is not None:
+        audit_record(actor=user, action="logout", obj=user, organisation=user.organisation, ip_address=_ip(request))
+
+
+def on_login_failed(sender, credentials, request=None, **kwargs):
+    username = str(credentials.get("username", ""))[:150]
+    user = User.objects.filter(username=username).select_related("organisation").first()
+    audit_record(
+        actor=None,
+        action="login.failed",
+        organisation=user.organisation if user else None,
+        object_repr=f"username {username!r}",
+        ip_address=_ip(request),
+    )

@@ -1,0 +1,273 @@
+"""Tenants, staff, API keys and the audit trail.
+
+``portal`` sits at the bottom of the dependency chain: every other app may
+import from it, it imports from none of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import zoneinfo
+
+from django.contrib.auth.models import AbstractUser, UserManager
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+def _validate_time_zone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(_("%(value)s is not a known IANA time zone"), params={"value": value})
+
+
+def _validate_currency(value: str) -> None:
+    from babel.numbers import get_currency_name
+
+    if len(value) != 3 or not value.isupper() or get_currency_name(value, locale="en") == value:
+        raise ValidationError(_("%(value)s is not an ISO 4217 currency code"), params={"value": value})
+
+
+class OrganisationKind(models.TextChoices):
+    PROVIDER = "provider", _("Financing provider")
+    SERVICE_CENTER = "service_center", _("Service center")
+    PLATFORM = "platform", _("Platform operator")
+
+
+class Organisation(models.Model):
+    """A tenant: a financing provider, an authorised service center, or the platform operator.
+
+    Provider-only fields (currency, time zone, hotlines...) are blank for the
+    other kinds. A service center serves a set of providers; its technicians
+    can look up those providers' devices (never their owners' finances).
+    """
+
+    kind = models.CharField(max_length=20, choices=OrganisationKind.choices)
+    name = models.CharField(max_length=120)
+    slug = models.SlugField(max_length=60, unique=True)
+    country = models.CharField(
+        max_length=2,
+        blank=True,
+        validators=[RegexValidator(r"^[A-Z]{2}$", _("Use a two-letter ISO 3166 country code, e.g. LK."))],
+        help_text=_("ISO 3166-1 alpha-2; the default region for local phone numbers."),
+    )
+    currency = models.CharField(max_length=3, blank=True, validators=[_validate_currency])
+    time_zone = models.CharField(max_length=64, default="UTC", validators=[_validate_time_zone])
+    languages = models.JSONField(default=list, blank=True, help_text=_("Language codes, default first."))
+    hotline_numbers = models.JSONField(default=list, blank=True, help_text=_("E.164 numbers, main first."))
+    support_email = models.EmailField(blank=True)
+    website = models.URLField(blank=True)
+    served_providers = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        blank=True,
+        related_name="service_centers",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+        help_text=_("For a service center: the providers whose devices its technicians may look up."),
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(kind=OrganisationKind.PROVIDER) | (~models.Q(currency="") & ~models.Q(country="")),
+                name="provider_has_currency_and_country",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_provider(self) -> bool:
+        return self.kind == OrganisationKind.PROVIDER
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.time_zone or "UTC")
+
+    def today(self, now=None):
+        """The local date in this organisation's time zone (due dates are local dates)."""
+        return (now or timezone.now()).astimezone(self.zone).date()
+
+    @property
+    def default_language(self) -> str:
+        return self.languages[0] if self.languages else "en"
+
+    def clean(self) -> None:
+        if self.kind == OrganisationKind.PROVIDER:
+            missing = [f for f in ("country", "currency") if not getattr(self, f)]
+            if missing:
+                raise ValidationError({f: _("A provider needs this.") for f in missing})
+
+
+class Role(models.TextChoices):
+    PROVIDER_ADMIN = "provider_admin", _("Provider admin")
+    AGENT = "agent", _("Call-center agent")
+    FINANCE = "finance", _("Finance officer")
+    TECHNICIAN = "technician", _("Service-center technician")
+    OPERATOR = "operator", _("Platform operator")
+    AUDITOR = "auditor", _("Auditor (read-only)")
+
+
+# Which roles an organisation of each kind may give its staff.
+ROLES_BY_KIND = {
+    OrganisationKind.PROVIDER: {Role.PROVIDER_ADMIN, Role.AGENT, Role.FINANCE, Role.AUDITOR},
+    OrganisationKind.SERVICE_CENTER: {Role.TECHNICIAN, Role.AUDITOR},
+    OrganisationKind.PLATFORM: {Role.OPERATOR, Role.AUDITOR},
+}
+# Roles that must use two-factor authentication.
+ROLES_REQUIRING_2FA = {Role.PROVIDER_ADMIN, Role.OPERATOR}
+
+
+class StaffManager(UserManager):
+    def create_superuser(self, username, email=None, password=None, **extra):
+        """A superuser is a platform operator (created on the platform organisation)."""
+        if "organisation" not in extra and "organisation_id" not in extra:
+            org, _created = Organisation.objects.get_or_create(
+                slug="platform", defaults={"kind": OrganisationKind.PLATFORM, "name": "Platform"}
+            )
+            extra["organisation"] = org
+        extra.setdefault("role", Role.OPERATOR)
+        return super().create_superuser(username, email, password, **extra)
+
+
+class User(AbstractUser):
+    """A staff member. Belongs to exactly one organisation, with one role in it."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="staff")
+    role = models.CharField(max_length=20, choices=Role.choices)
+
+    objects = StaffManager()
+    REQUIRED_FIELDS = ["email"]
+
+    class Meta:
+        ordering = ["username"]
+
+    def clean(self) -> None:
+        super().clean()
+        if self.organisation_id and self.role:
+            allowed = ROLES_BY_KIND[OrganisationKind(self.organisation.kind)]
+            if self.role not in allowed:
+                raise ValidationError(
+                    {
+                        "role": _("A %(kind)s cannot have a %(role)s.")
+                        % {
+                            "kind": self.organisation.get_kind_display().lower(),
+                            "role": self.get_role_display().lower(),
+                        }
+                    }
+                )
+
+    @property
+    def requires_2fa(self) -> bool:
+        return self.role in ROLES_REQUIRING_2FA
+
+
+class ApiKey(models.Model):
+    """A provider's machine credential for the REST API.
+
+    Only a SHA-256 digest of the secret is stored; the full key is shown once,
+    when created. Keys look like ``fl_<prefix>_<secret>``; the prefix finds the
+    row and is safe to show in lists and logs.
+    """
+
+    provider = models.ForeignKey(
+        Organisation,
+        on_delete=models.CASCADE,
+        related_name="api_keys",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+    )
+    name = models.CharField(max_length=80)
+    prefix = models.CharField(max_length=12, unique=True, editable=False)
+    digest = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.provider.slug}/{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def digest_of(secret: str) -> str:
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    @staticmethod
+    def generate() -> tuple[str, str, str]:
+        """Return (full key, prefix, digest) for a fresh key."""
+        prefix = secrets.token_hex(4)
+        secret = secrets.token_urlsafe(32)
+        full = f"fl_{prefix}_{secret}"
+        return full, prefix, ApiKey.digest_of(full)
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class AuditEvent(models.Model):
+    """One append-only entry of the audit trail.
+
+    Each event stores the SHA-256 of the previous event (``prev_hash``) and its
+    own hash over a canonical form of its fields, so editing or deleting any
+    row breaks the chain; ``manage.py audit_verify`` names the first break.
+    Rows are never updated or deleted by the application (``save`` refuses an
+    update, ``delete`` refuses), and on PostgreSQL a trigger refuses too.
+    """
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor_label = models.CharField(max_length=150, help_text=_("Username, api-key:<prefix>, or system"))
+    organisation = models.ForeignKey(
+        Organisation,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text=_("The tenant the object belongs to, for scoping the trail."),
+    )
+    action = models.CharField(max_length=40, db_index=True)
+    object_type = models.CharField(max_length=60, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    object_repr = models.CharField(max_length=200, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["object_type", "object_id"]), models.Index(fields=["organisation", "-id"])]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.action} {self.object_type}:{self.object_id} by {self.actor_label}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise ValidationError("Audit events are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValidationError("Audit events are append-only")
+
+
+class AuditChainHead(models.Model):
+    """A single row holding the hash of the newest audit event.
+
+    Writers lock it with ``select_for_update`` to serialise appends.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    last_hash = models.CharField(max_length=64)
+    last_event_id = models.BigIntegerField(null=True)
+
+    def __str__(self) -> str:
+        return f"audit head at #{self.last_event_id}"

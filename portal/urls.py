@@ -1,0 +1,21 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+
+api_v1 = [
+    path("", include("devices.api.urls")),
+    path("", include("payments.api.urls")),
+]
+
+urlpatterns = [
+    path("", include("portal.urls_portal")),
+    path("devices/", include("devices.urls")),
+    path("contracts/", include("payments.urls")),
+    # The admin signs in through the portal, so django-axes and two-factor apply there too.
+    path("admin/login/", RedirectView.as_view(pattern_name="portal:login", query_string=True)),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
+]

@@ -1,0 +1,1 @@
+"""Support cases, proof-of-purchase reviews and unlock requests (built with the people's-side issue)."""

@@ -1,0 +1,198 @@
+"""Shared fixtures: service gates, personas per role and tenant, API clients.
+
+Service tests carry a marker (``postgres``, ``redis``, ``mqtt``). On a bare
+machine they skip with the reason; with ``FINLOCK_REQUIRE_SERVICES=1`` (set by
+``.ci/run``) a missing service fails the test instead.
+"""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlparse
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from rest_framework.test import APIClient
+
+from tests import factories
+
+
+def _reachable(url: str | None, default_port: int) -> bool:
+    if not url:
+        return False
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _service_missing(marker: str) -> str | None:
+    if marker == "postgres":
+        if connection.vendor != "postgresql":
+            return "needs PostgreSQL: set DATABASE_URL=postgres://postgres@127.0.0.1:5432/finlock"
+    elif marker == "redis":
+        if not _reachable(settings.REDIS_URL, 6379) or not settings.CELERY_BROKER_URL:
+            return "needs Redis: set REDIS_URL=redis://127.0.0.1:6379/0 and start redis-server"
+    elif marker == "mqtt":
+        if not _reachable(settings.MQTT_URL, 1883):
+            return "needs Mosquitto: set MQTT_URL=mqtt://127.0.0.1:1883 and start mosquitto"
+    elif marker == "browser":
+        import shutil
+
+        if not shutil.which("chromium"):
+            return "needs Debian's chromium (apt-get install chromium)"
+    return None
+
+
+def pytest_runtest_setup(item):
+    for marker in ("postgres", "redis", "mqtt", "browser"):
+        if item.get_closest_marker(marker) is None:
+            continue
+        reason = _service_missing(marker)
+        if reason:
+            if settings.FINLOCK_REQUIRE_SERVICES:
+                pytest.fail(f"service required by FINLOCK_REQUIRE_SERVICES=1 is missing: {reason}", pytrace=False)
+            pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _fast_and_isolated(settings, tmp_path):
+    # Password hashing at full strength makes the suite slow and proves nothing here.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.MEDIA_ROOT = tmp_path / "private"
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+# --- tenants -----------------------------------------------------------------
+
+
+@pytest.fixture
+def provider_a(db):
+    """Dialog Finance, a Sri Lankan carrier in LKR."""
+    return factories.ProviderFactory(
+        name="Dialog Finance",
+        slug="dialog",
+        country="LK",
+        currency="LKR",
+        time_zone="Asia/Colombo",
+        languages=["si", "ta", "en"],
+        hotline_numbers=["+94777575727"],
+    )
+
+
+@pytest.fixture
+def provider_b(db):
+    """Jamii Phones Credit, a Kenyan lender in KES."""
+    return factories.ProviderFactory(
+        name="Jamii Phones Credit",
+        slug="jamii",
+        country="KE",
+        currency="KES",
+        time_zone="Africa/Nairobi",
+        languages=["sw", "en"],
+        hotline_numbers=["+254711000100"],
+    )
+
+
+@pytest.fixture
+def service_center(provider_a):
+    """A service center authorised by provider A only."""
+    center = factories.OrganisationFactory(kind="service_center", name="Colombo Service Hub", slug="colombo-hub")
+    center.served_providers.add(provider_a)
+    return center
+
+
+@pytest.fixture
+def platform(db):
+    return factories.OrganisationFactory(kind="platform", name="Platform", slug="platform")
+
+
+# --- personas ----------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_a(provider_a):
+    return factories.UserFactory(username="admin.a", organisation=provider_a, role="provider_admin")
+
+
+@pytest.fixture
+def agent_a(provider_a):
+    return factories.UserFactory(username="agent.a", organisation=provider_a, role="agent")
+
+
+@pytest.fixture
+def finance_a(provider_a):
+    return factories.UserFactory(username="finance.a", organisation=provider_a, role="finance")
+
+
+@pytest.fixture
+def auditor_a(provider_a):
+    return factories.UserFactory(username="auditor.a", organisation=provider_a, role="auditor")
+
+
+@pytest.fixture
+def agent_b(provider_b):
+    return factories.UserFactory(username="agent.b", organisation=provider_b, role="agent")
+
+
+@pytest.fixture
+def technician(service_center):
+    return factories.UserFactory(username="tech", organisation=service_center, role="technician")
+
+
+@pytest.fixture
+def operator(platform):
+    return factories.UserFactory(username="operator", organisation=platform, role="operator", is_staff=True)
+
+
+@pytest.fixture
+def outsider(db):
+    """A technician of a service center that serves no provider."""
+    center = factories.OrganisationFactory(kind="service_center", name="Unlisted Repairs", slug="unlisted")
+    return factories.UserFactory(username="outsider", organisation=center, role="technician")
+
+
+def signed_in(client, user):
+    """A test client signed in as ``user`` with two-factor already passed."""
+    client.force_login(user)
+    if user.requires_2fa:
+        from django_otp.plugins.otp_totp.models import TOTPDevice
+
+        device = TOTPDevice.objects.create(user=user, name="test", confirmed=True)
+        session = client.session
+        session["otp_device_id"] = device.persistent_id
+        session.save()
+    return client
+
+
+@pytest.fixture
+def as_user(client):
+    return lambda user: signed_in(client, user)
+
+
+# --- API ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def api_a(provider_a):
+    from portal.services import api_key_create
+
+    _key, full = api_key_create(provider=provider_a, name="tests")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {full}")
+    return client
+
+
+@pytest.fixture
+def api_b(provider_b):
+    from portal.services import api_key_create
+
+    _key, full = api_key_create(provider=provider_b, name="tests")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {full}")
+    return client

@@ -1,0 +1,51 @@
+"""The platform operator uses the Django admin: searchable by IMEI, phone and contract number, and audited."""
+
+import pytest
+
+from portal.models import AuditEvent
+from tests.factories import make_contract
+
+
+@pytest.fixture
+def operator_client(as_user, operator):
+    operator.is_superuser = True
+    operator.save()
+    return as_user(operator)
+
+
+def test_admin_finds_a_contract_by_number_imei_and_phone(operator_client, provider_a):
+    contract = make_contract(provider_a, number="DLG-2026-000042")
+    other = make_contract(provider_a, number="DLG-2026-000043")
+    for query in ("DLG-2026-000042", contract.device.imei, contract.customer.phone.as_e164):
+        body = operator_client.get("/admin/payments/contract/", {"q": query}).content.decode()
+        assert "DLG-2026-000042" in body, query
+        assert other.number not in body, query
+    body = operator_client.get("/admin/devices/device/", {"q": contract.device.imei}).content.decode()
+    assert contract.device.imei in body and other.device.imei not in body
+
+
+def test_a_change_in_the_admin_is_audited_with_before_and_after(operator_client, provider_a):
+    data = {
+        "kind": "provider",
+        "name": "Dialog Finance PLC",
+        "slug": "dialog",
+        "country": "LK",
+        "currency": "LKR",
+        "time_zone": "Asia/Colombo",
+        "languages": '["si", "ta", "en"]',
+        "hotline_numbers": '["+94777575727"]',
+        "support_email": "help@example.com",
+        "website": "https://example.com",
+    }
+    response = operator_client.post(f"/admin/portal/organisation/{provider_a.pk}/change/", data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    event = AuditEvent.objects.get(action="organisation.update")
+    assert event.before["name"] == "Dialog Finance" and event.after["name"] == "Dialog Finance PLC"
+
+
+def test_audit_events_cannot_be_edited_in_the_admin(operator_client, agent_a):
+    from portal.services import audit_record
+
+    event = audit_record(actor=agent_a, action="test")
+    assert operator_client.post(f"/admin/portal/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert AuditEvent.objects.filter(pk=event.pk).exists()
