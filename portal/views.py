@@ -30,6 +30,14 @@ class LoginView(auth_views.LoginView):
     redirect_authenticated_user = True
 
 
+_THROTTLED = "Too many wrong codes in a row: wait a few seconds, then enter the newest code."
+
+
+def _throttled(devices) -> bool:
+    """django-otp slows down guessing: after each wrong code the next try must wait (1 s, 2 s, 4 s...)."""
+    return any(not device.verify_is_allowed()[0] for device in devices)
+
+
 def _next_url(request, default="portal:home"):
     target = request.POST.get("next") or request.GET.get("next")
     if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
@@ -44,6 +52,9 @@ def otp_verify(request):
         return redirect(_next_url(request))
     form = TokenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        if _throttled(TOTPDevice.objects.devices_for_user(request.user, confirmed=True)):
+            form.add_error("token", _THROTTLED)
+            return render(request, "portal/otp_verify.html", {"form": form, "next": _next_url(request, "")})
         device = match_token(request.user, form.cleaned_data["token"])
         if device is not None:
             otp_login(request, device)
@@ -67,7 +78,9 @@ def otp_setup(request):
         user=request.user, confirmed=False, defaults={"name": "Authenticator app"}
     )
     form = TokenForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST" and form.is_valid() and _throttled([device]):
+        form.add_error("token", _THROTTLED)
+    elif request.method == "POST" and form.is_valid():
         if device.verify_token(form.cleaned_data["token"]):
             device.confirmed = True
             device.save(update_fields=["confirmed"])

@@ -1,5 +1,7 @@
 """Staff sign-in: lockout after repeated failures, TOTP for admins and operators, idle sessions expire."""
 
+import time
+
 import pytest
 from django.conf import settings
 from django_otp.oath import TOTP
@@ -39,6 +41,9 @@ def test_a_provider_admin_without_an_authenticator_must_enrol_before_anything_el
     device = TOTPDevice.objects.get(user=admin_a, confirmed=False)
     wrong = client.post("/account/two-factor/", {"token": "000000" if _code(device) != "000000" else "111111"})
     assert wrong.status_code == 200 and not TOTPDevice.objects.get(pk=device.pk).confirmed
+    too_soon = client.post("/account/two-factor/", {"token": _code(device)})
+    assert b"wait a few seconds" in too_soon.content  # guessing is throttled, even a right code
+    time.sleep(1.1)  # django-otp's first back-off is one second
     done = client.post("/account/two-factor/", {"token": _code(device)})
     assert done.status_code == 302
     assert client.get("/settings/").status_code == 200
