@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import uuid
+
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
@@ -63,6 +66,9 @@ class Device(models.Model):
         related_name="devices",
         limit_choices_to={"kind": OrganisationKind.PROVIDER},
     )
+    uid = models.UUIDField(
+        default=uuid.uuid4, unique=True, editable=False, help_text=_("Public id used on the wire (MQTT topic).")
+    )
     imei = models.CharField(_("IMEI"), max_length=15, validators=[validate_imei], db_index=True)
     imei2 = models.CharField(_("second IMEI"), max_length=15, blank=True, validators=[validate_imei], db_index=True)
     serial_number = models.CharField(max_length=64, blank=True)
@@ -74,6 +80,17 @@ class Device(models.Model):
     reported_state = models.CharField(max_length=20, choices=LockState.choices, blank=True)
     reported_at = models.DateTimeField(null=True, blank=True)
     last_checkin_at = models.DateTimeField(null=True, blank=True)
+    # Commands: the last sequence number issued, and the last one the phone acknowledged.
+    command_seq = models.PositiveIntegerField(default=0, editable=False)
+    reported_seq = models.PositiveIntegerField(default=0, editable=False)
+    app_version = models.CharField(max_length=40, blank=True, editable=False)
+    # The phone's credential (only its SHA-256 is kept) and enrolment.
+    credential_digest = models.CharField(max_length=64, blank=True, editable=False, db_index=True)
+    enrolled_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # OpenPAYGO Token: the per-device secret (hex), starting code and the server's token counter.
+    offline_secret = models.CharField(max_length=32, blank=True, editable=False)
+    offline_starting_code = models.PositiveIntegerField(default=0, editable=False)
+    offline_count = models.PositiveIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -104,3 +121,133 @@ class Device(models.Model):
     @property
     def in_sync(self) -> bool:
         return self.reported_state == self.desired_state
+
+
+class EnrollmentToken(models.Model):
+    """A provider-issued secret a phone presents with its IMEI to enrol (only a digest is kept)."""
+
+    provider = models.ForeignKey(
+        Organisation,
+        on_delete=models.CASCADE,
+        related_name="enrollment_tokens",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+    )
+    name = models.CharField(max_length=80)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    uses = models.PositiveIntegerField(default=0, editable=False)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.provider})"
+
+
+class DeviceCommand(models.Model):
+    """One signed lock-state command for one device: the outbox row delivery works from.
+
+    Written in the same transaction as the change of desired state; ``payload`` is the
+    exact command that was signed (see docs/lock-pipeline.md), ``signature`` its Ed25519
+    signature. Never edited after issue except for delivery bookkeeping.
+    """
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="commands")
+    seq = models.PositiveIntegerField()
+    state = models.CharField(max_length=20, choices=LockState.choices)
+    reason = models.CharField(max_length=300, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    payload = models.JSONField()
+    signature = models.CharField(max_length=100)
+    key_id = models.CharField(max_length=40)
+    issued_at = models.DateTimeField(default=timezone.now)
+    # Delivery bookkeeping (push channels); the pull channel needs none.
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    dead_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-seq"]
+        constraints = [models.UniqueConstraint(fields=["device", "seq"], name="command_seq_unique_per_device")]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="command_pending_idx",
+                condition=models.Q(delivered_at__isnull=True, dead_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}#{self.seq} {self.state}"
+
+    @property
+    def envelope(self) -> dict:
+        return {"command": self.payload, "signature": self.signature}
+
+
+class Channel(models.TextChoices):
+    MQTT = "mqtt", _("MQTT")
+    WEBHOOK = "webhook", _("Provider gateway webhook")
+
+
+class DeliveryAttempt(models.Model):
+    """One try to push a command on one channel, kept for the portal's delivery history."""
+
+    command = models.ForeignKey(DeviceCommand, on_delete=models.CASCADE, related_name="delivery_attempts")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    at = models.DateTimeField(default=timezone.now)
+    ok = models.BooleanField()
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.command} via {self.channel}: {'ok' if self.ok else 'failed'}"
+
+
+class DeviceGateway(models.Model):
+    """A provider's device-management gateway that receives every command by HTTP webhook."""
+
+    provider = models.OneToOneField(
+        Organisation,
+        on_delete=models.CASCADE,
+        related_name="device_gateway",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+    )
+    url = models.URLField(help_text=_("HTTPS endpoint that accepts POSTed command envelopes."))
+    secret = models.CharField(max_length=128, help_text=_("Shared secret for the X-Finlock-Signature HMAC."))
+    enabled = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return f"Gateway of {self.provider}"
+
+
+class OfflineCodeKind(models.TextChoices):
+    UNLOCK_DAYS = "unlock_days", _("Unlocked for N days")
+    RELEASE = "release", _("Released for good")
+
+
+class OfflineCode(models.Model):
+    """An OpenPAYGO Token issued for a phone that cannot reach the server: who asked, who approved, why."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="offline_codes")
+    kind = models.CharField(max_length=20, choices=OfflineCodeKind.choices)
+    days = models.PositiveSmallIntegerField(null=True, blank=True)
+    token = models.CharField(max_length=20)
+    count = models.PositiveIntegerField()
+    reason = models.CharField(max_length=300)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    issued_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-issued_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} for {self.device_id}"

@@ -13,14 +13,15 @@ import hmac
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from phonenumber_field.modelfields import PhoneNumberField
 
-from devices.models import Device
+from devices.models import Device, LockState
 from portal.models import Organisation, OrganisationKind
 
 MONEY = {"max_digits": 14, "decimal_places": 2}
@@ -38,6 +39,18 @@ def national_id_digest(raw: str) -> str:
     """A keyed digest of the normalised ID, to find a customer by ID without storing it."""
     cleaned = "".join(raw.split()).upper()
     return hmac.new(settings.SECRET_KEY.encode(), cleaned.encode(), hashlib.sha256).hexdigest()
+
+
+def _default_reminders_before() -> list[int]:
+    return [3, 1]
+
+
+def _default_reminders_after() -> list[int]:
+    return [1, 2]
+
+
+def _default_weekdays() -> list[int]:
+    return [0, 1, 2, 3, 4, 5]
 
 
 class Customer(models.Model):
@@ -115,6 +128,13 @@ class Contract(models.Model):
     frequency = models.CharField(max_length=12, choices=Frequency.choices)
     first_due_date = models.DateField()
     status = models.CharField(max_length=12, choices=ContractStatus.choices, default=ContractStatus.ACTIVE)
+    # The lock decision's latest answer for this contract (payments decides; the device executes).
+    lock_state = models.CharField(max_length=20, choices=LockState.choices, default=LockState.UNLOCKED)
+    lock_reason = models.CharField(max_length=300, blank=True)
+    lock_changed_at = models.DateTimeField(null=True, blank=True)
+    arrears_cleared_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("When the arrears of a locked contract were last cleared.")
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -174,3 +194,120 @@ class Installment(models.Model):
         if self.amount_paid > 0:
             return "partial"
         return "due"
+
+
+def _validate_day_list(value) -> None:
+    if not isinstance(value, list) or not all(isinstance(d, int) and 0 <= d <= 60 for d in value):
+        raise ValidationError(_("A list of whole days between 0 and 60, e.g. [3, 1]."))
+
+
+def _validate_weekdays(value) -> None:
+    if not isinstance(value, list) or not value or not all(isinstance(d, int) and 0 <= d <= 6 for d in value):
+        raise ValidationError(_("At least one weekday, as numbers 0 (Monday) to 6 (Sunday)."))
+
+
+class LockPolicy(models.Model):
+    """A provider's rules for reminders and locks, edited by its admin.
+
+    The lock decision (``payments.decision``) reads it; every change is audited.
+    """
+
+    provider = models.OneToOneField(
+        Organisation,
+        on_delete=models.CASCADE,
+        related_name="lock_policy",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+    )
+    grace_days = models.PositiveSmallIntegerField(
+        default=3, validators=[MaxValueValidator(60)], help_text=_("Days after a due date before a lock.")
+    )
+    reminder_days_before = models.JSONField(
+        default=_default_reminders_before,
+        validators=[_validate_day_list],
+        help_text=_("Days before a due date on which the owner is reminded, e.g. [3, 1]."),
+    )
+    reminder_days_after = models.JSONField(
+        default=_default_reminders_after,
+        validators=[_validate_day_list],
+        help_text=_("Days after a due date on which the reminder repeats, e.g. [1, 2]."),
+    )
+    lock_start_hour = models.PositiveSmallIntegerField(
+        default=9, validators=[MaxValueValidator(23)], help_text=_("Local hour from which a lock may start.")
+    )
+    lock_end_hour = models.PositiveSmallIntegerField(
+        default=17, validators=[MaxValueValidator(24)], help_text=_("Local hour from which no lock may start.")
+    )
+    lock_weekdays = models.JSONField(
+        default=_default_weekdays,
+        validators=[_validate_weekdays],
+        help_text=_("Weekdays on which a lock may start: 0 = Monday … 6 = Sunday."),
+    )
+    max_temp_unlock_hours = models.PositiveSmallIntegerField(
+        default=72, validators=[MinValueValidator(1), MaxValueValidator(24 * 30)]
+    )
+    unlock_alert_minutes = models.PositiveSmallIntegerField(
+        default=15,
+        validators=[MinValueValidator(1)],
+        help_text=_("Flag a device whose unlock is not acknowledged this long after the arrears were cleared."),
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "lock policies"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(lock_start_hour__lt=models.F("lock_end_hour")), name="lock_window_not_empty"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Lock policy of {self.provider}"
+
+    def clean(self) -> None:
+        if self.lock_start_hour is not None and self.lock_end_hour is not None:
+            if self.lock_start_hour >= self.lock_end_hour:
+                raise ValidationError({"lock_end_hour": _("Must be later than the start hour.")})
+
+    def rules(self):
+        """The policy as the pure decision reads it."""
+        from payments.decision import Rules
+
+        return Rules(
+            grace_days=self.grace_days,
+            reminder_days_before=max(self.reminder_days_before, default=0),
+            lock_start_hour=self.lock_start_hour,
+            lock_end_hour=self.lock_end_hour,
+            lock_weekdays=frozenset(self.lock_weekdays),
+        )
+
+
+class OverrideKind(models.TextChoices):
+    TEMP_UNLOCK = "temp_unlock", _("Temporary unlock")
+    DISPUTE_HOLD = "dispute_hold", _("Dispute hold")
+
+
+class LockOverride(models.Model):
+    """An exception to the policy for one contract: a temporary unlock or a dispute hold.
+
+    Created only through services that record who asked and who approved.
+    """
+
+    contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="overrides")
+    kind = models.CharField(max_length=20, choices=OverrideKind.choices)
+    starts_at = models.DateTimeField(default=timezone.now)
+    ends_at = models.DateTimeField(null=True, blank=True, help_text=_("Empty: until lifted (dispute hold only)."))
+    reason = models.CharField(max_length=300)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        indexes = [models.Index(fields=["contract", "kind"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind="dispute_hold") | Q(ends_at__isnull=False), name="temp_unlock_has_an_end"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.contract_id}"
