@@ -120,9 +120,7 @@ def decide(
                 return Decision(LockState.LOCKED, f"{late}.", **facts)
             if rules.lock_may_start(local):
                 return Decision(LockState.LOCKED, f"{late}.", **facts)
-            return Decision(
-                LockState.REMINDER, f"{late}; the lock waits for the hours a lock may start.", **facts
-            )
+            return Decision(LockState.REMINDER, f"{late}; the lock waits for the hours a lock may start.", **facts)
         return Decision(
             LockState.REMINDER,
             f"Installment due {_d(oldest)} is {days_late} day{'s' if days_late != 1 else ''} overdue,"
@@ -131,10 +129,8 @@ def decide(
             amount_overdue=arrears,
         )
 
-    soon = min(
-        (line.due_date for line in lines if line.unpaid and line.due_date <= today + dt.timedelta(rules.reminder_days_before)),
-        default=None,
-    )
+    horizon = today + dt.timedelta(days=rules.reminder_days_before)
+    soon = min((line.due_date for line in lines if line.unpaid and line.due_date <= horizon), default=None)
     if soon is not None:
         when = "today" if soon == today else f"on {_d(soon)}"
         return Decision(LockState.REMINDER, f"Installment due {when}.")

@@ -264,9 +264,9 @@ class LockPolicy(models.Model):
         return f"Lock policy of {self.provider}"
 
     def clean(self) -> None:
-        if self.lock_start_hour is not None and self.lock_end_hour is not None:
-            if self.lock_start_hour >= self.lock_end_hour:
-                raise ValidationError({"lock_end_hour": _("Must be later than the start hour.")})
+        start, end = self.lock_start_hour, self.lock_end_hour
+        if start is not None and end is not None and start >= end:
+            raise ValidationError({"lock_end_hour": _("Must be later than the start hour.")})
 
     def rules(self):
         """The policy as the pure decision reads it."""
@@ -311,3 +311,107 @@ class LockOverride(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} on {self.contract_id}"
+
+
+# Placeholders a lock-screen template may use; anything else is rejected when saved.
+LOCK_SCREEN_PLACEHOLDERS = {
+    "provider": _("the provider's name"),
+    "amount": _("the amount overdue with its currency, e.g. LKR 12,500.00"),
+    "currency": _("the currency code, e.g. LKR"),
+    "overdue_since": _("the due date of the oldest unpaid installment"),
+    "contract": _("the contract number"),
+    "imei": _("the phone's IMEI"),
+    "hotline": _("the provider's main hotline number"),
+}
+
+
+def template_placeholders(text: str) -> set[str]:
+    """The ``{name}`` placeholders in ``text``; raises ValueError on a malformed brace."""
+    import string
+
+    return {name for _lit, name, _spec, _conv in string.Formatter().parse(text) if name is not None}
+
+
+def validate_lock_screen_text(text: str) -> None:
+    """Reject unknown or malformed placeholders with a message that lists the allowed ones."""
+    allowed = ", ".join("{" + p + "}" for p in LOCK_SCREEN_PLACEHOLDERS)
+    try:
+        names = template_placeholders(text)
+    except ValueError:
+        raise ValidationError(
+            _("A brace is not closed or not matched; use {{ and }} for a literal brace. Allowed: %(allowed)s"),
+            params={"allowed": allowed},
+        ) from None
+    unknown = sorted(n for n in names if n not in LOCK_SCREEN_PLACEHOLDERS)
+    if unknown:
+        raise ValidationError(
+            _("Unknown placeholder %(names)s. Allowed: %(allowed)s"),
+            params={"names": ", ".join("{" + (n or "") + "}" for n in unknown), "allowed": allowed},
+        )
+
+
+class LockScreenText(models.Model):
+    """What the phone shows, per provider and language, edited by the provider's admin.
+
+    The phone uses the customer's language, else the provider's default, else English.
+    """
+
+    provider = models.ForeignKey(
+        Organisation,
+        on_delete=models.CASCADE,
+        related_name="lock_screen_texts",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+    )
+    language = models.CharField(max_length=8)
+    title = models.CharField(max_length=120, validators=[validate_lock_screen_text])
+    body = models.TextField(max_length=1500, validators=[validate_lock_screen_text])
+    reminder_title = models.CharField(max_length=120, validators=[validate_lock_screen_text])
+    reminder_body = models.TextField(max_length=1500, validators=[validate_lock_screen_text])
+    data_kept_notice = models.CharField(max_length=300)
+    factory_reset_warning = models.CharField(max_length=300)
+    offline_unlock_hint = models.CharField(max_length=300)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "language"], name="one_lock_screen_text_per_language")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} ({self.language})"
+
+
+class ChannelKind(models.TextChoices):
+    BANK_TRANSFER = "bank_transfer", _("Bank transfer")
+    MOBILE_MONEY = "mobile_money", _("Mobile money")
+    CARD = "card", _("Card")
+    CASH_AGENT = "cash_agent", _("Cash at agent")
+
+
+class PaymentChannel(models.Model):
+    """A way an owner can pay a provider, shown on the lock screen with the exact account and reference."""
+
+    provider = models.ForeignKey(
+        Organisation,
+        on_delete=models.CASCADE,
+        related_name="payment_channels",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+    )
+    kind = models.CharField(max_length=20, choices=ChannelKind.choices)
+    name = models.CharField(max_length=80, help_text=_("As the owner knows it, e.g. M-PESA Paybill."))
+    account = models.CharField(max_length=80, help_text=_("Account, paybill or till number to pay to."))
+    reference = models.CharField(
+        max_length=120,
+        default="{contract}",
+        validators=[validate_lock_screen_text],
+        help_text=_("What the payer must type as reference; placeholders allowed, e.g. {contract}."),
+    )
+    instructions = models.CharField(max_length=300, blank=True)
+    position = models.PositiveSmallIntegerField(default=0)
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["provider_id", "position", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.provider})"
