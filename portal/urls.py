@@ -12,6 +12,7 @@ urlpatterns = [
     path("", include("portal.urls_portal")),
     path("devices/", include("devices.urls")),
     path("contracts/", include("payments.urls")),
+    path("locks/", include("payments.urls_locks")),
     # The admin signs in through the portal, so django-axes and two-factor apply there too.
     path("admin/login/", RedirectView.as_view(pattern_name="portal:login", query_string=True)),
     path("admin/", admin.site.urls),
