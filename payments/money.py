@@ -37,10 +37,16 @@ def split_evenly(total: Decimal, parts: int, currency: str) -> list[Decimal]:
     return [share] * (parts - 1) + [total - share * (parts - 1)]
 
 
+# Always the ISO code, then a no-break space: "LKR 16,666.66" reads the same in every country
+# (a bare "Rs" or "$" is ambiguous), and the amount never wraps away from its currency.
+_MONEY_PATTERN = "\u00a4\u00a4\u00a0#,##0.00"
+
+
 def format_money(amount: Decimal | None, currency: str, locale: str = "en") -> str:
+    """``LKR 16,666.66``, ``JPY 16,667``: the currency's own number of decimals, locale-aware digits."""
     if amount is None:
         return "—"
     try:
-        return format_currency(amount, currency, locale=locale)
+        return format_currency(amount, currency, format=_MONEY_PATTERN, locale=locale)
     except Exception:  # an unknown locale must never break a page
-        return format_currency(amount, currency, locale="en")
+        return format_currency(amount, currency, format=_MONEY_PATTERN, locale="en")

@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 
 from devices.models import Device
 from payments.models import Contract, ContractStatus, Customer, Frequency, Installment, nth_due_date
-from payments.money import has_valid_precision, minor_units, split_evenly
+from payments.money import has_valid_precision, minor_units, quantum, split_evenly
 from portal.models import Organisation
 from portal.services import AuditEntry, audit_record, audit_record_many, snapshot
 
@@ -55,10 +55,9 @@ def customer_create(
     except ValidationError as exc:
         errors["phone"] = exc.messages
     language = (preferred_language or provider.default_language).strip().lower()
-    if language not in {"en", *provider.languages}:
-        errors["preferred_language"] = [
-            f"{language!r} is not one of this provider's languages ({', '.join(['en', *provider.languages])})."
-        ]
+    allowed = list(dict.fromkeys([*provider.languages, "en"]))  # English always; each code once
+    if language not in allowed:
+        errors["preferred_language"] = [f"{language!r} is not one of this provider's languages ({', '.join(allowed)})."]
     if errors:
         raise ValidationError(errors)
     customer = Customer(provider=provider, name=name, phone=e164, preferred_language=language)
@@ -143,6 +142,16 @@ def contract_create(
             ]
     if not isinstance(installment_count, int) or not 1 <= installment_count <= MAX_INSTALLMENTS:
         errors["installment_count"] = [f"Between 1 and {MAX_INSTALLMENTS} installments."]
+    elif financed is not None and "financed_amount" not in errors:
+        # Every installment must be at least one minor unit: split_evenly would put
+        # 0.00 on all but the last, and the database refuses a zero amount due
+        # (that IntegrityError used to surface as a misleading "number exists").
+        smallest = quantum(currency) * installment_count
+        if financed < smallest:
+            errors["financed_amount"] = [
+                f"{financed} {currency} is too small to split into {installment_count} installments "
+                f"(at least {smallest} {currency}); use fewer installments."
+            ]
     if frequency not in Frequency.values:
         errors["frequency"] = [f"One of {', '.join(Frequency.values)}."]
     if not isinstance(first_due_date, dt.date) or not EARLIEST_DUE <= first_due_date <= LATEST_DUE:
@@ -218,3 +227,67 @@ def contract_set_status(*, contract: Contract, status: str, actor, ip_address: s
             ip_address=ip_address,
         )
     return contract
+
+
+# --- lock policy and the lock decision ----------------------------------------------------------
+
+LOCK_POLICY_FIELDS = (
+    "grace_days",
+    "reminder_days_before",
+    "reminder_days_after",
+    "lock_start_hour",
+    "lock_end_hour",
+    "lock_weekdays",
+    "max_temp_unlock_hours",
+    "unlock_alert_minutes",
+)
+
+
+def lock_policy_update(*, provider: Organisation, actor, ip_address: str | None = None, **changes):
+    """Create or change a provider's lock policy; every field validated, the change audited.
+
+    Raises ``ValidationError`` (per field) and changes nothing on bad input.
+    """
+    from payments.models import LockPolicy
+
+    unknown = sorted(set(changes) - set(LOCK_POLICY_FIELDS))
+    if unknown:
+        raise ValidationError({name: ["Not a lock policy setting."] for name in unknown})
+    with transaction.atomic():
+        policy, _created = LockPolicy.objects.select_for_update().get_or_create(provider=provider)
+        before = snapshot(policy, LOCK_POLICY_FIELDS)
+        for name, value in changes.items():
+            setattr(policy, name, value)
+        policy.full_clean()
+        policy.save()
+        audit_record(
+            actor=actor,
+            action="lock_policy.change",
+            obj=policy,
+            before=before,
+            after=snapshot(policy, LOCK_POLICY_FIELDS),
+            ip_address=ip_address,
+        )
+    return policy
+
+
+def contract_lock_evaluate(*, contract: Contract, actor=None, now: dt.datetime | None = None) -> str:
+    """Decide one contract's lock state now and, if it changed, write it with its signed command.
+
+    Used wherever money or overrides change (a verified payment, an approved unlock) so the
+    phone follows at once instead of waiting for the sweep. Returns the state after the call.
+    """
+    from django.utils import timezone
+
+    from payments.sweep import apply_decisions
+
+    apply_decisions([contract.pk], now=now or timezone.now(), actor=actor)
+    contract.refresh_from_db(fields=["lock_state", "lock_reason", "lock_changed_at", "arrears_cleared_at"])
+    return contract.lock_state
+
+
+def lock_sweep(*, now: dt.datetime | None = None, batch_size: int = 1000):
+    """Evaluate every live contract of every provider and record only changes (the periodic job)."""
+    from payments.sweep import run_sweep
+
+    return run_sweep(now=now, batch_size=batch_size)
