@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from payments.models import Contract, Customer, Installment
+from payments.models import Contract, Customer, Installment, LockOverride, LockPolicy, LockScreenText, PaymentChannel
 from portal.admin_mixins import AuditedAdmin
 
 
@@ -35,4 +35,37 @@ class ContractAdmin(AuditedAdmin):
 
     def has_add_permission(self, request):
         # Contracts are created through the API or services so the schedule is generated with them.
+        return False
+
+
+@admin.register(LockPolicy)
+class LockPolicyAdmin(AuditedAdmin):
+    list_display = ["provider", "grace_days", "lock_start_hour", "lock_end_hour", "max_temp_unlock_hours"]
+    search_fields = ["provider__name"]
+
+
+@admin.register(LockScreenText)
+class LockScreenTextAdmin(AuditedAdmin):
+    list_display = ["provider", "language", "title", "updated_at"]
+    list_filter = ["provider", "language"]
+
+
+@admin.register(PaymentChannel)
+class PaymentChannelAdmin(AuditedAdmin):
+    list_display = ["provider", "name", "kind", "account", "reference", "position", "active"]
+    list_filter = ["provider", "kind", "active"]
+
+
+@admin.register(LockOverride)
+class LockOverrideAdmin(AuditedAdmin):
+    list_display = ["contract", "kind", "starts_at", "ends_at", "lifted_at", "created_by"]
+    list_filter = ["kind"]
+    search_fields = ["=contract__number"]
+    raw_id_fields = ["contract"]
+
+    def has_add_permission(self, request):
+        # Overrides are granted through the approval flow (requested by one person, approved by another).
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False
