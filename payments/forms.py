@@ -34,3 +34,13 @@ class LockPolicyForm(forms.Form):
     unlock_alert_minutes = forms.IntegerField(
         min_value=1, max_value=1440, label="Flag an unacknowledged unlock after (minutes)"
     )
+
+
+class LockScreenTextForm(forms.Form):
+    title = forms.CharField(max_length=120, help_text="Shown in large type on the locked phone.")
+    body = forms.CharField(max_length=1500, widget=forms.Textarea(attrs={"rows": 5}))
+    reminder_title = forms.CharField(max_length=120, help_text="Shown while the phone is usable but a payment is due.")
+    reminder_body = forms.CharField(max_length=1500, widget=forms.Textarea(attrs={"rows": 3}))
+    data_kept_notice = forms.CharField(max_length=300, widget=forms.Textarea(attrs={"rows": 2}))
+    factory_reset_warning = forms.CharField(max_length=300, widget=forms.Textarea(attrs={"rows": 2}))
+    offline_unlock_hint = forms.CharField(max_length=300, widget=forms.Textarea(attrs={"rows": 2}))

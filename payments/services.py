@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from decimal import Decimal, InvalidOperation
 
 import phonenumbers
@@ -118,6 +119,10 @@ def contract_create(
         errors["number"] = ["This field is required."]
     elif len(number) > 40:
         errors["number"] = ["At most 40 characters."]
+    elif any(unicodedata.category(ch).startswith("C") for ch in number):
+        # A tab, newline or invisible format character makes a number nobody can
+        # type back into a search box or a URL.
+        errors["number"] = ["Letters, digits, spaces and punctuation only (no control characters)."]
     if device.provider_id != provider.pk:
         errors["device"] = ["No such device for this provider."]
     if customer.provider_id != provider.pk:
@@ -291,3 +296,46 @@ def lock_sweep(*, now: dt.datetime | None = None, batch_size: int = 1000):
     from payments.sweep import run_sweep
 
     return run_sweep(now=now, batch_size=batch_size)
+
+
+LOCK_SCREEN_TEXT_FIELDS = (
+    "title",
+    "body",
+    "reminder_title",
+    "reminder_body",
+    "data_kept_notice",
+    "factory_reset_warning",
+    "offline_unlock_hint",
+)
+
+
+def lock_screen_text_save(*, provider: Organisation, language: str, actor, ip_address: str | None = None, **fields):
+    """Create or change a provider's lock-screen wording for one language; validated, audited.
+
+    A text with an unknown placeholder is refused with the list of allowed ones; nothing changes.
+    The next command for each of the provider's phones carries the new wording.
+    """
+    from payments.models import LockScreenText
+
+    unknown = sorted(set(fields) - set(LOCK_SCREEN_TEXT_FIELDS))
+    if unknown:
+        raise ValidationError({name: ["Not a lock-screen text."] for name in unknown})
+    if language not in {"en", *provider.languages}:
+        raise ValidationError({"language": [f"{language!r} is not one of this provider's languages."]})
+    with transaction.atomic():
+        text = LockScreenText.objects.select_for_update().filter(provider=provider, language=language).first()
+        before = snapshot(text, LOCK_SCREEN_TEXT_FIELDS) if text else None
+        text = text or LockScreenText(provider=provider, language=language)
+        for name, value in fields.items():
+            setattr(text, name, (value or "").strip())
+        text.full_clean()
+        text.save()
+        audit_record(
+            actor=actor,
+            action="lock_screen_text.change",
+            obj=text,
+            before=before,
+            after=snapshot(text, LOCK_SCREEN_TEXT_FIELDS),
+            ip_address=ip_address,
+        )
+    return text

@@ -89,3 +89,81 @@ def paid_still_locked_list(request):
     contracts = paid_still_locked(request.user)
     page = Paginator(contracts, 50).get_page(request.GET.get("page"))
     return render(request, "payments/paid_still_locked.html", {"page": page})
+
+
+def _sample_values(provider) -> dict[str, str]:
+    """Placeholder values for the preview: what a real owner's screen would show."""
+    from decimal import Decimal
+
+    from payments.money import format_money
+
+    return {
+        "provider": provider.name,
+        "amount": format_money(Decimal("12500"), provider.currency or "USD"),
+        "currency": provider.currency,
+        "overdue_since": "1 Nov 2026",
+        "contract": "CONTRACT-0001",
+        "imei": "356938035643809",
+        "hotline": (provider.hotline_numbers or [""])[0],
+    }
+
+
+@login_required
+def lock_screen_texts(request, language: str | None = None):
+    """The provider admin writes what locked phones say, per language, with placeholders."""
+    from django.contrib import messages
+    from django.core.exceptions import ValidationError
+    from django.http import Http404
+    from django.shortcuts import redirect
+
+    from payments.forms import LockScreenTextForm
+    from payments.lockscreen import DEFAULT_TEXTS, TEXT_FIELDS
+    from payments.models import LOCK_SCREEN_PLACEHOLDERS, LockScreenText
+    from payments.services import lock_screen_text_save
+    from portal.permissions import Right, require
+
+    require(request.user, Right.MANAGE_SETTINGS)
+    provider = request.user.organisation
+    languages = list(dict.fromkeys([*provider.languages, "en"]))
+    language = language or languages[0]
+    if language not in languages:
+        raise Http404("Not one of this provider's languages.")
+    saved = LockScreenText.objects.filter(provider=provider, language=language).first()
+    defaults = DEFAULT_TEXTS.get(language, DEFAULT_TEXTS["en"])
+    initial = {f: getattr(saved, f) if saved else defaults[f] for f in TEXT_FIELDS}
+    form = LockScreenTextForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            lock_screen_text_save(
+                provider=provider,
+                language=language,
+                actor=request.user,
+                ip_address=request.META.get("REMOTE_ADDR"),
+                **form.cleaned_data,
+            )
+        except ValidationError as exc:
+            for name, errors in exc.message_dict.items():
+                form.add_error(name if name in form.fields else None, errors)
+        else:
+            messages.success(request, f"Lock-screen text ({language}) saved; phones get it with their next command.")
+            return redirect("locks:screen_language", language=language)
+    shown = form.data if form.is_bound else initial
+    values = _sample_values(provider)
+    try:
+        preview = {f: str(shown.get(f, "")).format_map(values) for f in ("title", "body")}
+    except (KeyError, ValueError, IndexError):
+        preview = None  # the form shows the error; no preview of a broken text
+    return render(
+        request,
+        "payments/lock_screen_texts.html",
+        {
+            "form": form,
+            "provider": provider,
+            "language": language,
+            "languages": languages,
+            "saved": saved,
+            "placeholders": LOCK_SCREEN_PLACEHOLDERS,
+            "preview": preview,
+            "shown": shown,
+        },
+    )
