@@ -1,0 +1,24 @@
+"""The reference device agent: the phone's side of the lock pipeline, runnable.
+
+``python -m devices.agent --help``. It follows docs/lock-pipeline.md and nothing else, so a
+device maker can read it as the executable specification of a finlock phone agent. It
+imports no Django and no server module except ``devices.protocol`` (a phone has neither).
+"""
+
+from devices.agent.client import ApiError, HttpTransport
+from devices.agent.core import APP_VERSION, Agent, AgentError, Outcome
+from devices.agent.offline import CodeResult
+from devices.agent.render import ScreenView, render_html, render_text
+
+__all__ = [
+    "APP_VERSION",
+    "Agent",
+    "AgentError",
+    "ApiError",
+    "CodeResult",
+    "HttpTransport",
+    "Outcome",
+    "ScreenView",
+    "render_html",
+    "render_text",
+]

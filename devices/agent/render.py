@@ -1,0 +1,534 @@
+"""The lock screen, as a phone would draw it: a 40-column terminal box and a 360x800 HTML page.
+
+The content comes from the command's ``screen`` (built on the server, per provider and
+language; keys in docs/lock-pipeline.md). The owner stuck on this screen must learn who
+locked the phone, how much is overdue, exactly how to pay, whom to call, and that their
+data is safe, and must always be able to make an emergency call.
+
+A server bug or an older server must never leave the owner with a crash instead of a
+screen, so every key is optional and of any type here: ``Content`` keeps what is usable.
+The words around the values ("Amount overdue", ...) are English: the spec ships values,
+not labels.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+from devices.agent.times import human_time
+
+WIDTH = 40
+# 112 reaches the emergency services from any GSM phone, even without a SIM card; the
+# country's own numbers are in allowed_numbers and are listed on the screen as well.
+EMERGENCY_NUMBER = "112"
+
+DEFAULT_TITLE = "This phone is locked"
+DEFAULT_BODY = "This device is locked due to an overdue installment payment."
+# Said even when the server sends nothing: both are true of this agent whatever the command.
+DEFAULT_DATA_KEPT = "Your data is kept: nothing on this phone is deleted while it is locked."
+DEFAULT_RESET_WARNING = "A factory reset will NOT remove this lock; it only erases your own data."
+
+STATE_HEADLINES = {
+    "locked": "LOCKED",
+    "reminder": "Payment reminder",
+    "temp_unlocked": "Temporarily unlocked",
+    "unlocked": "No restrictions",
+    "released": "Released: no restrictions, for good",
+}
+
+
+@dataclass(frozen=True)
+class ScreenView:
+    """Everything the screen depends on, taken from the agent's state at one instant."""
+
+    state: str
+    screen: dict[str, Any] = field(default_factory=dict)
+    allowed_numbers: list[str] = field(default_factory=list)
+    expires_at: dt.datetime | None = None
+    imei: str | None = None
+    enrolled: bool = True
+    offline_unlock: bool = False
+
+
+@dataclass(frozen=True)
+class PaymentChannel:
+    name: str
+    kind: str
+    account: str
+    reference: str
+    instructions: str
+
+
+@dataclass(frozen=True)
+class ServiceCenter:
+    name: str
+    phone: str
+    website: str
+
+
+@dataclass(frozen=True)
+class Content:
+    """The screen's values, each a clean string or list, whatever the server sent."""
+
+    language: str
+    title: str
+    body: str
+    provider: str
+    amount: str
+    overdue_since: str
+    contract: str
+    imei: str
+    channels: list[PaymentChannel]
+    hotlines: list[str]
+    email: str
+    website: str
+    centers: list[ServiceCenter]
+    fallback_name: str
+    fallback_hotlines: list[str]
+    fallback_email: str
+    fallback_website: str
+    data_kept: str
+    reset_warning: str
+    offline_hint: str
+    allowed: list[str]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return ""
+    if isinstance(value, str | int | float):
+        return " ".join(str(value).split())
+    return ""
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    return [text for item in value if (text := _text(item))]
+
+
+def content(view: ScreenView) -> Content:
+    """Normalise ``view.screen``: missing or malformed keys become empty values, never errors."""
+    s = _dict(view.screen)
+    provider = s.get("provider")
+    provider_name = _text(_dict(provider).get("name")) if isinstance(provider, dict) else _text(provider)
+    amount = _text(s.get("amount_overdue_display"))
+    if not amount and _text(s.get("amount_overdue")):
+        amount = " ".join(p for p in (_text(s.get("currency")), _text(s.get("amount_overdue"))) if p)
+    channels = [
+        PaymentChannel(
+            name=_text(c.get("name")),
+            kind=_text(c.get("kind")).replace("_", " "),
+            account=_text(c.get("account")),
+            reference=_text(c.get("reference")),
+            instructions=_text(c.get("instructions")),
+        )
+        for c in (s.get("payment_channels") if isinstance(s.get("payment_channels"), list) else [])
+        if isinstance(c, dict)
+    ]
+    centers = [
+        ServiceCenter(name=_text(c.get("name")), phone=_text(c.get("phone")), website=_text(c.get("website")))
+        for c in (s.get("service_centers") if isinstance(s.get("service_centers"), list) else [])
+        if isinstance(c, dict) and (c.get("name") or c.get("phone"))
+    ]
+    fallback = _dict(s.get("fallback"))
+    return Content(
+        language=_text(s.get("language")) or "en",
+        title=_text(s.get("title")),
+        body=_text(s.get("body")),
+        provider=provider_name,
+        amount=amount,
+        overdue_since=_text(s.get("overdue_since")),
+        contract=_text(s.get("contract_number")),
+        imei=_text(s.get("imei")) or _text(view.imei),
+        channels=[c for c in channels if c.name or c.account or c.reference],
+        hotlines=_strings(s.get("hotline_numbers")),
+        email=_text(s.get("support_email")),
+        website=_text(s.get("website")),
+        centers=centers,
+        fallback_name=_text(fallback.get("name")),
+        fallback_hotlines=_strings(fallback.get("hotline_numbers")),
+        fallback_email=_text(fallback.get("support_email")),
+        fallback_website=_text(fallback.get("website")),
+        data_kept=_text(s.get("data_kept_notice")) or DEFAULT_DATA_KEPT,
+        reset_warning=_text(s.get("factory_reset_warning")) or DEFAULT_RESET_WARNING,
+        offline_hint=_text(s.get("offline_unlock_hint")),
+        allowed=_strings(view.allowed_numbers),
+    )
+
+
+def dial_string(number: str) -> str:
+    """The characters a dialer accepts; anything else (``javascript:``, spaces) is dropped."""
+    cleaned = re.sub(r"[^0-9+*#]", "", number)
+    # "+" only makes sense in front.
+    return cleaned[:1] + cleaned[1:].replace("+", "")
+
+
+def callable_numbers(c: Content) -> set[str]:
+    """What a locked phone can dial: the allowed numbers and the provider's hotlines."""
+    return {dial_string(n) for n in c.allowed + c.hotlines if dial_string(n)}
+
+
+# --- terminal ------------------------------------------------------------------------------
+
+
+def _width(text: str) -> int:
+    """Columns a string takes in a terminal (combining marks take none, wide CJK takes two)."""
+    total = 0
+    for ch in text:
+        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+            continue
+        total += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return total
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Greedy word wrap by display width; words longer than a line are cut."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        while _width(word) > width:
+            if line:
+                lines.append(line)
+                line = ""
+            cut = 0
+            while cut < len(word) and _width(word[: cut + 1]) <= width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        if not word:
+            continue
+        candidate = f"{line} {word}" if line else word
+        if _width(candidate) <= width:
+            line = candidate
+        else:
+            lines.append(line)
+            line = word
+    if line:
+        lines.append(line)
+    return lines
+
+
+class _Box:
+    """A box drawn with line characters, ``WIDTH`` columns wide including the borders."""
+
+    inner = WIDTH - 4
+
+    def __init__(self) -> None:
+        self.lines = ["┌" + "─" * (WIDTH - 2) + "┐"]
+
+    def text(self, text: str, indent: int = 0) -> None:
+        if not text:
+            return
+        pad = " " * indent
+        for part in _wrap(text, self.inner - indent):
+            self.lines.append("│ " + pad + part + " " * (self.inner - indent - _width(part)) + " │")
+
+    def item(self, label: str, value: str, indent: int = 0) -> None:
+        if value:
+            self.text(f"{label}: {value}", indent=indent)
+
+    def blank(self) -> None:
+        self.lines.append("│" + " " * (WIDTH - 2) + "│")
+
+    def rule(self) -> None:
+        self.lines.append("├" + "─" * (WIDTH - 2) + "┤")
+
+    def close(self) -> str:
+        return "\n".join([*self.lines, "└" + "─" * (WIDTH - 2) + "┘"])
+
+
+def _until(view: ScreenView) -> str:
+    return human_time(view.expires_at) if view.expires_at else ""
+
+
+def render_text(view: ScreenView) -> str:
+    """The screen as text for a terminal: a box 40 columns wide, wrapped, never cut off."""
+    c = content(view)
+    box = _Box()
+    if view.state == "locked":
+        _text_locked(box, c)
+    elif view.state == "reminder":
+        _text_reminder(box, c)
+    else:
+        _text_status(box, c, view)
+    box.rule()
+    if view.state == "locked" and c.allowed:
+        box.text("Calls allowed: " + ", ".join(c.allowed))
+    box.text(f"[ Emergency call {EMERGENCY_NUMBER} ]")
+    return box.close()
+
+
+def _text_locked(box: _Box, c: Content) -> None:
+    box.text(STATE_HEADLINES["locked"])
+    box.text(c.title or DEFAULT_TITLE)
+    box.blank()
+    box.text(c.body or DEFAULT_BODY)
+    box.blank()
+    box.item("Locked by", c.provider)
+    box.item("Amount overdue", c.amount)
+    box.item("Overdue since", c.overdue_since)
+    box.item("Contract", c.contract)
+    box.item("IMEI", c.imei)
+    if c.channels:
+        box.rule()
+        box.text("HOW TO PAY")
+        for ch in c.channels:
+            box.text("* " + (f"{ch.name} ({ch.kind})" if ch.kind else ch.name))
+            box.item("Account", ch.account, indent=2)
+            box.item("Reference", ch.reference, indent=2)
+            box.text(ch.instructions, indent=2)
+    _text_help(box, c)
+    box.rule()
+    box.text(c.data_kept)
+    box.blank()
+    box.text(c.reset_warning)
+    if c.offline_hint:
+        box.blank()
+        box.text(c.offline_hint)
+
+
+def _text_help(box: _Box, c: Content) -> None:
+    if not (c.hotlines or c.email or c.website or c.centers or c.fallback_name or c.fallback_hotlines):
+        return
+    box.rule()
+    box.text("HELP")
+    box.item("Hotline", ", ".join(c.hotlines))
+    box.item("E-mail", c.email)
+    box.item("Website", c.website)
+    if c.centers:
+        box.text("Service centers (bring proof of purchase and ID):")
+        for sc in c.centers:
+            box.text("* " + ", ".join(p for p in (sc.name, sc.phone, sc.website) if p))
+    fallback = [", ".join(c.fallback_hotlines), c.fallback_email, c.fallback_website]
+    if c.fallback_name or any(fallback):
+        who = c.provider or "your provider"
+        box.text(f"Cannot reach {who}? " + ", ".join(p for p in [c.fallback_name, *fallback] if p))
+
+
+def _text_reminder(box: _Box, c: Content) -> None:
+    box.text(STATE_HEADLINES["reminder"].upper())
+    box.text(c.title)
+    box.text(c.body)
+    box.item("Amount due", c.amount)
+    box.item("Contract", c.contract)
+    for ch in c.channels:
+        box.text("Pay: " + ", ".join(p for p in (ch.name, ch.account and f"account {ch.account}", ch.reference) if p))
+    box.item("Hotline", ", ".join(c.hotlines))
+    box.blank()
+    box.text("Your phone works normally.")
+
+
+def _text_status(box: _Box, c: Content, view: ScreenView) -> None:
+    box.text(STATE_HEADLINES.get(view.state, view.state))
+    if view.state == "temp_unlocked":
+        how = "by an offline code" if view.offline_unlock else "by your provider"
+        box.text(f"Unlocked {how} until {_until(view)}." if view.expires_at else f"Unlocked {how}.")
+        box.item("Amount overdue", c.amount)
+        box.item("Hotline", ", ".join(c.hotlines))
+    elif view.state == "released":
+        box.text("Paid off. This phone can no longer be locked.")
+    if not view.enrolled:
+        box.text("Not enrolled with a server yet.")
+
+
+# --- HTML ----------------------------------------------------------------------------------
+
+_CSS = """
+*{box-sizing:border-box}
+html,body{margin:0;padding:0}
+body{width:360px;height:800px;overflow:hidden;position:relative;background:#000;color:#fff;
+ font:18px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans",sans-serif}
+main{position:absolute;top:0;left:0;right:0;bottom:96px;overflow-y:auto;padding:20px 20px 12px}
+h1{font-size:26px;line-height:1.2;margin:8px 0 12px}
+h2{font-size:15px;letter-spacing:.08em;text-transform:uppercase;color:#bdbdbd;margin:22px 0 8px}
+p{margin:0 0 10px}
+.badge{display:inline-block;background:#fff;color:#000;font-weight:800;font-size:14px;
+ letter-spacing:.1em;padding:3px 10px;border-radius:4px}
+.amount{font-size:38px;font-weight:800;line-height:1.1;color:#ffd54f;margin:4px 0}
+.label{color:#bdbdbd;font-size:15px}
+.facts div{margin:0 0 6px}
+.value{font-weight:700}
+.channel{border:1px solid #616161;border-radius:10px;padding:10px 12px;margin:0 0 10px}
+.channel .ref{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:20px;font-weight:700;
+ color:#ffd54f;word-break:break-all}
+a{color:#90caf9}
+a.call{display:block;text-align:center;font-size:26px;font-weight:800;color:#000;background:#ffd54f;
+ border-radius:12px;padding:12px;margin:0 0 8px;text-decoration:none}
+.notice{border-left:4px solid #ffd54f;padding-left:10px;font-size:16px}
+.small{font-size:15px;color:#e0e0e0}
+.banner{background:#ffd54f;color:#000;border-radius:14px;padding:14px 16px}
+.banner a,.banner .small{color:#000}
+.banner .amount{color:#000;font-size:30px}
+.banner h1{font-size:22px}
+.status{margin-top:160px;text-align:center}
+.status .state{font-size:24px;font-weight:800}
+footer{position:absolute;left:0;right:0;bottom:0;height:96px;padding:14px 20px;background:#000;
+ border-top:1px solid #424242}
+a.emergency{display:block;text-align:center;background:#c62828;color:#fff;font-size:24px;font-weight:800;
+ padding:16px;border-radius:14px;text-decoration:none}
+"""
+
+
+def _e(value: str) -> str:
+    return html.escape(value, quote=True)
+
+
+def _tel(number: str, cls: str = "") -> str:
+    dial = dial_string(number)
+    if not dial:
+        return _e(number)
+    attr = f' class="{cls}"' if cls else ""
+    return f'<a{attr} href="tel:{_e(dial)}">{_e(number)}</a>'
+
+
+def _number(number: str, c: Content) -> str:
+    """A number as a ``tel:`` link when the locked phone may dial it, else as text to note down."""
+    return _tel(number) if dial_string(number) in callable_numbers(c) else _e(number)
+
+
+def _fact(label: str, value: str) -> str:
+    if not value:
+        return ""
+    return f'<div><span class="label">{_e(label)}</span><br><span class="value">{_e(value)}</span></div>'
+
+
+def render_html(view: ScreenView) -> str:
+    """A self-contained page at phone size: no scripts, no external resources, all values escaped."""
+    c = content(view)
+    if view.state == "locked":
+        main = _html_locked(c)
+        title = c.title or DEFAULT_TITLE
+    elif view.state == "reminder":
+        main = _html_reminder(c)
+        title = c.title or STATE_HEADLINES["reminder"]
+    else:
+        main = _html_status(c, view)
+        title = STATE_HEADLINES.get(view.state, view.state)
+    return (
+        "<!DOCTYPE html>\n"
+        f'<html lang="{_e(c.language)}">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=360">\n'
+        # The page may load nothing from anywhere: a locked phone has no network to spare.
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n"
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
+        f'<body data-state="{_e(view.state)}">\n<main>\n{main}\n</main>\n'
+        '<footer><a class="emergency" id="emergency-call" '
+        f'href="tel:{EMERGENCY_NUMBER}">Emergency call</a></footer>\n'
+        "</body>\n</html>\n"
+    )
+
+
+def _html_locked(c: Content) -> str:
+    out = [f'<span class="badge">{_e(STATE_HEADLINES["locked"])}</span>']
+    out.append(f"<h1>{_e(c.title or DEFAULT_TITLE)}</h1>")
+    out.append(f"<p>{_e(c.body or DEFAULT_BODY)}</p>")
+    if c.amount:
+        out.append('<div class="label">Amount overdue</div>')
+        out.append(f'<div class="amount" id="amount">{_e(c.amount)}</div>')
+    facts = [
+        _fact("Overdue since", c.overdue_since),
+        _fact("Locked by", c.provider),
+        _fact("Contract number (quote it when you pay)", c.contract),
+        _fact("IMEI", c.imei),
+    ]
+    out.append('<div class="facts">' + "".join(facts) + "</div>")
+    if c.hotlines:
+        out.append("<h2>Call the hotline</h2>")
+        out.extend(_tel(n, "call") for n in c.hotlines)
+    if c.channels:
+        out.append("<h2>How to pay</h2>")
+        for ch in c.channels:
+            parts = [f'<div class="value">{_e(ch.name)}</div>']
+            if ch.kind:
+                parts.append(f'<div class="small">{_e(ch.kind)}</div>')
+            if ch.account:
+                parts.append(f'<div class="label">Account</div><div class="ref">{_e(ch.account)}</div>')
+            if ch.reference:
+                parts.append(f'<div class="label">Reference</div><div class="ref">{_e(ch.reference)}</div>')
+            if ch.instructions:
+                parts.append(f'<div class="small">{_e(ch.instructions)}</div>')
+            out.append('<div class="channel">' + "".join(parts) + "</div>")
+    contacts = []
+    if c.email:
+        contacts.append(_fact("E-mail", c.email))
+    if c.website:
+        contacts.append(_fact("Website", c.website))
+    if contacts:
+        out.append("<h2>Other contacts</h2>")
+        out.append('<div class="facts">' + "".join(contacts) + "</div>")
+    if c.centers:
+        out.append("<h2>Service centers</h2>")
+        out.append('<p class="small">Bring your proof of purchase and ID.</p>')
+        for sc in c.centers:
+            bits = [f'<span class="value">{_e(sc.name)}</span>'] if sc.name else []
+            if sc.phone:
+                bits.append(_number(sc.phone, c))
+            if sc.website:
+                bits.append(_e(sc.website))
+            out.append('<p class="small">' + "<br>".join(bits) + "</p>")
+    if c.fallback_name or c.fallback_hotlines or c.fallback_email or c.fallback_website:
+        who = c.provider or "your provider"
+        out.append(f"<h2>Cannot reach {_e(who)}?</h2>")
+        bits = [f'<span class="value">{_e(c.fallback_name)}</span>'] if c.fallback_name else []
+        bits.extend(_number(n, c) for n in c.fallback_hotlines)
+        bits.extend(_e(x) for x in (c.fallback_email, c.fallback_website) if x)
+        out.append('<p class="small">' + "<br>".join(bits) + "</p>")
+    out.append("<h2>Your data</h2>")
+    out.append(f'<p class="notice" id="data-kept">{_e(c.data_kept)}</p>')
+    out.append(f'<p class="notice" id="reset-warning">{_e(c.reset_warning)}</p>')
+    if c.offline_hint:
+        out.append(f'<p class="small" id="offline-hint">{_e(c.offline_hint)}</p>')
+    if c.allowed:
+        out.append("<h2>Calls allowed while locked</h2>")
+        out.append('<p class="small">' + " · ".join(_tel(n) for n in c.allowed) + "</p>")
+    return "\n".join(out)
+
+
+def _html_reminder(c: Content) -> str:
+    out = ['<div class="banner" role="status">']
+    out.append(f'<div class="badge">{_e(STATE_HEADLINES["reminder"])}</div>')
+    if c.title:
+        out.append(f"<h1>{_e(c.title)}</h1>")
+    if c.body:
+        out.append(f"<p>{_e(c.body)}</p>")
+    if c.amount:
+        out.append(f'<div class="amount" id="amount">{_e(c.amount)}</div>')
+    if c.contract:
+        out.append(f"<p>Contract {_e(c.contract)}</p>")
+    for ch in c.channels:
+        pay = ", ".join(_e(p) for p in (ch.name, ch.account and f"account {ch.account}", ch.reference) if p)
+        out.append(f'<p class="small">Pay: {pay}</p>')
+    out.extend(f"<p>Hotline: {_tel(n)}</p>" for n in c.hotlines)
+    out.append("</div>")
+    out.append('<p class="status small">Your phone works normally.</p>')
+    return "\n".join(out)
+
+
+def _html_status(c: Content, view: ScreenView) -> str:
+    out = ['<div class="status">']
+    out.append(f'<div class="state">{_e(STATE_HEADLINES.get(view.state, view.state))}</div>')
+    if view.state == "temp_unlocked":
+        how = "by an offline code" if view.offline_unlock else "by your provider"
+        until = f" until {_until(view)}" if view.expires_at else ""
+        out.append(f'<p class="small">Unlocked {how}{_e(until)}.</p>')
+        if c.amount:
+            out.append(f'<p class="small">Amount overdue: {_e(c.amount)}</p>')
+        out.extend(f'<p class="small">Hotline: {_tel(n)}</p>' for n in c.hotlines)
+    elif view.state == "released":
+        out.append('<p class="small">Paid off. This phone can no longer be locked.</p>')
+    if not view.enrolled:
+        out.append('<p class="small">Not enrolled with a server yet.</p>')
+    out.append("</div>")
+    return "\n".join(out)

@@ -1,0 +1,221 @@
+"""What the phone keeps on disk, and how it writes it so a power cut never leaves half a state.
+
+The state directory holds three things with three different lifetimes:
+
+``agent.json``
+    The enrolment: device id, IMEI, credential, the server's public keys, the last applied
+    sequence number, the applied command and the bounded log. A factory reset wipes this
+    file, exactly as a reset wipes an app's data on a real phone.
+``protected/lock.json``
+    What a real finance-lock agent keeps in reset-protected storage (Android's persistent
+    data block, the same place factory-reset protection lives): a copy of the command in
+    force, so the lock screen survives a reset until the phone enrols again, and the
+    OpenPAYGO counters, so an offline code cannot be typed twice by resetting in between.
+``user-data/``
+    Stands in for the owner's photos and messages. The agent never deletes it, for any
+    command and on a reset: the product promise is that a lock never costs the owner data.
+
+Every write is atomic (temporary file, fsync, ``os.replace``, fsync of the directory) and
+every read-modify-write runs under an exclusive ``flock``, so ``enter-code`` typed in one
+process and the ``run`` loop in another never overwrite each other's counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+LOG_LIMIT = 200
+
+AGENT_FILE = "agent.json"
+PROTECTED_DIR = "protected"
+PROTECTED_FILE = "lock.json"
+USER_DATA_DIR = "user-data"
+LOCK_FILE = ".lock"
+
+
+class StateError(RuntimeError):
+    """The state directory cannot be read (corrupt file, wrong format)."""
+
+
+@dataclass
+class Enrolment:
+    """Who this phone is to the server; all of it is lost on a factory reset."""
+
+    device: str
+    imei: str
+    server_keys: dict[str, str]
+    credential: str | None = None
+    server_url: str | None = None
+    mqtt_topic: str | None = None
+    enrolled_at: str | None = None
+
+
+@dataclass
+class AgentState:
+    """``agent.json``: the enrolment and the protocol state (wiped by a factory reset)."""
+
+    enrolment: Enrolment | None = None
+    last_seq: int = 0
+    # The last applied server command, and the one a temporary unlock falls back to.
+    command: dict[str, Any] | None = None
+    fallback_command: dict[str, Any] | None = None
+    # What the phone shows now (a temporary unlock may have expired since the command).
+    state: str = "unlocked"
+    expires_at: str | None = None
+    # An acknowledgement the server has not received yet: retried on every check-in.
+    unacked: dict[str, Any] | None = None
+    last_checkin_at: str | None = None
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AgentState:
+        enrolment = data.get("enrolment")
+        return cls(
+            enrolment=Enrolment(**enrolment) if enrolment else None,
+            last_seq=int(data.get("last_seq") or 0),
+            command=data.get("command"),
+            fallback_command=data.get("fallback_command"),
+            state=data.get("state") or "unlocked",
+            expires_at=data.get("expires_at"),
+            unacked=data.get("unacked"),
+            last_checkin_at=data.get("last_checkin_at"),
+            log=list(data.get("log") or []),
+        )
+
+
+@dataclass
+class OfflineState:
+    """OpenPAYGO Token counters and what the codes typed so far granted."""
+
+    secret: str | None = None
+    starting_code: int | None = None
+    last_count: int = 0
+    used_counts: list[int] = field(default_factory=list)
+    # Until when codes unlock the phone, and whether a "disable PAYG" code released it for good.
+    until: str | None = None
+    released: bool = False
+
+
+@dataclass
+class ProtectedState:
+    """``protected/lock.json``: survives a factory reset, like a real agent's protected partition."""
+
+    command: dict[str, Any] | None = None
+    fallback_command: dict[str, Any] | None = None
+    offline: OfflineState = field(default_factory=OfflineState)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProtectedState:
+        return cls(
+            command=data.get("command"),
+            fallback_command=data.get("fallback_command"),
+            offline=OfflineState(**(data.get("offline") or {})),
+        )
+
+
+def append_log(state: AgentState, entry: dict[str, Any]) -> None:
+    """Add to the log, keeping the newest ``LOG_LIMIT`` entries (a phone's disk is not a database)."""
+    state.log.append(entry)
+    del state.log[:-LOG_LIMIT]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON so that ``path`` holds either the old or the new content, never a torn file."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Temporary file in the same directory, fsync, rename over ``path``, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    # The rename itself must reach the disk too, or a power cut could bring the old file back.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StateError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise StateError(f"{path} is not a finlock agent state file (format {FORMAT})")
+    return data
+
+
+class Store:
+    """The state directory: loads and saves the two state files and guards them with a lock."""
+
+    def __init__(self, state_dir: str | os.PathLike[str]):
+        self.root = Path(state_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.agent_path = self.root / AGENT_FILE
+        self.protected_path = self.root / PROTECTED_DIR / PROTECTED_FILE
+        self.user_data_dir = self.root / USER_DATA_DIR
+        self.user_data_dir.mkdir(exist_ok=True)
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._lock_fh = None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive access for one read-modify-write, across threads (MQTT) and processes (CLI)."""
+        with self._thread_lock:
+            if self._depth == 0:
+                self._lock_fh = open(self.root / LOCK_FILE, "a+")  # noqa: SIM115 (held across the block)
+                fcntl.flock(self._lock_fh, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._lock_fh is not None:
+                    fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+                    self._lock_fh.close()
+                    self._lock_fh = None
+
+    def load_agent(self) -> AgentState:
+        data = _read_json(self.agent_path)
+        return AgentState.from_dict(data) if data else AgentState()
+
+    def load_protected(self) -> ProtectedState:
+        data = _read_json(self.protected_path)
+        return ProtectedState.from_dict(data) if data else ProtectedState()
+
+    def save_agent(self, state: AgentState) -> None:
+        write_json_atomic(self.agent_path, {"format": FORMAT, **asdict(state)})
+
+    def save_protected(self, protected: ProtectedState) -> None:
+        write_json_atomic(self.protected_path, {"format": FORMAT, **asdict(protected)})
+
+    def wipe_agent(self) -> None:
+        """What a factory reset does to the agent: its enrolment file is gone. Nothing else."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.agent_path)
