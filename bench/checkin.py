@@ -1,0 +1,221 @@
+"""Load the device check-in endpoint under gunicorn against a bare Django JSON view on the same server.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/finlock_bench .venv/bin/python bench/checkin.py
+
+Enrols ``--devices`` phones of a benchmark provider (each with a signed current command),
+starts gunicorn with production settings on a free port, then drives, in the same run and
+with the same client, for ``--seconds`` each:
+
+* **baseline**: ``GET /healthz``, a bare Django JSON view behind the full middleware stack;
+* **value**: ``POST /api/device/v1/checkin`` as the phones do (credential, JSON body), each
+  answer carrying the device's current signed command.
+
+Both are requests per second of 200 answers. Target: ratio = value / baseline ≥ 0.70.
+The last line printed is a JSON object ``{"metric", "value", "baseline", "ratio", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import multiprocessing
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_RATIO = 0.70
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=10.0, help="load time per endpoint")
+    parser.add_argument("--clients", type=int, default=4, help="client processes, one keep-alive connection each")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    return parser.parse_args(argv)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _imei() -> str:
+    from stdnum import luhn
+
+    body = f"99{secrets.randbelow(10**12):012d}"  # 99: a reporting-body prefix no real phone uses
+    return body + luhn.calc_check_digit(body)
+
+
+def enrol_devices(count: int) -> list[str]:
+    """Benchmark devices with credentials and a current signed command; returns credentials."""
+    from demo.generator import ensure_organisations
+    from devices.models import Device
+    from devices.services import (
+        StateChange,
+        device_enroll,
+        device_states_apply,
+        enrollment_token_create,
+    )
+
+    provider = ensure_organisations()["dialog"]
+    _token, secret = enrollment_token_create(provider=provider, name="bench", actor=None)
+    devices = Device.objects.bulk_create([Device(provider=provider, imei=_imei()) for _ in range(count)])
+    device_states_apply(
+        changes=[
+            StateChange(
+                device_id=d.pk,
+                state="locked",
+                reason="benchmark",
+                screen={"title": "Locked", "amount_overdue": "12500.00", "currency": "LKR"},
+                allowed_numbers=["+94117100100", "119"],
+            )
+            for d in devices
+        ]
+    )
+    return [device_enroll(imei=d.imei, token_secret=secret, app_version="bench").credential for d in devices]
+
+
+def _client(port, kind, seconds, credentials, start_at, results):
+    while time.time() < start_at:
+        time.sleep(0.001)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    ok = bad = 0
+    i = 0
+    deadline = start_at + seconds
+    while time.time() < deadline:
+        if kind == "bare":
+            conn.request("GET", "/healthz", headers={"Host": "127.0.0.1"})
+        else:
+            credential = credentials[i % len(credentials)]
+            body = json.dumps({"state": "locked", "last_seq": 1, "app_version": "bench"})
+            conn.request(
+                "POST",
+                "/api/device/v1/checkin",
+                body=body,
+                headers={
+                    "Host": "127.0.0.1",
+                    "Content-Type": "application/json",
+                    "Authorization": f"Device {credential}",
+                },
+            )
+        response = conn.getresponse()
+        response.read()
+        if response.status == 200:
+            ok += 1
+        else:
+            bad += 1
+        i += 1
+    conn.close()
+    results.put((ok, bad))
+
+
+def load(port: int, kind: str, seconds: float, clients: int, credentials: list[str]) -> tuple[float, int]:
+    """Requests per second of 200 answers, and the count of other answers."""
+    results = multiprocessing.Queue()
+    start_at = time.time() + 0.5
+    share = [credentials[i::clients] for i in range(clients)]
+    procs = [
+        multiprocessing.Process(target=_client, args=(port, kind, seconds, share[i] or credentials, start_at, results))
+        for i in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    totals = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    ok = sum(t[0] for t in totals)
+    return ok / seconds, sum(t[1] for t in totals)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.database_url or not args.database_url.startswith(("postgres://", "postgresql://")):
+        print("bench/checkin.py needs PostgreSQL: set DATABASE_URL=postgres://...", file=sys.stderr)
+        return 2
+    seed = base64.b64encode(secrets.token_bytes(32)).decode()
+    server_env = {
+        **os.environ,
+        "DATABASE_URL": args.database_url,
+        "DEBUG": "0",
+        "SECRET_KEY": secrets.token_urlsafe(60),
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "0",
+        "DEVICE_SIGNING_KEY": f"bench:{seed}",
+        "DEVICE_API_RATE": "100000000/min",
+        "LOG_LEVEL": "WARNING",
+    }
+    os.environ.update({k: v for k, v in server_env.items() if k != "DEBUG"})
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    credentials = enrol_devices(args.devices)
+    print(f"enrolled {len(credentials)} benchmark phones", flush=True)
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(REPO / ".venv/bin/gunicorn"),
+            "portal.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(args.workers),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=server_env,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        load(port, "bare", 1.0, args.clients, credentials)  # warm both paths up
+        load(port, "checkin", 1.0, args.clients, credentials)
+        baseline, bad_base = load(port, "bare", args.seconds, args.clients, credentials)
+        value, bad_value = load(port, "checkin", args.seconds, args.clients, credentials)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    ratio = value / baseline if baseline else 0.0
+    print(f"bare JSON view: {baseline:,.0f} req/s ({bad_base} non-200)")
+    print(f"device check-in: {value:,.0f} req/s ({bad_value} non-200)")
+    print(f"ratio {ratio:.2f} ({'ok' if ratio >= TARGET_RATIO else f'under the {TARGET_RATIO:.0%} target'})")
+    print(
+        json.dumps(
+            {
+                "metric": "checkin_requests_per_second",
+                "value": round(value, 1),
+                "baseline": round(baseline, 1),
+                "ratio": round(ratio, 3),
+                "target_ratio": TARGET_RATIO,
+                "non_200": bad_value,
+                "gunicorn_workers": args.workers,
+                "clients": args.clients,
+                "seconds": args.seconds,
+            }
+        )
+    )
+    return 0 if ratio >= TARGET_RATIO and not bad_value else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
