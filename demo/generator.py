@@ -789,6 +789,8 @@ def ensure_organisations(*, actor=None) -> dict[str, object]:
                     f"not a {fields['kind'].replace('_', ' ')}; rename it or use another database."
                 )
             result[org.slug] = org
+        for spec in PROVIDERS:
+            _ensure_payment_channels(result[spec.slug], actor=actor)
         center = result[SERVICE_CENTER["slug"]]
         missing = [
             result[s.slug] for s in PROVIDERS if not center.served_providers.filter(pk=result[s.slug].pk).exists()
@@ -802,6 +804,42 @@ def ensure_organisations(*, actor=None) -> dict[str, object]:
                 after={"served_providers": sorted(p.slug for p in missing)},
             )
     return result
+
+
+# How owners pay each demo provider: shown on the lock screen with the exact account and reference.
+DEMO_PAYMENT_CHANNELS = {
+    "dialog": [
+        ("mobile_money", "eZ Cash", "#111# > Pay bills > Dialog Finance", "{contract}", "Dial #111# on any phone."),
+        ("bank_transfer", "Bank of Ceylon", "0071234567 (Dialog Finance PLC)", "{contract}", ""),
+        ("cash_agent", "Dialog outlets", "Any Dialog Arcade", "{contract}", "Pay cash; keep the receipt."),
+    ],
+    "jamii": [
+        ("mobile_money", "M-PESA Paybill", "Paybill 522533", "{contract}", "Account number: your contract number."),
+        ("mobile_money", "Airtel Money", "Business number 400200", "{contract}", ""),
+    ],
+}
+
+
+def _ensure_payment_channels(provider, *, actor=None) -> None:
+    """The provider's payment channels, created once (an admin's later edits are kept)."""
+    from payments.models import PaymentChannel
+    from portal.services import audit_record, snapshot
+
+    if PaymentChannel.objects.filter(provider=provider).exists():
+        return
+    for position, (kind, name, account, reference, instructions) in enumerate(
+        DEMO_PAYMENT_CHANNELS.get(provider.slug, [])
+    ):
+        channel = PaymentChannel.objects.create(
+            provider=provider,
+            kind=kind,
+            name=name,
+            account=account,
+            reference=reference,
+            instructions=instructions,
+            position=position,
+        )
+        audit_record(actor=actor, action="payment_channel.create", obj=channel, after=snapshot(channel))
 
 
 # --- (a) the small demo, through the domain services ----------------------------
