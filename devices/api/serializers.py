@@ -1,9 +1,19 @@
 from rest_framework import serializers
 
-from devices.models import Device
+from devices.models import Device, LockState
 
 
 class DeviceSerializer(serializers.ModelSerializer):
+    # Blank until the device first acknowledges a state. Declared explicitly because a
+    # read-only model field loses allow_blank, and the schema then said "one of the
+    # lock states" for a device that answers "" (a response/schema mismatch).
+    reported_state = serializers.ChoiceField(
+        choices=LockState.choices,
+        allow_blank=True,
+        read_only=True,
+        help_text="The state the device last acknowledged; blank until its first acknowledgement.",
+    )
+
     class Meta:
         model = Device
         fields = [

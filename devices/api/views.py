@@ -15,8 +15,9 @@ from devices.api.serializers import (
 )
 from devices.models import Device, LockState
 from devices.selectors import devices_by_imei
-from devices.services import BulkUploadError, device_bulk_upload, device_create
+from devices.services import BulkUploadError, bulk_upload_check_size, device_bulk_upload, device_create
 from portal.api.pagination import NewestFirstPagination
+from portal.api.schema import ErrorSerializer
 from portal.api.utils import client_ip
 from portal.permissions import Right, scope
 
@@ -74,7 +75,9 @@ class DeviceBulkUploadView(APIView):
         responses={
             201: OpenApiResponse(BulkReportSerializer, description="Devices created; rejected lines listed."),
             422: OpenApiResponse(BulkReportSerializer, description="Nothing created; every bad line listed."),
-            400: OpenApiResponse(description="The file cannot be read at all."),
+            400: OpenApiResponse(
+                ErrorSerializer, description="The file cannot be read at all (errors.file says why); nothing created."
+            ),
         },
     )
     def post(self, request):
@@ -82,6 +85,9 @@ class DeviceBulkUploadView(APIView):
         form.is_valid(raise_exception=True)
         upload = form.validated_data["file"]
         try:
+            # Before reading: the service checks the size too, but only once the
+            # whole file has been loaded into memory.
+            bulk_upload_check_size(upload.size)
             report = device_bulk_upload(
                 provider=request.user.organisation,
                 actor=request.user,

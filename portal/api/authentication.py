@@ -16,19 +16,25 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
     """Find the key by its public prefix, compare digests in constant time."""
 
     keyword = "Bearer"
+    malformed = "Send the key as: Authorization: Bearer <key>."
 
     def authenticate(self, request):
         header = authentication.get_authorization_header(request).split()
-        if not header or header[0].lower() != self.keyword.lower().encode():
-            return None
-        if len(header) != 2:
-            raise exceptions.AuthenticationFailed("Send the key as: Authorization: Bearer <key>.")
+        if not header:
+            return None  # no credentials at all: the permission check answers 401
+        # This is the API's only scheme: an Authorization header in any other form
+        # (Token, Basic, a bare key) is a client mistake, so say what to send rather
+        # than "credentials were not provided".
+        if header[0].lower() != self.keyword.lower().encode() or len(header) != 2:
+            raise exceptions.AuthenticationFailed(self.malformed)
         try:
             token = header[1].decode("ascii")
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid API key.") from None
         parts = token.split("_", 2)
-        if len(parts) != 3 or parts[0] != "fl":
+        # The prefix is hex (ApiKey.generate); anything else cannot match a row, and
+        # a NUL byte in it would make PostgreSQL raise instead of finding nothing.
+        if len(parts) != 3 or parts[0] != "fl" or not parts[1].isalnum() or len(parts[1]) > 12:
             raise exceptions.AuthenticationFailed("Invalid API key.")
         key = ApiKey.objects.select_related("provider").filter(prefix=parts[1]).first()
         if key is None or not hmac.compare_digest(key.digest, ApiKey.digest_of(token)):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -12,7 +12,11 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 def validation_errors(exc: DjangoValidationError) -> dict:
     if hasattr(exc, "error_dict"):
-        return {field: [str(m) for e in errs for m in e.messages] for field, errs in exc.error_dict.items()}
+        return {
+            # Django's "__all__" is the same thing DRF calls non_field_errors: one name for clients.
+            ("non_field_errors" if field == NON_FIELD_ERRORS else field): [str(m) for e in errs for m in e.messages]
+            for field, errs in exc.error_dict.items()
+        }
     return {"non_field_errors": exc.messages}
 
 
@@ -22,12 +26,20 @@ def exception_handler(exc, context):
             {"detail": "The request is invalid; nothing was changed.", "errors": validation_errors(exc)},
             status=status.HTTP_400_BAD_REQUEST,
         )
-    if isinstance(exc, Http404):
+    if isinstance(exc, exceptions.NotAuthenticated):
+        # DRF's default ("credentials were not provided") does not say which credentials.
+        # Keep the exception itself: DRF set its WWW-Authenticate challenge on it.
+        exc.detail = exceptions.ErrorDetail(
+            "No API key: send it as Authorization: Bearer <key>.", code="not_authenticated"
+        )
+    elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
     response = drf_exception_handler(exc, context)
     if response is not None and isinstance(exc, exceptions.ValidationError):
         data = response.data
+        if not isinstance(data, dict):  # ValidationError("...") without a field
+            data = {"non_field_errors": data}
         response.data = {"detail": "The request is invalid; nothing was changed.", "errors": data}
     return response

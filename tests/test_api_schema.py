@@ -1,0 +1,144 @@
+"""An integrator builds a client from the published OpenAPI schema and reads the docs.
+
+Stories:
+* ``/api/schema/`` is a valid OpenAPI 3 document, public (the key is needed for
+  the API, not to learn how to call it), in YAML by default and JSON on request;
+* it documents the bearer key scheme and requires it on every operation;
+* every endpoint and method of the provider API is in it, with its error answers in the
+  API's one error shape, and the bulk upload's 201/422 report;
+* what the API actually answers matches the schema (a never-acknowledged
+  device's blank reported state included);
+* ``/api/docs/`` renders the interactive docs from our own static files.
+"""
+
+from __future__ import annotations
+
+import jsonschema
+import pytest
+import yaml
+from drf_spectacular.validation import validate_schema
+from rest_framework.test import APIClient
+
+from tests.factories import DeviceFactory, make_contract
+
+EXPECTED_OPERATIONS = {
+    ("/api/v1/devices/", "get"),
+    ("/api/v1/devices/", "post"),
+    ("/api/v1/devices/{imei}/", "get"),
+    ("/api/v1/devices/bulk/", "post"),
+    ("/api/v1/contracts/", "get"),
+    ("/api/v1/contracts/", "post"),
+    ("/api/v1/contracts/{number}/", "get"),
+}
+
+
+@pytest.fixture
+def schema(db) -> dict:
+    response = APIClient().get("/api/schema/?format=json")
+    assert response.status_code == 200
+    return response.json()
+
+
+def operations(schema: dict):
+    """The provider API's operations (the phones' device API under /api/device/ has its own scheme)."""
+    for path, item in schema["paths"].items():
+        if not path.startswith("/api/v1/"):
+            continue
+        for method, operation in item.items():
+            if method in {"get", "post", "put", "patch", "delete"}:
+                yield path, method, operation
+
+
+def test_the_schema_is_public_and_valid_openapi_3(db):
+    response = APIClient().get("/api/schema/")  # no key needed
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/vnd.oai.openapi")  # YAML
+    document = yaml.safe_load(response.content)
+    assert document["openapi"].startswith("3.")
+    assert document["info"]["title"] == "finlock API"
+    validate_schema(document)  # raises on any violation of the OpenAPI 3 meta-schema
+
+
+def test_the_schema_documents_the_bearer_key_and_requires_it_everywhere(schema):
+    scheme = schema["components"]["securitySchemes"]["ApiKey"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert "create_api_key" in scheme["description"]
+    assert "Authorization: Bearer" in schema["info"]["description"]
+    for path, method, operation in operations(schema):
+        assert operation.get("security") == [{"ApiKey": []}], (path, method)
+
+
+def test_every_endpoint_is_documented_with_its_success_and_error_answers(schema):
+    found = {(path, method) for path, method, _op in operations(schema)}
+    assert found == EXPECTED_OPERATIONS
+    error_ref = "#/components/schemas/Error"
+    for path, method, operation in operations(schema):
+        responses = operation["responses"]
+        success = {"get": "200", "post": "201"}[method]
+        assert success in responses, (path, method)
+        for code in ("401", "429"):
+            assert responses[code]["content"]["application/json"]["schema"]["$ref"] == error_ref, (path, method, code)
+        if method == "post":
+            assert responses["400"]["content"]["application/json"]["schema"]["$ref"] == error_ref
+        if path.endswith("}/"):  # one object by its key: 404 when it is not this provider's
+            assert "404" in responses, path
+    bulk = schema["paths"]["/api/v1/devices/bulk/"]["post"]
+    assert bulk["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/BulkReport")
+    assert "multipart/form-data" in bulk["requestBody"]["content"]
+
+
+def test_the_list_filters_and_cursor_are_documented(schema):
+    params = {p["name"] for p in schema["paths"]["/api/v1/devices/"]["get"]["parameters"]}
+    assert {"cursor", "page_size", "desired_state", "reported_state", "maker"} <= params
+    params = {p["name"] for p in schema["paths"]["/api/v1/contracts/"]["get"]["parameters"]}
+    assert {"cursor", "page_size", "status", "device_imei"} <= params
+
+
+def response_validator(schema: dict, component: str):
+    """A JSON-schema validator for one response component (OpenAPI 3.0 ``nullable`` honoured)."""
+
+    def to_json_schema(node):
+        if isinstance(node, dict):
+            node = {k: to_json_schema(v) for k, v in node.items()}
+            if node.pop("nullable", False):
+                node = {"anyOf": [node, {"type": "null"}]}
+            return node
+        if isinstance(node, list):
+            return [to_json_schema(v) for v in node]
+        if isinstance(node, str) and node.startswith("#/components/schemas/"):
+            return "#/$defs/" + node.rsplit("/", 1)[1]
+        return node
+
+    defs = to_json_schema(schema["components"]["schemas"])
+    return jsonschema.Draft202012Validator({"$ref": f"#/$defs/{component}", "$defs": defs})
+
+
+def test_real_answers_match_the_schema(schema, api_a, provider_a):
+    contract = make_contract(provider_a, number="DLG-1")  # its device never checked in: reported_state ""
+    DeviceFactory(provider=provider_a, reported_state="locked")
+    checks = [
+        ("/api/v1/devices/", "PaginatedDeviceList"),
+        (f"/api/v1/devices/{contract.device.imei}/", "Device"),
+        ("/api/v1/contracts/", "PaginatedContractListList"),
+        ("/api/v1/contracts/DLG-1/", "ContractDetail"),
+        ("/api/v1/contracts/NOPE/", "Error"),
+    ]
+    for url, component in checks:
+        body = api_a.get(url).json()
+        errors = [e.message for e in response_validator(schema, component).iter_errors(body)]
+        assert errors == [], (url, errors)
+    assert APIClient().get("/api/v1/devices/").status_code == 401
+
+
+def test_the_interactive_docs_render_from_our_own_files_and_point_at_the_schema(db):
+    client = APIClient()
+    response = client.get("/api/docs/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    # Swagger UI from our static files (no CDN: works offline and under the CSP).
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in page
+    assert "https://" not in page
+    # The page's own script loads the schema from /api/schema/.
+    script = client.get("/api/docs/?script=")
+    assert script.status_code == 200
+    assert "/api/schema/" in script.content.decode()
