@@ -9,6 +9,7 @@ def register() -> None:
     from devices.selectors import device_state_overview
 
     register_nav(NavItem(20, "devices:list", "Devices", Right.VIEW_DEVICES))
+    register_nav(NavItem(22, "devices:dead_letters", "Dead letters", Right.VIEW_DEVICES))
     register_panel(HomePanel(5, "devices/panels/lookup.html", Right.VIEW_DEVICES))
     register_panel(
         HomePanel(

@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import hashlib
 import io
+import logging
+import secrets
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F, OuterRef, Q, Subquery
+from django.db.models.functions import Left
+from django.http import Http404
+from django.utils import timezone
+from kombu.exceptions import OperationalError
+from openpaygo import TokenType, generate_token
+from openpaygo.token_shared import OpenPAYGOTokenShared
 
-from devices.models import Device, normalise_imei
-from portal.models import Organisation
+from devices.keys import current_signer, public_keys
+from devices.models import (
+    Device,
+    DeviceCommand,
+    EnrollmentToken,
+    LockState,
+    OfflineCode,
+    OfflineCodeKind,
+    normalise_imei,
+)
+from devices.protocol import PROTOCOL_VERSION, STATES, sign, topic_for
+from portal.models import Organisation, OrganisationKind, User
+from portal.permissions import Right, has_right, visible_provider_ids
 from portal.services import AuditEntry, audit_record, audit_record_many, snapshot
+
+log = logging.getLogger(__name__)
 
 DEVICE_FIELDS = ("imei", "imei2", "serial_number", "maker", "model")
 FIELD_LIMITS = {f: Device._meta.get_field(f).max_length for f in DEVICE_FIELDS}
@@ -111,9 +135,17 @@ ALL_OR_NOTHING = "all_or_nothing"
 VALID_ROWS_ONLY = "valid_rows_only"
 
 
+def bulk_upload_check_size(size: int) -> None:
+    """Refuse a file over ``BULK_UPLOAD_MAX_BYTES``; callers check before reading it into memory."""
+    limit = settings.BULK_UPLOAD_MAX_BYTES
+    if size > limit:
+        # Whole MB for the real limit; bytes for a small configured one ("0 MB" said nothing).
+        label = f"{limit // (1024 * 1024)} MB" if limit >= 1024 * 1024 else f"{limit:,} bytes"
+        raise BulkUploadError(f"The file is larger than {label}; split it.")
+
+
 def _read_csv(raw: bytes) -> tuple[list[str], csv.DictReader]:
-    if len(raw) > settings.BULK_UPLOAD_MAX_BYTES:
-        raise BulkUploadError(f"The file is larger than {settings.BULK_UPLOAD_MAX_BYTES // (1024 * 1024)} MB.")
+    bulk_upload_check_size(len(raw))
     if b"\x00" in raw:
         raise BulkUploadError("The file is not a text CSV (it contains NUL bytes).")
     try:
@@ -132,6 +164,13 @@ def _read_csv(raw: bytes) -> tuple[list[str], csv.DictReader]:
         raise BulkUploadError("The file is empty; the first line must be a header with at least an imei column.")
     if "imei" not in header:
         raise BulkUploadError(f"The header has no imei column (found: {', '.join(header) or 'nothing'}).")
+    blank = [str(i) for i, h in enumerate(header, start=1) if not h]
+    if blank:
+        raise BulkUploadError(f"Column(s) {', '.join(blank)} of the header have no name (a stray delimiter?).")
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        # A dict per row would keep only the last of the two columns, silently.
+        raise BulkUploadError(f"Column(s) {', '.join(twice)} appear more than once in the header.")
     unknown = [h for h in header if h not in DEVICE_FIELDS]
     if unknown:
         raise BulkUploadError(f"Unknown column(s) {', '.join(unknown)}; allowed: {', '.join(DEVICE_FIELDS)}.")
@@ -201,22 +240,35 @@ def device_bulk_upload(
         return report
     if not fresh:
         return report
-    with transaction.atomic():
-        devices = Device.objects.bulk_create(
-            [Device(provider=provider, **{k: v for k, v in values.items() if k in DEVICE_FIELDS}) for values in fresh],
-            batch_size=2000,
-        )
-        if devices and devices[0].pk is None:  # backends without RETURNING: fetch the ids
-            by_imei = dict(
-                Device.objects.filter(provider=provider, imei__in=[d.imei for d in devices]).values_list("imei", "id")
+    try:
+        with transaction.atomic():
+            devices = Device.objects.bulk_create(
+                [
+                    Device(provider=provider, **{k: v for k, v in values.items() if k in DEVICE_FIELDS})
+                    for values in fresh
+                ],
+                batch_size=2000,
             )
-            for d in devices:
-                d.pk = by_imei[d.imei]
-        audit_record_many(
-            actor=actor,
-            ip_address=ip_address,
-            entries=[AuditEntry(action="device.create", obj=d, after=snapshot(d, DEVICE_FIELDS)) for d in devices],
-        )
+            if devices and devices[0].pk is None:  # backends without RETURNING: fetch the ids
+                by_imei = dict(
+                    Device.objects.filter(provider=provider, imei__in=[d.imei for d in devices]).values_list(
+                        "imei", "id"
+                    )
+                )
+                for d in devices:
+                    d.pk = by_imei[d.imei]
+            audit_record_many(
+                actor=actor,
+                ip_address=ip_address,
+                entries=[AuditEntry(action="device.create", obj=d, after=snapshot(d, DEVICE_FIELDS)) for d in devices],
+            )
+    except IntegrityError:
+        # Race: another request registered one of these IMEIs between the check
+        # above and the insert; the unique constraint refused the whole batch.
+        raise BulkUploadError(
+            "Another request registered some of these IMEIs meanwhile; nothing was created. "
+            "Upload the file again to see which lines are affected."
+        ) from None
     report.created = len(devices)
     return report
 
@@ -231,7 +283,8 @@ def _row_errors(values: dict) -> list[tuple[str, str]]:
                     errors.append((name, "This field is required."))
                 continue
             try:
-                values[name] = normalise_imei(value)
+                # Check the length of the digits, not of "35 209900 176148 1" as typed.
+                value = values[name] = normalise_imei(value)
             except ValidationError as exc:
                 errors.append((name, exc.messages[0]))
                 continue
@@ -240,3 +293,607 @@ def _row_errors(values: dict) -> list[tuple[str, str]]:
     if values.get("imei") and values.get("imei") == values.get("imei2"):
         errors.append(("imei2", "The second IMEI must differ from the first."))
     return errors
+
+
+# --- Lock-state commands: the outbox (docs/lock-pipeline.md) --------------------------
+
+# Ids per SELECT ... FOR UPDATE and rows per bulk write: well under every backend's
+# limit on query parameters, and few enough round trips for 10,000 changes at once.
+LOCK_BATCH = 5000
+WRITE_BATCH = 1000
+REASON_LENGTH = Device._meta.get_field("desired_reason").max_length
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One change of a device's desired lock state, with what the phone shows for it.
+
+    ``screen`` and ``allowed_numbers`` travel inside the signed command as they are, so
+    they may hold only strings, integers, booleans, None, lists and dicts (amounts as
+    decimal strings): every implementation must produce the same canonical bytes.
+    ``expires_at`` is required for ``temp_unlocked`` and refused for any other state.
+    """
+
+    device_id: int
+    state: str
+    reason: str = ""
+    screen: dict = field(default_factory=dict)
+    allowed_numbers: list[str] = field(default_factory=list)
+    expires_at: dt.datetime | None = None
+
+
+def _wire_time(value: dt.datetime) -> str:
+    """ISO 8601 UTC with a ``Z``, to the second: the form every command carries."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_wire_value(value, where: str) -> None:
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_wire_value(item, f"{where}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: key {key!r} is not a string")
+            _check_wire_value(item, f"{where}.{key}")
+        return
+    # Floats print differently across languages and Decimals are not JSON at all:
+    # either would break the signature on the phone (amounts are decimal strings).
+    raise ValueError(f"{where} is a {type(value).__name__}; a command holds only str, int, bool, None, list, dict")
+
+
+def _check_change(change: StateChange) -> None:
+    if change.state not in STATES:
+        raise ValueError(f"device {change.device_id}: unknown state {change.state!r}")
+    if (change.state == LockState.TEMP_UNLOCKED) != (change.expires_at is not None):
+        raise ValueError(f"device {change.device_id}: expires_at is required for temp_unlocked and only for it")
+    if change.expires_at is not None and timezone.is_naive(change.expires_at):
+        raise ValueError(f"device {change.device_id}: expires_at must be timezone-aware")
+    if not isinstance(change.screen, dict):
+        raise ValueError(f"device {change.device_id}: screen must be a dict")
+    if not isinstance(change.allowed_numbers, list | tuple) or not all(
+        isinstance(n, str) for n in change.allowed_numbers
+    ):
+        raise ValueError(f"device {change.device_id}: allowed_numbers must be a list of strings")
+    _check_wire_value(change.screen, "screen")
+
+
+def device_states_apply(*, changes: list[StateChange], actor=None) -> list[DeviceCommand]:
+    """Record desired lock states and issue one signed command per change (the outbox).
+
+    All in one transaction, the caller's if there is one: the devices' rows are
+    locked, each change takes the device's next sequence number, the command is
+    built exactly as docs/lock-pipeline.md specifies and signed with the current
+    key, and every change is audited (``device.state``, before and after). Several
+    changes for one device are applied in the given order, each with its own seq.
+    Set-based: a fixed number of queries per batch of rows, so 10,000 changes take
+    seconds. Delivery (push) is queued only once the transaction commits; until a
+    worker delivers it, the command is served by the phone's check-in (pull).
+    """
+    if not changes:
+        return []
+    for change in changes:
+        _check_change(change)
+    key_id, private_key = current_signer()
+    now = timezone.now()
+    issued_at = now.replace(microsecond=0)
+    issued_text = _wire_time(issued_at)
+    ids = sorted({change.device_id for change in changes})
+    with transaction.atomic():
+        devices: dict[int, Device] = {}
+        for start in range(0, len(ids), LOCK_BATCH):
+            # Race: the sweep and a verified payment changing the same device at once
+            # would both read command_seq and issue the same seq; the row locks
+            # serialise them, and taking them in id order prevents deadlocks.
+            batch = Device.objects.select_for_update().filter(pk__in=ids[start : start + LOCK_BATCH]).order_by("id")
+            devices.update((device.pk, device) for device in batch)
+        missing = [pk for pk in ids if pk not in devices]
+        if missing:
+            raise Device.DoesNotExist(f"No device with id {', '.join(map(str, missing[:10]))}")
+        commands: list[DeviceCommand] = []
+        entries: list[AuditEntry] = []
+        for change in changes:
+            device = devices[change.device_id]
+            before = {"state": device.desired_state, "reason": device.desired_reason, "seq": device.command_seq}
+            reason = change.reason[: DeviceCommand._meta.get_field("reason").max_length]
+            expires_at = change.expires_at.replace(microsecond=0) if change.expires_at else None
+            device.command_seq += 1
+            device.desired_state = change.state
+            device.desired_reason = reason[:REASON_LENGTH]
+            device.desired_changed_at = now
+            device.updated_at = now
+            payload = {
+                "v": PROTOCOL_VERSION,
+                "device": str(device.uid),
+                "imei": device.imei,
+                "seq": device.command_seq,
+                "state": change.state,
+                "reason": reason,
+                "issued_at": issued_text,
+                "expires_at": _wire_time(expires_at) if expires_at else None,
+                "key_id": key_id,
+                "screen": change.screen,
+                "allowed_numbers": list(change.allowed_numbers),
+            }
+            envelope = sign(payload, private_key)
+            commands.append(
+                DeviceCommand(
+                    device=device,
+                    seq=device.command_seq,
+                    state=change.state,
+                    reason=reason,
+                    expires_at=expires_at,
+                    payload=payload,
+                    signature=envelope["signature"],
+                    key_id=key_id,
+                    issued_at=issued_at,
+                    next_attempt_at=now,
+                )
+            )
+            entries.append(
+                AuditEntry(
+                    action="device.state",
+                    obj=device,
+                    before=before,
+                    after={
+                        "state": change.state,
+                        "reason": reason,
+                        "seq": device.command_seq,
+                        "expires_at": expires_at,
+                    },
+                )
+            )
+        DeviceCommand.objects.bulk_create(commands, batch_size=WRITE_BATCH)
+        # Each device row now mirrors its newest command: one UPDATE per batch with
+        # correlated subqueries on the (device, seq) index. bulk_update's CASE per
+        # row costs seconds per thousand devices; this stays set-based.
+        newest = DeviceCommand.objects.filter(device_id=OuterRef("pk")).order_by("-seq")
+        for start in range(0, len(ids), LOCK_BATCH):
+            Device.objects.filter(pk__in=ids[start : start + LOCK_BATCH]).update(
+                command_seq=Subquery(newest.values("seq")[:1]),
+                desired_state=Subquery(newest.values("state")[:1]),
+                desired_reason=Left(Subquery(newest.values("reason")[:1]), REASON_LENGTH),
+                desired_changed_at=now,
+                updated_at=now,
+            )
+        if commands[0].pk is None:  # backends without RETURNING: fetch the ids
+            by_key = {
+                (d, s): pk
+                for d, s, pk in DeviceCommand.objects.filter(device_id__in=ids, issued_at=issued_at).values_list(
+                    "device_id", "seq", "id"
+                )
+            }
+            for command in commands:
+                command.pk = by_key[(command.device_id, command.seq)]
+        audit_record_many(actor=actor, entries=entries)
+        command_ids = [command.pk for command in commands]
+        transaction.on_commit(lambda: _enqueue_delivery(command_ids))
+    return commands
+
+
+def _enqueue_delivery(command_ids: list[int]) -> None:
+    """Hand committed commands to the push workers (``devices.tasks.deliver_command``).
+
+    Never raises: the caller's change is committed already. Nothing is lost when this
+    fails: every command is an outbox row with ``next_attempt_at`` set, so the periodic
+    redelivery job picks it up once the broker is back, and the phone's check-in (pull)
+    serves it meanwhile.
+    """
+    try:
+        from devices import tasks
+    except ImportError:
+        # No push delivery in this build: check-in (pull) still serves every command.
+        log.debug("devices.tasks is not available; %d command(s) left to pull", len(command_ids))
+        return
+    try:
+        from devices.delivery import commands_enqueue
+    except ImportError:
+        commands_enqueue = None
+    if commands_enqueue is not None:
+        # Stops at the first broker error instead of waiting it out once per command.
+        try:
+            commands_enqueue(command_ids)
+        except Exception as exc:
+            log.warning("Could not queue %d command(s) (%s); the redelivery job will", len(command_ids), exc)
+        return
+    for position, command_id in enumerate(command_ids):
+        try:
+            tasks.deliver_command.delay(command_id)
+        except OperationalError as exc:
+            # The broker is down: stop rather than wait out a connection timeout once
+            # per remaining command; the redelivery job sends them all.
+            log.warning(
+                "Broker unavailable (%s); %d command(s) left for the redelivery job", exc, len(command_ids) - position
+            )
+            return
+        except Exception as exc:
+            log.warning("Could not queue delivery of command %s (%s); the redelivery job will", command_id, exc)
+
+
+def _latest_command(device_id: int) -> DeviceCommand | None:
+    return DeviceCommand.objects.filter(device_id=device_id).order_by("-seq").first()
+
+
+def _reissue_current_state(device: Device, *, latest: DeviceCommand | None, actor=None) -> DeviceCommand:
+    """Issue the device's desired state again, with the newest command's screen if there is one."""
+    state, expires_at = device.desired_state, None
+    if state == LockState.TEMP_UNLOCKED:
+        expires_at = latest.expires_at if latest is not None and latest.state == state else None
+        if expires_at is None or expires_at <= timezone.now():
+            # A temporary unlock with no known end: normal use is what it granted; the
+            # next sweep decides again from the contract.
+            state, expires_at = LockState.UNLOCKED, None
+    payload = latest.payload if latest is not None else {}
+    (command,) = device_states_apply(
+        changes=[
+            StateChange(
+                device_id=device.pk,
+                state=state,
+                reason=device.desired_reason,
+                screen=payload.get("screen") or {},
+                allowed_numbers=payload.get("allowed_numbers") or [],
+                expires_at=expires_at,
+            )
+        ],
+        actor=actor,
+    )
+    return command
+
+
+def device_current_envelope(device: Device) -> dict:
+    """The signed envelope of the device's newest command, issuing a first one if it has none.
+
+    A device that never had a command gets its current desired state (``unlocked``
+    for a new device, but never an unlock of a device already meant to be locked),
+    so check-in and enrolment always answer a signed command.
+    """
+    latest = _latest_command(device.pk)
+    if latest is not None:
+        return latest.envelope
+    with transaction.atomic():
+        # Race: two check-ins of a never-commanded device at once would each issue a
+        # first command; with the row locked the second sees the first's command.
+        locked = Device.objects.select_for_update().get(pk=device.pk)
+        latest = _latest_command(device.pk)
+        if latest is None:
+            latest = _reissue_current_state(locked, latest=None)
+    return latest.envelope
+
+
+# --- Enrolment ------------------------------------------------------------------------
+
+ENROLMENT_REFUSED = "Enrolment refused: check the IMEI and the enrolment token."
+CREDENTIAL_PREFIX = "fld_"
+ENROLLMENT_TOKEN_PREFIX = "fle_"
+
+
+class EnrollmentRefused(ValidationError):
+    """The one answer to every refused enrolment: it never says whether the IMEI or the token was wrong."""
+
+    def __init__(self):
+        super().__init__(ENROLMENT_REFUSED, code="enrolment_refused")
+
+
+def secret_digest(secret: str) -> str:
+    """SHA-256 hex of a device credential or enrolment token: only this is stored."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def enrollment_token_create(
+    *, provider: Organisation, name: str, actor, expires_at: dt.datetime | None = None
+) -> tuple[EnrollmentToken, str]:
+    """Create a provider's enrolment token; returns the row and the secret (shown once, only its digest is kept)."""
+    if provider.kind != OrganisationKind.PROVIDER:
+        raise ValidationError({"provider": ["Only a financing provider enrols devices."]})
+    name = (name or "").strip()
+    max_name = EnrollmentToken._meta.get_field("name").max_length
+    if not name or len(name) > max_name:
+        raise ValidationError({"name": [f"Give the token a name of 1 to {max_name} characters."]})
+    secret = ENROLLMENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        token = EnrollmentToken.objects.create(
+            provider=provider,
+            name=name,
+            digest=secret_digest(secret),
+            created_by=actor if isinstance(actor, User) else None,
+            expires_at=expires_at,
+        )
+        audit_record(actor=actor, action="enrollment_token.create", obj=token, after=snapshot(token))
+    return token, secret
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """What an enrolled phone needs: its credential (shown once), keys, offline data, topic and current command."""
+
+    device: Device
+    credential: str
+    server_keys: dict[str, str]
+    offline: dict
+    mqtt_topic: str
+    envelope: dict
+
+    def as_dict(self) -> dict:
+        return {
+            "device": str(self.device.uid),
+            "credential": self.credential,
+            "server_keys": self.server_keys,
+            "offline": self.offline,
+            "mqtt_topic": self.mqtt_topic,
+            "envelope": self.envelope,
+        }
+
+
+def device_enroll(*, imei: str, token_secret: str, app_version: str = "", ip_address: str | None = None) -> Enrollment:
+    """Enrol (or re-enrol) a phone presenting its IMEI and a provider's enrolment token.
+
+    Any refusal (bad, revoked or expired token; IMEI not a device of the token's
+    provider) raises the same ``EnrollmentRefused``. Each enrolment issues a new
+    credential and the previous one stops working. Enrolling again after a factory
+    reset returns the device's **current** command, so a reset never removes a lock,
+    and the same OpenPAYGO secret and starting code with the server's token count,
+    so the phone resumes the offline-code sequence instead of restarting it.
+    """
+    try:
+        digits = normalise_imei(imei)
+    except ValidationError as exc:
+        # A malformed IMEI is a field error: it reveals nothing about which devices exist.
+        raise ValidationError({"imei": exc.messages}) from None
+    now = timezone.now()
+    with transaction.atomic():
+        token = EnrollmentToken.objects.filter(digest=secret_digest(token_secret or "")).first()
+        if token is None or token.revoked_at is not None or (token.expires_at and token.expires_at <= now):
+            raise EnrollmentRefused()
+        # Only the token's provider's devices are searched: without a valid token,
+        # nothing can be learnt about which IMEIs exist.
+        device = (
+            Device.objects.select_for_update()
+            .filter(provider_id=token.provider_id)
+            .filter(Q(imei=digits) | Q(imei2=digits))
+            .order_by("id")
+            .first()
+        )
+        if device is None:
+            raise EnrollmentRefused()
+        # Race: a token revoked while this enrolment runs is refused by the condition,
+        # and F() keeps concurrent enrolments from losing each other's count.
+        counted = (
+            EnrollmentToken.objects.filter(pk=token.pk, revoked_at__isnull=True)
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+            .update(uses=F("uses") + 1)
+        )
+        if not counted:
+            raise EnrollmentRefused()
+        re_enrolment = device.enrolled_at is not None
+        credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+        device.credential_digest = secret_digest(credential)
+        device.enrolled_at = now
+        device.app_version = (app_version or "")[: Device._meta.get_field("app_version").max_length]
+        if not device.offline_secret:
+            # Kept across re-enrolments: resetting it would make codes already issued
+            # (and the server's counter) meaningless.
+            device.offline_secret = secrets.token_hex(16)
+            device.offline_starting_code = OpenPAYGOTokenShared.generate_starting_code(
+                bytes.fromhex(device.offline_secret)
+            )
+        device.updated_at = now
+        device.save(
+            update_fields=[
+                "credential_digest",
+                "enrolled_at",
+                "app_version",
+                "offline_secret",
+                "offline_starting_code",
+                "updated_at",
+            ]
+        )
+        audit_record(
+            actor=f"enrolment token {token.name}",
+            action="device.enrol",
+            obj=device,
+            after={"app_version": device.app_version, "re_enrolment": re_enrolment, "token_id": token.pk},
+            ip_address=ip_address,
+        )
+        envelope = device_current_envelope(device)
+    return Enrollment(
+        device=device,
+        credential=credential,
+        server_keys=public_keys(),
+        offline={
+            "secret": device.offline_secret,
+            "starting_code": device.offline_starting_code,
+            "count": device.offline_count,
+        },
+        mqtt_topic=topic_for(str(device.uid)),
+        envelope=envelope,
+    )
+
+
+def device_by_credential(credential: str) -> Device | None:
+    """The enrolled device holding ``credential``, or None (looked up by digest)."""
+    if not credential.startswith(CREDENTIAL_PREFIX):
+        return None
+    return Device.objects.filter(credential_digest=secret_digest(credential), enrolled_at__isnull=False).first()
+
+
+# --- Check-in and acknowledgement -----------------------------------------------------
+
+
+def _device_report(*, device_id: int, seq: int, state: str, via: str, now: dt.datetime) -> bool:
+    """Move the reported state to what the phone applied at ``seq``, only forward; True if it moved."""
+    # Race: a phone's acks and check-ins arrive out of order or at once. The row lock
+    # orders them (and gives a true "before" for the audit); the conditional UPDATE
+    # lets only a newer seq move the reported state, so a late older report never
+    # overwrites a newer one.
+    device = Device.objects.select_for_update().get(pk=device_id)
+    if seq <= device.reported_seq or seq > device.command_seq:
+        return False
+    moved = Device.objects.filter(pk=device_id, reported_seq__lt=seq).update(
+        reported_state=state, reported_seq=seq, reported_at=now
+    )
+    if not moved:
+        return False
+    DeviceCommand.objects.filter(device_id=device_id, seq=seq, acknowledged_at__isnull=True).update(acknowledged_at=now)
+    if device.reported_state != state:
+        # Only real changes are audited: a phone re-acknowledging the same state
+        # every few minutes would flood the trail.
+        audit_record(
+            actor=f"device {device.uid}",
+            action="device.ack",
+            obj=device,
+            before={"state": device.reported_state, "seq": device.reported_seq},
+            after={"state": state, "seq": seq, "via": via},
+        )
+    return True
+
+
+def device_checkin(*, device: Device, state: str, last_seq: int, app_version: str = "") -> dict:
+    """A phone checking in: note it, record what it applied, and answer its current signed envelope.
+
+    ``last_seq`` above anything the server issued means the server lost commands it
+    had sent (a database restored from a backup): the phone would ignore every new
+    command with a lower seq, so the sequence jumps past it and the current state is
+    issued again.
+    """
+    if state not in STATES:
+        raise ValidationError({"state": [f"One of {', '.join(STATES)}."]})
+    now = timezone.now()
+    with transaction.atomic():
+        Device.objects.filter(pk=device.pk).update(
+            last_checkin_at=now, app_version=(app_version or "")[: Device._meta.get_field("app_version").max_length]
+        )
+        # Race: two check-ins both seeing the old command_seq would both jump; the
+        # condition lets only the first move it.
+        jumped = Device.objects.filter(pk=device.pk, command_seq__lt=last_seq).update(command_seq=last_seq)
+        if jumped:
+            log.warning(
+                "Device %s reported seq %s beyond the last issued; issuing its state again", device.uid, last_seq
+            )
+            locked = Device.objects.select_for_update().get(pk=device.pk)
+            _reissue_current_state(locked, latest=_latest_command(device.pk), actor=f"device {device.uid}")
+        _device_report(device_id=device.pk, seq=last_seq, state=state, via="checkin", now=now)
+        return device_current_envelope(device)
+
+
+def device_ack(*, device: Device, seq: int, state: str) -> bool:
+    """A phone acknowledging command ``seq`` in ``state``; True if the reported state moved forward.
+
+    An older or repeated acknowledgement is accepted and ignored; a seq that was never
+    issued to this device is refused.
+    """
+    if state not in STATES:
+        raise ValidationError({"state": [f"One of {', '.join(STATES)}."]})
+    if not DeviceCommand.objects.filter(device_id=device.pk, seq=seq).exists():
+        raise ValidationError({"seq": ["No command with this sequence number was issued to this device."]})
+    with transaction.atomic():
+        return _device_report(device_id=device.pk, seq=seq, state=state, via="ack", now=timezone.now())
+
+
+# --- Offline codes (OpenPAYGO Token) --------------------------------------------------
+
+MAX_OFFLINE_DAYS = OpenPAYGOTokenShared.MAX_ACTIVATION_VALUE  # 995: the largest value a standard token carries
+
+
+def _require_in_scope(user, device: Device) -> None:
+    visible = visible_provider_ids(user)
+    if visible is not None and device.provider_id not in visible:
+        raise Http404("No such device.")
+
+
+def offline_code_issue(
+    *,
+    device: Device,
+    kind: str,
+    days: int | None = None,
+    requested_by: User,
+    approved_by: User,
+    reason: str,
+) -> OfflineCode:
+    """Issue an OpenPAYGO Token for a phone that cannot reach the server (four eyes, audited).
+
+    ``requested_by`` (right ``request_unlock``) and ``approved_by`` (right
+    ``approve_unlock``) must be two different people, both with the device's provider
+    in scope (else 404), and ``reason`` is required. ``kind`` is ``unlock_days``
+    (``days`` 1-995) or ``release``.
+
+    The token is a standard 9-digit OpenPAYGO Token (``openpaygo.generate_token``)
+    from the device's secret and starting code (sent at enrolment) and the next
+    value of the device's counter (``offline_count``, kept under a row lock):
+
+    * ``unlock_days``: ``SET_TIME`` with value = days — the phone is usable for that
+      many days from entry (set, not added, so codes never stack up);
+    * ``release``: ``DISABLE_PAYG`` (value 998) — the lock is removed for good.
+
+    The phone decodes with ``openpaygo.decode_token(token=, secret_key=,
+    count=<last count it accepted>, used_counts=<its list>, starting_code=)``, which
+    returns ``(value, token_type, count, used_counts)``: it applies the value only
+    for ``TokenType.SET_TIME`` (days) or ``TokenType.DISABLE_PAYG`` (release), then
+    stores the returned count and used counts. A code already entered, or older
+    than one entered since, decodes as ``ALREADY_USED`` and a wrong one as
+    ``INVALID``; both are refused. When the phone is online again its signed
+    commands take over.
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": ["Say why the code is needed."]})
+    if kind == OfflineCodeKind.UNLOCK_DAYS:
+        if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_OFFLINE_DAYS:
+            raise ValidationError({"days": [f"A whole number of days from 1 to {MAX_OFFLINE_DAYS}."]})
+        token_type, value = TokenType.SET_TIME, days
+    elif kind == OfflineCodeKind.RELEASE:
+        if days is not None:
+            raise ValidationError({"days": ["A release has no number of days."]})
+        token_type, value = TokenType.DISABLE_PAYG, None
+    else:
+        raise ValidationError({"kind": [f"One of {', '.join(OfflineCodeKind.values)}."]})
+    _require_in_scope(requested_by, device)
+    _require_in_scope(approved_by, device)
+    if not has_right(requested_by, Right.REQUEST_UNLOCK):
+        raise PermissionDenied("The requester's role does not allow requesting an unlock.")
+    if not has_right(approved_by, Right.APPROVE_UNLOCK):
+        raise PermissionDenied("The approver's role does not allow approving an unlock.")
+    if requested_by.pk == approved_by.pk:
+        raise PermissionDenied("An offline code needs a second person to approve it.")
+    with transaction.atomic():
+        # Race: two codes issued at once would read the same counter and produce
+        # tokens for the same count, of which the phone accepts only one.
+        locked = Device.objects.select_for_update().get(pk=device.pk)
+        if not locked.offline_secret:
+            raise ValidationError("This device has not enrolled yet, so it has no offline-code secret.")
+        count, token = generate_token(
+            secret_key=locked.offline_secret,
+            count=locked.offline_count,
+            value=value,
+            token_type=token_type,
+            starting_code=locked.offline_starting_code,
+        )
+        Device.objects.filter(pk=locked.pk).update(offline_count=count, updated_at=timezone.now())
+        code = OfflineCode.objects.create(
+            device=locked,
+            kind=kind,
+            days=days,
+            token=token,
+            count=count,
+            reason=reason[: OfflineCode._meta.get_field("reason").max_length],
+            requested_by=requested_by,
+            approved_by=approved_by,
+        )
+        # The token itself stays out of the trail: whoever reads the trail could unlock the phone.
+        audit_record(
+            actor=approved_by,
+            action="device.offline_code",
+            obj=locked,
+            after={
+                "kind": kind,
+                "days": days,
+                "count": count,
+                "reason": code.reason,
+                "requested_by": requested_by.get_username(),
+                "approved_by": approved_by.get_username(),
+            },
+        )
+    device.offline_count = count
+    return code

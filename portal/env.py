@@ -7,7 +7,10 @@ instead of surfacing later as a confusing runtime error.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 from urllib.parse import urlparse
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -66,4 +69,50 @@ def env_url(name: str, default: str | None = None, *, schemes: tuple[str, ...]) 
     parsed = urlparse(value)
     if parsed.scheme not in schemes:
         raise ImproperEnvironment(f"{name} must be a URL with scheme {' or '.join(schemes)}; got {value!r}")
+    return value
+
+
+_KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
+
+
+def env_keyed_bytes(name: str, *, length: int) -> dict[str, bytes]:
+    """Read ``<key_id>:<base64>[,<key_id>:<base64>...]`` into ``{key_id: bytes}``.
+
+    Each value must decode to exactly ``length`` bytes; key ids are 1-40 letters,
+    digits, dots, dashes or underscores (they travel in every signed command).
+    """
+    raw = env_str(name)
+    if raw is None:
+        return {}
+    pairs: dict[str, bytes] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        key_id, sep, encoded = item.partition(":")
+        key_id = key_id.strip()
+        if not sep or not _KEY_ID.match(key_id):
+            raise ImproperEnvironment(
+                f"{name} must be <key_id>:<base64 key>[,...] with a key id of letters, digits, '.', '-' or '_' "
+                f"(at most 40); got an item starting {item[:12]!r}"
+            )
+        try:
+            value = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ImproperEnvironment(f"{name}: the key {key_id!r} is not valid base64") from None
+        if len(value) != length:
+            raise ImproperEnvironment(f"{name}: the key {key_id!r} must decode to {length} bytes, not {len(value)}")
+        if key_id in pairs:
+            raise ImproperEnvironment(f"{name}: the key id {key_id!r} appears twice")
+        pairs[key_id] = value
+    return pairs
+
+
+_RATE = re.compile(r"^\d+/(s|sec|second|m|min|minute|h|hour|d|day)$")
+
+
+def env_rate(name: str, default: str) -> str:
+    """A DRF throttle rate such as ``120/min`` (requests per s, min, hour or day)."""
+    value = env_str(name, default).strip()
+    if not _RATE.match(value):
+        raise ImproperEnvironment(f"{name} must look like 120/min (per s, min, hour or day); got {value!r}")
     return value

@@ -15,7 +15,16 @@ from pathlib import Path
 import dj_database_url
 from csp.constants import NONE, SELF
 
-from portal.env import ImproperEnvironment, env_bool, env_int, env_list, env_str, env_url
+from portal.env import (
+    ImproperEnvironment,
+    env_bool,
+    env_int,
+    env_keyed_bytes,
+    env_list,
+    env_rate,
+    env_str,
+    env_url,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("FINLOCK_VAR_DIR", str(BASE_DIR / "var")))
@@ -139,8 +148,52 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = env_url("CELERY_RESULT_BACKEND", REDIS_URL, schemes=("redis", "rediss"))
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# Every periodic job is listed here, and only here (one beat process runs them).
+LOCK_SWEEP_SECONDS = env_int("LOCK_SWEEP_SECONDS", 300, minimum=10)
+CELERY_BEAT_SCHEDULE = {
+    "lock-sweep": {"task": "payments.lock_sweep", "schedule": LOCK_SWEEP_SECONDS},
+    # Re-queues undelivered device commands whose next attempt is due, so a broker or
+    # channel outage loses nothing. "expires": a tick no worker took before the next
+    # one is dropped instead of piling up behind a dead worker pool.
+    "devices.redeliver-pending": {
+        "task": "devices.redeliver_pending",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
+}
 
 MQTT_URL = env_url("MQTT_URL", schemes=("mqtt", "mqtts"))
+
+# --- Command delivery (devices/delivery.py) ----------------------------------
+# A failed push round is retried after min(cap, base * 2**(n-1)) seconds times a
+# random 0.5..1.5, and dead-lettered (shown in the portal) after MAX_ATTEMPTS rounds.
+DELIVERY_BACKOFF_BASE_SECONDS = env_int("DELIVERY_BACKOFF_BASE_SECONDS", 10, minimum=1)
+DELIVERY_BACKOFF_CAP_SECONDS = env_int("DELIVERY_BACKOFF_CAP_SECONDS", 3600, minimum=1)
+DELIVERY_MAX_ATTEMPTS = env_int("DELIVERY_MAX_ATTEMPTS", 12, minimum=1)
+DELIVERY_WEBHOOK_TIMEOUT_SECONDS = env_int("DELIVERY_WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+MQTT_PUBLISH_TIMEOUT_SECONDS = env_int("MQTT_PUBLISH_TIMEOUT_SECONDS", 10, minimum=1)
+
+# --- Device command signing (docs/lock-pipeline.md, "Keys and rotation") -----
+# DEVICE_SIGNING_KEY=<key_id>:<base64 32-byte Ed25519 seed> signs every command.
+# Retired keys' public halves stay in DEVICE_SIGNING_PUBLIC_KEYS so phones still
+# accept commands signed before a rotation. `manage.py device_signing_key` prints
+# a fresh key and the public half of the current one.
+_signing_keys = env_keyed_bytes("DEVICE_SIGNING_KEY", length=32)
+if len(_signing_keys) > 1:
+    raise ImproperEnvironment(
+        "DEVICE_SIGNING_KEY holds exactly one key; list retired ones in DEVICE_SIGNING_PUBLIC_KEYS"
+    )
+if not _signing_keys and not DEBUG:
+    # A generated key in production would change on every new host and phones
+    # would reject every command it signed: refuse to start instead.
+    raise ImproperEnvironment(
+        "DEVICE_SIGNING_KEY must be set when DEBUG is off "
+        "(create one with: DEBUG=1 python manage.py device_signing_key --generate <key_id>)"
+    )
+# (key_id, seed), or None: devices.keys then generates a development key into the file below.
+DEVICE_SIGNING_KEY = next(iter(_signing_keys.items()), None)
+DEVICE_SIGNING_PUBLIC_KEYS = env_keyed_bytes("DEVICE_SIGNING_PUBLIC_KEYS", length=32)
+DEVICE_SIGNING_KEY_FILE = VAR_DIR / "device-signing-key"
 
 # --- Auth and login hardening -----------------------------------------------
 AUTH_USER_MODEL = "portal.User"
@@ -232,7 +285,7 @@ STORAGES = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["portal.api.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["portal.api.permissions.IsProviderClient"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "portal.api.schema.AutoSchema",  # documents the error responses too
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
     "PAGE_SIZE": 50,
@@ -259,6 +312,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_AUTHENTICATION": [],
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    # The phone calls have their own document at /api/device/v1/schema/ (devices/api/device_schema.py).
+    "PREPROCESSING_HOOKS": ["devices.api.device_schema.without_device_api"],
     # Swagger UI served from our own static files (no CDN; works offline and under CSP).
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -268,6 +323,10 @@ SPECTACULAR_SETTINGS = {
         "FrequencyEnum": "payments.models.Frequency",
     },
 }
+
+# Device API (/api/device/v1/): requests per device (check-in, ack) and enrolments per client address.
+DEVICE_API_RATE = env_rate("DEVICE_API_RATE", "120/min")
+DEVICE_ENROLL_RATE = env_rate("DEVICE_ENROLL_RATE", "60/min")
 
 # Bulk device upload: the largest CSV accepted in one request.
 BULK_UPLOAD_MAX_ROWS = env_int("BULK_UPLOAD_MAX_ROWS", 100_000, minimum=1)

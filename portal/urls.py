@@ -17,6 +17,8 @@ urlpatterns = [
     path("admin/login/", RedirectView.as_view(pattern_name="portal:login", query_string=True)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    # What phones call (docs/lock-pipeline.md): device credentials, not provider API keys.
+    path("api/device/v1/", include("devices.api.device_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
 ]

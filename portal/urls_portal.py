@@ -7,6 +7,7 @@ app_name = "portal"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
     path("login/", views.LoginView.as_view(), name="login"),
     path("login/verify/", views.otp_verify, name="otp_verify"),
     path("account/two-factor/", views.otp_setup, name="otp_setup"),

@@ -102,6 +102,13 @@ def otp_setup(request):
     )
 
 
+def healthz(request):
+    """Liveness for load balancers: the process answers; touches neither database nor cache."""
+    from django.http import JsonResponse
+
+    return JsonResponse({"ok": True})
+
+
 @login_required
 def home(request):
     """A home page per role: the panels this person's role works with, contributed by each app."""

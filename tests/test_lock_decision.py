@@ -88,11 +88,15 @@ def test_released_is_final(status, lines, rules, overrides, now, zone):
 
 
 @settings(max_examples=400)
-@given(st.sampled_from(["active", "defaulted"]), schedules(), rules(), overrides, moments, zones, st.sampled_from(STATES))
+@given(
+    st.sampled_from(["active", "defaulted"]), schedules(), rules(), overrides, moments, zones, st.sampled_from(STATES)
+)
 def test_clearing_the_arrears_never_yields_locked(status, lines, rules, overrides, now, zone, current):
     today = now.astimezone(zone).date()
     cleared = [Line(x.due_date, x.amount_due, x.amount_due if x.due_date < today else x.amount_paid) for x in lines]
-    decision = decide(status=status, lines=cleared, rules=rules, overrides=overrides, now=now, zone=zone, current=current)
+    decision = decide(
+        status=status, lines=cleared, rules=rules, overrides=overrides, now=now, zone=zone, current=current
+    )
     assert decision.state != "locked"
     if current != "released":
         assert decision.state in {"unlocked", "reminder"}

@@ -28,7 +28,8 @@ def test_typed_helpers_fail_fast_naming_the_variable(monkeypatch):
 
 
 def _manage(*args, env):
-    base = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "DEBUG", "SECRET_KEY", "ALLOWED_HOSTS"}}
+    unset = {"DATABASE_URL", "DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DEVICE_SIGNING_KEY", "DEVICE_SIGNING_PUBLIC_KEYS"}
+    base = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=base | env, capture_output=True, text=True, timeout=120
     )
@@ -44,6 +45,7 @@ def test_production_settings_pass_the_deploy_check(tmp_path):
             "DEBUG": "0",
             "SECRET_KEY": "x" * 20 + "-production-secret-not-in-the-repo-" + "y" * 20,
             "ALLOWED_HOSTS": "finlock.example.com",
+            "DEVICE_SIGNING_KEY": "k2026a:" + "A" * 43 + "=",
             "FINLOCK_VAR_DIR": str(tmp_path),
         },
     )

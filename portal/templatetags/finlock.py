@@ -29,6 +29,12 @@ _BADGE = {
     "overdue": "bad",
     "defaulted": "bad",
     "cancelled": "muted",
+    # Delivery of a device command (devices.delivery.delivery_status).
+    "acknowledged": "ok",
+    "delivered": "info",
+    "pending": "warn",
+    "dead": "bad",
+    "superseded": "muted",
     "": "muted",
 }
 

@@ -1,0 +1,101 @@
+"""The device API (``/api/device/v1/``): what phones call. The work is in ``devices.services``."""
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from devices.api.device_auth import (
+    DeviceCredentialAuthentication,
+    DeviceEnrollRateThrottle,
+    DeviceRateThrottle,
+    IsEnrolledDevice,
+)
+from devices.api.device_serializers import (
+    AckAnswerSerializer,
+    AckSerializer,
+    CheckinAnswerSerializer,
+    CheckinSerializer,
+    EnrollAnswerSerializer,
+    EnrollSerializer,
+)
+from devices.keys import public_keys
+from devices.services import device_ack, device_checkin, device_enroll
+from portal.api.schema import ErrorSerializer
+from portal.api.utils import client_ip
+
+REFUSED = OpenApiResponse(
+    ErrorSerializer, description="Invalid body, or enrolment refused: one answer for every refusal, revealing nothing."
+)
+INVALID = OpenApiResponse(ErrorSerializer, description="Invalid body; `errors` names each field to fix.")
+UNAUTHORISED = OpenApiResponse(ErrorSerializer, description="Missing or invalid device credential (enrol again).")
+THROTTLED = OpenApiResponse(ErrorSerializer, description="Too many requests; retry after the Retry-After header.")
+
+
+class DeviceApiView(APIView):
+    """A phone's call: device credential, JSON only, rate-limited per device."""
+
+    authentication_classes = [DeviceCredentialAuthentication]
+    permission_classes = [IsEnrolledDevice]
+    throttle_classes = [DeviceRateThrottle]
+    parser_classes = [JSONParser]
+
+
+class EnrollView(DeviceApiView):
+    """Enrol a phone with its IMEI and the provider's enrolment token; answers its credential and current command."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    throttle_classes = [DeviceEnrollRateThrottle]
+
+    @extend_schema(
+        tags=["device"],
+        operation_id="device_enroll",
+        request=EnrollSerializer,
+        responses={201: EnrollAnswerSerializer, 400: REFUSED, 429: THROTTLED},
+    )
+    def post(self, request):
+        form = EnrollSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        enrollment = device_enroll(
+            imei=form.validated_data["imei"],
+            token_secret=form.validated_data["enrollment_token"],
+            app_version=form.validated_data["app_version"],
+            ip_address=client_ip(request),
+        )
+        return Response(enrollment.as_dict(), status=status.HTTP_201_CREATED)
+
+
+class CheckinView(DeviceApiView):
+    """Report what the phone shows; answers the current signed command (a missed push heals here)."""
+
+    @extend_schema(
+        tags=["device"],
+        operation_id="device_checkin",
+        request=CheckinSerializer,
+        responses={200: CheckinAnswerSerializer, 400: INVALID, 401: UNAUTHORISED, 429: THROTTLED},
+    )
+    def post(self, request):
+        form = CheckinSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        envelope = device_checkin(device=request.auth, **form.validated_data)
+        # The key list too: a phone learns a key announced for a rotation before it signs.
+        return Response({"envelope": envelope, "server_keys": public_keys()})
+
+
+class AckView(DeviceApiView):
+    """Acknowledge an applied command; an older or repeated acknowledgement is accepted and ignored."""
+
+    @extend_schema(
+        tags=["device"],
+        operation_id="device_ack",
+        request=AckSerializer,
+        responses={200: AckAnswerSerializer, 400: INVALID, 401: UNAUTHORISED, 429: THROTTLED},
+    )
+    def post(self, request):
+        form = AckSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        device_ack(device=request.auth, **form.validated_data)
+        return Response({"ok": True})

@@ -1,0 +1,504 @@
+"""Pushing signed commands to phones: the outbox worker behind ``devices.tasks``.
+
+A ``DeviceCommand`` row is the outbox entry, written in the same transaction as the
+change of desired state. This module turns it into pushes on the channels of
+docs/lock-pipeline.md and keeps the bookkeeping on the row:
+
+* **MQTT** (when ``settings.MQTT_URL`` is set): the envelope is published on the
+  device's topic with QoS 1 and ``retain=True``, so a phone coming online receives
+  its latest command at once.
+* **Provider gateway webhook** (when the provider has an enabled ``DeviceGateway``):
+  ``POST`` of the envelope, signed with ``X-Finlock-Signature: sha256=<hmac>``.
+
+Every channel try is a ``DeliveryAttempt`` row. A command is delivered when every
+applicable channel has accepted it once (a channel that already succeeded is not
+re-sent on a retry); otherwise it is retried with exponential backoff and jitter and,
+after ``DELIVERY_MAX_ATTEMPTS`` failed rounds, dead-lettered for staff to retry.
+
+Decisions worth knowing (the portal shows the outcome of each):
+
+* **Only a device's latest command is pushed.** The MQTT topic is retained: whatever
+  is published last is what a phone coming online sees. Publishing an older command
+  after a newer one would leave the older state on the broker, so an undelivered
+  command that has a newer sibling is *superseded*: it is closed without being sent
+  (``delivered_at`` set: nothing more to push; ``last_error`` says "Superseded by #N").
+  Phones ignore lower sequence numbers anyway; this also keeps the broker right.
+  Pushes for one device are serialised (a PostgreSQL advisory lock) so a worker that
+  checked "I am the latest" finishes its publish before any newer command's worker
+  starts; SQLite serialises all writers anyway.
+* **No push channel** (no ``MQTT_URL`` and no enabled gateway: the embedded
+  development default, or a pull-only deployment): nothing is sent and nothing is
+  recorded as an attempt; the command stays pending with a note, and is looked at
+  again after ``DELIVERY_BACKOFF_CAP_SECONDS``. The phone still gets it by pulling
+  (check-in). It never goes dead for lack of a channel.
+* **At least once.** A worker that dies after a publish but before its transaction
+  commits pushes the same command again on the retry. That is harmless: the same
+  sequence number is applied once by the phone, and the retained message is the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import logging
+import random
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import unquote, urlparse
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerOperationalError
+
+from devices.models import Channel, DeliveryAttempt, DeviceCommand, DeviceGateway
+from devices.protocol import topic_for
+from portal.services import audit_record, snapshot
+
+logger = logging.getLogger(__name__)
+
+#: ``last_error`` of a command closed because a newer one exists; the portal keys on it.
+SUPERSEDED_PREFIX = "Superseded by #"
+#: ``last_error`` of a command that has no push channel (it waits for the phone's check-in).
+NO_CHANNEL_NOTE = (
+    "No push channel configured (MQTT_URL unset and no enabled provider gateway); "
+    "the phone receives this command at check-in."
+)
+#: A task arriving this early before ``next_attempt_at`` still counts as due (clocks of workers differ a little).
+DUE_TOLERANCE = timedelta(seconds=2)
+#: Namespace of the per-device advisory lock (an arbitrary constant that no other lock in finlock uses).
+_ADVISORY_NAMESPACE = 0x0F1C_0DE1
+#: Errors stored on an attempt are cut to this length (a gateway could answer with a whole HTML page).
+_ERROR_LIMIT = 1000
+#: Enqueueing failed because the broker is unreachable (kombu wraps redis and amqp errors in OperationalError).
+BROKER_ERRORS = (BrokerOperationalError, ConnectionError, TimeoutError, OSError)
+
+
+class DeliveryError(Exception):
+    """One channel refused or could not take a command; the message is shown to staff."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery run did.
+
+    ``status`` is one of ``delivered``, ``retry``, ``dead``, ``superseded``,
+    ``no_channel``, ``busy`` (another worker holds the command), ``not_due``
+    (a duplicate task arrived before the next attempt is due), ``closed``
+    (already delivered or dead) and ``missing`` (no such command).
+    ``retry_in`` is the backoff in seconds when the status is ``retry``.
+    """
+
+    status: str
+    retry_in: float | None = None
+
+
+# --- backoff -------------------------------------------------------------------
+
+
+def backoff_seconds(attempts: int, *, rng: random.Random | None = None) -> float:
+    """Delay before the next try after ``attempts`` failed rounds (``attempts >= 1``).
+
+    ``min(cap, base * 2**(attempts-1))`` times a random factor in [0.5, 1.5]: 10 s, 20 s,
+    40 s ... up to an hour with the defaults. The jitter spreads the retries of the
+    thousands of commands that failed together when a gateway went down, so they do not
+    all hit it again in the same second when it comes back.
+    """
+    base = settings.DELIVERY_BACKOFF_BASE_SECONDS
+    cap = settings.DELIVERY_BACKOFF_CAP_SECONDS
+    exponent = min(max(attempts - 1, 0), 32)  # 2**32 * base is past any cap; keeps the number small
+    return min(cap, base * 2**exponent) * (rng or random).uniform(0.5, 1.5)
+
+
+# --- the wire ------------------------------------------------------------------
+
+
+def envelope_bytes(command: DeviceCommand) -> bytes:
+    """The envelope as sent on every push channel: compact JSON with sorted keys.
+
+    The webhook HMAC is computed over exactly these bytes; the Ed25519 signature inside
+    covers the canonical form of ``command`` and does not depend on this encoding.
+    """
+    return json.dumps(command.envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def webhook_signature(secret: str, body: bytes) -> str:
+    """The ``X-Finlock-Signature`` header value for ``body``."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def mqtt_publish(*, url: str, topic: str, payload: bytes, timeout: float) -> None:
+    """Publish one retained QoS 1 message and wait for the broker's PUBACK; ``DeliveryError`` if not.
+
+    One short-lived connection per publish. A cached per-process client would save a
+    handshake, but paho keeps unacknowledged QoS 1 messages queued across reconnects
+    and would send them later, possibly after a newer command was published by another
+    worker, leaving an older command retained. A connection that lives exactly as long
+    as one publish cannot do that, and it needs no care around Celery's forked workers.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    parsed = urlparse(url)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"finlock-deliver-{uuid.uuid4().hex[:16]}",
+        protocol=mqtt.MQTTv311,
+        clean_session=True,
+    )
+    if parsed.username:
+        client.username_pw_set(unquote(parsed.username), unquote(parsed.password) if parsed.password else None)
+    if parsed.scheme == "mqtts":
+        client.tls_set()
+    client.connect_timeout = timeout
+    connected = threading.Event()
+    answer: dict = {}
+
+    def on_connect(_client, _userdata, _flags, reason_code, _properties):
+        answer["reason"] = reason_code
+        connected.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(parsed.hostname or "127.0.0.1", parsed.port or (8883 if parsed.scheme == "mqtts" else 1883), 30)
+    except (OSError, ValueError) as exc:
+        raise DeliveryError(f"MQTT broker unreachable: {exc}") from exc
+    client.loop_start()
+    try:
+        if not connected.wait(timeout):
+            raise DeliveryError(f"MQTT broker did not answer CONNECT within {timeout:g} s")
+        if answer["reason"].is_failure:
+            raise DeliveryError(f"MQTT broker refused the connection: {answer['reason']}")
+        info = client.publish(topic, payload, qos=1, retain=True)
+        try:
+            info.wait_for_publish(timeout=timeout)
+        except (RuntimeError, ValueError) as exc:
+            raise DeliveryError(f"MQTT publish failed: {exc}") from exc
+        if not info.is_published():
+            raise DeliveryError(f"MQTT broker did not acknowledge the publish within {timeout:g} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Treat a 3xx as a failure: the spec says only 2xx is success, and following a
+    redirect would turn the POST into a GET somewhere else that then "succeeds"."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
+def webhook_post(*, gateway: DeviceGateway, body: bytes, command_id: int, timeout: float) -> None:
+    """POST the envelope to the provider's gateway; 2xx or ``DeliveryError``."""
+    if urlparse(gateway.url).scheme not in ("http", "https"):
+        raise DeliveryError(f"gateway URL must be http or https, not {gateway.url!r}")
+    request = urllib.request.Request(  # noqa: S310 - scheme checked above
+        gateway.url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "finlock-delivery/1",
+            "X-Finlock-Signature": webhook_signature(gateway.secret, body),
+            "X-Finlock-Delivery": str(command_id),
+        },
+    )
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        detail = _snippet(exc)
+        raise DeliveryError(f"gateway answered HTTP {exc.code}{': ' + detail if detail else ''}") from exc
+    except urllib.error.URLError as exc:
+        raise DeliveryError(f"gateway unreachable: {exc.reason}") from exc
+    except (http.client.HTTPException, OSError) as exc:  # TimeoutError, ConnectionResetError, bad status line
+        raise DeliveryError(f"gateway unreachable: {type(exc).__name__}: {exc}") from exc
+    if not 200 <= status < 300:
+        raise DeliveryError(f"gateway answered HTTP {status}")
+
+
+def _snippet(response) -> str:
+    try:
+        return response.read(300).decode("utf-8", "replace").strip()
+    except Exception:  # the body is a courtesy for staff reading the error; never fail on it
+        return ""
+
+
+# --- delivering one command ----------------------------------------------------
+
+
+def _serialise_device(device_id: int) -> None:
+    """Hold a per-device lock until the transaction ends, so pushes of one device never overlap.
+
+    Race prevented: worker A checks that #5 is the device's latest command; #6 is then
+    issued and worker B publishes it; A publishes #5 last and the retained topic ends on
+    the older command. With this lock B waits until A has published and committed, and
+    publishes after it. An advisory lock (not ``SELECT ... FOR UPDATE`` on the device
+    row) so that check-ins, acknowledgements and new commands, which update the device
+    row, never wait behind a slow publish.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_ADVISORY_NAMESPACE, device_id % 2**31])
+    # SQLite (development): one writer at a time anyway, and the default configuration begins
+    # every transaction IMMEDIATE, taking the write lock before the check above.
+
+
+def _channels_for(command: DeviceCommand) -> tuple[list[str], DeviceGateway | None]:
+    channels = []
+    if settings.MQTT_URL:
+        channels.append(Channel.MQTT)
+    gateway = DeviceGateway.objects.filter(provider_id=command.device.provider_id, enabled=True).first()
+    if gateway is not None:
+        channels.append(Channel.WEBHOOK)
+    return channels, gateway
+
+
+def _push(channel: str, command: DeviceCommand, body: bytes, gateway: DeviceGateway | None) -> None:
+    if channel == Channel.MQTT:
+        mqtt_publish(
+            url=settings.MQTT_URL,
+            topic=topic_for(str(command.device.uid)),
+            payload=body,
+            timeout=settings.MQTT_PUBLISH_TIMEOUT_SECONDS,
+        )
+    else:
+        webhook_post(
+            gateway=gateway, body=body, command_id=command.pk, timeout=settings.DELIVERY_WEBHOOK_TIMEOUT_SECONDS
+        )
+
+
+def command_deliver(*, command_id: int) -> Outcome:
+    """Push one command on its channels and record the outcome on the row (see the module doc).
+
+    Safe to call any number of times for the same command, concurrently or late:
+    a delivered, dead, superseded, locked or not-yet-due command is left alone.
+    """
+    with transaction.atomic():
+        # Race prevented: the same command can be queued twice (the on-commit task and
+        # the periodic redelivery, or a broker redelivering an unacknowledged task), and
+        # two workers would push it twice at once and both count the attempt. The row
+        # lock makes one worker own the command for the whole push; SKIP LOCKED makes the
+        # other return at once instead of waiting to push it again. OF self: lock only
+        # the command, not the device and provider rows joined in.
+        command = (
+            DeviceCommand.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("device")
+            .filter(pk=command_id)
+            .first()
+        )
+        if command is None:
+            if DeviceCommand.objects.filter(pk=command_id).exists():
+                return Outcome("busy")
+            logger.warning("deliver: command %s does not exist", command_id)
+            return Outcome("missing")
+        if command.delivered_at is not None or command.dead_at is not None:
+            return Outcome("closed")
+        now = timezone.now()
+        if command.next_attempt_at is not None and command.next_attempt_at > now + DUE_TOLERANCE:
+            # A duplicate task (redelivery, broker re-queue) arriving before the backoff is over.
+            return Outcome("not_due")
+
+        _serialise_device(command.device_id)
+        newer = (
+            DeviceCommand.objects.filter(device_id=command.device_id, seq__gt=command.seq)
+            .order_by("-seq")
+            .values_list("seq", flat=True)
+            .first()
+        )
+        if newer is not None:
+            command.delivered_at = now
+            command.next_attempt_at = None
+            command.last_error = f"{SUPERSEDED_PREFIX}{newer}: not pushed any more (the phone gets #{newer} instead)."
+            command.save(update_fields=["delivered_at", "next_attempt_at", "last_error"])
+            logger.info("deliver: command %s (#%s) superseded by #%s", command.pk, command.seq, newer)
+            return Outcome("superseded")
+
+        channels, gateway = _channels_for(command)
+        if not channels:
+            command.next_attempt_at = now + timedelta(seconds=settings.DELIVERY_BACKOFF_CAP_SECONDS)
+            command.last_error = NO_CHANNEL_NOTE
+            command.save(update_fields=["next_attempt_at", "last_error"])
+            return Outcome("no_channel")
+
+        already = set(DeliveryAttempt.objects.filter(command=command, ok=True).values_list("channel", flat=True))
+        body = envelope_bytes(command)
+        errors: list[str] = []
+        attempts = []
+        for channel in (c for c in channels if c not in already):
+            try:
+                _push(channel, command, body, gateway)
+                error = ""
+            except DeliveryError as exc:
+                error = str(exc)
+            except Exception as exc:
+                # A bug or an unexpected library error must not lose the bookkeeping: it is
+                # recorded like any failure (and retried, then dead-lettered where staff see it).
+                logger.exception("deliver: unexpected error pushing command %s via %s", command.pk, channel)
+                error = f"{type(exc).__name__}: {exc}"
+            attempts.append(
+                DeliveryAttempt(
+                    command=command, channel=channel, at=timezone.now(), ok=not error, error=error[:_ERROR_LIMIT]
+                )
+            )
+            if error:
+                errors.append(f"{Channel(channel).label}: {error}"[:_ERROR_LIMIT])
+        DeliveryAttempt.objects.bulk_create(attempts)
+
+        finished = timezone.now()
+        fields = ["attempts", "next_attempt_at", "last_error"]
+        if attempts:  # a round that pushed nothing (every channel took it before) is not an attempt
+            command.attempts += 1
+        if not errors:
+            command.delivered_at = finished
+            command.next_attempt_at = None
+            command.last_error = ""
+            command.save(update_fields=[*fields, "delivered_at"])
+            return Outcome("delivered")
+        command.last_error = "\n".join(errors)
+        if command.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
+            command.dead_at = finished
+            command.next_attempt_at = None
+            command.save(update_fields=[*fields, "dead_at"])
+            logger.warning(
+                "deliver: command %s (#%s) dead after %s attempts: %s",
+                command.pk,
+                command.seq,
+                command.attempts,
+                command.last_error,
+            )
+            return Outcome("dead")
+        delay = backoff_seconds(command.attempts)
+        command.next_attempt_at = finished + timedelta(seconds=delay)
+        command.save(update_fields=fields)
+        return Outcome("retry", retry_in=delay)
+
+
+# --- queueing ------------------------------------------------------------------
+
+
+def commands_enqueue(command_ids: Iterable[int]) -> int:
+    """Queue delivery tasks for ``command_ids``; return how many were queued.
+
+    Never raises for a broker outage: the commands are durable rows, so a failed enqueue
+    only delays them until ``commands_redeliver_pending`` runs after the broker is back.
+    The first broker error ends the batch, because each further try would wait for the
+    same dead broker again (about a second each with kombu's publish retries). For use in
+    ``transaction.on_commit`` by whoever issues commands.
+    """
+    from devices.tasks import deliver_command
+
+    queued = 0
+    ids = list(command_ids)
+    for command_id in ids:
+        try:
+            deliver_command.delay(command_id)
+        except BROKER_ERRORS as exc:
+            logger.warning(
+                "deliver: broker unavailable (%s); %s command(s) stay pending for the periodic redelivery",
+                exc,
+                len(ids) - queued,
+            )
+            break
+        except Exception:
+            # Eager mode runs the task right here; its bug must not stop the other commands.
+            logger.exception("deliver: delivering command %s in-process failed", command_id)
+        queued += 1
+    return queued
+
+
+def pending_commands(now: datetime) -> QuerySet[DeviceCommand]:
+    """Commands that still have to be pushed and are due: never tried, or past their backoff."""
+    return DeviceCommand.objects.filter(delivered_at__isnull=True, dead_at__isnull=True).filter(
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    )
+
+
+def commands_redeliver_pending(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Re-queue every due, undelivered command (the periodic job); return how many were queued.
+
+    This is what makes an outage lose nothing: a command whose task never reached the
+    broker, was dropped with a restarted Redis, or whose retry could not be scheduled is
+    still a pending row, and is picked up here. One indexed query, oldest due first;
+    ``limit`` bounds one run, the next run continues.
+    """
+    now = now or timezone.now()
+    ids = list(
+        pending_commands(now)
+        .order_by(F("next_attempt_at").asc(nulls_first=True), "id")
+        .values_list("id", flat=True)[:limit]
+    )
+    if not ids:
+        return 0
+    queued = commands_enqueue(ids)
+    logger.info("redeliver: %s of %s due command(s) queued", queued, len(ids))
+    return queued
+
+
+# --- dead letters --------------------------------------------------------------
+
+
+def with_superseded(qs: QuerySet[DeviceCommand]) -> QuerySet[DeviceCommand]:
+    """Annotate ``superseded``: the device has a newer command (so retrying this one is pointless)."""
+    newer = DeviceCommand.objects.filter(device_id=OuterRef("device_id"), seq__gt=OuterRef("seq"))
+    return qs.annotate(superseded=Exists(newer))
+
+
+_RETRY_FIELDS = ("attempts", "next_attempt_at", "dead_at", "last_error")
+
+
+def command_retry(*, command: DeviceCommand, actor, ip_address: str | None = None) -> DeviceCommand:
+    """Give a dead-lettered command a fresh set of attempts and queue it now; audited.
+
+    Refused (``ValidationError``) unless the command is dead and still the device's
+    latest: an older command would only be closed as superseded.
+    """
+    with transaction.atomic():
+        locked = (
+            DeviceCommand.objects.select_for_update(of=("self",)).select_related("device__provider").get(pk=command.pk)
+        )
+        if locked.dead_at is None:
+            raise ValidationError("This command is not in the dead letters (it was delivered or retried already).")
+        if DeviceCommand.objects.filter(device_id=locked.device_id, seq__gt=locked.seq).exists():
+            raise ValidationError("A newer command exists for this device; it is the one the phone needs.")
+        before = snapshot(locked, _RETRY_FIELDS)
+        locked.attempts = 0
+        locked.dead_at = None
+        locked.next_attempt_at = timezone.now()
+        locked.last_error = ""
+        locked.save(update_fields=list(_RETRY_FIELDS))
+        audit_record(
+            actor=actor,
+            action="device.command_retry",
+            obj=locked,
+            organisation=locked.device.provider,
+            before=before,
+            after=snapshot(locked, _RETRY_FIELDS),
+            ip_address=ip_address,
+        )
+        transaction.on_commit(lambda: commands_enqueue([locked.pk]))
+    return locked
+
+
+def delivery_status(command: DeviceCommand) -> str:
+    """One word for the portal: acknowledged, delivered, superseded, dead or pending."""
+    if command.acknowledged_at is not None:
+        return "acknowledged"
+    if command.dead_at is not None:
+        return "dead"
+    if command.delivered_at is not None:
+        return "superseded" if command.last_error.startswith(SUPERSEDED_PREFIX) else "delivered"
+    return "pending"

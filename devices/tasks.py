@@ -1,0 +1,43 @@
+"""Celery tasks of the device registry: thin wrappers, the work is in ``devices.delivery``.
+
+Periodic jobs are scheduled in one place only: ``CELERY_BEAT_SCHEDULE`` in
+``portal/settings.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.exceptions import Retry
+
+from devices import delivery
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, name="devices.deliver_command", max_retries=None, ignore_result=True)
+def deliver_command(self, command_id: int) -> str:
+    """Push one command (``devices.delivery.command_deliver``); on a transient failure retry after the backoff.
+
+    The retry is an optimisation for latency: the row already holds ``next_attempt_at``,
+    so if the retry cannot be queued (broker down) the periodic redelivery picks the
+    command up anyway. The attempt limit is the row's, hence ``max_retries=None``.
+    """
+    outcome = delivery.command_deliver(command_id=command_id)
+    if outcome.status == "retry" and not self.request.is_eager:
+        # In eager mode (no broker) Celery would re-run the task at once, ignoring the
+        # countdown; the command simply waits for its next_attempt_at instead.
+        try:
+            self.retry(countdown=outcome.retry_in, throw=True)
+        except Retry:
+            raise
+        except Exception as exc:  # broker gone between the push and the retry: the row remembers
+            logger.warning("deliver: could not schedule the retry of command %s (%s)", command_id, exc)
+    return outcome.status
+
+
+@shared_task(name="devices.redeliver_pending", ignore_result=True)
+def redeliver_pending() -> int:
+    """Re-queue undelivered commands whose next attempt is due (every 30 s from beat)."""
+    return delivery.commands_redeliver_pending()

@@ -1,0 +1,378 @@
+"""A phone enrols, checks in and acknowledges through the device API.
+
+Stories:
+* a phone enrols with its IMEI and the provider's enrolment token and gets a
+  credential, the server's public keys, its offline-code data, its MQTT topic and a
+  signed command that verifies with those keys;
+* a wrong token and an unknown IMEI get the very same answer, so the API cannot be
+  used to learn which IMEIs are financed;
+* after a factory reset the phone enrols again and gets its **current** command: a
+  reset never removes a lock; the credential it had before stops working, and its
+  offline-code secret and counter carry on;
+* a check-in always answers the current signed command, so a missed push heals;
+* a key rotation reaches enrolled phones: a check-in also answers the key list, so a
+  phone learns the next key before it signs;
+* an acknowledgement moves the reported state only forward: a replayed or late
+  acknowledgement never overrides a newer one;
+* a bad or missing credential is 401 with the challenge; a phone calling too often
+  is told to slow down (429); a malformed body is 400 naming the field;
+* a server restored from a backup (which forgot commands the phone applied) issues
+  the current state again with a sequence number the phone accepts;
+* the device API is documented in its own OpenAPI document, and no garbage sent to
+  it makes the server fail (5xx).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import schemathesis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.core.management import call_command
+from django.utils import timezone
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from rest_framework.test import APIClient
+from schemathesis import GenerationMode
+from schemathesis.core import NotSet
+
+from devices import protocol
+from devices.models import DeviceCommand, EnrollmentToken
+from devices.services import StateChange, device_states_apply, enrollment_token_create
+from portal.models import AuditEvent
+from tests.factories import DeviceFactory, make_imei
+
+ENROLL = "/api/device/v1/enroll"
+CHECKIN = "/api/device/v1/checkin"
+ACK = "/api/device/v1/ack"
+
+
+@pytest.fixture
+def token_a(provider_a, admin_a):
+    _token, secret = enrollment_token_create(provider=provider_a, name="Colombo shop", actor=admin_a)
+    return secret
+
+
+@pytest.fixture
+def phone(provider_a):
+    return DeviceFactory(provider=provider_a, imei2=make_imei("35876543"))
+
+
+def enroll(imei, token, app_version="1.0.0"):
+    return APIClient().post(
+        ENROLL, {"imei": imei, "enrollment_token": token, "app_version": app_version}, format="json"
+    )
+
+
+def as_phone(credential) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Device {credential}")
+    return client
+
+
+def lock(device, reason="Installment of 15 Jan 2026 overdue 12 days (grace 3 days)"):
+    (command,) = device_states_apply(
+        changes=[
+            StateChange(
+                device_id=device.pk, state="locked", reason=reason, screen={"title": "Locked"}, allowed_numbers=["119"]
+            )
+        ]
+    )
+    return command
+
+
+# --- enrolment ------------------------------------------------------------------------
+
+
+def test_a_phone_enrols_and_gets_everything_it_needs_signed(phone, token_a):
+    response = enroll(phone.imei, token_a)
+
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["device"] == str(phone.uid)
+    assert body["credential"].startswith("fld_")
+    assert body["mqtt_topic"] == f"finlock/v1/devices/{phone.uid}/command"
+    offline = body["offline"]
+    assert len(offline["secret"]) == 32 and int(offline["secret"], 16) >= 0
+    assert isinstance(offline["starting_code"], int) and offline["count"] == 0
+    command = protocol.verify(body["envelope"], body["server_keys"])
+    assert (command["device"], command["imei"], command["state"]) == (str(phone.uid), phone.imei, "unlocked")
+
+    phone.refresh_from_db()
+    assert phone.enrolled_at is not None and phone.app_version == "1.0.0"
+    assert phone.credential_digest and body["credential"] not in phone.credential_digest
+    assert EnrollmentToken.objects.get().uses == 1
+    event = AuditEvent.objects.get(action="device.enrol")
+    assert event.after["re_enrolment"] is False and event.organisation_id == phone.provider_id
+
+
+def test_a_phone_may_enrol_with_its_second_imei_typed_as_printed(phone, token_a):
+    printed = f"{phone.imei2[:2]} {phone.imei2[2:8]} {phone.imei2[8:14]} {phone.imei2[14]}"
+
+    response = enroll(printed, token_a)
+
+    assert response.status_code == 201, response.json()
+    assert response.json()["device"] == str(phone.uid)
+
+
+def test_every_refusal_gives_the_same_answer_revealing_nothing(phone, token_a, provider_b, admin_a):
+    _other_token, token_b = enrollment_token_create(provider=provider_b, name="Nairobi", actor=None)
+    revoked, revoked_secret = enrollment_token_create(provider=phone.provider, name="Old", actor=admin_a)
+    EnrollmentToken.objects.filter(pk=revoked.pk).update(revoked_at=timezone.now())
+    expired, expired_secret = enrollment_token_create(
+        provider=phone.provider, name="Expired", actor=admin_a, expires_at=timezone.now()
+    )
+
+    answers = [
+        enroll(make_imei("35111111"), token_a),  # unknown IMEI, good token
+        enroll(phone.imei, "fle_wrong"),  # known IMEI, wrong token
+        enroll(phone.imei, token_b),  # another provider's token
+        enroll(phone.imei, revoked_secret),
+        enroll(phone.imei, expired_secret),
+    ]
+
+    assert {a.status_code for a in answers} == {400}
+    assert len({a.content for a in answers}) == 1, [a.json() for a in answers]
+    assert "IMEI and the enrolment token" in answers[0].json()["errors"]["non_field_errors"][0]
+    phone.refresh_from_db()
+    assert phone.enrolled_at is None
+    assert not AuditEvent.objects.filter(action="device.enrol").exists()
+
+
+def test_a_malformed_imei_is_a_field_error(token_a):
+    response = enroll("12345", token_a)
+
+    assert response.status_code == 400
+    assert "imei" in response.json()["errors"]
+
+
+def test_after_a_factory_reset_the_phone_gets_its_current_lock_back_and_the_old_credential_dies(phone, token_a):
+    first = enroll(phone.imei, token_a).json()
+    command = lock(phone)
+
+    # The owner factory-resets the phone; the agent comes back and enrols again.
+    again = enroll(phone.imei, token_a)
+
+    assert again.status_code == 201
+    body = again.json()
+    current = protocol.verify(body["envelope"], body["server_keys"])
+    assert (current["seq"], current["state"]) == (command.seq, "locked")
+    assert body["credential"] != first["credential"]
+    assert (
+        as_phone(first["credential"]).post(CHECKIN, {"state": "locked", "last_seq": 2}, format="json").status_code
+        == 401
+    )
+    assert (
+        as_phone(body["credential"]).post(CHECKIN, {"state": "locked", "last_seq": 2}, format="json").status_code == 200
+    )
+    # The offline-code secret and counter carry on: codes already used stay used.
+    assert body["offline"] == first["offline"]
+    assert AuditEvent.objects.filter(action="device.enrol").latest("id").after["re_enrolment"] is True
+
+
+def test_the_enrolment_token_cli_prints_a_secret_that_enrols(phone, capsys):
+    call_command("create_enrollment_token", phone.provider.slug, "--name", "Kandy shop", "--days", "7")
+
+    secret = capsys.readouterr().out.strip().splitlines()[-1]
+    assert secret.startswith("fle_")
+    assert enroll(phone.imei, secret).status_code == 201
+    token = EnrollmentToken.objects.get(name="Kandy shop")
+    assert token.expires_at > timezone.now() and token.digest != secret
+
+
+# --- check-in ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def enrolled(phone, token_a):
+    return enroll(phone.imei, token_a).json()
+
+
+def test_a_check_in_answers_the_current_signed_command(phone, enrolled):
+    command = lock(phone)
+
+    response = as_phone(enrolled["credential"]).post(
+        CHECKIN, {"state": "unlocked", "last_seq": 1, "app_version": "1.0.1"}, format="json"
+    )
+
+    assert response.status_code == 200, response.json()
+    current = protocol.verify(response.json()["envelope"], enrolled["server_keys"])
+    assert (current["seq"], current["state"]) == (command.seq, "locked")
+    phone.refresh_from_db()
+    assert phone.last_checkin_at is not None and phone.app_version == "1.0.1"
+    # It reported seq 1 (the enrolment's unlock) applied: that is what it shows now.
+    assert (phone.reported_seq, phone.reported_state) == (1, "unlocked")
+
+
+def test_a_check_in_never_moves_the_reported_state_backwards(phone, enrolled):
+    lock(phone)
+    client = as_phone(enrolled["credential"])
+    client.post(ACK, {"seq": 2, "state": "locked"}, format="json")
+
+    client.post(CHECKIN, {"state": "unlocked", "last_seq": 1}, format="json")  # stale
+
+    phone.refresh_from_db()
+    assert (phone.reported_seq, phone.reported_state) == (2, "locked")
+
+
+def test_a_server_restored_from_a_backup_reissues_the_state_with_a_seq_the_phone_accepts(phone, enrolled):
+    lock(phone)
+    # The phone applied seq 7 before the server's database was restored to seq 2.
+    response = as_phone(enrolled["credential"]).post(CHECKIN, {"state": "locked", "last_seq": 7}, format="json")
+
+    assert response.status_code == 200
+    current = protocol.verify(response.json()["envelope"], enrolled["server_keys"])
+    assert current["seq"] == 8 and current["state"] == "locked"
+    phone.refresh_from_db()
+    assert phone.command_seq == 8 and phone.desired_state == "locked"
+
+
+def test_a_key_rotation_reaches_an_enrolled_phone_through_its_check_ins(settings, phone, token_a):
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    settings.DEVICE_SIGNING_KEY = ("k2025", old.private_bytes_raw())
+    enrolled = enroll(phone.imei, token_a).json()
+    client = as_phone(enrolled["credential"])
+    assert set(enrolled["server_keys"]) == {"k2025"}
+
+    # 1. The operator announces the next key; the phone learns it at its next check-in.
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": new.public_key().public_bytes_raw()}
+    learnt = client.post(CHECKIN, {"state": "unlocked", "last_seq": 1}, format="json").json()["server_keys"]
+    assert set(learnt) == {"k2025", "k2026"}
+
+    # 2. The new key signs; the old one stays listed. The phone verifies with what it learnt.
+    settings.DEVICE_SIGNING_KEY = ("k2026", new.private_bytes_raw())
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2025": old.public_key().public_bytes_raw()}
+    lock(phone)
+    answer = client.post(CHECKIN, {"state": "unlocked", "last_seq": 1}, format="json").json()
+    command = protocol.verify(answer["envelope"], learnt)
+    assert (command["key_id"], command["state"]) == ("k2026", "locked")
+    assert protocol.verify(enrolled["envelope"], answer["server_keys"])["seq"] == 1  # the old command still verifies
+
+
+# --- acknowledgement --------------------------------------------------------------------
+
+
+def test_an_acknowledgement_moves_the_reported_state_forward_and_is_audited_once(phone, enrolled):
+    command = lock(phone)
+    client = as_phone(enrolled["credential"])
+
+    response = client.post(ACK, {"seq": command.seq, "state": "locked"}, format="json")
+
+    assert response.status_code == 200 and response.json() == {"ok": True}
+    phone.refresh_from_db()
+    assert (phone.reported_seq, phone.reported_state) == (command.seq, "locked")
+    assert phone.reported_at is not None
+    assert DeviceCommand.objects.get(pk=command.pk).acknowledged_at is not None
+    event = AuditEvent.objects.get(action="device.ack")
+    assert event.before["state"] == "" and event.after == {"state": "locked", "seq": command.seq, "via": "ack"}
+
+    # The same acknowledgement again (a retry) changes nothing and is not audited again.
+    assert client.post(ACK, {"seq": command.seq, "state": "locked"}, format="json").status_code == 200
+    assert AuditEvent.objects.filter(action="device.ack").count() == 1
+
+
+def test_a_replayed_older_acknowledgement_is_ignored(phone, enrolled):
+    lock(phone)  # seq 2
+    device_states_apply(changes=[StateChange(device_id=phone.pk, state="unlocked", reason="Arrears cleared")])  # 3
+    client = as_phone(enrolled["credential"])
+    client.post(ACK, {"seq": 3, "state": "unlocked"}, format="json")
+
+    late = client.post(ACK, {"seq": 2, "state": "locked"}, format="json")
+
+    assert late.status_code == 200
+    phone.refresh_from_db()
+    assert (phone.reported_seq, phone.reported_state) == (3, "unlocked")
+
+
+def test_acknowledging_a_command_never_issued_is_refused(enrolled):
+    response = as_phone(enrolled["credential"]).post(ACK, {"seq": 99, "state": "locked"}, format="json")
+
+    assert response.status_code == 400
+    assert "seq" in response.json()["errors"]
+
+
+# --- credentials, limits, malformed input -----------------------------------------------
+
+
+@pytest.mark.parametrize("header", [None, "Device fld_not-a-credential", "Bearer fl_abc_def", "Device", "Device a b"])
+def test_a_bad_or_missing_credential_is_401_with_the_challenge(enrolled, header):
+    client = APIClient()
+    if header:
+        client.credentials(HTTP_AUTHORIZATION=header)
+
+    response = client.post(CHECKIN, {"state": "locked", "last_seq": 0}, format="json")
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Device")
+    assert "device credential" in response.json()["detail"].lower()
+
+
+def test_a_phone_calling_too_often_is_told_to_slow_down(settings, enrolled):
+    settings.DEVICE_API_RATE = "3/min"
+    client = as_phone(enrolled["credential"])
+
+    codes = [client.post(CHECKIN, {"state": "unlocked", "last_seq": 1}, format="json").status_code for _ in range(4)]
+
+    assert codes == [200, 200, 200, 429]
+
+
+def test_enrolment_attempts_are_limited_per_address(settings, phone):
+    settings.DEVICE_ENROLL_RATE = "2/min"
+
+    codes = [enroll(phone.imei, "fle_guess").status_code for _ in range(3)]
+
+    assert codes == [400, 400, 429]
+
+
+def test_a_malformed_body_is_400_naming_the_field(enrolled):
+    client = as_phone(enrolled["credential"])
+
+    bad_json = client.post(CHECKIN, "{not json", content_type="application/json")
+    wrong_types = client.post(CHECKIN, {"state": "wiped", "last_seq": -1}, format="json")
+    not_an_object = client.post(ACK, [1, 2], format="json")
+
+    assert bad_json.status_code == 400
+    assert wrong_types.status_code == 400
+    assert set(wrong_types.json()["errors"]) == {"state", "last_seq"}
+    assert not_an_object.status_code == 400
+
+
+# --- documentation and robustness -------------------------------------------------------
+
+
+def test_the_device_api_has_its_own_openapi_document(db):
+    document = APIClient().get("/api/device/v1/schema/?format=json").json()
+    provider_document = APIClient().get("/api/schema/?format=json").json()
+
+    assert set(document["paths"]) == {ENROLL, CHECKIN, ACK}
+    assert "DeviceCredential" in document["components"]["securitySchemes"]
+    assert document["paths"][CHECKIN]["post"]["security"] == [{"DeviceCredential": []}]
+    assert not any(path.startswith("/api/device/") for path in provider_document["paths"])
+
+
+def test_no_garbage_makes_the_device_api_fail(settings, provider_a):
+    settings.DEVICE_API_RATE = settings.DEVICE_ENROLL_RATE = "100000/min"
+    device = DeviceFactory(provider=provider_a)
+    _token, secret = enrollment_token_create(provider=provider_a, name="fuzz", actor=None)
+    phone_client = as_phone(enroll(device.imei, secret).json()["credential"])
+    schema = schemathesis.openapi.from_dict(APIClient().get("/api/device/v1/schema/?format=json").json())
+    cases = schema.as_strategy(GenerationMode.POSITIVE) | schema.as_strategy(GenerationMode.NEGATIVE)
+
+    @given(case=cases)
+    @hypothesis_settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def send(case):
+        # Through the test client (the test's database transaction), as an enrolled phone.
+        if isinstance(case.body, NotSet):
+            body = b""
+        elif isinstance(case.body, bytes):
+            body = case.body  # raw garbage, sent as is
+        else:
+            body = json.dumps(case.body)
+        response = phone_client.generic(
+            case.method, case.formatted_path, body, content_type=case.media_type or "application/json"
+        )
+        assert response.status_code < 500, (case.method, case.path, case.body, response.content)
+        json.loads(response.content or b"{}")  # every answer is JSON
+
+    send()
