@@ -50,7 +50,7 @@ class StubFinlock:
         if authorization != f"Device {self.credential}" or self.credential is None:
             return 401, {"detail": "Invalid device credential."}
         if call == "checkin":
-            return 200, {"envelope": self.current}
+            return 200, {"envelope": self.current, "server_keys": self.provider.server_keys}
         if call == "ack":
             return 200, {"ok": True}
         return 404, {"detail": "Not found."}
@@ -207,3 +207,18 @@ def test_run_once_enrols_checks_in_and_writes_the_html_screen(server, tmp_path):
     assert f"enrolled as {server.provider.device}" in run.stderr
     assert 'id="amount">LKR 12,500.00<' in html_path.read_text()
     assert server.heard("checkin")  # it checked in after enrolling
+
+
+def test_after_a_key_rotation_announced_at_check_in_the_phone_accepts_the_new_key_and_keeps_the_old(server, phone):
+    phone.enroll(server.url, IMEI, ENROLMENT_TOKEN)
+    old_keys = dict(server.provider.server_keys)
+    # The server publishes its new key first (phones learn it at check-in), then signs with it.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    server.provider.key_id, server.provider.key = "k2027a", Ed25519PrivateKey.generate()
+    server.current = server.provider.envelope("unlocked")
+
+    outcome = phone.checkin()
+
+    assert outcome.accepted and phone.state.state == "unlocked"
+    assert set(phone.state.enrolment.server_keys) == {"k2026a", "k2027a"}

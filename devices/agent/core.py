@@ -339,9 +339,17 @@ class Agent:
             raise
         if "envelope" not in answer:
             raise AgentError("the check-in answer has no envelope")
+        keys = answer.get("server_keys")
         with self.store.locked():
             st = self.store.load_agent()
             st.last_checkin_at = format_time(self.clock())
+            if isinstance(keys, dict) and st.enrolment is not None:
+                # Key rotation: the server announces a new public key before it signs with it.
+                # Known keys are kept (commands signed before the rotation still verify); the
+                # answer comes over the same authenticated channel as the enrolment's keys.
+                for key_id, public in keys.items():
+                    if isinstance(key_id, str) and isinstance(public, str):
+                        st.enrolment.server_keys.setdefault(key_id, public)
             self.store.save_agent(st)
         return self.handle_envelope(answer["envelope"], source="checkin")
 
