@@ -761,10 +761,16 @@ def device_checkin(*, device: Device, state: str, last_seq: int, app_version: st
     if state not in STATES:
         raise ValidationError({"state": [f"One of {', '.join(STATES)}."]})
     now = timezone.now()
+    app_version = (app_version or "")[: Device._meta.get_field("app_version").max_length]
+    if last_seq <= device.reported_seq and last_seq <= device.command_seq:
+        # The usual check-in: the phone reports nothing newer than the server knows. Both
+        # counters only ever grow, so a ``device`` read moments ago can only understate them
+        # and skipping the locked path is safe. Two queries, no transaction: this is the
+        # call every phone makes every few minutes.
+        Device.objects.filter(pk=device.pk).update(last_checkin_at=now, app_version=app_version)
+        return device_current_envelope(device)
     with transaction.atomic():
-        Device.objects.filter(pk=device.pk).update(
-            last_checkin_at=now, app_version=(app_version or "")[: Device._meta.get_field("app_version").max_length]
-        )
+        Device.objects.filter(pk=device.pk).update(last_checkin_at=now, app_version=app_version)
         # Race: two check-ins both seeing the old command_seq would both jump; the
         # condition lets only the first move it.
         jumped = Device.objects.filter(pk=device.pk, command_seq__lt=last_seq).update(command_seq=last_seq)

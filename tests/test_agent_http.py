@@ -211,7 +211,6 @@ def test_run_once_enrols_checks_in_and_writes_the_html_screen(server, tmp_path):
 
 def test_after_a_key_rotation_announced_at_check_in_the_phone_accepts_the_new_key_and_keeps_the_old(server, phone):
     phone.enroll(server.url, IMEI, ENROLMENT_TOKEN)
-    old_keys = dict(server.provider.server_keys)
     # The server publishes its new key first (phones learn it at check-in), then signs with it.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 

@@ -205,6 +205,18 @@ def test_a_check_in_answers_the_current_signed_command(phone, enrolled):
     assert (phone.reported_seq, phone.reported_state) == (1, "unlocked")
 
 
+def test_a_routine_check_in_costs_three_queries(phone, enrolled, django_assert_num_queries):
+    """Every phone checks in every few minutes: credential, "seen now", current command, nothing more."""
+    lock(phone)
+    client = as_phone(enrolled["credential"])
+    client.post(ACK, {"seq": 2, "state": "locked"}, format="json")
+    with django_assert_num_queries(3):
+        response = client.post(CHECKIN, {"state": "locked", "last_seq": 2}, format="json")
+    assert response.status_code == 200
+    phone.refresh_from_db()
+    assert phone.last_checkin_at is not None and (phone.reported_seq, phone.reported_state) == (2, "locked")
+
+
 def test_a_check_in_never_moves_the_reported_state_backwards(phone, enrolled):
     lock(phone)
     client = as_phone(enrolled["credential"])
