@@ -931,6 +931,7 @@ def load_demo(*, devices: int = DEFAULT_DEVICES, seed: int = DEFAULT_SEED, now=N
                 rows.append((plan, device, customer, contract))
                 load.situations[plan.situation] += 1
             _write_history(rows, Device=Device, Customer=Customer, Contract=Contract, Installment=Installment)
+            _issue_commands(provider, [contract.pk for _plan, _device, _customer, contract in rows], now=now)
             audit_record(
                 actor=None,
                 action="demo.history",
@@ -940,6 +941,49 @@ def load_demo(*, devices: int = DEFAULT_DEVICES, seed: int = DEFAULT_SEED, now=N
             )
         load.created = len(rows)
     return loads
+
+
+def _issue_commands(provider, contract_ids: list[int], *, now) -> None:
+    """Give every demo phone the signed command for its state, as the pipeline would have.
+
+    The phones that report their state (most of them) have acknowledged it, so the portal's
+    command history, desired vs reported state and the "paid, still locked" list look lived-in.
+    """
+    from django.db.models import F
+
+    from devices.models import Device
+    from devices.services import StateChange, device_states_apply
+    from payments.lockscreen import ProviderScreenData, screen_build
+    from payments.models import Contract
+    from payments.sweep import decide_contract, policy_rules
+
+    data, rules = ProviderScreenData.load(provider), policy_rules(provider)
+    changes = []
+    contracts = (
+        Contract.objects.filter(pk__in=contract_ids)
+        .select_related("provider", "customer", "device")
+        .prefetch_related("installments", "overrides")
+    )
+    for contract in contracts:
+        decision = decide_contract(contract, rules=rules, now=now)
+        changes.append(
+            StateChange(
+                device_id=contract.device_id,
+                state=contract.device.desired_state,
+                reason=contract.device.desired_reason or decision.reason,
+                screen=screen_build(data=data, contract=contract, decision=decision),
+                allowed_numbers=data.allowed_numbers(),
+                expires_at=decision.expires_at if contract.device.desired_state == "temp_unlocked" else None,
+            )
+        )
+    since = dict(Device.objects.filter(pk__in=[c.device_id for c in changes]).values_list("pk", "desired_changed_at"))
+    device_states_apply(changes=changes, actor=None)
+    Device.objects.filter(pk__in=since, reported_state=F("desired_state")).update(reported_seq=F("command_seq"))
+    # The history says when each state began; issuing today's command must not rewrite that.
+    devices = list(Device.objects.filter(pk__in=since))
+    for device in devices:
+        device.desired_changed_at = since[device.pk]
+    Device.objects.bulk_update(devices, ["desired_changed_at"])
 
 
 def _write_history(rows, *, Device, Customer, Contract, Installment) -> None:  # noqa: N803 (model classes)

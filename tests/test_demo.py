@@ -129,6 +129,22 @@ def test_lock_states_follow_the_situations_and_the_sweep_has_nothing_to_change(d
         assert changed == []
 
 
+def test_every_demo_phone_holds_a_signed_command_for_its_state(demo):
+    from devices.keys import public_keys
+    from devices.models import Device, DeviceCommand
+    from devices.protocol import verify
+
+    for device in Device.objects.all():
+        command = DeviceCommand.objects.filter(device=device).order_by("-seq").first()
+        assert command is not None, device.imei
+        payload = verify(command.envelope, public_keys())
+        assert payload["state"] == device.desired_state and payload["imei"] == device.imei
+        if device.reported_state == device.desired_state:
+            assert device.reported_seq == command.seq  # the phone has acknowledged it
+    locked = DeviceCommand.objects.filter(state="locked").first()
+    assert locked is not None and locked.payload["screen"]["payment_channels"]
+
+
 def test_every_row_is_valid(demo):
     now = timezone.now()
     for provider in Organisation.objects.filter(slug__in=PROVIDER_SLUGS):

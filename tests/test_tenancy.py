@@ -39,6 +39,11 @@ def test_an_agent_reads_own_devices_and_contracts_and_never_another_providers(as
 
 
 def test_a_technician_sees_lock_state_and_whom_to_call_but_no_finances(as_user, technician, world, provider_a):
+    import datetime as dt
+
+    from payments.services import lock_sweep
+
+    lock_sweep(now=dt.datetime(2026, 2, 17, 4, 30, tzinfo=dt.UTC))  # DLG-1 is past grace: locked
     client = as_user(technician)
     a, b = world["a"], world["b"]
     page = client.get(f"/devices/{a.device_id}/")
@@ -47,6 +52,7 @@ def test_a_technician_sees_lock_state_and_whom_to_call_but_no_finances(as_user, 
     assert a.device.imei in body
     assert provider_a.hotline_numbers[0] in body.replace(" ", "")
     assert a.customer.name not in body and "LKR" not in body and "DLG-1" not in body
+    assert "Locked" in body and "days overdue" not in body and "15 Jan 2026" not in body  # no payment history
     assert client.get(f"/contracts/{a.pk}/").status_code == 403  # in scope, right missing
     assert client.get("/contracts/").status_code == 403
     assert client.get(f"/devices/{b.device_id}/").status_code == 404  # provider B is not served
