@@ -550,9 +550,12 @@ def device_current_envelope(device: Device) -> dict:
     for a new device, but never an unlock of a device already meant to be locked),
     so check-in and enrolment always answer a signed command.
     """
-    latest = _latest_command(device.pk)
-    if latest is not None:
-        return latest.envelope
+    # Every check-in comes here: read just the two columns, no model instance.
+    latest_row = (
+        DeviceCommand.objects.filter(device_id=device.pk).order_by("-seq").values_list("payload", "signature")[:1]
+    )
+    for payload, signature in latest_row:
+        return {"command": payload, "signature": signature}
     with transaction.atomic():
         # Race: two check-ins of a never-commanded device at once would each issue a
         # first command; with the row locked the second sees the first's command.
@@ -716,7 +719,8 @@ def device_by_credential(credential: str) -> Device | None:
     """The enrolled device holding ``credential``, or None (looked up by digest)."""
     if not credential.startswith(CREDENTIAL_PREFIX):
         return None
-    return Device.objects.filter(credential_digest=secret_digest(credential), enrolled_at__isnull=False).first()
+    found = Device.objects.filter(credential_digest=secret_digest(credential), enrolled_at__isnull=False)[:1]
+    return next(iter(found), None)
 
 
 # --- Check-in and acknowledgement -----------------------------------------------------
