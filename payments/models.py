@@ -98,6 +98,17 @@ def nth_due_date(first: dt.date, frequency: str, n: int) -> dt.date:
     return dt.date(year, month, min(first.day, calendar.monthrange(year, month)[1]))
 
 
+def contract_number_key(text: str) -> str:
+    """A contract number as payers mistype it, normalised: case, spaces, separators, leading zeros.
+
+    ``DLG-000131``, ``dlg 131`` and ``DLG/131`` all give ``DLG131``.
+    """
+    import re
+
+    compact = re.sub(r"[^0-9A-Z]", "", (text or "").upper())
+    return re.sub(r"\d+", lambda m: m.group(0).lstrip("0") or "0", compact)
+
+
 class ContractStatus(models.TextChoices):
     ACTIVE = "active", _("Active")
     PAID_OFF = "paid_off", _("Paid off")
@@ -118,6 +129,9 @@ class Contract(models.Model):
         limit_choices_to={"kind": OrganisationKind.PROVIDER},
     )
     number = models.CharField(max_length=40)
+    number_key = models.CharField(
+        max_length=40, blank=True, db_index=True, editable=False, help_text=_("The number normalised for matching.")
+    )
     device = models.ForeignKey(Device, on_delete=models.PROTECT, related_name="contracts")
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="contracts")
     currency = models.CharField(max_length=3)
@@ -415,3 +429,88 @@ class PaymentChannel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.provider})"
+
+
+class PaymentStatus(models.TextChoices):
+    UNMATCHED = "unmatched", _("Unmatched")
+    MATCHED = "matched", _("Matched")
+    VERIFIED = "verified", _("Verified")
+    REVERSED = "reversed", _("Reversed")
+
+
+class PaymentSource(models.TextChoices):
+    API = "api", _("Provider API")
+    MPESA = "mpesa", _("M-Pesa callback")
+    STATEMENT = "statement", _("Statement import")
+    AGENT = "agent", _("Recorded by an agent")
+
+
+class Payment(models.Model):
+    """Money received from an owner, recorded exactly once per provider, channel and transaction id.
+
+    A matched payment is allocated to its contract's installments, oldest first; anything
+    beyond the schedule is held as credit. A reversal undoes the allocation.
+    """
+
+    provider = models.ForeignKey(
+        Organisation,
+        on_delete=models.PROTECT,
+        related_name="payments",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+    )
+    channel = models.CharField(max_length=20, choices=ChannelKind.choices)
+    external_id = models.CharField(_("transaction id"), max_length=100)
+    amount = models.DecimalField(**MONEY, validators=[MinValueValidator(Decimal("0.01"))])
+    currency = models.CharField(max_length=3)
+    reference = models.CharField(max_length=140, blank=True, help_text=_("As the payer typed it."))
+    payer_phone = models.CharField(max_length=32, blank=True)
+    payer_name = models.CharField(max_length=150, blank=True)
+    received_at = models.DateTimeField()
+    source = models.CharField(max_length=12, choices=PaymentSource.choices, default=PaymentSource.API)
+    status = models.CharField(max_length=12, choices=PaymentStatus.choices, default=PaymentStatus.UNMATCHED)
+    contract = models.ForeignKey(Contract, null=True, blank=True, on_delete=models.PROTECT, related_name="payments")
+    match_rule = models.CharField(max_length=40, blank=True)
+    match_confidence = models.PositiveSmallIntegerField(default=0, help_text=_("0–100"))
+    verified_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    verified_at = models.DateTimeField(null=True, blank=True)
+    reversed_at = models.DateTimeField(null=True, blank=True)
+    reversal_reason = models.CharField(max_length=300, blank=True)
+    # The fields as first received, to tell a retry (same body) from a conflict (different body).
+    request_fields = models.JSONField(default=dict, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "channel", "external_id"], name="payment_once_per_provider_channel_id"
+            ),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive"),
+        ]
+        indexes = [models.Index(fields=["provider", "status", "-received_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.external_id}"
+
+
+class PaymentAllocation(models.Model):
+    """Part of a payment applied to one installment, or held as credit (no installment)."""
+
+    payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="allocations")
+    contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="allocations")
+    installment = models.ForeignKey(
+        Installment, null=True, blank=True, on_delete=models.PROTECT, related_name="allocations"
+    )
+    amount = models.DecimalField(**MONEY, validators=[MinValueValidator(Decimal("0.01"))])
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    reversed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="allocation_amount_positive")]
+
+    def __str__(self) -> str:
+        target = f"#{self.installment.number}" if self.installment_id else "credit"
+        return f"{self.amount} of {self.payment_id} to {target}"

@@ -9,9 +9,18 @@ from decimal import Decimal, InvalidOperation
 import phonenumbers
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F
 
 from devices.models import Device
-from payments.models import Contract, ContractStatus, Customer, Frequency, Installment, nth_due_date
+from payments.models import (
+    Contract,
+    ContractStatus,
+    Customer,
+    Frequency,
+    Installment,
+    contract_number_key,
+    nth_due_date,
+)
 from payments.money import has_valid_precision, minor_units, quantum, split_evenly
 from portal.models import Organisation
 from portal.services import AuditEntry, audit_record, audit_record_many, snapshot
@@ -173,6 +182,7 @@ def contract_create(
             contract = Contract.objects.create(
                 provider=provider,
                 number=number,
+                number_key=contract_number_key(number),
                 device=device,
                 customer=customer,
                 currency=currency,
@@ -339,3 +349,329 @@ def lock_screen_text_save(*, provider: Organisation, language: str, actor, ip_ad
             ip_address=ip_address,
         )
     return text
+
+
+# --- payments: exactly-once ingestion, matching, allocation, verification, reversal -------------
+
+
+class PaymentConflict(ValidationError):
+    """The transaction id is known with different details: a conflict, never a second payment."""
+
+    def __init__(self, payment, differences: dict[str, tuple[str, str]]):
+        self.payment = payment
+        self.differences = differences
+        super().__init__(
+            {
+                name: [f"This transaction id was recorded with {old!r}; this request says {new!r}."]
+                for name, (old, new) in differences.items()
+            }
+        )
+
+
+class PaymentAlreadyVerified(ValidationError):
+    """Another agent verified the payment first."""
+
+
+def _payment_request_fields(**fields) -> dict[str, str]:
+    """The fields a retry must repeat exactly, as strings (compared to tell a retry from a conflict)."""
+    return {name: "" if value is None else str(value) for name, value in sorted(fields.items())}
+
+
+def _check_payment_input(*, provider, channel, external_id, amount, currency, received_at, errors: dict):
+    from django.utils import timezone
+
+    from payments.models import ChannelKind
+
+    if channel not in ChannelKind.values:
+        errors["channel"] = [f"One of {', '.join(ChannelKind.values)}."]
+    external_id = (external_id or "").strip()
+    if not external_id:
+        errors["external_id"] = ["This field is required: the payment's transaction id makes it count once."]
+    elif len(external_id) > 100 or any(unicodedata.category(ch).startswith("C") for ch in external_id):
+        errors["external_id"] = ["At most 100 printable characters."]
+    if currency != provider.currency:
+        errors["currency"] = [
+            f"{currency!r} is not this provider's currency ({provider.currency}); payments are never converted."
+        ]
+    money = _as_money(amount, "amount", provider.currency, errors)
+    if money is not None and money <= 0 and "amount" not in errors:
+        errors["amount"] = ["Must be more than zero."]
+    if not isinstance(received_at, dt.datetime) or timezone.is_naive(received_at):
+        errors["received_at"] = ["A date and time with its time zone, e.g. 2026-11-23T09:15:00+03:00."]
+    elif received_at > timezone.now() + dt.timedelta(minutes=10):
+        errors["received_at"] = ["Lies in the future."]
+    return external_id, money
+
+
+def payment_ingest(
+    *,
+    provider: Organisation,
+    channel: str,
+    external_id: str,
+    amount,
+    currency: str,
+    received_at: dt.datetime,
+    reference: str = "",
+    payer_phone: str = "",
+    payer_name: str = "",
+    contract_number: str = "",
+    source: str = "api",
+    actor=None,
+    ip_address: str | None = None,
+):
+    """Record a payment exactly once, match it to a contract and allocate it; returns ``(payment, created)``.
+
+    The same transaction id with the same details returns the existing payment
+    (``created`` False); with different details it raises ``PaymentConflict`` naming
+    each difference. When the money clears the arrears, the phone's unlock command is
+    written in this same transaction and pushed when it commits.
+    """
+    from payments.models import Payment
+
+    errors: dict[str, list[str]] = {}
+    external_id, money = _check_payment_input(
+        provider=provider,
+        channel=channel,
+        external_id=external_id,
+        amount=amount,
+        currency=currency,
+        received_at=received_at,
+        errors=errors,
+    )
+    reference = (reference or "").strip()[:140]
+    contract = None
+    if contract_number and not errors:
+        contract = Contract.objects.filter(provider=provider, number=contract_number.strip()).first()
+        if contract is None:
+            errors["contract_number"] = ["No contract of this provider has this number."]
+    if errors:
+        raise ValidationError(errors)
+    fields = _payment_request_fields(
+        channel=channel,
+        amount=money,
+        currency=currency,
+        received_at=received_at.astimezone(dt.UTC).isoformat(),
+        reference=reference,
+        payer_phone=payer_phone,
+        contract_number=contract_number or "",
+    )
+    with transaction.atomic():
+        try:
+            # Race: the same transaction delivered twice at once (a retried callback, two
+            # workers). The unique constraint lets exactly one insert win; the loser lands
+            # here after the winner commits and compares instead of crediting again.
+            with transaction.atomic():
+                payment = Payment.objects.create(
+                    provider=provider,
+                    channel=channel,
+                    external_id=external_id,
+                    amount=money,
+                    currency=currency,
+                    reference=reference,
+                    payer_phone=(payer_phone or "")[:32],
+                    payer_name=(payer_name or "")[:150],
+                    received_at=received_at,
+                    source=source,
+                    request_fields=fields,
+                )
+        except IntegrityError:
+            existing = Payment.objects.get(provider=provider, channel=channel, external_id=external_id)
+            differences = {
+                name: (existing.request_fields.get(name, ""), value)
+                for name, value in fields.items()
+                if existing.request_fields.get(name, "") != value
+            }
+            if differences:
+                raise PaymentConflict(existing, differences) from None
+            return existing, False
+        audit_record(actor=actor, action="payment.create", obj=payment, after=snapshot(payment), ip_address=ip_address)
+        if contract is not None:
+            _payment_apply(payment=payment, contract=contract, rule="contract_number", confidence=100, actor=actor)
+        else:
+            match = payment_find_match(payment)
+            if match is not None:
+                _payment_apply(payment=payment, contract=match[0], rule=match[1], confidence=match[2], actor=actor)
+        payment.refresh_from_db()
+    return payment, True
+
+
+def payment_find_match(payment) -> tuple[Contract, str, int] | None:
+    """The contract a payment is for, by the first rule that gives exactly one answer.
+
+    Reference = contract number (exact, then normalised), an IMEI in the reference, or the
+    payer's phone = the customer of exactly one live contract. Returns (contract, rule,
+    confidence 0–100), or None when nothing or more than one contract fits.
+    """
+    import re
+
+    live = Contract.objects.filter(provider_id=payment.provider_id).exclude(status=ContractStatus.CANCELLED)
+    reference = payment.reference.strip()
+    if reference:
+        exact = list(live.filter(number=reference)[:2])
+        if len(exact) == 1:
+            return exact[0], "reference_exact", 100
+        key = contract_number_key(reference)
+        if key:
+            keyed = list(live.filter(number_key=key)[:2])
+            if len(keyed) == 1:
+                return keyed[0], "reference_normalised", 90
+        for imei in re.findall(r"\b\d{15}\b", reference):
+            by_imei = list(live.filter(status=ContractStatus.ACTIVE, device__imei=imei)[:2])
+            if len(by_imei) == 1:
+                return by_imei[0], "imei", 90
+    if payment.payer_phone:
+        try:
+            phone = parse_phone(payment.payer_phone, region=payment.provider.country)
+        except ValidationError:
+            return None
+        by_phone = list(live.filter(status=ContractStatus.ACTIVE, customer__phone=phone)[:2])
+        if len(by_phone) == 1:
+            return by_phone[0], "payer_phone", 70
+    return None
+
+
+def _payment_apply(*, payment, contract: Contract, rule: str, confidence: int, actor=None) -> None:
+    """Match and allocate in the caller's transaction, then decide the lock at once."""
+    from django.utils import timezone
+
+    from payments.models import Payment, PaymentAllocation, PaymentStatus
+    from payments.sweep import apply_decisions
+
+    if payment.currency != contract.currency:
+        raise ValidationError({"currency": [f"The contract is in {contract.currency}; payments are never converted."]})
+    now = timezone.now()
+    # Lock order: contract, then its installments by number (the sweep takes the contract
+    # first too), so a payment and the sweep or a second payment never interleave.
+    contract = Contract.objects.select_for_update().get(pk=contract.pk)
+    installments = list(
+        Installment.objects.select_for_update()
+        .filter(contract=contract, amount_paid__lt=F("amount_due"))
+        .order_by("due_date", "number")
+    )
+    remaining = payment.amount
+    allocations = []
+    for installment in installments:
+        if remaining <= 0:
+            break
+        take = min(remaining, installment.amount_due - installment.amount_paid)
+        Installment.objects.filter(pk=installment.pk).update(amount_paid=F("amount_paid") + take)
+        allocations.append(PaymentAllocation(payment=payment, contract=contract, installment=installment, amount=take))
+        remaining -= take
+    if remaining > 0:
+        # Beyond the whole schedule: held as credit, never lost.
+        allocations.append(PaymentAllocation(payment=payment, contract=contract, installment=None, amount=remaining))
+    PaymentAllocation.objects.bulk_create(allocations)
+    Payment.objects.filter(pk=payment.pk).update(
+        contract=contract, status=PaymentStatus.MATCHED, match_rule=rule, match_confidence=confidence
+    )
+    audit_record(
+        actor=actor,
+        action="payment.match",
+        obj=payment,
+        after={
+            "contract": contract.number,
+            "rule": rule,
+            "confidence": confidence,
+            "allocations": [{"installment": a.installment_id, "amount": str(a.amount)} for a in allocations],
+        },
+    )
+    if (
+        contract.status == ContractStatus.ACTIVE
+        and not Installment.objects.filter(contract=contract, amount_paid__lt=F("amount_due")).exists()
+    ):
+        contract_set_status(contract=contract, status=ContractStatus.PAID_OFF, actor=actor)
+    # Unlock at once: the decision and the signed command are written in this transaction.
+    apply_decisions([contract.pk], now=now, actor=actor)
+
+
+def payment_match_manual(*, payment, contract: Contract, actor, ip_address: str | None = None):
+    """A finance officer matches an unmatched payment to a contract; allocated and decided at once."""
+    from payments.models import Payment, PaymentStatus
+
+    with transaction.atomic():
+        # Race: two officers matching the same payment; the row lock lets the second see it matched.
+        payment = Payment.objects.select_for_update().get(pk=payment.pk)
+        if payment.status != PaymentStatus.UNMATCHED:
+            raise ValidationError({"status": [f"This payment is already {payment.get_status_display().lower()}."]})
+        if contract.provider_id != payment.provider_id:
+            raise ValidationError({"contract": ["Not a contract of this payment's provider."]})
+        _payment_apply(payment=payment, contract=contract, rule="manual", confidence=100, actor=actor)
+        payment.refresh_from_db()
+    return payment
+
+
+def payment_verify(*, payment, actor, proof: str = "", ip_address: str | None = None):
+    """A call-center agent confirms a matched payment with the customer's proof; once only.
+
+    Two agents verifying at once: the conditional UPDATE lets exactly one through and
+    the other gets ``PaymentAlreadyVerified``.
+    """
+    from django.utils import timezone
+
+    from payments.models import Payment, PaymentStatus
+
+    now = timezone.now()
+    with transaction.atomic():
+        done = Payment.objects.filter(pk=payment.pk, status=PaymentStatus.MATCHED).update(
+            status=PaymentStatus.VERIFIED, verified_by=actor, verified_at=now
+        )
+        if not done:
+            current = Payment.objects.get(pk=payment.pk)
+            if current.status == PaymentStatus.VERIFIED:
+                who = current.verified_by.get_username() if current.verified_by else "someone"
+                raise PaymentAlreadyVerified(f"Already verified by {who}; nothing more to do.")
+            raise ValidationError(
+                {"status": [f"A {current.get_status_display().lower()} payment cannot be verified; match it first."]}
+            )
+        payment.refresh_from_db()
+        audit_record(
+            actor=actor,
+            action="payment.verify",
+            obj=payment,
+            after={"proof": proof[:200], "contract": payment.contract_id},
+            ip_address=ip_address,
+        )
+    return payment
+
+
+def payment_reverse(*, payment, actor, reason: str, ip_address: str | None = None):
+    """Undo a payment (chargeback, returned transfer): its allocations come off and the lock is decided again."""
+    from django.utils import timezone
+
+    from payments.models import Payment, PaymentStatus
+    from payments.sweep import apply_decisions
+
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": ["Say why the payment is reversed."]})
+    now = timezone.now()
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=payment.pk)
+        if payment.status == PaymentStatus.REVERSED:
+            raise ValidationError({"status": ["This payment is already reversed."]})
+        contract = Contract.objects.select_for_update().get(pk=payment.contract_id) if payment.contract_id else None
+        allocations = list(payment.allocations.filter(reversed_at__isnull=True).select_related("installment"))
+        for allocation in allocations:
+            if allocation.installment_id:
+                Installment.objects.filter(pk=allocation.installment_id).update(
+                    amount_paid=F("amount_paid") - allocation.amount
+                )
+        payment.allocations.filter(reversed_at__isnull=True).update(reversed_at=now)
+        before = {"status": payment.status}
+        Payment.objects.filter(pk=payment.pk).update(
+            status=PaymentStatus.REVERSED, reversed_at=now, reversal_reason=reason[:300]
+        )
+        audit_record(
+            actor=actor,
+            action="payment.reverse",
+            obj=payment,
+            before=before,
+            after={"status": "reversed", "reason": reason, "allocations_undone": len(allocations)},
+            ip_address=ip_address,
+        )
+        if contract is not None:
+            if contract.status == ContractStatus.PAID_OFF:
+                contract_set_status(contract=contract, status=ContractStatus.ACTIVE, actor=actor)
+            apply_decisions([contract.pk], now=now, actor=actor)
+        payment.refresh_from_db()
+    return payment

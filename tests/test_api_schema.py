@@ -29,6 +29,9 @@ EXPECTED_OPERATIONS = {
     ("/api/v1/contracts/", "get"),
     ("/api/v1/contracts/", "post"),
     ("/api/v1/contracts/{number}/", "get"),
+    ("/api/v1/payments/", "get"),
+    ("/api/v1/payments/", "post"),
+    ("/api/v1/payments/{id}/", "get"),
 }
 
 

@@ -1,7 +1,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from payments.models import Contract, ContractStatus, Customer, Frequency
+from payments.models import ChannelKind, Contract, ContractStatus, Customer, Frequency, Payment
 from payments.selectors import contract_position, provider_today
 
 MONEY = {"max_digits": 14, "decimal_places": 2, "coerce_to_string": True}
@@ -173,3 +173,62 @@ class ContractCreateSerializer(serializers.Serializer):
 
 class ContractStatusSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=ContractStatus.choices)
+
+
+class PaymentAllocationSerializer(serializers.Serializer):
+    installment = serializers.IntegerField(source="installment.number", allow_null=True, default=None)
+    amount = serializers.DecimalField(max_digits=14, decimal_places=2)
+
+
+class PaymentSerializer(serializers.ModelSerializer):
+    """A payment as recorded: what was received, which contract it went to and how."""
+
+    contract_number = serializers.CharField(source="contract.number", default=None, allow_null=True)
+    allocations = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Payment
+        fields = [
+            "id",
+            "external_id",
+            "channel",
+            "amount",
+            "currency",
+            "reference",
+            "payer_phone",
+            "payer_name",
+            "received_at",
+            "source",
+            "status",
+            "contract_number",
+            "match_rule",
+            "match_confidence",
+            "verified_at",
+            "reversed_at",
+            "allocations",
+        ]
+
+    @extend_schema_field(PaymentAllocationSerializer(many=True))
+    def get_allocations(self, payment):
+        return [
+            # Decimal as a string, like every amount in this API (never a float).
+            {"installment": a.installment.number if a.installment_id else None, "amount": str(a.amount)}
+            for a in payment.allocations.all()
+            if a.reversed_at is None
+        ]
+
+
+class PaymentCreateSerializer(serializers.Serializer):
+    """A payment from the provider's systems. ``external_id`` makes a retry safe: same body → same payment."""
+
+    external_id = serializers.CharField(max_length=100, help_text="The transaction id, unique per channel.")
+    channel = serializers.ChoiceField(choices=ChannelKind.choices)
+    amount = serializers.DecimalField(max_digits=14, decimal_places=2, help_text="In the contract's currency.")
+    currency = serializers.CharField(max_length=3, min_length=3)
+    received_at = serializers.DateTimeField(help_text="With its time zone, e.g. 2026-11-23T09:15:00+03:00.")
+    reference = serializers.CharField(max_length=140, required=False, allow_blank=True, default="")
+    payer_phone = serializers.CharField(max_length=32, required=False, allow_blank=True, default="")
+    payer_name = serializers.CharField(max_length=150, required=False, allow_blank=True, default="")
+    contract_number = serializers.CharField(
+        max_length=40, required=False, allow_blank=True, default="", help_text="When known; else matched by reference."
+    )

@@ -22,6 +22,8 @@ class ContractNumberConverter:
 register_converter(ContractNumberConverter, "contract_number")
 
 urlpatterns = [
+    path("payments/", views.PaymentListCreateView.as_view(), name="api-payments"),
+    path("payments/<int:pk>/", views.PaymentDetailView.as_view(), name="api-payment"),
     path("contracts/", views.ContractListCreateView.as_view(), name="api-contracts"),
     # Providers' own contract numbers often contain slashes (DLG/2026/7), so the
     # number takes the rest of the path: any sub-resource must be routed above this line.

@@ -4,7 +4,7 @@ from django.db import transaction
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import JSONParser
@@ -12,11 +12,18 @@ from rest_framework.response import Response
 
 from devices.models import Device
 from devices.selectors import devices_by_imei
-from payments.api.serializers import ContractCreateSerializer, ContractDetailSerializer, ContractListSerializer
-from payments.models import Contract, ContractStatus
+from payments.api.serializers import (
+    ContractCreateSerializer,
+    ContractDetailSerializer,
+    ContractListSerializer,
+    PaymentCreateSerializer,
+    PaymentSerializer,
+)
+from payments.models import ChannelKind, Contract, ContractStatus, Payment, PaymentStatus
 from payments.selectors import contracts_with_totals
-from payments.services import contract_create, customer_create
+from payments.services import PaymentConflict, contract_create, customer_create, payment_ingest
 from portal.api.pagination import NewestFirstPagination
+from portal.api.schema import ErrorSerializer
 from portal.api.utils import client_ip
 from portal.permissions import Right, scope
 
@@ -105,3 +112,83 @@ class ContractDetailView(generics.RetrieveAPIView):
             raise Http404
         qs = scope(Contract.objects.select_related("device", "customer", "provider"), self.request.user)
         return get_object_or_404(qs, number=number)
+
+
+class PaymentFilter(filters.FilterSet):
+    status = filters.ChoiceFilter(choices=PaymentStatus.choices)
+    channel = filters.ChoiceFilter(choices=ChannelKind.choices)
+    contract_number = filters.CharFilter(field_name="contract__number")
+
+    class Meta:
+        model = Payment
+        fields = ["status", "channel", "contract_number"]
+
+
+class PaymentListCreateView(generics.ListCreateAPIView):
+    """Record a payment exactly once (keyed by channel + external_id), or list this provider's payments.
+
+    201: recorded now. 200: this transaction was already recorded with the same details.
+    409: already recorded with different details (``errors`` names each difference).
+    A payment that clears the arrears unlocks the phone at once.
+    """
+
+    serializer_class = PaymentSerializer
+    pagination_class = NewestFirstPagination
+    parser_classes = [JSONParser]
+    filterset_class = PaymentFilter
+    required_rights = {"GET": Right.VIEW_FINANCE, "POST": Right.RECORD_PAYMENTS}
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Payment.objects.none()
+        return scope(
+            Payment.objects.select_related("contract").prefetch_related("allocations__installment"),
+            self.request.user,
+        )
+
+    @extend_schema(
+        request=PaymentCreateSerializer,
+        responses={
+            201: PaymentSerializer,
+            200: OpenApiResponse(PaymentSerializer, description="Already recorded with the same details."),
+            409: OpenApiResponse(ErrorSerializer, description="Already recorded with different details."),
+        },
+    )
+    def post(self, request, *args, **kwargs):
+        form = PaymentCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            payment, created = payment_ingest(
+                provider=request.user.organisation,
+                actor=request.user,
+                ip_address=client_ip(request),
+                source="api",
+                **form.validated_data,
+            )
+        except PaymentConflict as conflict:
+            return Response(
+                {
+                    "detail": "This transaction id is already recorded with different details; nothing was changed.",
+                    "errors": conflict.message_dict,
+                    "payment": PaymentSerializer(conflict.payment).data,
+                },
+                status=status.HTTP_409_CONFLICT,
+            )
+        payment = self.get_queryset().get(pk=payment.pk)
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(PaymentSerializer(payment).data, status=code)
+
+
+class PaymentDetailView(generics.RetrieveAPIView):
+    """One payment by its id, with its allocations."""
+
+    serializer_class = PaymentSerializer
+    required_rights = {"GET": Right.VIEW_FINANCE}
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Payment.objects.none()
+        return scope(
+            Payment.objects.select_related("contract").prefetch_related("allocations__installment"),
+            self.request.user,
+        )
