@@ -21,6 +21,11 @@ from babel.numbers import get_currency_name, get_currency_precision
 Direction = Literal["credit", "debit"]
 FormatName = Literal["mt940", "camt053", "camt054", "camt052", "csv"]
 
+# German GVC codes (Geschäftsvorfallcodes) of returns, in MT940 :86: and in
+# camt proprietary bank transaction codes: 109 returned SEPA direct debit,
+# 159 returned SEPA credit transfer.
+GVC_RETURN_CODES = frozenset({"109", "159"})
+
 # ISO 4217 reserves XXX ("no currency") and XTS ("for testing"); babel knows
 # their names, so the name check alone would let them through.
 _NOT_MONEY = {"XXX", "XTS"}
@@ -147,6 +152,11 @@ def check_amount(amount: Decimal, currency: str) -> str | None:
     except InvalidOperation:
         return f"amount {amount} is out of range"
     return None
+
+
+def to_money(amount: Decimal, currency: str) -> Decimal:
+    """``amount`` with the currency's number of decimals (``79.7`` CHF is ``79.70``); call after check_amount."""
+    return amount.quantize(Decimal(1).scaleb(-get_currency_precision(currency)))
 
 
 def normalise_account(value: str) -> str:
