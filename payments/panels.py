@@ -1,14 +1,25 @@
 """Navigation and home panels contributed by the money side."""
 
+from portal.models import Role
 from portal.permissions import Right
 from portal.shell import HomePanel, NavItem, register_nav, register_panel
 
 
 def register() -> None:
-    from payments.selectors import provider_overview
+    from payments.selectors import provider_overview, unmatched_payments_panel
 
     register_nav(NavItem(30, "payments:contracts", "Contracts", Right.VIEW_FINANCE))
+    register_nav(NavItem(32, "payments:payments", "Payments", Right.VIEW_FINANCE))
     register_nav(NavItem(35, "locks:paid_still_locked", "Paid, still locked", Right.VIEW_FINANCE))
     register_nav(NavItem(83, "locks:screen", "Lock screen", Right.MANAGE_SETTINGS))
     register_nav(NavItem(84, "locks:policy", "Lock policy", Right.MANAGE_SETTINGS))
     register_panel(HomePanel(30, "payments/panels/overview.html", Right.VIEW_FINANCE, provider_overview))
+    register_panel(
+        HomePanel(
+            32,
+            "payments/panels/unmatched.html",
+            Right.RECORD_PAYMENTS,
+            unmatched_payments_panel,
+            roles=frozenset({Role.FINANCE}),
+        )
+    )

@@ -7,4 +7,11 @@ app_name = "payments"
 urlpatterns = [
     path("", views.contract_list, name="contracts"),
     path("<int:pk>/", views.contract_detail, name="contract"),
+    path("<int:pk>/verify-payment/", views.contract_verify_payment, name="verify_payment"),
+    path("payments/", views.payment_list, name="payments"),
+    path("payments/<int:pk>/", views.payment_detail, name="payment"),
+    path("payments/<int:pk>/match/", views.payment_match, name="payment_match"),
+    path("payments/<int:pk>/verify/", views.payment_verify_view, name="payment_verify"),
+    path("payments/<int:pk>/reverse/", views.payment_reverse_view, name="payment_reverse"),
+    path("payments/proofs/<int:pk>/", views.payment_proof_download, name="proof"),
 ]

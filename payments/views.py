@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Q
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
 
 from payments.models import Contract, ContractStatus
 from payments.selectors import contract_position, contracts_with_totals, schedule_rows
@@ -43,10 +49,20 @@ def contract_detail(request, pk: int):
     today = contract.provider.today()
     rows = schedule_rows(contract, today=today)
     position = contract_position(contract, today=today, installments=[r["installment"] for r in rows])
+    from payments.selectors import contract_payments
+    from portal.permissions import has_right
+
     return render(
         request,
         "payments/contract_detail.html",
-        {"contract": contract, "rows": rows, "position": position, "today": today},
+        {
+            "contract": contract,
+            "rows": rows,
+            "position": position,
+            "today": today,
+            "payments": contract_payments(contract),
+            "can_verify": has_right(request.user, Right.VERIFY_PAYMENTS),
+        },
     )
 
 
@@ -165,5 +181,299 @@ def lock_screen_texts(request, language: str | None = None):
             "placeholders": LOCK_SCREEN_PLACEHOLDERS,
             "preview": preview,
             "shown": shown,
+        },
+    )
+
+
+# --- payments: the finance queue, one payment, verifying with the customer on the line ----------
+
+
+def _ip(request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def _payment_for(request, pk: int, right: Right):
+    """One payment in the user's scope: 404 outside it, 403 without ``right``."""
+    from payments.models import Payment
+
+    return scoped_get(Payment.objects.select_related("contract", "provider", "verified_by"), request.user, right, pk=pk)
+
+
+@login_required
+def payment_list(request):
+    """The finance queue: the provider's payments by status, unmatched first, newest first, with suggestions."""
+    from payments.forms import MatchByNumberForm
+    from payments.models import PaymentStatus
+    from payments.selectors import payment_status_counts, payments_for, payments_suggestions
+    from portal.permissions import has_right
+
+    status = request.GET.get("status", PaymentStatus.UNMATCHED)
+    if status not in PaymentStatus.values and status != "all":
+        status = PaymentStatus.UNMATCHED
+    page = Paginator(payments_for(request.user, status="" if status == "all" else status), 25).get_page(
+        request.GET.get("page")
+    )
+    counts = payment_status_counts(request.user)
+    tabs = [(value, label, counts.get(value, 0)) for value, label in PaymentStatus.choices]
+    tabs.append(("all", "All", sum(counts.values())))
+    suggestions = payments_suggestions(page.object_list)
+    rows = [(p, suggestions.get(p.pk, [])) for p in page.object_list]
+    return render(
+        request,
+        "payments/payment_list.html",
+        {
+            "page": page,
+            "rows": rows,
+            "status": status,
+            "tabs": tabs,
+            "can_match": has_right(request.user, Right.RECORD_PAYMENTS),
+            "match_form": MatchByNumberForm(),
+        },
+    )
+
+
+@login_required
+def payment_detail(request, pk: int):
+    """One payment: what came in, where it went, its proofs and its audit trail, and what can be done."""
+    from payments.forms import MatchByNumberForm
+    from payments.models import PaymentStatus
+    from payments.selectors import payment_story, payment_suggestions
+    from portal.permissions import has_right
+
+    payment = _payment_for(request, pk, Right.VIEW_FINANCE)
+    unmatched = payment.status == PaymentStatus.UNMATCHED
+    return render(
+        request,
+        "payments/payment_detail.html",
+        {
+            "payment": payment,
+            **payment_story(payment),
+            "suggestions": payment_suggestions(payment) if unmatched else [],
+            "match_form": MatchByNumberForm(),
+            "can_match": unmatched and has_right(request.user, Right.RECORD_PAYMENTS),
+            "can_verify": payment.status == PaymentStatus.MATCHED and has_right(request.user, Right.VERIFY_PAYMENTS),
+            "can_reverse": payment.status != PaymentStatus.REVERSED and has_right(request.user, Right.RECORD_PAYMENTS),
+        },
+    )
+
+
+@login_required
+@require_POST
+def payment_match(request, pk: int):
+    """Match an unmatched payment to a suggested contract (``contract``) or a typed number (``contract_number``)."""
+    from payments.forms import MatchByNumberForm
+    from payments.selectors import contract_for_number
+    from payments.services import payment_match_manual
+
+    payment = _payment_for(request, pk, Right.RECORD_PAYMENTS)
+    back = request.POST.get("next") if request.POST.get("next") == "queue" else None
+    contract = None
+    if request.POST.get("contract", "").isdigit():
+        contract = Contract.objects.filter(provider_id=payment.provider_id, pk=int(request.POST["contract"])).first()
+    else:
+        form = MatchByNumberForm(request.POST)
+        if form.is_valid():
+            contract = contract_for_number(provider_id=payment.provider_id, text=form.cleaned_data["contract_number"])
+    if contract is None:
+        messages.error(request, "No contract of this provider has that number. Check it with the payer's reference.")
+    else:
+        try:
+            payment_match_manual(payment=payment, contract=contract, actor=request.user, ip_address=_ip(request))
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            contract.refresh_from_db(fields=["lock_state"])
+            messages.success(
+                request,
+                f"Payment {payment.external_id} matched to contract {contract.number}; "
+                f"the phone is now {contract.get_lock_state_display().lower()}.",
+            )
+    return redirect(f"{reverse('payments:payments')}" if back else reverse("payments:payment", args=[payment.pk]))
+
+
+@login_required
+@require_POST
+def payment_verify_view(request, pk: int):
+    """Verify a matched payment from its page; a second agent is told who was first."""
+    from payments.services import PaymentAlreadyVerified, payment_verify
+
+    payment = _payment_for(request, pk, Right.VERIFY_PAYMENTS)
+    try:
+        payment_verify(
+            payment=payment, actor=request.user, proof="verified from the payment page", ip_address=_ip(request)
+        )
+    except PaymentAlreadyVerified as exc:
+        messages.info(request, " ".join(exc.messages))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Payment {payment.external_id} verified.")
+    return redirect("payments:payment", pk=payment.pk)
+
+
+@login_required
+def payment_reverse_view(request, pk: int):
+    """Reverse a payment: a confirmation page with the reason, then the reversal (audited by the service)."""
+    from payments.forms import ReverseForm
+    from payments.models import PaymentStatus
+    from payments.services import payment_reverse
+
+    payment = _payment_for(request, pk, Right.RECORD_PAYMENTS)
+    if payment.status == PaymentStatus.REVERSED:
+        messages.info(request, "This payment is already reversed.")
+        return redirect("payments:payment", pk=payment.pk)
+    form = ReverseForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            payment_reverse(
+                payment=payment, actor=request.user, reason=form.cleaned_data["reason"], ip_address=_ip(request)
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc.messages)
+        else:
+            messages.success(request, f"Payment {payment.external_id} reversed; its allocations came off.")
+            return redirect("payments:payment", pk=payment.pk)
+    return render(request, "payments/payment_reverse.html", {"payment": payment, "form": form})
+
+
+@login_required
+def payment_proof_download(request, pk: int):
+    """A stored proof, only for VIEW_FINANCE in the provider's scope; always a download, never rendered inline."""
+    from django.http import FileResponse, Http404
+
+    from payments.models import PaymentProof
+    from payments.uploads import ACCEPTED
+
+    proof = scoped_get(
+        PaymentProof.objects.select_related("payment"),
+        request.user,
+        Right.VIEW_FINANCE,
+        provider_field="payment__provider",
+        pk=pk,
+    )
+    try:
+        handle = proof.file.open("rb")
+    except (FileNotFoundError, ValueError):
+        raise Http404("The proof file is missing.") from None
+    extension = ACCEPTED.get(proof.content_type, "bin")
+    response = FileResponse(
+        handle,
+        as_attachment=True,
+        filename=f"proof-{proof.payment.external_id}-{proof.pk}.{extension}",
+        content_type=proof.content_type if proof.content_type in ACCEPTED else "application/octet-stream",
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+def _verify_existing(request, contract, form) -> bool:
+    """Verify the payment the agent confirmed (of the contract's provider); True when done, else a message says why."""
+    from payments.models import Payment
+    from payments.services import PaymentAlreadyVerified
+    from payments.uploads import payment_verify_existing
+
+    payment = (
+        Payment.objects.select_related("contract")
+        .filter(provider_id=contract.provider_id, pk=form.cleaned_data["payment"])
+        .first()
+    )
+    if payment is None:
+        messages.error(request, "That payment is no longer there; look the transaction id up again.")
+        return False
+    try:
+        payment_verify_existing(
+            payment=payment, contract=contract, actor=request.user, checked=form.checked, ip_address=_ip(request)
+        )
+    except PaymentAlreadyVerified as exc:
+        messages.info(request, " ".join(exc.messages))
+        return False
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return False
+    messages.success(request, f"Payment {payment.external_id} verified for contract {contract.number}.")
+    return True
+
+
+@login_required
+def contract_verify_payment(request, pk: int):
+    """An agent verifies a payment with the customer on the line.
+
+    Step 1 (GET ``transaction_id``): find the provider's payment with the id the customer
+    reads out. Found: confirm it (POST ``action=verify``), matched to this contract if it was
+    unmatched. Not found: record it from the customer's receipt (POST ``action=record``).
+    """
+    from django.utils import timezone
+
+    from payments.forms import RecordFromProofForm, TransactionLookupForm, VerifyExistingForm
+    from payments.services import PaymentAlreadyVerified
+    from payments.uploads import payment_record_from_proof, payments_with_transaction_id
+
+    contract = scoped_get(
+        Contract.objects.select_related("provider", "customer"), request.user, Right.VERIFY_PAYMENTS, pk=pk
+    )
+    provider = contract.provider
+    action = request.POST.get("action") if request.method == "POST" else None
+    lookup = TransactionLookupForm(request.GET if "transaction_id" in request.GET else None)
+    transaction_id = lookup.cleaned_data["transaction_id"].strip() if lookup.is_bound and lookup.is_valid() else ""
+    if action == "record":
+        transaction_id = request.POST.get("transaction_id", "").strip()
+    found = payments_with_transaction_id(provider_id=provider.pk, transaction_id=transaction_id)
+    verify_form = VerifyExistingForm(request.POST if action == "verify" else None, request.FILES or None)
+    record_form = RecordFromProofForm(
+        request.POST if action == "record" else None,
+        request.FILES or None,
+        initial={"transaction_id": transaction_id, "received_at": timezone.localtime(timezone.now(), provider.zone)},
+    )
+
+    if action == "verify" and verify_form.is_valid():
+        done = _verify_existing(request, contract, verify_form)
+        if done:
+            return redirect("payments:contract", pk=contract.pk)
+        query = urlencode({"transaction_id": request.POST.get("transaction_id", "")})
+        return redirect(f"{reverse('payments:verify_payment', args=[contract.pk])}?{query}")
+
+    if action == "record":
+        with timezone.override(provider.zone):
+            valid = record_form.is_valid()
+        if valid:
+            data = record_form.cleaned_data
+            try:
+                payment_record_from_proof(
+                    contract=contract,
+                    actor=request.user,
+                    channel=data["channel"],
+                    amount=data["amount"],
+                    received_at=data["received_at"],
+                    transaction_id=data["transaction_id"],
+                    checked=record_form.checked,
+                    ip_address=_ip(request),
+                )
+            except PaymentAlreadyVerified as exc:
+                messages.info(request, " ".join(exc.messages))
+                return redirect("payments:contract", pk=contract.pk)
+            except ValidationError as exc:
+                for name, errors in exc.message_dict.items() if hasattr(exc, "error_dict") else [(None, exc.messages)]:
+                    field = {"external_id": "transaction_id"}.get(name, name)
+                    record_form.add_error(field if field in record_form.fields else None, errors)
+            else:
+                messages.success(
+                    request, f"Payment {data['transaction_id']} recorded, verified and credited to {contract.number}."
+                )
+                return redirect("payments:contract", pk=contract.pk)
+
+    return render(
+        request,
+        "payments/verify_payment.html",
+        {
+            "contract": contract,
+            "lookup": lookup if lookup.is_bound else TransactionLookupForm(),
+            "transaction_id": transaction_id,
+            "searched": bool(transaction_id),
+            "found": found,
+            "verify_form": verify_form,
+            "record_form": record_form,
+            "show_record": action == "record" or (transaction_id and not found),
         },
     )
