@@ -1,0 +1,131 @@
+"""A finance officer imports a bank statement: every line once, credits become payments, nothing unexplained."""
+
+import datetime as dt
+import json
+from decimal import Decimal
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from devices.models import Device
+from payments.imports import statement_import_create, statement_import_run
+from payments.models import LockPolicy, Payment, StatementLine
+from payments.services import lock_sweep
+from tests.factories import CustomerFactory, ProviderFactory, make_contract
+
+SAMPLES = Path("/work/shared/samples")
+if not SAMPLES.exists():  # a clone next to ../shared
+    SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+needs_samples = pytest.mark.skipif(not SAMPLES.exists(), reason="the shared sample statements are not on this machine")
+
+HEADER = (
+    "Kontonummer;Datum/Zeit;Buchungstag;Wertstellung;Soll/Haben;Buchungsschlüssel;Buchungsart;"
+    "Empfänger/Auftraggeber Name;Empfänger/Auftraggeber IBAN;Empfänger/Auftraggeber BIC;Glaeubiger-ID;"
+    "Mandatsreferenz;Mandatsdatum;" + ";".join(f"Vwz.{i}" for i in range(18)) + ";End-to-End-Identifikation"
+)
+
+
+def csv_line(amount: str, purpose: str, e2e: str, day: dt.date) -> str:
+    d = day.strftime("%d.%m.%Y")
+    empty = ";" * 17
+    return f"1234567890;{d} 09:00;{d};{d};{amount};166;Gutschrift;Max Muster;DE1;BIC;;;;{purpose}{empty};{e2e}"
+
+
+@pytest.fixture
+def berlin(db):
+    provider = ProviderFactory(
+        name="Berlin Phones", slug="berlin", country="DE", currency="EUR", time_zone="Europe/Berlin", languages=["en"]
+    )
+    LockPolicy.objects.create(provider=provider, lock_start_hour=0, lock_end_hour=24, lock_weekdays=list(range(7)))
+    return provider
+
+
+def test_a_credit_quoting_the_contract_unlocks_the_phone_and_a_reimport_creates_nothing(berlin, finance_a):
+    today = berlin.today()
+    contract = make_contract(
+        berlin,
+        number="BP-0007",
+        customer=CustomerFactory(provider=berlin, phone="+4915112345678"),
+        first_due_date=today - dt.timedelta(days=40),
+    )
+    lock_sweep()
+    contract.refresh_from_db()
+    assert contract.lock_state == "locked"
+    raw = "\n".join(
+        [
+            HEADER,
+            csv_line("16666,66", "Rate bp 7", "E2E-1", today),
+            csv_line("-12,00", "Kontofuehrung", "E2E-2", today),
+        ]
+    ).encode("utf-8")
+
+    record = statement_import_create(provider=berlin, filename="1822direkt.csv", raw=raw, actor=finance_a)
+    record = statement_import_run(import_id=record.pk, actor=finance_a)
+    summary = record.summary
+    assert (summary["rows"], summary["credits"], summary["debits"], summary["matched"]) == (2, 1, 1, 1)
+    payment = Payment.objects.get(provider=berlin)
+    assert (payment.external_id, payment.amount, payment.match_rule) == (
+        "E2E-1",
+        Decimal("16666.66"),
+        "reference_normalised",
+    )
+    assert Device.objects.get(pk=contract.device_id).desired_state == "unlocked"
+    assert StatementLine.objects.get(direction="debit").note.startswith("Debit or return")
+
+    again = statement_import_create(provider=berlin, filename="1822direkt.csv", raw=raw, actor=finance_a)
+    again = statement_import_run(import_id=again.pk, actor=finance_a)
+    assert again.summary["duplicates"] == 2 and Payment.objects.count() == 1
+
+
+def test_a_file_that_cannot_be_read_fails_with_the_reason_and_changes_nothing(berlin, finance_a):
+    record = statement_import_create(
+        provider=berlin, filename="x.xml", raw=b"<Document><BkToCstmrStmt>", actor=finance_a
+    )
+    record = statement_import_run(import_id=record.pk)
+    assert record.status == "failed" and record.error
+    assert not StatementLine.objects.exists()
+
+
+@needs_samples
+@pytest.mark.parametrize(
+    "path", sorted(str(p.relative_to(SAMPLES)) for d in ("mt940", "camt", "csv") for p in (SAMPLES / d).glob("*.*"))
+)
+def test_every_sample_imports_with_no_unexplained_row(db, path):
+    from payments.statements.detect import parse_statement
+
+    raw = (SAMPLES / path).read_bytes()
+    parsed = parse_statement(raw, Path(path).name)
+    currency = parsed.currency or (parsed.lines[0].currency if parsed.lines else "EUR")
+    provider = ProviderFactory(currency=currency, country="DE", time_zone="Europe/Berlin", languages=["en"])
+    out = StringIO()
+    call_command("import_statement", str(SAMPLES / path), "--provider", provider.slug, stdout=out)
+    summary = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert summary["status"] == "done", summary
+    lines = StatementLine.objects.filter(provider=provider)
+    # Each row is a stored line or an error with its reason; each stored credit is a payment or says why not.
+    assert summary["rows"] == lines.count() + summary["errors"] + summary["duplicates"]
+    for line in lines:
+        assert line.payment_id or line.note, (path, line.line_no)
+    assert summary["credits"] == summary["matched"] + summary["unmatched"] + summary["not_credited"] + sum(
+        1 for line in lines if line.direction == "credit" and not line.is_return and line.note.startswith("Debit")
+    )
+
+
+@needs_samples
+def test_the_zenith_bank_statement_in_naira(db):
+    provider = ProviderFactory(currency="NGN", country="NG", time_zone="Africa/Lagos", languages=["en"])
+    out = StringIO()
+    call_command("import_statement", str(SAMPLES / "mt940/ng_zenith_bank.txt"), "--provider", provider.slug, stdout=out)
+    summary = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert {k: summary[k] for k in ("rows", "credits", "debits", "duplicates", "errors", "unmatched")} == {
+        "rows": 8,
+        "credits": 1,
+        "debits": 7,
+        "duplicates": 0,
+        "errors": 0,
+        "unmatched": 1,
+    }
+    payment = Payment.objects.get(provider=provider)
+    assert payment.amount == Decimal("220000.00") and payment.status == "unmatched"
