@@ -38,12 +38,9 @@ Decisions worth knowing (the portal shows the outcome of each):
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import http.client
 import json
 import logging
-import random
 import threading
 import urllib.error
 import urllib.request
@@ -58,10 +55,13 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
-from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from devices.models import Channel, DeliveryAttempt, DeviceCommand, DeviceGateway
 from devices.protocol import topic_for
+
+# Backoff, signature, redirect refusal and broker errors are shared with the provider webhooks
+# (portal.webhooks), so they live in the bottom layer; still importable from here.
+from portal.outbound import BROKER_ERRORS, backoff_seconds, opener, webhook_signature
 from portal.services import audit_record, snapshot
 
 logger = logging.getLogger(__name__)
@@ -79,8 +79,6 @@ DUE_TOLERANCE = timedelta(seconds=2)
 _ADVISORY_NAMESPACE = 0x0F1C_0DE1
 #: Errors stored on an attempt are cut to this length (a gateway could answer with a whole HTML page).
 _ERROR_LIMIT = 1000
-#: Enqueueing failed because the broker is unreachable (kombu wraps redis and amqp errors in OperationalError).
-BROKER_ERRORS = (BrokerOperationalError, ConnectionError, TimeoutError, OSError)
 
 
 class DeliveryError(Exception):
@@ -102,23 +100,6 @@ class Outcome:
     retry_in: float | None = None
 
 
-# --- backoff -------------------------------------------------------------------
-
-
-def backoff_seconds(attempts: int, *, rng: random.Random | None = None) -> float:
-    """Delay before the next try after ``attempts`` failed rounds (``attempts >= 1``).
-
-    ``min(cap, base * 2**(attempts-1))`` times a random factor in [0.5, 1.5]: 10 s, 20 s,
-    40 s ... up to an hour with the defaults. The jitter spreads the retries of the
-    thousands of commands that failed together when a gateway went down, so they do not
-    all hit it again in the same second when it comes back.
-    """
-    base = settings.DELIVERY_BACKOFF_BASE_SECONDS
-    cap = settings.DELIVERY_BACKOFF_CAP_SECONDS
-    exponent = min(max(attempts - 1, 0), 32)  # 2**32 * base is past any cap; keeps the number small
-    return min(cap, base * 2**exponent) * (rng or random).uniform(0.5, 1.5)
-
-
 # --- the wire ------------------------------------------------------------------
 
 
@@ -129,11 +110,6 @@ def envelope_bytes(command: DeviceCommand) -> bytes:
     covers the canonical form of ``command`` and does not depend on this encoding.
     """
     return json.dumps(command.envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
-def webhook_signature(secret: str, body: bytes) -> str:
-    """The ``X-Finlock-Signature`` header value for ``body``."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
 def mqtt_publish(*, url: str, topic: str, payload: bytes, timeout: float) -> None:
@@ -190,17 +166,6 @@ def mqtt_publish(*, url: str, topic: str, payload: bytes, timeout: float) -> Non
         client.loop_stop()
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """Treat a 3xx as a failure: the spec says only 2xx is success, and following a
-    redirect would turn the POST into a GET somewhere else that then "succeeds"."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
-
-
 def webhook_post(*, gateway: DeviceGateway, body: bytes, command_id: int, timeout: float) -> None:
     """POST the envelope to the provider's gateway; 2xx or ``DeliveryError``."""
     if urlparse(gateway.url).scheme not in ("http", "https"):
@@ -217,7 +182,7 @@ def webhook_post(*, gateway: DeviceGateway, body: bytes, command_id: int, timeou
         },
     )
     try:
-        with _opener.open(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         detail = _snippet(exc)

@@ -751,7 +751,42 @@ def _device_report(*, device_id: int, seq: int, state: str, via: str, now: dt.da
             before={"state": device.reported_state, "seq": device.reported_seq},
             after={"state": state, "seq": seq, "via": via},
         )
+        _emit_lock_webhook(device=device, state=state, seq=seq, now=now)
     return True
+
+
+#: Confirmed states in which the phone is usable again after a lock.
+_UNLOCKED_STATES = {LockState.UNLOCKED, LockState.TEMP_UNLOCKED, LockState.RELEASED}
+
+
+def _emit_lock_webhook(*, device: Device, state: str, seq: int, now: dt.datetime) -> None:
+    """Tell the provider's systems that the phone *confirmed* a lock, or an unlock after a lock.
+
+    Keyed on the reported (acknowledged) state, not the desired one: what a provider acts
+    on is what the phone shows. ``device`` holds the state before this report. A change
+    between usable states (reminder to unlocked, a first report after enrolment) is no
+    unlock and sends nothing.
+    """
+    from portal.webhooks import webhook_event_emit
+
+    if state == LockState.LOCKED:
+        event = "device.locked"
+    elif state in _UNLOCKED_STATES and device.reported_state == LockState.LOCKED:
+        event = "device.unlocked"
+    else:
+        return
+    webhook_event_emit(
+        provider=device.provider_id,
+        event=event,
+        payload={
+            "imei": device.imei,
+            "device": str(device.uid),
+            "state": state,
+            "previous_state": device.reported_state or None,
+            "seq": seq,
+            "at": now,
+        },
+    )
 
 
 def device_checkin(*, device: Device, state: str, last_seq: int, app_version: str = "") -> dict:

@@ -495,6 +495,19 @@ def payment_ingest(
     return payment, True
 
 
+def _reference_keys(reference: str, *, max_tokens: int = 24) -> list[str]:
+    """Normalised keys of the whole reference and of every run of up to three of its words."""
+    import re
+
+    words = [w for w in re.split(r"[\s,;:]+", reference) if w][:max_tokens]
+    keys = {contract_number_key(reference)}
+    for size in (1, 2, 3):
+        for start in range(len(words) - size + 1):
+            keys.add(contract_number_key(" ".join(words[start : start + size])))
+    # A key of one or two characters would match far too much ("7", "A1").
+    return sorted(k for k in keys if len(k) >= 3)
+
+
 def payment_find_match(payment) -> tuple[Contract, str, int] | None:
     """The contract a payment is for, by the first rule that gives exactly one answer.
 
@@ -510,11 +523,13 @@ def payment_find_match(payment) -> tuple[Contract, str, int] | None:
         exact = list(live.filter(number=reference)[:2])
         if len(exact) == 1:
             return exact[0], "reference_exact", 100
-        key = contract_number_key(reference)
-        if key:
-            keyed = list(live.filter(number_key=key)[:2])
+        keys = _reference_keys(reference)
+        if keys:
+            # One indexed query for every way the payer may have written the number inside
+            # the reference ("Rate bp 7", "contract DLG-000131 thanks").
+            keyed = list(live.filter(number_key__in=keys).values_list("pk", flat=True).distinct()[:2])
             if len(keyed) == 1:
-                return keyed[0], "reference_normalised", 90
+                return live.get(pk=keyed[0]), "reference_normalised", 90
         for imei in re.findall(r"\b\d{15}\b", reference):
             by_imei = list(live.filter(status=ContractStatus.ACTIVE, device__imei=imei)[:2])
             if len(by_imei) == 1:
@@ -573,6 +588,23 @@ def _payment_apply(*, payment, contract: Contract, rule: str, confidence: int, a
             "rule": rule,
             "confidence": confidence,
             "allocations": [{"installment": a.installment_id, "amount": str(a.amount)} for a in allocations],
+        },
+    )
+    # Provider webhook, in this transaction: the provider hears of the match exactly when it commits.
+    from portal.webhooks import webhook_event_emit
+
+    webhook_event_emit(
+        provider=payment.provider_id,
+        event="payment.matched",
+        payload={
+            "payment": payment.pk,
+            "external_id": payment.external_id,
+            "channel": payment.channel,
+            "amount": str(payment.amount),
+            "currency": payment.currency,
+            "contract": contract.number,
+            "rule": rule,
+            "received_at": payment.received_at,
         },
     )
     if (

@@ -17,3 +17,34 @@ class TokenForm(forms.Form):
             attrs={"autofocus": True, "autocomplete": "one-time-code", "inputmode": "numeric", "maxlength": 6}
         ),
     )
+
+
+class WebhookForm(forms.Form):
+    """A new provider webhook: where to POST, and which events."""
+
+    url = forms.URLField(
+        label="Endpoint URL",
+        max_length=500,
+        assume_scheme="https",
+        help_text="Your system's HTTPS address that accepts POSTed JSON events.",
+    )
+    events = forms.MultipleChoiceField(
+        label="Events",
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"required": "Choose at least one event."},
+    )
+
+    def __init__(self, *args, **kwargs):
+        from portal.models import WebhookEventName
+
+        super().__init__(*args, **kwargs)
+        self.fields["events"].choices = WebhookEventName.choices
+
+    def clean_url(self):
+        from django.conf import settings
+
+        # The model says so too; checked here as well so every mistake is named at once.
+        url = self.cleaned_data["url"]
+        if not url.lower().startswith("https://") and not settings.DEBUG:
+            raise forms.ValidationError("Use an https:// address.")
+        return url

@@ -271,3 +271,112 @@ class AuditChainHead(models.Model):
 
     def __str__(self) -> str:
         return f"audit head at #{self.last_event_id}"
+
+
+class WebhookEventName(models.TextChoices):
+    """The provider events finlock sends to a provider's systems (``portal.webhooks``)."""
+
+    PAYMENT_MATCHED = "payment.matched", _("Payment matched to a contract")
+    DEVICE_LOCKED = "device.locked", _("Phone confirmed the lock")
+    DEVICE_UNLOCKED = "device.unlocked", _("Phone confirmed an unlock")
+
+
+def _validate_webhook_events(value) -> None:
+    if not isinstance(value, list) or not value or not set(value) <= set(WebhookEventName.values):
+        raise ValidationError(
+            _("Choose one or more of: %(names)s."), params={"names": ", ".join(WebhookEventName.values)}
+        )
+
+
+class ProviderWebhook(models.Model):
+    """An endpoint of a provider's own systems that receives provider events by signed HTTP POST.
+
+    ``secret`` signs every body (``X-Finlock-Signature: sha256=<HMAC-SHA256>``). Unlike an
+    API key it is stored in clear, because finlock must compute the HMAC with it; it is
+    shown to the admin once, at creation, and kept out of the audit trail. ``events`` lists
+    the ``WebhookEventName`` values this endpoint subscribes to.
+    """
+
+    provider = models.ForeignKey(
+        Organisation,
+        on_delete=models.CASCADE,
+        related_name="webhooks",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+    )
+    url = models.URLField(max_length=500, help_text=_("HTTPS endpoint that accepts POSTed JSON events."))
+    secret = models.CharField(max_length=128, editable=False, help_text=_("Shared secret for the HMAC."))
+    events = models.JSONField(default=list, validators=[_validate_webhook_events])
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["provider", "enabled"])]
+
+    def __str__(self) -> str:
+        return f"{self.provider.slug} → {self.url}"
+
+    def clean(self) -> None:
+        from django.conf import settings
+
+        errors = {}
+        if self.url and not self.url.lower().startswith("https://") and not settings.DEBUG:
+            errors["url"] = _("Use an https:// address.")
+        if self.provider_id and self.provider.kind != OrganisationKind.PROVIDER:
+            errors["provider"] = _("Only a financing provider has webhooks.")
+        if errors:
+            raise ValidationError(errors)
+
+
+class WebhookEvent(models.Model):
+    """The outbox of provider webhooks: one event for one endpoint, and how its delivery went.
+
+    Written in the same transaction as the change it reports (a matched payment, a phone
+    confirming a lock), so an event exists exactly when the change committed; delivered by
+    ``portal.webhooks.webhook_event_deliver``. Pending means neither ``delivered_at`` nor
+    ``dead_at`` is set; ``next_attempt_at`` is when it is due (set at creation, moved by
+    the backoff after a failure).
+    """
+
+    provider = models.ForeignKey(
+        Organisation,
+        on_delete=models.CASCADE,
+        related_name="webhook_events",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+    )
+    webhook = models.ForeignKey(ProviderWebhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=40, choices=WebhookEventName.choices)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    dead_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The periodic redelivery reads only pending rows by due time; a partial index
+            # stays as small as the backlog, however many events were delivered.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="webhook_event_pending",
+                condition=models.Q(delivered_at__isnull=True, dead_at__isnull=True),
+            ),
+            models.Index(fields=["provider", "-created_at"], name="webhook_event_provider_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} #{self.pk} → webhook {self.webhook_id}"
+
+    @property
+    def status(self) -> str:
+        """One word for the portal: delivered, dead, retrying or pending."""
+        if self.delivered_at is not None:
+            return "delivered"
+        if self.dead_at is not None:
+            return "dead"
+        return "retrying" if self.attempts else "pending"

@@ -10,6 +10,7 @@ def register() -> None:
     register_nav(NavItem(0, "portal:home", "Home", None))
     register_nav(NavItem(80, "portal:organisations", "Organisations", Right.MANAGE_ORGANISATIONS))
     register_nav(NavItem(85, "portal:settings", "Settings", Right.MANAGE_SETTINGS))
+    register_nav(NavItem(86, "portal:webhooks", "Webhooks", Right.MANAGE_SETTINGS))
     register_nav(NavItem(90, "portal:audit", "Audit trail", Right.VIEW_AUDIT))
     register_panel(
         HomePanel(

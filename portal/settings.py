@@ -160,6 +160,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 30.0,
         "options": {"expires": 25},
     },
+    # The same for provider webhook events (portal/webhooks.py).
+    "portal.redeliver-webhook-events": {
+        "task": "portal.redeliver_webhook_events",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
 }
 
 MQTT_URL = env_url("MQTT_URL", schemes=("mqtt", "mqtts"))
@@ -333,6 +339,8 @@ BULK_UPLOAD_MAX_ROWS = env_int("BULK_UPLOAD_MAX_ROWS", 100_000, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 * 1024, minimum=1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 BULK_UPLOAD_MAX_BYTES = env_int("BULK_UPLOAD_MAX_BYTES", 20 * 1024 * 1024, minimum=1024)
+# Payment proofs (receipts, screenshots) an agent uploads: the largest file accepted.
+PROOF_MAX_BYTES = env_int("PROOF_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
 
 # Tests and CI: FINLOCK_REQUIRE_SERVICES=1 turns a skipped service test into a failure.
 FINLOCK_REQUIRE_SERVICES = env_bool("FINLOCK_REQUIRE_SERVICES", False)

@@ -15,4 +15,6 @@ urlpatterns = [
     path("audit/", views.audit, name="audit"),
     path("organisations/", views.organisations, name="organisations"),
     path("settings/", views.settings_page, name="settings"),
+    path("settings/webhooks/", views.webhooks, name="webhooks"),
+    path("settings/webhooks/events/<int:pk>/retry/", views.webhook_event_retry_view, name="webhook_event_retry"),
 ]

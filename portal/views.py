@@ -9,19 +9,23 @@ import qrcode.image.svg
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
 from django_otp import login as otp_login
 from django_otp import match_token
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from portal.forms import LoginForm, TokenForm
-from portal.models import OrganisationKind
-from portal.permissions import Right, require
+from portal.forms import LoginForm, TokenForm, WebhookForm
+from portal.models import OrganisationKind, WebhookEvent
+from portal.permissions import Right, require, scoped_get
 from portal.selectors import audit_events_for, organisations_overview
 from portal.services import audit_record
 from portal.shell import panels_for
+from portal.webhooks import webhook_create, webhook_event_retry
 
 
 class LoginView(auth_views.LoginView):
@@ -147,3 +151,70 @@ def settings_page(request):
             "service_centers": org.service_centers.all() if org.kind == OrganisationKind.PROVIDER else [],
         },
     )
+
+
+#: The Webhooks page lists this many of the newest events.
+WEBHOOK_EVENTS_SHOWN = 50
+
+
+def _webhook_provider(user):
+    """The provider whose webhooks ``user`` manages: 403 without the right, 404 for a non-provider."""
+    require(user, Right.MANAGE_SETTINGS)
+    if user.organisation.kind != OrganisationKind.PROVIDER:
+        raise Http404("Only a financing provider has webhooks.")
+    return user.organisation
+
+
+@login_required
+def webhooks(request):
+    """A provider admin's webhooks: endpoints, a new one (its secret shown once), recent events, retries."""
+    provider = _webhook_provider(request.user)
+    form = WebhookForm(request.POST or None)
+    new_secret = None
+    new_hook = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            new_hook, new_secret = webhook_create(
+                provider=provider,
+                url=form.cleaned_data["url"],
+                events=form.cleaned_data["events"],
+                actor=request.user,
+                ip_address=request.META.get("REMOTE_ADDR"),
+            )
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                form.add_error(field if field in form.fields else None, errors)
+        else:
+            # Rendered, not redirected: the secret is shown on this response only and
+            # never stored anywhere a later request could read it back.
+            form = WebhookForm()
+    events = (WebhookEvent.objects.filter(provider=provider).select_related("webhook").order_by("-created_at", "-id"))[
+        :WEBHOOK_EVENTS_SHOWN
+    ]
+    return render(
+        request,
+        "portal/webhooks.html",
+        {
+            "org": provider,
+            "form": form,
+            "hooks": provider.webhooks.order_by("-created_at", "-id"),
+            "events": events,
+            "new_hook": new_hook,
+            "new_secret": new_secret,
+            "events_shown": WEBHOOK_EVENTS_SHOWN,
+        },
+    )
+
+
+@login_required
+@require_POST
+def webhook_event_retry_view(request, pk: int):
+    """Give a dead event a fresh set of attempts (audited as webhook.event_retry)."""
+    event = scoped_get(WebhookEvent.objects.all(), request.user, Right.MANAGE_SETTINGS, pk=pk)
+    try:
+        webhook_event_retry(event=event, actor=request.user, ip_address=request.META.get("REMOTE_ADDR"))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Event #{event.pk} ({event.event}) is being sent again.")
+    return redirect("portal:webhooks")

@@ -31,6 +31,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             token = header[1].decode("ascii")
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid API key.") from None
+        return self.authenticate_key(token)
+
+    def authenticate_key(self, token: str):
+        """``(ApiClient, ApiKey)`` for a full key, however it was sent; ``AuthenticationFailed`` otherwise."""
         parts = token.split("_", 2)
         # The prefix is hex (ApiKey.generate); anything else cannot match a row, and
         # a NUL byte in it would make PostgreSQL raise instead of finding nothing.

@@ -1,0 +1,43 @@
+"""Celery tasks of the portal: thin wrappers, the work is in ``portal.webhooks``.
+
+Periodic jobs are scheduled in one place only: ``CELERY_BEAT_SCHEDULE`` in
+``portal/settings.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.exceptions import Retry
+
+from portal import webhooks
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, name="portal.deliver_webhook_event", max_retries=None, ignore_result=True)
+def deliver_webhook_event(self, event_id: int) -> str:
+    """POST one provider event (``portal.webhooks.webhook_event_deliver``); on failure retry after the backoff.
+
+    The retry is an optimisation for latency: the row already holds ``next_attempt_at``,
+    so if the retry cannot be queued (broker down) the periodic redelivery picks the event
+    up anyway. The attempt limit is the row's, hence ``max_retries=None``.
+    """
+    outcome = webhooks.webhook_event_deliver(event_id=event_id)
+    if outcome.status == "retry" and not self.request.is_eager:
+        # In eager mode (no broker) Celery would re-run the task at once, ignoring the
+        # countdown; the event simply waits for its next_attempt_at instead.
+        try:
+            self.retry(countdown=outcome.retry_in, throw=True)
+        except Retry:
+            raise
+        except Exception as exc:  # broker gone between the POST and the retry: the row remembers
+            logger.warning("webhooks: could not schedule the retry of event %s (%s)", event_id, exc)
+    return outcome.status
+
+
+@shared_task(name="portal.redeliver_webhook_events", ignore_result=True)
+def redeliver_webhook_events() -> int:
+    """Re-queue undelivered provider events whose next attempt is due (every 30 s from beat)."""
+    return webhooks.webhook_events_redeliver_pending()

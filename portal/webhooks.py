@@ -1,0 +1,307 @@
+"""Provider webhooks: events of a provider's own business, pushed to its systems.
+
+``payments`` reports ``payment.matched`` and ``devices`` reports ``device.locked`` and
+``device.unlocked`` by calling ``webhook_event_emit`` inside the transaction that makes
+the change. That writes one ``WebhookEvent`` (the outbox row) per enabled endpoint
+subscribed to the event, so an event exists exactly when the change committed, and
+queues its delivery once the transaction commits.
+
+Delivery (``webhook_event_deliver``, Celery task ``portal.deliver_webhook_event``) POSTs
+
+    {"id": <event id>, "event": "payment.matched", "created_at": "...Z", "data": {...}}
+
+(compact JSON, sorted keys: the same bytes on every retry) with ``X-Finlock-Event``,
+``X-Finlock-Delivery: <event id>`` and ``X-Finlock-Signature: sha256=<hex HMAC-SHA256 of
+the body with the endpoint's secret>``. 2xx is delivered; anything else is retried with
+the device pipeline's backoff (``DELIVERY_BACKOFF_*``) and dead after
+``DELIVERY_MAX_ATTEMPTS``, shown on the Webhooks page where an admin can retry it.
+Delivery is at least once: a receiver deduplicates on ``X-Finlock-Delivery``.
+
+This lives in ``portal`` (the bottom layer) so that ``payments`` and ``devices`` can call
+it; it knows nothing of payments or devices beyond the payloads they hand it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.utils import timezone
+
+from portal.models import Organisation, OrganisationKind, ProviderWebhook, User, WebhookEvent, WebhookEventName
+from portal.outbound import BROKER_ERRORS, PushError, backoff_seconds, signed_post
+from portal.services import audit_record, snapshot
+
+logger = logging.getLogger(__name__)
+
+#: A task arriving this early before ``next_attempt_at`` still counts as due (clocks of workers differ a little).
+DUE_TOLERANCE = timedelta(seconds=2)
+#: ``last_error`` is cut to this length (an endpoint could answer with a whole HTML page).
+_ERROR_LIMIT = 1000
+#: ``last_error`` of an event whose endpoint was disabled before it could be delivered.
+DISABLED_NOTE = "The webhook was disabled; enable it and retry to send this event."
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery run did: ``delivered``, ``retry`` (with ``retry_in`` seconds), ``dead``,
+    ``busy`` (another worker holds the event), ``not_due``, ``closed`` or ``missing``."""
+
+    status: str
+    retry_in: float | None = None
+
+
+# --- emitting -----------------------------------------------------------------
+
+
+def webhook_event_emit(*, provider: Organisation | int, event: str, payload: dict) -> list[WebhookEvent]:
+    """Record ``event`` for every enabled endpoint of ``provider`` subscribed to it; queue delivery on commit.
+
+    Call it inside the transaction that makes the change: the rows commit or roll back
+    with it, so a provider is never told of a payment that was rolled back, and never
+    misses one that committed. ``provider`` may be the organisation or its id (callers
+    that hold only ``provider_id`` save a query). With no subscribed endpoint this is one
+    indexed read and writes nothing.
+    """
+    if event not in WebhookEventName.values:
+        raise ValueError(f"unknown webhook event {event!r}")
+    provider_id = provider.pk if isinstance(provider, Organisation) else provider
+    # Filtered in Python: JSONField "contains" is not available on SQLite, and a provider
+    # has a handful of endpoints at most.
+    hooks = [
+        hook_id
+        for hook_id, events in ProviderWebhook.objects.filter(provider_id=provider_id, enabled=True).values_list(
+            "id", "events"
+        )
+        if event in events
+    ]
+    if not hooks:
+        return []
+    now = timezone.now()
+    # Datetimes become ISO 8601 (UTC, "Z"), decimals strings: what the receiver parses.
+    data = json.loads(json.dumps(payload, cls=DjangoJSONEncoder))
+    rows = WebhookEvent.objects.bulk_create(
+        WebhookEvent(
+            provider_id=provider_id, webhook_id=hook_id, event=event, payload=data, created_at=now, next_attempt_at=now
+        )
+        for hook_id in hooks
+    )
+    ids = [row.pk for row in rows]
+    # Race prevented: a task queued before the commit could run before the rows are
+    # visible to the worker and find nothing. on_commit queues only once they are.
+    transaction.on_commit(lambda: webhook_events_enqueue(ids))
+    return rows
+
+
+def webhook_events_enqueue(event_ids: list[int]) -> int:
+    """Queue delivery tasks for ``event_ids``; return how many were queued.
+
+    Never raises for a broker outage: the events are durable rows, so a failed enqueue
+    only delays them until ``webhook_events_redeliver_pending`` runs after the broker is
+    back. The first broker error ends the batch (each further try would wait for the same
+    dead broker again).
+    """
+    from portal.tasks import deliver_webhook_event
+
+    queued = 0
+    for event_id in event_ids:
+        try:
+            deliver_webhook_event.delay(event_id)
+        except BROKER_ERRORS as exc:
+            logger.warning(
+                "webhooks: broker unavailable (%s); %s event(s) stay pending for the periodic redelivery",
+                exc,
+                len(event_ids) - queued,
+            )
+            break
+        except Exception:
+            # Eager mode runs the task right here; its bug must not stop the other events
+            # nor fail the request that already committed the change.
+            logger.exception("webhooks: delivering event %s in-process failed", event_id)
+        queued += 1
+    return queued
+
+
+# --- delivering ---------------------------------------------------------------
+
+
+def _utc(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def webhook_event_body(event: WebhookEvent) -> bytes:
+    """The exact bytes POSTed for ``event`` (and signed): the same on every retry."""
+    document = {"id": event.pk, "event": event.event, "created_at": _utc(event.created_at), "data": event.payload}
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def webhook_event_deliver(*, event_id: int) -> Outcome:
+    """POST one event to its endpoint and record the outcome on the row.
+
+    Safe to call any number of times for the same event, concurrently or late: a
+    delivered, dead, locked or not-yet-due event is left alone.
+    """
+    with transaction.atomic():
+        # Race prevented: the same event can be queued twice (the on-commit task and the
+        # periodic redelivery, or a broker redelivering an unacknowledged task); two
+        # workers would POST it twice at once and both count the attempt. The row lock
+        # makes one worker own the event for the whole POST; SKIP LOCKED makes the other
+        # return at once. OF self: lock only the event, not the joined endpoint row, so
+        # creating events for that endpoint never waits behind a slow POST.
+        event = (
+            WebhookEvent.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("webhook")
+            .filter(pk=event_id)
+            .first()
+        )
+        if event is None:
+            if WebhookEvent.objects.filter(pk=event_id).exists():
+                return Outcome("busy")
+            logger.warning("webhooks: event %s does not exist", event_id)
+            return Outcome("missing")
+        if event.delivered_at is not None or event.dead_at is not None:
+            return Outcome("closed")
+        now = timezone.now()
+        if event.next_attempt_at is not None and event.next_attempt_at > now + DUE_TOLERANCE:
+            # A duplicate task arriving before the backoff is over.
+            return Outcome("not_due")
+        fields = ["attempts", "next_attempt_at", "last_error", "last_status_code"]
+        hook = event.webhook
+        if not hook.enabled:
+            # Not an attempt: nothing was sent. Parked where the admin sees it.
+            event.dead_at = now
+            event.next_attempt_at = None
+            event.last_error = DISABLED_NOTE
+            event.save(update_fields=[*fields, "dead_at"])
+            return Outcome("dead")
+
+        status_code = None
+        error = ""
+        try:
+            status_code = signed_post(
+                url=hook.url,
+                body=webhook_event_body(event),
+                secret=hook.secret,
+                headers={"X-Finlock-Event": event.event, "X-Finlock-Delivery": str(event.pk)},
+                timeout=settings.DELIVERY_WEBHOOK_TIMEOUT_SECONDS,
+            )
+        except PushError as exc:
+            status_code, error = exc.status_code, str(exc)
+        except Exception as exc:
+            # A bug or an unexpected library error must not lose the bookkeeping: recorded
+            # like any failure (retried, then dead where the admin sees it).
+            logger.exception("webhooks: unexpected error posting event %s", event.pk)
+            error = f"{type(exc).__name__}: {exc}"
+
+        finished = timezone.now()
+        event.attempts += 1
+        event.last_status_code = status_code
+        event.last_error = error[:_ERROR_LIMIT]
+        if not error:
+            event.delivered_at = finished
+            event.next_attempt_at = None
+            event.save(update_fields=[*fields, "delivered_at"])
+            return Outcome("delivered")
+        if event.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
+            event.dead_at = finished
+            event.next_attempt_at = None
+            event.save(update_fields=[*fields, "dead_at"])
+            logger.warning("webhooks: event %s dead after %s attempts: %s", event.pk, event.attempts, error)
+            return Outcome("dead")
+        delay = backoff_seconds(event.attempts)
+        event.next_attempt_at = finished + timedelta(seconds=delay)
+        event.save(update_fields=fields)
+        return Outcome("retry", retry_in=delay)
+
+
+def pending_webhook_events(now: dt.datetime):
+    """Events still to be sent whose next attempt is due (served by the partial index)."""
+    return WebhookEvent.objects.filter(delivered_at__isnull=True, dead_at__isnull=True, next_attempt_at__lte=now)
+
+
+def webhook_events_redeliver_pending(*, now: dt.datetime | None = None, limit: int = 1000) -> int:
+    """Re-queue every due, undelivered event (the periodic job); return how many were queued.
+
+    This is what makes a broker or endpoint outage lose nothing: an event whose task never
+    reached the broker, was dropped with a restarted Redis, or whose retry could not be
+    scheduled is still a pending row, and is picked up here. Oldest due first; ``limit``
+    bounds one run, the next run continues.
+    """
+    now = now or timezone.now()
+    ids = list(pending_webhook_events(now).order_by("next_attempt_at", "id").values_list("id", flat=True)[:limit])
+    if not ids:
+        return 0
+    queued = webhook_events_enqueue(ids)
+    logger.info("webhooks: %s of %s due event(s) queued", queued, len(ids))
+    return queued
+
+
+# --- managing endpoints ---------------------------------------------------------
+
+
+def webhook_create(
+    *, provider: Organisation, url: str, events: list[str], actor, ip_address: str | None = None
+) -> tuple[ProviderWebhook, str]:
+    """Create an endpoint for ``provider``; returns the row and its secret (shown to the admin once).
+
+    ``ValidationError`` for a non-https URL (unless ``DEBUG``), an unknown event name, or
+    a provider that is not a financing provider. Audited as ``webhook.create`` (without
+    the secret).
+    """
+    if provider.kind != OrganisationKind.PROVIDER:
+        raise ValidationError({"provider": ["Only a financing provider has webhooks."]})
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    hook = ProviderWebhook(
+        provider=provider,
+        url=(url or "").strip(),
+        secret=secret,
+        events=sorted(set(events or [])),
+        created_by=actor if isinstance(actor, User) else None,
+    )
+    hook.full_clean()
+    with transaction.atomic():
+        hook.save()
+        audit_record(actor=actor, action="webhook.create", obj=hook, after=snapshot(hook), ip_address=ip_address)
+    return hook, secret
+
+
+_RETRY_FIELDS = ("attempts", "next_attempt_at", "dead_at", "last_error", "last_status_code")
+
+
+def webhook_event_retry(*, event: WebhookEvent, actor, ip_address: str | None = None) -> WebhookEvent:
+    """Give a dead event a fresh set of attempts and queue it now; audited as ``webhook.event_retry``.
+
+    ``ValidationError`` unless the event is dead.
+    """
+    with transaction.atomic():
+        # Race prevented: two admins pressing Retry at once, or a retry racing a worker
+        # that is still finishing the last attempt; the row lock orders them and the
+        # second sees the event no longer dead.
+        locked = WebhookEvent.objects.select_for_update().get(pk=event.pk)
+        if locked.dead_at is None:
+            raise ValidationError("This event is not dead (it was delivered or retried already).")
+        before = snapshot(locked, _RETRY_FIELDS)
+        locked.attempts = 0
+        locked.dead_at = None
+        locked.next_attempt_at = timezone.now()
+        locked.last_error = ""
+        locked.last_status_code = None
+        locked.save(update_fields=list(_RETRY_FIELDS))
+        audit_record(
+            actor=actor,
+            action="webhook.event_retry",
+            obj=locked,
+            before=before,
+            after=snapshot(locked, _RETRY_FIELDS),
+            ip_address=ip_address,
+        )
+        transaction.on_commit(lambda: webhook_events_enqueue([locked.pk]))
+    return locked
