@@ -132,3 +132,18 @@ class RecordFromProofForm(_ProofMixin, forms.Form):
 
         super().__init__(*args, **kwargs)
         self.fields["channel"].choices = ChannelKind.choices
+
+
+class StatementUploadForm(forms.Form):
+    file = forms.FileField(help_text="MT940, camt.053/054 (XML) or a CSV export; up to 50 MB.")
+    format = forms.ChoiceField(
+        required=False,
+        choices=[
+            ("", "Detect"),
+            ("mt940", "MT940"),
+            ("camt053", "camt.053"),
+            ("camt054", "camt.054"),
+            ("csv", "CSV"),
+        ],
+    )
+    csv_mapping = forms.CharField(required=False, max_length=60, help_text="Saved CSV mapping, if not a known bank.")

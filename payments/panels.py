@@ -11,6 +11,7 @@ def register() -> None:
     register_nav(NavItem(30, "payments:contracts", "Contracts", Right.VIEW_FINANCE))
     register_nav(NavItem(32, "payments:payments", "Payments", Right.VIEW_FINANCE))
     register_nav(NavItem(35, "locks:paid_still_locked", "Paid, still locked", Right.VIEW_FINANCE))
+    register_nav(NavItem(36, "payments:statements", "Statements", Right.IMPORT_STATEMENTS))
     register_nav(NavItem(83, "locks:screen", "Lock screen", Right.MANAGE_SETTINGS))
     register_nav(NavItem(84, "locks:policy", "Lock policy", Right.MANAGE_SETTINGS))
     register_panel(HomePanel(30, "payments/panels/overview.html", Right.VIEW_FINANCE, provider_overview))

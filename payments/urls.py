@@ -5,6 +5,8 @@ from payments import views
 app_name = "payments"
 
 urlpatterns = [
+    path("statements/", views.statement_list, name="statements"),
+    path("statements/<int:pk>/", views.statement_detail, name="statement"),
     path("", views.contract_list, name="contracts"),
     path("<int:pk>/", views.contract_detail, name="contract"),
     path("<int:pk>/verify-payment/", views.contract_verify_payment, name="verify_payment"),

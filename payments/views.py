@@ -477,3 +477,55 @@ def contract_verify_payment(request, pk: int):
             "show_record": action == "record" or (transaction_id and not found),
         },
     )
+
+
+@login_required
+def statement_list(request):
+    """Finance officers upload statements and follow their imports."""
+    from django.contrib import messages
+    from django.core.exceptions import ValidationError
+    from django.db import transaction
+    from django.shortcuts import redirect
+
+    from payments.forms import StatementUploadForm
+    from payments.imports import statement_import_create
+    from payments.models import StatementImport
+    from payments.tasks import import_statement
+    from portal.permissions import Right, require
+
+    require(request.user, Right.IMPORT_STATEMENTS)
+    provider = request.user.organisation
+    form = StatementUploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        try:
+            record = statement_import_create(
+                provider=provider,
+                filename=upload.name,
+                raw=upload.read(),
+                actor=request.user,
+                format=form.cleaned_data["format"] or None,
+                csv_mapping=form.cleaned_data["csv_mapping"],
+                ip_address=request.META.get("REMOTE_ADDR"),
+            )
+        except ValidationError as exc:
+            for name, errors in exc.message_dict.items():
+                form.add_error(name if name in form.fields else None, errors)
+        else:
+            transaction.on_commit(lambda: import_statement.delay(record.pk))
+            messages.success(request, f"{record.filename} is being imported.")
+            return redirect("payments:statement", pk=record.pk)
+    imports = StatementImport.objects.filter(provider=provider).select_related("created_by")[:50]
+    return render(request, "payments/statement_list.html", {"form": form, "imports": imports})
+
+
+@login_required
+def statement_detail(request, pk: int):
+    """One import: progress while it runs, then its summary and every line with what became of it."""
+    from payments.models import StatementImport
+    from portal.permissions import Right, scoped_get
+
+    record = scoped_get(StatementImport.objects.all(), request.user, Right.IMPORT_STATEMENTS, pk=pk)
+    lines = record.lines.select_related("payment", "payment__contract").order_by("line_no")
+    page = Paginator(lines, 100).get_page(request.GET.get("page"))
+    return render(request, "payments/statement_detail.html", {"record": record, "page": page})

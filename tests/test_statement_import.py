@@ -129,3 +129,23 @@ def test_the_zenith_bank_statement_in_naira(db):
     }
     payment = Payment.objects.get(provider=provider)
     assert payment.amount == Decimal("220000.00") and payment.status == "unmatched"
+
+
+def test_a_finance_officer_uploads_a_statement_in_the_portal_and_follows_it(berlin, as_user, agent_a):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from payments.models import StatementImport
+    from tests.factories import UserFactory
+
+    finance = UserFactory(username="finance.berlin", organisation=berlin, role="finance")
+    client = as_user(finance)
+    raw = "\n".join([HEADER, csv_line("25,00", "thanks", "E2E-9", berlin.today())]).encode("utf-8")
+    response = client.post("/contracts/statements/", {"file": SimpleUploadedFile("export.csv", raw)})
+    record = StatementImport.objects.get(provider=berlin)
+    assert response.status_code == 302 and response["Location"] == f"/contracts/statements/{record.pk}/"
+    statement_import_run(import_id=record.pk)  # what the worker does (eager without a broker)
+    page = client.get(f"/contracts/statements/{record.pk}/").content.decode()
+    assert "export.csv" in page and "E2E-9" in page and "Unmatched" in page
+    client.logout()
+    assert as_user(agent_a).get(f"/contracts/statements/{record.pk}/").status_code == 404  # another provider's
+    assert as_user(agent_a).get("/contracts/statements/").status_code == 403  # agents do not import

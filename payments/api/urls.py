@@ -1,6 +1,6 @@
 from django.urls import path, register_converter
 
-from payments.api import views
+from payments.api import mpesa_views, views
 
 
 class ContractNumberConverter:
@@ -25,6 +25,11 @@ urlpatterns = [
     path("payments/", views.PaymentListCreateView.as_view(), name="api-payments"),
     path("payments/<int:pk>/", views.PaymentDetailView.as_view(), name="api-payment"),
     path("contracts/", views.ContractListCreateView.as_view(), name="api-contracts"),
+    # Safaricom Daraja C2B callbacks (payments/api/mpesa_views.py).
+    # Safaricom refuses to register callback URLs containing words such as "mpesa" or
+    # "safaricom", hence the neutral /c2b/ paths.
+    path("c2b/validation/", mpesa_views.C2BValidationView.as_view(), name="api-mpesa-c2b-validation"),
+    path("c2b/confirmation/", mpesa_views.C2BConfirmationView.as_view(), name="api-mpesa-c2b-confirmation"),
     # Providers' own contract numbers often contain slashes (DLG/2026/7), so the
     # number takes the rest of the path: any sub-resource must be routed above this line.
     path("contracts/<contract_number:number>/", views.ContractDetailView.as_view(), name="api-contract"),
