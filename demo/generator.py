@@ -932,6 +932,7 @@ def load_demo(*, devices: int = DEFAULT_DEVICES, seed: int = DEFAULT_SEED, now=N
                 load.situations[plan.situation] += 1
             _write_history(rows, Device=Device, Customer=Customer, Contract=Contract, Installment=Installment)
             _issue_commands(provider, [contract.pk for _plan, _device, _customer, contract in rows], now=now)
+            _unmatched_payments(provider, spec, now=now, seed=seed)
             audit_record(
                 actor=None,
                 action="demo.history",
@@ -941,6 +942,26 @@ def load_demo(*, devices: int = DEFAULT_DEVICES, seed: int = DEFAULT_SEED, now=N
             )
         load.created = len(rows)
     return loads
+
+
+def _unmatched_payments(provider, spec, *, now, seed: int) -> None:
+    """A few payments whose reference names no contract: the finance officer's queue is never empty in a demo."""
+    from payments.services import payment_ingest
+
+    rng = random.Random(seed + 7)
+    references = ["school fees", "phone", "installment nov", "", "for my brother's phone"]
+    for i, reference in enumerate(references):
+        payment_ingest(
+            provider=provider,
+            channel="mobile_money",
+            external_id=f"DEMO{spec.slug[:3].upper()}{i:03d}X",
+            amount=Decimal(rng.choice([1500, 2500, 4000, 5200])),
+            currency=provider.currency,
+            received_at=now - dt.timedelta(hours=rng.randint(1, 72)),
+            reference=reference,
+            payer_name=rng.choice(spec.name_pools[0].first_names),
+            source="api",
+        )
 
 
 def _issue_commands(provider, contract_ids: list[int], *, now) -> None:

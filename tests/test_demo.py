@@ -326,3 +326,10 @@ def test_the_generator_is_deterministic_for_a_seed_and_a_day():
     other = list(generator.plan_contracts(generator.DIALOG, count=50, now=now, seed=8))
     assert first == again
     assert [p.imei for p in first] != [p.imei for p in other]
+
+
+def test_each_providers_finance_queue_has_unmatched_payments_to_work(demo):
+    from payments.models import Payment
+
+    for slug in ("dialog", "jamii"):
+        assert Payment.objects.filter(provider__slug=slug, status="unmatched").count() >= 3

@@ -1,0 +1,214 @@
+"""From "payment accepted" to "signed unlock published on MQTT", with a real Celery worker.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/finlock_bench REDIS_URL=redis://127.0.0.1:6379/7 \\
+    MQTT_URL=mqtt://127.0.0.1:1883 .venv/bin/python bench/unlock_latency.py --payments 1000
+
+Creates ``--payments`` locked contracts (a policy that lets a lock start at any hour, two
+installments overdue), lets a real worker deliver their lock commands, then records one
+payment per contract through ``payment_ingest`` — each clears the arrears — and times, per
+phone, from the moment the payment's transaction committed to the moment its signed
+``unlocked`` command arrives at an MQTT subscriber. The baseline is the broker's own round
+trip for a message of the same size (publish → subscriber), measured in the same run.
+
+Targets: p50 ≤ 200 ms, p99 ≤ 1 s. The last line printed is a JSON object
+``{"metric", "value", "baseline", "ratio", ...}`` (value = p50 in ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+P50_TARGET_MS, P99_TARGET_MS = 200.0, 1000.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+class Listener:
+    """Subscribes to every device topic and notes when each phone's unlock arrives."""
+
+    def __init__(self, url: str):
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        from devices.agent.mqtt import parse_mqtt_url
+
+        host, port, _tls, user, password = parse_mqtt_url(url)
+        self.arrived: dict[str, float] = {}
+        self.probe: dict[str, float] = {}
+        self.ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:8]}")
+        if user:
+            self.client.username_pw_set(user, password)
+        self.client.on_connect = lambda c, *_a: (c.subscribe("finlock/v1/#", qos=1), self.ready.set())
+        self.client.on_message = self._message
+        self.client.connect(host, port)
+        self.client.loop_start()
+        self.ready.wait(10)
+
+    def _message(self, _client, _userdata, message):
+        now = time.perf_counter()
+        if message.topic.startswith("finlock/v1/bench-probe/"):
+            self.probe[message.topic] = now
+            return
+        try:
+            command = json.loads(message.payload)["command"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if command.get("state") == "unlocked" and not message.retain:
+            self.arrived.setdefault(command["device"], now)
+
+    def round_trip(self, payload: bytes, samples: int = 200) -> list[float]:
+        """The broker's own publish → subscriber time, the floor under any delivery."""
+        times = []
+        for _ in range(samples):
+            topic = f"finlock/v1/bench-probe/{uuid.uuid4().hex}"
+            start = time.perf_counter()
+            self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+            deadline = time.perf_counter() + 5
+            while topic not in self.probe and time.perf_counter() < deadline:
+                time.sleep(0.0005)
+            times.append((self.probe.get(topic, deadline) - start) * 1000)
+        return times
+
+    def clear(self, topics):
+        for topic in topics:
+            self.client.publish(topic, b"", qos=1, retain=True)
+        time.sleep(1)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--payments", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
+    args = parser.parse_args(argv)
+    for name in ("DATABASE_URL", "MQTT_URL"):
+        if not os.environ.get(name):
+            print(f"bench/unlock_latency.py needs {name} (PostgreSQL, Redis and Mosquitto)", file=sys.stderr)
+            return 2
+    if not (os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL")):
+        print("bench/unlock_latency.py needs REDIS_URL (the Celery broker)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from demo.generator import ensure_organisations
+    from devices.models import Device
+    from devices.protocol import topic_for
+    from payments.models import Contract, LockPolicy
+    from payments.services import customer_create, lock_sweep, payment_ingest
+
+    call_command("migrate", verbosity=0)
+    provider = ensure_organisations()["dialog"]
+    LockPolicy.objects.update_or_create(
+        provider=provider, defaults={"lock_start_hour": 0, "lock_end_hour": 24, "lock_weekdays": list(range(7))}
+    )
+    run = uuid.uuid4().hex[:6].upper()
+    print(f"creating {args.payments} locked contracts (run {run})", flush=True)
+    from bench.checkin import _imei
+    from payments.services import contract_create
+
+    first_due = provider.today() - dt.timedelta(days=40)
+    contracts = []
+    for i in range(args.payments):
+        device = Device.objects.create(provider=provider, imei=_imei())
+        customer = customer_create(provider=provider, actor=None, name=f"Bench {i}", phone=f"+9477{i:07d}")
+        contracts.append(
+            contract_create(
+                provider=provider,
+                actor=None,
+                number=f"LAT-{run}-{i}",
+                device=device,
+                customer=customer,
+                cash_price=Decimal("60000"),
+                down_payment=Decimal("10000"),
+                installment_count=6,
+                frequency="monthly",
+                first_due_date=first_due,
+            )
+        )
+
+    listener = Listener(os.environ["MQTT_URL"])
+    env = dict(os.environ)
+    worker = subprocess.Popen(
+        [str(REPO / ".venv/bin/celery"), "-A", "portal", "worker", "--concurrency", str(args.workers)]
+        + ["--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        cwd=REPO,
+        env=env,
+    )
+    try:
+        lock_sweep()  # the locks, delivered by the worker before the timed part
+        uids = {c.pk: str(Device.objects.get(pk=c.device_id).uid) for c in contracts}
+        assert Contract.objects.filter(pk__in=uids, lock_state="locked").count() == len(contracts), "not all locked"
+        time.sleep(3)
+        baseline_samples = listener.round_trip(b"x" * 2000)
+
+        accepted: dict[str, float] = {}
+        received_at = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+        for contract in contracts:
+            payment_ingest(
+                provider=provider,
+                channel="mobile_money",
+                external_id=f"{contract.number}-PAY",
+                amount=Decimal("16666.66"),
+                currency=provider.currency,
+                received_at=received_at,
+                reference=contract.number,
+            )
+            accepted[uids[contract.pk]] = time.perf_counter()  # committed: payment_ingest is atomic
+        deadline = time.perf_counter() + 120
+        while len(set(accepted) & set(listener.arrived)) < len(accepted) and time.perf_counter() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    latencies = [(listener.arrived[uid] - t) * 1000 for uid, t in accepted.items() if uid in listener.arrived]
+    listener.clear(topic_for(uid) for uid in uids.values())
+    missing = len(accepted) - len(latencies)
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    base = statistics.median(baseline_samples)
+    print(f"unlock published: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms, missing {missing}")
+    print(f"broker round trip (baseline): median {base:.2f} ms")
+    ok = p50 <= P50_TARGET_MS and p99 <= P99_TARGET_MS and not missing
+    print(f"targets p50 <= {P50_TARGET_MS:.0f} ms, p99 <= {P99_TARGET_MS:.0f} ms: {'ok' if ok else 'missed'}")
+    print(
+        json.dumps(
+            {
+                "metric": "unlock_latency_p50_ms",
+                "value": round(p50, 1),
+                "baseline": round(base, 2),
+                "ratio": round(p50 / base, 1) if base else None,
+                "p99_ms": round(p99, 1),
+                "max_ms": round(max(latencies), 1),
+                "payments": len(accepted),
+                "missing": missing,
+                "workers": args.workers,
+            }
+        )
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
