@@ -161,7 +161,14 @@ def main(argv=None) -> int:
         lock_sweep()  # the locks, delivered by the worker before the timed part
         uids = {c.pk: str(Device.objects.get(pk=c.device_id).uid) for c in contracts}
         assert Contract.objects.filter(pk__in=uids, lock_state="locked").count() == len(contracts), "not all locked"
-        time.sleep(3)
+        # Steady state first: the worker has pushed every lock before the first payment, so
+        # the timed unlocks do not queue behind a backlog of lock deliveries.
+        from devices.models import DeviceCommand
+
+        pending = DeviceCommand.objects.filter(device__contracts__pk__in=uids, delivered_at__isnull=True)
+        deadline = time.perf_counter() + 300
+        while pending.exists() and time.perf_counter() < deadline:
+            time.sleep(0.5)
         baseline_samples = listener.round_trip(b"x" * 2000)
 
         accepted: dict[str, float] = {}
