@@ -109,6 +109,24 @@ def contract_number_key(text: str) -> str:
     return re.sub(r"\d+", lambda m: m.group(0).lstrip("0") or "0", compact)
 
 
+def reference_number_keys(reference: str, *, max_words: int = 30) -> set[str]:
+    """Every contract-number key a payer's free text may hold: runs of one to three words.
+
+    ``"Rate dlg 100 feb"`` gives {"DLG100", "DLG100FEB", "RATEDLG100", "100", ...}; only keys
+    of three or more characters with a digit count (a bare "A1" or a word would match too much).
+    """
+    import re
+
+    words = re.findall(r"[0-9A-Za-z]+", reference or "")[:max_words]
+    keys = set()
+    for size in (1, 2, 3):
+        for i in range(len(words) - size + 1):
+            key = contract_number_key("".join(words[i : i + size]))
+            if len(key) >= 3 and any(ch.isdigit() for ch in key):
+                keys.add(key)
+    return keys
+
+
 class ContractStatus(models.TextChoices):
     ACTIVE = "active", _("Active")
     PAID_OFF = "paid_off", _("Paid off")

@@ -190,25 +190,11 @@ def unmatched_payments_panel(actor) -> dict:
 
 
 def _reference_keys(reference: str) -> tuple[set[str], str]:
-    """Candidate contract-number keys in a payer's free text, and the whole text's key.
+    """Candidate contract-number keys in a payer's free text, and the whole text's key (for prefixes)."""
+    from payments.models import contract_number_key, reference_number_keys
 
-    ``"dlg 100 feb"`` gives {"DLG", "DLG100", "DLG100FEB", "100", ...}: runs of one to three
-    words, normalised like contract numbers; only keys with a digit count. Bounded by the
-    reference's length (140 characters).
-    """
-    import re
-
-    from payments.models import contract_number_key
-
-    words = re.findall(r"[0-9A-Za-z]+", reference or "")[:30]
-    keys = set()
-    for size in (1, 2, 3):
-        for i in range(len(words) - size + 1):
-            key = contract_number_key("".join(words[i : i + size]))
-            if len(key) >= 3 and any(ch.isdigit() for ch in key):
-                keys.add(key)
     whole = contract_number_key(reference or "")
-    return keys, whole if len(whole) >= 4 and any(ch.isdigit() for ch in whole) else ""
+    return reference_number_keys(reference), whole if len(whole) >= 4 and any(ch.isdigit() for ch in whole) else ""
 
 
 def payments_suggestions(payments) -> dict[int, list[Suggestion]]:

@@ -20,6 +20,7 @@ from payments.models import (
     Installment,
     contract_number_key,
     nth_due_date,
+    reference_number_keys,
 )
 from payments.money import has_valid_precision, minor_units, quantum, split_evenly
 from portal.models import Organisation
@@ -495,19 +496,6 @@ def payment_ingest(
     return payment, True
 
 
-def _reference_keys(reference: str, *, max_tokens: int = 24) -> list[str]:
-    """Normalised keys of the whole reference and of every run of up to three of its words."""
-    import re
-
-    words = [w for w in re.split(r"[\s,;:]+", reference) if w][:max_tokens]
-    keys = {contract_number_key(reference)}
-    for size in (1, 2, 3):
-        for start in range(len(words) - size + 1):
-            keys.add(contract_number_key(" ".join(words[start : start + size])))
-    # A key of one or two characters would match far too much ("7", "A1").
-    return sorted(k for k in keys if len(k) >= 3)
-
-
 def payment_find_match(payment) -> tuple[Contract, str, int] | None:
     """The contract a payment is for, by the first rule that gives exactly one answer.
 
@@ -523,7 +511,8 @@ def payment_find_match(payment) -> tuple[Contract, str, int] | None:
         exact = list(live.filter(number=reference)[:2])
         if len(exact) == 1:
             return exact[0], "reference_exact", 100
-        keys = _reference_keys(reference)
+        whole = contract_number_key(reference)
+        keys = reference_number_keys(reference) | ({whole} if len(whole) >= 3 else set())
         if keys:
             # One indexed query for every way the payer may have written the number inside
             # the reference ("Rate bp 7", "contract DLG-000131 thanks").
