@@ -33,7 +33,7 @@ from enum import StrEnum
 
 from devices.models import LockState
 from payments.decision import Line, Overrides, Rules, decide
-from payments.models import nth_due_date
+from payments.models import contract_number_key, nth_due_date
 from payments.money import split_evenly
 
 DEFAULT_SEED = 2026
@@ -1093,6 +1093,7 @@ CONTRACT_COLUMNS = (
     "id",
     "provider_id",
     "number",
+    "number_key",
     "device_id",
     "customer_id",
     "currency",
@@ -1200,6 +1201,7 @@ def iter_bench_rows(
                     contract_id,
                     provider_id,
                     plan.number,
+                    contract_number_key(plan.number),
                     device_id,
                     customer_id,
                     spec.currency,
