@@ -1,7 +1,7 @@
 from django.contrib import admin
 
-from devices.models import Device
-from portal.admin_mixins import AuditedAdmin
+from devices.models import DeliveryAttempt, Device, DeviceCommand, DeviceGateway, EnrollmentToken, OfflineCode
+from portal.admin_mixins import AuditedAdmin, ReadOnlyAdmin
 
 
 @admin.register(Device)
@@ -18,3 +18,36 @@ class DeviceAdmin(AuditedAdmin):
         "last_checkin_at",
     ]
     list_select_related = ["provider"]
+
+
+@admin.register(DeviceCommand)
+class DeviceCommandAdmin(ReadOnlyAdmin):
+    list_display = ["device", "seq", "state", "issued_at", "delivered_at", "acknowledged_at", "dead_at", "attempts"]
+    list_filter = ["state"]
+    search_fields = ["=device__imei"]
+    list_select_related = ["device"]
+
+
+@admin.register(DeliveryAttempt)
+class DeliveryAttemptAdmin(ReadOnlyAdmin):
+    list_display = ["command", "channel", "at", "ok", "error"]
+    list_filter = ["channel", "ok"]
+
+
+@admin.register(EnrollmentToken)
+class EnrollmentTokenAdmin(ReadOnlyAdmin):
+    list_display = ["name", "provider", "created_at", "expires_at", "revoked_at", "uses"]
+    list_filter = ["provider"]
+    exclude = ["digest"]
+
+
+@admin.register(OfflineCode)
+class OfflineCodeAdmin(ReadOnlyAdmin):
+    list_display = ["device", "kind", "days", "count", "requested_by", "approved_by", "issued_at"]
+    search_fields = ["=device__imei"]
+    exclude = ["token"]
+
+
+@admin.register(DeviceGateway)
+class DeviceGatewayAdmin(AuditedAdmin):
+    list_display = ["provider", "url", "enabled"]

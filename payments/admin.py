@@ -1,7 +1,21 @@
 from django.contrib import admin
 
-from payments.models import Contract, Customer, Installment, LockOverride, LockPolicy, LockScreenText, PaymentChannel
-from portal.admin_mixins import AuditedAdmin
+from payments.models import (
+    Contract,
+    CsvColumnMapping,
+    Customer,
+    Installment,
+    LockOverride,
+    LockPolicy,
+    LockScreenText,
+    Payment,
+    PaymentAllocation,
+    PaymentChannel,
+    PaymentProof,
+    StatementImport,
+    StatementLine,
+)
+from portal.admin_mixins import AuditedAdmin, ReadOnlyAdmin
 
 
 @admin.register(Customer)
@@ -69,3 +83,48 @@ class LockOverrideAdmin(AuditedAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyAdmin):
+    list_display = ["external_id", "provider", "channel", "amount", "currency", "status", "contract", "received_at"]
+    list_filter = ["provider", "status", "channel", "source"]
+    search_fields = ["=external_id", "=contract__number", "=payer_phone"]
+    list_select_related = ["provider", "contract"]
+
+
+@admin.register(PaymentAllocation)
+class PaymentAllocationAdmin(ReadOnlyAdmin):
+    list_display = ["payment", "contract", "installment", "amount", "reversed_at"]
+    search_fields = ["=contract__number", "=payment__external_id"]
+
+
+@admin.register(PaymentProof)
+class PaymentProofAdmin(ReadOnlyAdmin):
+    list_display = ["payment", "content_type", "size", "uploaded_by", "uploaded_at"]
+    exclude = ["file"]  # served only through the portal's checked download
+
+
+@admin.register(StatementImport)
+class StatementImportAdmin(ReadOnlyAdmin):
+    list_display = ["filename", "provider", "format", "status", "processed_lines", "total_lines", "created_at"]
+    list_filter = ["provider", "status", "format"]
+
+
+@admin.register(StatementLine)
+class StatementLineAdmin(ReadOnlyAdmin):
+    list_display = ["statement_import", "line_no", "direction", "amount", "currency", "reference", "payment"]
+    list_filter = ["direction", "is_return"]
+    search_fields = ["=end_to_end_id", "=bank_reference"]
+
+
+@admin.register(CsvColumnMapping)
+class CsvColumnMappingAdmin(AuditedAdmin):
+    list_display = ["name", "provider", "updated_at"]
+    list_filter = ["provider"]
+
+
+@admin.register(Installment)
+class InstallmentAdmin(ReadOnlyAdmin):
+    list_display = ["contract", "number", "due_date", "amount_due", "amount_paid"]
+    search_fields = ["=contract__number"]

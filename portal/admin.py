@@ -1,8 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from portal.admin_mixins import AuditedAdmin
-from portal.models import ApiKey, AuditEvent, Organisation, User
+from portal.admin_mixins import AuditedAdmin, ReadOnlyAdmin
+from portal.models import ApiKey, AuditEvent, Organisation, ProviderWebhook, User, WebhookEvent
 
 admin.site.site_header = "finlock administration"
 admin.site.site_title = "finlock"
@@ -52,3 +52,20 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(ProviderWebhook)
+class ProviderWebhookAdmin(AuditedAdmin):
+    list_display = ["provider", "url", "events", "enabled", "created_at"]
+    list_filter = ["provider", "enabled"]
+    exclude = ["secret"]  # shown once when created in the portal
+
+    def has_add_permission(self, request):
+        # Created on the portal's Webhooks page, which generates the secret and shows it once.
+        return False
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(ReadOnlyAdmin):
+    list_display = ["event", "provider", "created_at", "attempts", "delivered_at", "dead_at", "last_status_code"]
+    list_filter = ["event", "provider"]

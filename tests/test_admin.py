@@ -49,3 +49,28 @@ def test_audit_events_cannot_be_edited_in_the_admin(operator_client, agent_a):
     event = audit_record(actor=agent_a, action="test")
     assert operator_client.post(f"/admin/portal/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
     assert AuditEvent.objects.filter(pk=event.pk).exists()
+
+
+def test_every_model_has_an_admin_page_that_opens_and_records_written_by_services_are_read_only(
+    operator_client, provider_a
+):
+    from django.apps import apps
+    from django.contrib import admin
+
+    from payments.services import lock_sweep
+
+    make_contract(provider_a, number="DLG-9")
+    lock_sweep()  # commands, attempts: rows in every list
+    missing = []
+    for app in ("portal", "devices", "payments", "support"):
+        for model in apps.get_app_config(app).get_models():
+            if model._meta.model_name == "auditchainhead":
+                continue  # one internal row: the head of the audit chain
+            if model not in admin.site._registry:
+                missing.append(model.__name__)
+                continue
+            url = f"/admin/{app}/{model._meta.model_name}/"
+            assert operator_client.get(url).status_code == 200, url
+    assert missing == []
+    assert operator_client.get("/admin/payments/payment/add/").status_code == 403
+    assert operator_client.get("/admin/devices/devicecommand/add/").status_code == 403
