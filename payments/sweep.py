@@ -172,7 +172,6 @@ def apply_decisions(contract_ids: Iterable[int], *, now: dt.datetime, actor=None
             provider = contract.provider
             if provider.pk not in rules_by_provider:
                 rules_by_provider[provider.pk] = policy_rules(provider)
-                screens[provider.pk] = ProviderScreenData.load(provider)
             decision = decide_contract(contract, rules=rules_by_provider[provider.pk], now=now)
             if decision.state == contract.lock_state:
                 continue  # a payment or another sweep got there first
@@ -182,6 +181,8 @@ def apply_decisions(contract_ids: Iterable[int], *, now: dt.datetime, actor=None
                 LockState.RELEASED,
             ):
                 contract.arrears_cleared_at = now
+            if provider.pk not in screens:  # only for a change: most payments change nothing
+                screens[provider.pk] = ProviderScreenData.load(provider)
             contract.lock_state = decision.state
             contract.lock_reason = decision.reason[:300]
             contract.lock_changed_at = contract.updated_at = now
