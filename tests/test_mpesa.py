@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import logging
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -35,8 +34,9 @@ from payments.mpesa import ValidationResult, parse_amount, parse_trans_time, pay
 from payments.services import lock_sweep
 from portal.services import api_key_create
 from tests.factories import ProviderFactory, make_contract
+from tests.samples import SAMPLES as SHARED_SAMPLES
 
-SAMPLES = Path("/work/shared/samples/mobile_money")
+SAMPLES = SHARED_SAMPLES / "mobile_money"
 VALIDATION = "/api/v1/c2b/validation/"
 CONFIRMATION = "/api/v1/c2b/confirmation/"
 

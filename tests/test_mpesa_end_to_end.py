@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
 import pytest
 import requests
@@ -27,9 +26,10 @@ from payments.mpesa import DARAJA_TIME_ZONE
 from payments.services import lock_sweep
 from portal.services import api_key_create
 from tests.factories import make_contract
+from tests.samples import SAMPLES as SHARED_SAMPLES
 from tests.test_lock_end_to_end import clear_retained, wait_for
 
-SAMPLE = Path("/work/shared/samples/mobile_money/mpesa_c2b_v1_confirmation_2017_sandbox.json")
+SAMPLE = SHARED_SAMPLES / "mobile_money" / "mpesa_c2b_v1_confirmation_2017_sandbox.json"
 
 
 @pytest.fixture

@@ -14,10 +14,8 @@ from payments.imports import statement_import_create, statement_import_run
 from payments.models import LockPolicy, Payment, StatementLine
 from payments.services import lock_sweep
 from tests.factories import CustomerFactory, ProviderFactory, make_contract
+from tests.samples import SAMPLES  # noqa: E402
 
-SAMPLES = Path("/work/shared/samples")
-if not SAMPLES.exists():  # a clone next to ../shared
-    SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 needs_samples = pytest.mark.skipif(not SAMPLES.exists(), reason="the shared sample statements are not on this machine")
 
 HEADER = (

@@ -19,8 +19,7 @@ import pytest
 from payments.statements.csv_format import KNOWN_MAPPINGS, CsvMapping, detect_csv_mapping, parse_csv
 from payments.statements.detect import detect_format, parse_statement
 from payments.statements.types import StatementError
-
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+from tests.samples import SAMPLES  # noqa: E402  (kept beside the other imports' users)
 
 pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"sample files not found at {SAMPLES}")
 
