@@ -346,3 +346,18 @@ def payment_story(payment) -> dict:
 def contract_payments(contract: Contract, *, limit: int = 50) -> list:
     """A contract's payments, newest first, with who verified them (one query)."""
     return list(contract.payments.select_related("verified_by").order_by("-received_at", "-id")[:limit])
+
+
+def payments_with_transaction_id(*, provider_id: int, transaction_id: str) -> list:
+    """The provider's payments with this transaction id, as a customer reads it out (case-insensitive form)."""
+    raw = (transaction_id or "").strip()
+    if not raw:
+        return []
+    from payments.models import Payment
+
+    variants = {raw, raw.upper()}
+    return list(
+        Payment.objects.filter(provider_id=provider_id, external_id__in=variants)
+        .select_related("contract", "verified_by")
+        .order_by("-received_at")[:5]
+    )

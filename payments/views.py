@@ -371,8 +371,7 @@ def payment_proof_download(request, pk: int):
 def _verify_existing(request, contract, form) -> bool:
     """Verify the payment the agent confirmed (of the contract's provider); True when done, else a message says why."""
     from payments.models import Payment
-    from payments.services import PaymentAlreadyVerified
-    from payments.uploads import payment_verify_existing
+    from payments.services import PaymentAlreadyVerified, payment_verify_existing
 
     payment = (
         Payment.objects.select_related("contract")
@@ -407,8 +406,8 @@ def contract_verify_payment(request, pk: int):
     from django.utils import timezone
 
     from payments.forms import RecordFromProofForm, TransactionLookupForm, VerifyExistingForm
-    from payments.services import PaymentAlreadyVerified
-    from payments.uploads import payment_record_from_proof, payments_with_transaction_id
+    from payments.selectors import payments_with_transaction_id
+    from payments.services import PaymentAlreadyVerified, payment_record_from_proof
 
     contract = scoped_get(
         Contract.objects.select_related("provider", "customer"), request.user, Right.VERIFY_PAYMENTS, pk=pk
