@@ -10,6 +10,13 @@ with the same client, for ``--seconds`` each:
 * **value**: ``POST /api/device/v1/checkin`` as the phones do (credential, JSON body), each
   answer carrying the device's current signed command.
 
+With Redis (``--redis-url``, default ``$REDIS_URL`` or db 5 on localhost) the check-in runs
+as deployed: answered from memory for a phone this process answered within
+``CHECKIN_LOCAL_SECONDS``, else from the Redis record (devices/checkin_cache.py). Unless
+``--quick``, the same load is then run with the memory level off (Redis alone: what a phone
+checking in every few minutes gets) and with both off (the database path), each against
+its own baseline; those figures are printed and included under ``levels``.
+
 Both are requests per second of 200 answers, measured with ``wrk`` when it is installed
 (``apt-get install wrk``: a C client that leaves the CPU to the server) and otherwise with
 Python client processes. Target: ratio = value / baseline ≥ 0.70.
@@ -38,7 +45,13 @@ TARGET_RATIO = 0.70
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/5"),
+        help="Redis for the cached check-in path; 'none' measures the database path alone",
+    )
     parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="skip the runs with a cache level switched off")
     parser.add_argument("--seconds", type=float, default=10.0, help="load time per endpoint")
     parser.add_argument("--clients", type=int, default=4, help="client processes, one keep-alive connection each")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
@@ -176,35 +189,8 @@ def load(port: int, kind: str, seconds: float, clients: int, credentials: list[s
     return ok / seconds, sum(t[1] for t in totals)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if not args.database_url or not args.database_url.startswith(("postgres://", "postgresql://")):
-        print("bench/checkin.py needs PostgreSQL: set DATABASE_URL=postgres://...", file=sys.stderr)
-        return 2
-    seed = base64.b64encode(secrets.token_bytes(32)).decode()
-    server_env = {
-        **os.environ,
-        "DATABASE_URL": args.database_url,
-        "DEBUG": "0",
-        "SECRET_KEY": secrets.token_urlsafe(60),
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "SECURE_SSL_REDIRECT": "0",
-        "DEVICE_SIGNING_KEY": f"bench:{seed}",
-        "DEVICE_API_RATE": "100000000/min",
-        "LOG_LEVEL": "WARNING",
-    }
-    os.environ.update({k: v for k, v in server_env.items() if k != "DEBUG"})
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
-    sys.path.insert(0, str(REPO))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    credentials = enrol_devices(args.devices)
-    print(f"enrolled {len(credentials)} benchmark phones", flush=True)
-
+def measure(args, server_env: dict, credentials: list[str]) -> tuple[float, float, int, int]:
+    """Start gunicorn with ``server_env``; (check-in req/s, bare req/s, non-200 of each)."""
     port = free_port()
     server = subprocess.Popen(
         [
@@ -234,9 +220,62 @@ def main(argv=None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=10)
-    ratio = value / baseline if baseline else 0.0
+    return value, baseline, bad_value, bad_base
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.database_url or not args.database_url.startswith(("postgres://", "postgresql://")):
+        print("bench/checkin.py needs PostgreSQL: set DATABASE_URL=postgres://...", file=sys.stderr)
+        return 2
+    seed = base64.b64encode(secrets.token_bytes(32)).decode()
+    server_env = {
+        **os.environ,
+        "DATABASE_URL": args.database_url,
+        "DEBUG": "0",
+        "SECRET_KEY": secrets.token_urlsafe(60),
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "0",
+        "DEVICE_SIGNING_KEY": f"bench:{seed}",
+        "DEVICE_API_RATE": "100000000/min",
+        "LOG_LEVEL": "WARNING",
+        # Workers are not recycled during the run: a restart's imports would be billed to
+        # whichever endpoint happened to be under load.
+        "GUNICORN_MAX_REQUESTS": "0",
+        # No worker runs here: the commands the benchmark issues are served by check-in.
+        "CELERY_BROKER_URL": "memory://",
+    }
+    if args.redis_url != "none":
+        server_env["REDIS_URL"] = args.redis_url
+    else:
+        server_env.pop("REDIS_URL", None)
+    os.environ.update({k: v for k, v in server_env.items() if k != "DEBUG"})
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    credentials = enrol_devices(args.devices)
+    print(f"enrolled {len(credentials)} benchmark phones", flush=True)
+
+    value, baseline, bad_value, bad_base = measure(args, server_env, credentials)
     print(f"bare JSON view: {baseline:,.0f} req/s ({bad_base} non-200)")
     print(f"device check-in: {value:,.0f} req/s ({bad_value} non-200)")
+    levels = {}
+    if args.redis_url != "none" and not args.quick:
+        # The same load with each cache level switched off, so the figures say what each buys:
+        # Redis alone is what a phone checking in once every few minutes gets.
+        for name, overrides in (
+            ("redis_only", {"CHECKIN_LOCAL_SECONDS": "0"}),
+            ("database_only", {"CHECKIN_CACHE_SECONDS": "0"}),
+        ):
+            v, b, _bad_v, _bad_b = measure(args, {**server_env, **overrides}, credentials)
+            levels[name] = {"value": round(v, 1), "baseline": round(b, 1), "ratio": round(v / b, 3) if b else 0.0}
+            print(f"  {name.replace('_', ' ')}: check-in {v:,.0f} req/s against {b:,.0f} ({levels[name]['ratio']:.2f})")
+    ratio = value / baseline if baseline else 0.0
     print(f"ratio {ratio:.2f} ({'ok' if ratio >= TARGET_RATIO else f'under the {TARGET_RATIO:.0%} target'})")
     print(
         json.dumps(
@@ -251,6 +290,7 @@ def main(argv=None) -> int:
                 "clients": args.clients,
                 "client": "wrk" if __import__("shutil").which("wrk") else "python",
                 "seconds": args.seconds,
+                "levels": levels,
             }
         )
     )

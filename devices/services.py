@@ -21,6 +21,7 @@ from kombu.exceptions import OperationalError
 from openpaygo import TokenType, generate_token
 from openpaygo.token_shared import OpenPAYGOTokenShared
 
+from devices import checkin_cache
 from devices.keys import current_signer, public_keys
 from devices.models import (
     Device,
@@ -471,6 +472,8 @@ def device_states_apply(*, changes: list[StateChange], actor=None) -> list[Devic
         audit_record_many(actor=actor, entries=entries)
         command_ids = [command.pk for command in commands]
         transaction.on_commit(lambda: _enqueue_delivery(command_ids))
+        # A phone checking in must be answered this new command, not a cached older one.
+        checkin_cache.invalidate_on_commit(ids)
     return commands
 
 
@@ -700,6 +703,8 @@ def device_enroll(*, imei: str, token_secret: str, app_version: str = "", ip_add
             after={"app_version": device.app_version, "re_enrolment": re_enrolment, "token_id": token.pk},
             ip_address=ip_address,
         )
+        # The previous credential must stop working on the cached check-in path too.
+        checkin_cache.invalidate_on_commit([device.pk])
         envelope = device_current_envelope(device)
     return Enrollment(
         device=device,
@@ -821,6 +826,15 @@ def device_checkin(*, device: Device, state: str, last_seq: int, app_version: st
             _reissue_current_state(locked, latest=_latest_command(device.pk), actor=f"device {device.uid}")
         _device_report(device_id=device.pk, seq=last_seq, state=state, via="checkin", now=now)
         return device_current_envelope(device)
+
+
+def device_checkins_flush() -> int:
+    """Write the check-in times buffered by the cached check-in path to the devices (set-based).
+
+    Runs every ``CHECKIN_FLUSH_SECONDS`` from beat; returns the number of devices updated.
+    Without Redis there is no buffer and nothing to do.
+    """
+    return checkin_cache.checkins_flush()
 
 
 def device_ack(*, device: Device, seq: int, state: str) -> bool:

@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from celery.exceptions import Retry
 
-from devices import delivery
+from devices import delivery, services
 
 logger = logging.getLogger(__name__)
 
@@ -41,3 +41,9 @@ def deliver_command(self, command_id: int) -> str:
 def redeliver_pending() -> int:
     """Re-queue undelivered commands whose next attempt is due (every 30 s from beat)."""
     return delivery.commands_redeliver_pending()
+
+
+@shared_task(name="devices.flush_checkins", ignore_result=True)
+def flush_checkins() -> int:
+    """Write buffered check-in times to the devices (every ``CHECKIN_FLUSH_SECONDS`` from beat)."""
+    return services.device_checkins_flush()

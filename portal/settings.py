@@ -18,6 +18,7 @@ from csp.constants import NONE, SELF
 from portal.env import (
     ImproperEnvironment,
     env_bool,
+    env_float,
     env_int,
     env_keyed_bytes,
     env_list,
@@ -150,6 +151,16 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 # Every periodic job is listed here, and only here (one beat process runs them).
 LOCK_SWEEP_SECONDS = env_int("LOCK_SWEEP_SECONDS", 300, minimum=10)
+# With REDIS_URL, a routine check-in is answered from a per-device record in Redis
+# (devices/checkin_cache.py) kept this long; 0 answers every check-in from the database.
+# Check-in times are buffered in Redis and written to the devices every CHECKIN_FLUSH_SECONDS.
+CHECKIN_CACHE_SECONDS = env_int("CHECKIN_CACHE_SECONDS", 1800, minimum=0)
+CHECKIN_FLUSH_SECONDS = env_int("CHECKIN_FLUSH_SECONDS", 15, minimum=1)
+# A process answers a phone it answered less than this long ago from memory (0: never),
+# keeping at most CHECKIN_LOCAL_ENTRIES phones; a change made elsewhere reaches such a
+# phone's check-in at most this late (pushes are not delayed).
+CHECKIN_LOCAL_SECONDS = env_float("CHECKIN_LOCAL_SECONDS", 1.0, minimum=0.0, maximum=10.0)
+CHECKIN_LOCAL_ENTRIES = env_int("CHECKIN_LOCAL_ENTRIES", 10_000, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "lock-sweep": {"task": "payments.lock_sweep", "schedule": LOCK_SWEEP_SECONDS},
     # Re-queues undelivered device commands whose next attempt is due, so a broker or
@@ -159,6 +170,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "devices.redeliver_pending",
         "schedule": 30.0,
         "options": {"expires": 25},
+    },
+    # Buffered device check-in times (devices/checkin_cache.py) into the database.
+    "devices.flush-checkins": {
+        "task": "devices.flush_checkins",
+        "schedule": float(CHECKIN_FLUSH_SECONDS),
+        "options": {"expires": CHECKIN_FLUSH_SECONDS},
     },
     # The same for provider webhook events (portal/webhooks.py).
     "portal.redeliver-webhook-events": {

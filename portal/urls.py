@@ -9,6 +9,10 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    # What phones call (docs/lock-pipeline.md): device credentials, not provider API keys.
+    # First, because every enrolled phone checks in every few minutes: the busiest path
+    # should not be tried against every other pattern before it matches.
+    path("api/device/v1/", include("devices.api.device_urls")),
     path("", include("portal.urls_portal")),
     path("devices/", include("devices.urls")),
     path("contracts/", include("payments.urls")),
@@ -17,8 +21,6 @@ urlpatterns = [
     path("admin/login/", RedirectView.as_view(pattern_name="portal:login", query_string=True)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
-    # What phones call (docs/lock-pipeline.md): device credentials, not provider API keys.
-    path("api/device/v1/", include("devices.api.device_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -10,6 +10,7 @@ from rest_framework import authentication, exceptions
 from rest_framework.permissions import BasePermission
 from rest_framework.throttling import SimpleRateThrottle
 
+from devices import checkin_cache
 from devices.models import Device
 from devices.services import device_by_credential
 from portal.api.utils import client_ip
@@ -89,6 +90,23 @@ class DeviceRateThrottle(SimpleRateThrottle):
 
     def get_rate(self):
         return settings.DEVICE_API_RATE  # read per request, so a changed setting applies at once
+
+    def allow_request(self, request, view):
+        if request.META.get("finlock.checkin_counted"):
+            # devices.checkin_cache counted this check-in against the same limit already.
+            return True
+        device = request.auth if isinstance(request.auth, Device) else None
+        if device is not None and checkin_cache.enabled():
+            # One shared counter with the cached check-in path (Redis, per device and window).
+            counted = checkin_cache.rate_count(device.pk)
+            if counted is None:
+                return True
+            count, limit, self._wait = counted
+            return count <= limit
+        return super().allow_request(request, view)
+
+    def wait(self):
+        return getattr(self, "_wait", None) or super().wait()
 
     def get_cache_key(self, request, view):
         device = request.auth if isinstance(request.auth, Device) else None

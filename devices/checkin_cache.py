@@ -1,0 +1,529 @@
+"""The routine check-in answered from Redis: no database query, one Redis round trip.
+
+Every enrolled phone checks in every few minutes, so check-in is by far the busiest
+call finlock serves; almost always the phone reports nothing new and only needs its
+current signed command again. With ``REDIS_URL`` set, each device has a *record* in
+Redis holding what that answer needs (its credential digest, the two sequence counters
+and the rendered envelope), and one Lua script per check-in finds the record by the
+credential's digest, counts the request against the device's rate limit and notes the
+check-in time in a buffer that :func:`checkins_flush` writes to the database every few
+seconds (set-based). Anything unusual (no record, a stale one, a body the fast path does
+not fully understand, a phone reporting a sequence newer than the record) falls through
+to the database path in ``devices.services.device_checkin``, which then refills the record.
+
+Correctness rests on a per-device *generation* counter:
+
+* a writer that changes what a check-in must answer (a new command, an enrolment that
+  replaces the credential) increments the device's generation after its transaction
+  commits (:func:`invalidate`);
+* a fill reads the generation **before** it reads the database and stores it in the
+  record; the fast path serves a record only if its generation is still current.
+
+Race prevented: a fill that read the database just before a new command committed would
+otherwise store the old envelope after the writer's invalidation and serve it until the
+record expired; its generation is then one behind and the record is never served.
+Records live ``CHECKIN_CACHE_SECONDS``; generations a day, refreshed on every change, so
+a generation cannot lapse back to a value an old record still holds.
+
+In front of Redis, each process keeps the records it served in the last
+``CHECKIN_LOCAL_SECONDS`` (one second by default) in memory, so a phone calling in a loop
+costs no round trip at all; see :func:`answer` for what that trades.
+
+Without ``REDIS_URL`` (the embedded default) none of this runs: every check-in takes the
+database path. Figures: ``bench/checkin.py`` and the README.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.db import connection, transaction
+from django.dispatch import receiver
+from django.http import HttpResponse
+from redis import exceptions as redis_exceptions
+from rest_framework.renderers import JSONRenderer
+from rest_framework.throttling import SimpleRateThrottle
+
+from devices.protocol import STATES
+
+log = logging.getLogger(__name__)
+
+PREFIX = "finlock:checkin:v1:"  # the version changes with the record format: old records are ignored
+SEEN = PREFIX + "seen"  # hash: device id -> "<epoch ms>|<credential digest>|<app version>"
+SEEN_FLUSHING = PREFIX + "seen:flushing"
+FLUSH_LOCK = PREFIX + "flush-lock"
+GENERATION_SECONDS = 86_400
+CREDENTIAL_PREFIX = "fld_"  # devices.services.CREDENTIAL_PREFIX (kept here to avoid a cycle)
+MAX_SEQ = 2_000_000_000  # devices.api.device_serializers.MAX_SEQ
+APP_VERSION_LENGTH = 40
+FLUSH_BATCH = 10_000
+
+# KEYS[1]: cred:<digest>. ARGV: now in ms, app version, rate window index, window seconds,
+# requests to count (this one and those answered from memory since the last round trip).
+# Returns false when the credential has no mapping, else {device id, record or false,
+# generation, requests in this window}. Counting and noting the check-in happen here so
+# the whole fast path costs one round trip; a check-in that then falls through to the
+# database path is noted twice, harmlessly (the later time wins).
+_LUA = (
+    """
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+local prefix = '@PREFIX@'
+local record = redis.call('GET', prefix .. 'rec:' .. id)
+local generation = redis.call('GET', prefix .. 'gen:' .. id) or '0'
+local window = prefix .. 'rate:' .. id .. ':' .. ARGV[3]
+local count = redis.call('INCRBY', window, ARGV[5])
+if count == 1 then redis.call('EXPIRE', window, ARGV[4]) end
+if record then
+  redis.call('HSET', '@SEEN@', id, ARGV[1] .. '|' .. string.sub(KEYS[1], @DIGEST_AT@) .. '|' .. ARGV[2])
+end
+return {id, record or false, generation, count}
+""".replace("@PREFIX@", PREFIX)
+    .replace("@SEEN@", SEEN)
+    .replace("@DIGEST_AT@", str(len(PREFIX + "cred:") + 1))
+)
+
+
+@functools.cache
+def _client():
+    """This process's Redis pool and fast-path script, or None without ``REDIS_URL``/with the cache off."""
+    if not settings.REDIS_URL or not settings.CHECKIN_CACHE_SECONDS:
+        return None
+    import redis
+
+    # Short timeouts: a slow or unreachable Redis must cost a check-in little before
+    # it falls back to the database, not the phone's whole request timeout.
+    pool = redis.ConnectionPool.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+    client = redis.Redis(connection_pool=pool)
+    return client, client.register_script(_LUA)
+
+
+@receiver(setting_changed)
+def _forget_client(*, setting, **kwargs):
+    if setting in {"REDIS_URL", "CHECKIN_CACHE_SECONDS"}:
+        _client.cache_clear()
+        _own.__dict__.clear()
+
+
+_own = threading.local()
+
+
+def _run_script(keys: list[str], args: list) -> object:
+    """EVALSHA on a connection this thread owns.
+
+    The check-in is the hottest call finlock has: redis-py's pool checkout, retry and
+    command layers cost about as much CPU as the round trip itself, so the fast path
+    keeps one of the pool's connections for itself and speaks through it directly
+    (redis-py's own connection class and hiredis parser). Any error disconnects it;
+    the next call reconnects.
+    """
+    client, script = _client()
+    conn = getattr(_own, "conn", None)
+    if conn is None or _own.pid != os.getpid():  # forked since (a gunicorn worker): never share a socket
+        _own.conn = conn = client.connection_pool.make_connection()
+        _own.pid = os.getpid()
+    try:
+        conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return conn.read_response()
+        except redis_exceptions.NoScriptError:  # Redis restarted and forgot the script
+            conn.send_command("EVAL", script.script, len(keys), *keys, *args)
+            return conn.read_response()
+    except BaseException:
+        conn.disconnect()
+        raise
+
+
+def enabled() -> bool:
+    return _client() is not None
+
+
+def credential_digest(credential: str) -> str:
+    """SHA-256 hex of a device credential (the same digest the database keeps)."""
+    return hashlib.sha256(credential.encode()).hexdigest()
+
+
+def render(data) -> bytes:
+    """JSON exactly as the device API's DRF renderer writes it, so both paths answer the same bytes."""
+    return JSONRenderer().render(data)
+
+
+@functools.cache
+def _rate() -> tuple[int, int]:
+    num, duration = SimpleRateThrottle.parse_rate(None, settings.DEVICE_API_RATE)
+    return num, duration
+
+
+@receiver(setting_changed)
+def _forget_rate(*, setting, **kwargs):
+    if setting == "DEVICE_API_RATE":
+        _rate.cache_clear()
+
+
+@functools.cache
+def _server_keys() -> bytes:
+    """The rendered key list (it changes only with settings, which restart the process)."""
+    from devices.keys import public_keys
+
+    return render(public_keys())
+
+
+@receiver(setting_changed)
+def _forget_server_keys(*, setting, **kwargs):
+    if setting.startswith("DEVICE_SIGNING"):
+        _server_keys.cache_clear()
+
+
+def rate_count(device_id: int) -> tuple[int, int, int] | None:
+    """Count one request of a device in the shared per-device window: ``(count, limit, seconds to wait)``.
+
+    The device API's throttle uses this when the cache is on, so that requests answered
+    here and by the database path share one counter. None without Redis or when it
+    cannot be reached (the request is then let through: a rate limit must not take the
+    phones' check-ins down with Redis).
+    """
+    found = _client()
+    if found is None:
+        return None
+    client, _script = found
+    limit, window = _rate()
+    now = time.time()
+    key = f"{PREFIX}rate:{device_id}:{int(now // window)}"
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, window)
+        count, _ok = pipe.execute()
+    except Exception as exc:
+        log.warning("check-in cache: could not count a request of device %s (%s)", device_id, exc)
+        return None
+    return count, limit, max(1, int(window - now % window))
+
+
+# --- Writers ---------------------------------------------------------------------------
+
+
+def invalidate(device_ids) -> None:
+    """Make every cached check-in answer of these devices stale (call after commit).
+
+    Never raises: the change it follows is committed. If Redis cannot be reached the
+    records stay until they expire (``CHECKIN_CACHE_SECONDS``), and meanwhile a phone
+    checking in may be answered its previous command, which it already applied or
+    will supersede with the pushed one; the push channels are unaffected.
+    """
+    found = _client()
+    if found is None:
+        return
+    client, _script = found
+    ids = list(device_ids)
+    _local_forget(ids)
+    try:
+        for start in range(0, len(ids), FLUSH_BATCH):
+            pipe = client.pipeline(transaction=False)
+            for device_id in ids[start : start + FLUSH_BATCH]:
+                key = f"{PREFIX}gen:{device_id}"
+                pipe.incr(key)
+                pipe.expire(key, GENERATION_SECONDS)
+            pipe.execute()
+    except Exception as exc:
+        log.error("check-in cache: could not invalidate %d device(s) (%s)", len(ids), exc)
+
+
+def invalidate_on_commit(device_ids) -> None:
+    """:func:`invalidate` now, and again once the current transaction commits.
+
+    Now, so that nothing answers the previous command from here on, in this process or
+    another (a check-in inside this same transaction, a test whose transaction never
+    commits); after the commit, because a fill running between now and then may have
+    read the rows as they were before this transaction and stored them.
+    """
+    if _client() is None:
+        return
+    ids = list(device_ids)
+    invalidate(ids)
+    transaction.on_commit(lambda: invalidate(ids))
+
+
+def fill(device_id: int) -> None:
+    """Store the device's current check-in answer in Redis, tagged with the generation read first.
+
+    Called after the database path answered a check-in. Never raises.
+    """
+    found = _client()
+    if found is None:
+        return
+    client, _script = found
+    from devices.models import Device, DeviceCommand
+
+    try:
+        # The generation first, then the database: see the module docstring.
+        generation = int(client.get(f"{PREFIX}gen:{device_id}") or 0)
+        row = (
+            Device.objects.filter(pk=device_id, enrolled_at__isnull=False)
+            .values_list("credential_digest", "reported_seq", "command_seq")
+            .first()
+        )
+        latest = (
+            DeviceCommand.objects.filter(device_id=device_id).order_by("-seq").values_list("payload", "signature")[:1]
+        )
+        latest = next(iter(latest), None)
+        if row is None or latest is None or not row[0]:
+            return
+        digest, reported_seq, command_seq = row
+        payload, signature = latest
+        # "<generation> <digest> <reported_seq> <command_seq> <envelope JSON>": split, not parsed.
+        record = b"%d %s %d %d " % (generation, digest.encode(), reported_seq, command_seq) + render(
+            {"command": payload, "signature": signature}
+        )
+        pipe = client.pipeline(transaction=False)
+        pipe.set(f"{PREFIX}rec:{device_id}", record, ex=settings.CHECKIN_CACHE_SECONDS)
+        pipe.set(f"{PREFIX}cred:{digest}", device_id, ex=settings.CHECKIN_CACHE_SECONDS)
+        pipe.execute()
+    except Exception as exc:
+        log.warning("check-in cache: could not fill device %s (%s)", device_id, exc)
+
+
+# --- The fast path ----------------------------------------------------------------------
+
+
+def _routine_body(raw: bytes) -> tuple[str, int, str] | None:
+    """``(state, last_seq, app_version)`` of a well-formed check-in, else None (the full path validates)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    state, last_seq, app_version = body.get("state"), body.get("last_seq"), body.get("app_version", "")
+    if state not in STATES or type(last_seq) is not int or not 0 <= last_seq <= MAX_SEQ:
+        return None
+    if type(app_version) is not str or len(app_version) > APP_VERSION_LENGTH:
+        return None
+    return state, last_seq, app_version
+
+
+def _throttled(wait: int) -> HttpResponse:
+    response = HttpResponse(
+        render({"detail": f"Request was throttled. Expected available in {wait} seconds."}),
+        status=429,
+        content_type="application/json",
+    )
+    response["Retry-After"] = str(wait)
+    return response
+
+
+@dataclass(slots=True)
+class _Local:
+    """A record this process served lately, trusted for ``CHECKIN_LOCAL_SECONDS`` without asking Redis."""
+
+    device_id: int
+    reported_seq: int
+    command_seq: int
+    envelope: bytes
+    window: int  # the rate window the counts belong to
+    counted: int  # requests in that window according to Redis at the last round trip
+    expires: float  # time.monotonic()
+    pending: int = 0  # requests answered here since, not yet counted in Redis
+
+
+# digest -> _Local, oldest first (insertion order), at most CHECKIN_LOCAL_ENTRIES.
+_local: dict[str, _Local] = {}
+
+
+def _local_forget(device_ids) -> None:
+    """Drop this process's entries of these devices (a writer in this process changed them)."""
+    if _local:
+        ids = set(device_ids)
+        # list() copies under the GIL: another thread (gthread workers) may be storing.
+        for digest, entry in list(_local.items()):
+            if entry.device_id in ids:
+                _local.pop(digest, None)
+
+
+def _local_store(digest: str, entry: _Local) -> None:
+    _local.pop(digest, None)
+    while len(_local) >= settings.CHECKIN_LOCAL_ENTRIES:
+        try:
+            _local.pop(next(iter(_local)))  # the oldest
+        except (StopIteration, KeyError, RuntimeError):  # emptied or changed by another thread
+            break
+    _local[digest] = entry
+
+
+def _answer_bytes(envelope: bytes) -> HttpResponse:
+    response = HttpResponse(
+        b'{"envelope":' + envelope + b',"server_keys":' + _server_keys() + b"}",
+        content_type="application/json",
+    )
+    # What DRF adds to the database path's answer, so a client cannot tell the paths apart.
+    response["Vary"] = "Accept"
+    response["Allow"] = "POST, OPTIONS"
+    return response
+
+
+def answer(request) -> HttpResponse | None:
+    """The check-in answered from the cache, or None to take the database path.
+
+    Only a complete, well-formed, authenticated routine check-in is answered here;
+    every refusal (401, 400) is the database path's, so both paths refuse alike.
+
+    Two levels: the Redis record (shared by every process, exact: see the module
+    docstring), and, for a phone this process answered less than
+    ``CHECKIN_LOCAL_SECONDS`` ago, the same record kept in memory. A Redis round trip
+    costs a check-in more CPU than everything else it does; the memory level spares it
+    for a phone calling in a loop (a phone retrying, a locked owner tapping "check
+    again") at the price of a bounded delay: a change made in *another* process reaches
+    such a phone's check-in up to that long after it committed (changes made in this
+    process drop the entry at once, and pushes are unaffected). The requests it answers
+    are counted against the rate limit and noted as check-ins at the next round trip.
+    """
+    found = _client()
+    if found is None or request.method != "POST":
+        return None
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _sep, credential = header.partition(" ")
+    if scheme.lower() != "device" or not credential.startswith(CREDENTIAL_PREFIX):
+        return None
+    if request.content_type != "application/json":
+        return None
+    body = _routine_body(request.body)
+    if body is None:
+        return None
+    _state, last_seq, app_version = body
+    digest = credential_digest(credential)
+    limit, window = _rate()
+    now = time.time()
+    window_index = int(now // window)
+    monotonic = time.monotonic()
+
+    entry = _local.get(digest)
+    if entry is not None:
+        fresh = entry.expires > monotonic and entry.window == window_index
+        if fresh and last_seq <= entry.reported_seq and last_seq <= entry.command_seq:
+            entry.pending += 1
+            request.META["finlock.checkin_counted"] = True
+            if entry.counted + entry.pending > limit:
+                return _throttled(max(1, int(window - now % window)))
+            return _answer_bytes(entry.envelope)
+        _local.pop(digest, None)  # expired, or the phone reports something new: ask Redis (and settle the counts)
+
+    pending = entry.pending if entry is not None and entry.window == window_index else 0
+    try:
+        hit = _run_script([f"{PREFIX}cred:{digest}"], [int(now * 1000), app_version, window_index, window, 1 + pending])
+    except Exception as exc:
+        log.warning("check-in cache: Redis unavailable (%s); answering from the database", exc)
+        return None
+    if not hit:
+        return None
+    device_id, record, generation, count = hit
+    # Counted here, so the database path must not count this request again.
+    request.META["finlock.checkin_counted"] = True
+    if count > limit:
+        return _throttled(max(1, int(window - now % window)))
+    if not record:
+        return None
+    try:
+        record_generation, record_digest, reported_seq, command_seq, envelope = record.split(b" ", 4)
+        reported_seq, command_seq = int(reported_seq), int(command_seq)
+    except ValueError:
+        return None  # not a record this code wrote: the database path answers and rewrites it
+    if record_generation != generation or record_digest != digest.encode():
+        return None  # stale, or the credential was replaced by a new enrolment
+    if not (last_seq <= reported_seq and last_seq <= command_seq):
+        return None  # the phone reports something new: the database path records it
+    if settings.CHECKIN_LOCAL_SECONDS:
+        _local_store(
+            digest,
+            _Local(
+                device_id=int(device_id),
+                reported_seq=reported_seq,
+                command_seq=command_seq,
+                envelope=envelope,
+                window=window_index,
+                counted=count,
+                expires=monotonic + settings.CHECKIN_LOCAL_SECONDS,
+            ),
+        )
+    return _answer_bytes(envelope)
+
+
+# --- The check-in time buffer --------------------------------------------------------------
+
+_FLUSH_SQL = """
+UPDATE devices_device AS d
+   SET last_checkin_at = v.at, app_version = v.app_version
+  FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[]) AS v(id, at, digest, app_version)
+ WHERE d.id = v.id
+   AND d.credential_digest = v.digest
+   AND (d.last_checkin_at IS NULL OR d.last_checkin_at < v.at)
+"""
+
+
+def checkins_flush() -> int:
+    """Write the buffered check-in times and app versions to the devices; returns devices updated.
+
+    Set-based (one UPDATE per 10,000 devices). Only a newer time is written, and only
+    while the device still holds the credential that checked in. The buffer is moved
+    aside before it is read and deleted only after the database commits, so a crash in
+    between loses nothing: the next run writes the set aside first.
+    """
+    found = _client()
+    if found is None:
+        return 0
+    client, _script = found
+    # Race: two beat ticks (or workers) flushing at once would write the same batch
+    # twice and one could delete the other's; the lock lets one flush at a time.
+    if not client.set(FLUSH_LOCK, "1", nx=True, ex=120):
+        return 0
+    try:
+        if not client.exists(SEEN_FLUSHING):
+            try:
+                client.rename(SEEN, SEEN_FLUSHING)
+            except Exception:  # nothing buffered (ResponseError: no such key)
+                return 0
+        entries = client.hgetall(SEEN_FLUSHING)
+        rows = []
+        for raw_id, raw_value in entries.items():
+            try:
+                at_ms, digest, app_version = raw_value.decode().split("|", 2)
+                rows.append((int(raw_id), dt.datetime.fromtimestamp(int(at_ms) / 1000, tz=dt.UTC), digest, app_version))
+            except ValueError:
+                log.warning("check-in cache: skipping a malformed buffer entry for device %r", raw_id)
+        updated = _write_checkins(rows)
+        client.delete(SEEN_FLUSHING)
+        return updated
+    finally:
+        client.delete(FLUSH_LOCK)
+
+
+def _write_checkins(rows) -> int:
+    from devices.models import Device
+
+    updated = 0
+    for start in range(0, len(rows), FLUSH_BATCH):
+        batch = rows[start : start + FLUSH_BATCH]
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(_FLUSH_SQL, [list(column) for column in zip(*batch, strict=True)])
+                    updated += cursor.rowcount
+            else:  # development databases: the same rule, row by row
+                from django.db.models import Q
+
+                for device_id, at, digest, app_version in batch:
+                    updated += (
+                        Device.objects.filter(pk=device_id, credential_digest=digest)
+                        .filter(Q(last_checkin_at__isnull=True) | Q(last_checkin_at__lt=at))
+                        .update(last_checkin_at=at, app_version=app_version)
+                    )
+    return updated
