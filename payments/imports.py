@@ -3,8 +3,9 @@
 ``statement_import_create`` stores the upload (nothing parsed yet, so the request returns at
 once); ``statement_import_run`` (a Celery task in production, in-process without a broker)
 parses it, keeps each entry once per provider by its fingerprint, turns credits into payments
-through ``payment_ingest`` (matched and allocated, unlocking phones at once) and reports debits,
-returns and unreadable lines with the reason. Importing the same statement again creates nothing.
+with the rules of ``payment_ingest`` (matched and allocated, unlocking phones at once), in
+set-based batches (``payments/reconcile.py``), and reports debits, returns and unreadable
+lines with the reason. Importing the same statement again creates nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from portal.services import audit_record
 log = logging.getLogger(__name__)
 
 MAX_STATEMENT_BYTES = 50 * 1024 * 1024
-PROGRESS_EVERY = 200  # lines between progress writes: a live bar without a write per line
+# Lines credited per transaction (payments/reconcile.py): large enough that the fixed cost
+# of a batch vanishes, small enough that the progress bar moves and locks are brief.
+CREDIT_BATCH = 5000
 
 
 def statement_import_create(
@@ -75,13 +78,78 @@ def _mapping_for(record: StatementImport):
     return CsvMapping(**saved.mapping)
 
 
+def _import_line(*, record: StatementImport, provider, line, summary: dict, actor) -> None:
+    """Import one entry through ``payment_ingest`` (the path a batch falls back to)."""
+    from payments.reconcile import (
+        NOT_CREDITED_DEBIT,
+        entry_external_id,
+        entry_received_at,
+        not_credited_note,
+    )
+    from payments.services import payment_ingest
+
+    if line.direction == "credit" and not line.is_return:
+        summary["credits"] += 1
+    elif line.is_return:
+        summary["returns"] += 1
+    else:
+        summary["debits"] += 1
+    try:
+        with transaction.atomic():
+            stored = StatementLine.objects.create(
+                statement_import=record,
+                provider=provider,
+                fingerprint=line.fingerprint,
+                line_no=line.line_no,
+                booking_date=line.booking_date,
+                value_date=line.value_date,
+                amount=line.amount,
+                currency=line.currency,
+                direction=line.direction,
+                is_return=line.is_return,
+                reference=line.reference[:500],
+                end_to_end_id=line.end_to_end_id[:100],
+                creditor_reference=line.creditor_reference[:100],
+                bank_reference=line.bank_reference[:100],
+                counterparty_name=line.counterparty_name[:200],
+                counterparty_account=line.counterparty_account[:100],
+                note="" if line.direction == "credit" and not line.is_return else NOT_CREDITED_DEBIT,
+            )
+            if stored.note:
+                return
+            try:
+                with transaction.atomic():
+                    payment, _created = payment_ingest(
+                        provider=provider,
+                        channel="bank_transfer",
+                        external_id=entry_external_id(line),
+                        amount=line.amount,
+                        currency=line.currency,
+                        received_at=entry_received_at(line, provider.zone),
+                        reference=(line.creditor_reference or line.reference)[:140],
+                        payer_name=line.counterparty_name,
+                        source="statement",
+                        actor=actor,
+                    )
+            except ValidationError as exc:
+                stored.note = not_credited_note(exc)
+                stored.save(update_fields=["note"])
+                summary["not_credited"] += 1
+                return
+            stored.payment = payment
+            stored.save(update_fields=["payment"])
+            summary["matched" if payment.status != PaymentStatus.UNMATCHED else "unmatched"] += 1
+    except IntegrityError:
+        # This entry was imported before (same statement again, or overlapping statements).
+        summary["duplicates"] += 1
+
+
 def statement_import_run(*, import_id: int, actor=None) -> StatementImport:
     """Parse and import one stored statement; idempotent (a finished import is returned as it is).
 
     Summary keys: rows, credits, debits, returns, duplicates, errors, matched, unmatched,
     not_credited (credits refused by payment rules, each with its reason on the line).
     """
-    from payments.services import payment_ingest
     from payments.statements.detect import parse_statement
     from payments.statements.types import StatementError
 
@@ -122,71 +190,23 @@ def statement_import_run(*, import_id: int, actor=None) -> StatementImport:
     record.total_lines = len(parsed.lines)
     record.save(update_fields=["format", "total_lines"])
 
-    for index, line in enumerate(parsed.lines, start=1):
-        if line.direction == "credit" and not line.is_return:
-            summary["credits"] += 1
-        elif line.is_return:
-            summary["returns"] += 1
-        else:
-            summary["debits"] += 1
+    from payments.reconcile import statement_lines_credit
+
+    for start in range(0, len(parsed.lines), CREDIT_BATCH):
+        batch = parsed.lines[start : start + CREDIT_BATCH]
         try:
-            with transaction.atomic():
-                stored = StatementLine.objects.create(
-                    statement_import=record,
-                    provider=provider,
-                    fingerprint=line.fingerprint,
-                    line_no=line.line_no,
-                    booking_date=line.booking_date,
-                    value_date=line.value_date,
-                    amount=line.amount,
-                    currency=line.currency,
-                    direction=line.direction,
-                    is_return=line.is_return,
-                    reference=line.reference[:500],
-                    end_to_end_id=line.end_to_end_id[:100],
-                    creditor_reference=line.creditor_reference[:100],
-                    bank_reference=line.bank_reference[:100],
-                    counterparty_name=line.counterparty_name[:200],
-                    counterparty_account=line.counterparty_account[:100],
-                    note=""
-                    if line.direction == "credit" and not line.is_return
-                    else "Debit or return: shown, never credited.",
-                )
-                if stored.note:
-                    continue
-                received = timezone.make_aware(
-                    timezone.datetime.combine(line.value_date or line.booking_date, timezone.datetime.min.time()),
-                    provider.zone,
-                )
-                try:
-                    with transaction.atomic():
-                        payment, _created = payment_ingest(
-                            provider=provider,
-                            channel="bank_transfer",
-                            # The bank's own id when it gives one, else the entry's fingerprint.
-                            external_id=(line.end_to_end_id or line.bank_reference or f"line:{line.fingerprint}")[:100],
-                            amount=line.amount,
-                            currency=line.currency,
-                            received_at=received,
-                            reference=(line.creditor_reference or line.reference)[:140],
-                            payer_name=line.counterparty_name,
-                            source="statement",
-                            actor=actor,
-                        )
-                except ValidationError as exc:
-                    reasons = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
-                    stored.note = f"Not credited: {reasons}"[:300]
-                    stored.save(update_fields=["note"])
-                    summary["not_credited"] += 1
-                    continue
-                stored.payment = payment
-                stored.save(update_fields=["payment"])
-                summary["matched" if payment.status != PaymentStatus.UNMATCHED else "unmatched"] += 1
+            counts = statement_lines_credit(record=record, provider=provider, lines=batch, actor=actor)
         except IntegrityError:
-            # This entry was imported before (same statement again, or overlapping statements).
-            summary["duplicates"] += 1
-        if index % PROGRESS_EVERY == 0:
-            StatementImport.objects.filter(pk=record.pk).update(processed_lines=index)
+            # Another import stored some of these entries meanwhile (overlapping statements
+            # uploaded at once): nothing of the batch was kept; line by line, each entry
+            # lands exactly once, whichever import wins it.
+            log.info("statement %s: lines %s-%s imported one by one", record.pk, batch[0].line_no, batch[-1].line_no)
+            for line in batch:
+                _import_line(record=record, provider=provider, line=line, summary=summary, actor=actor)
+        else:
+            for key in ("credits", "debits", "returns", "duplicates", "matched", "unmatched", "not_credited"):
+                summary[key] += getattr(counts, key)
+        StatementImport.objects.filter(pk=record.pk).update(processed_lines=start + len(batch))
 
     record.processed_lines = len(parsed.lines)
     record.summary = summary

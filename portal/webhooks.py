@@ -101,6 +101,48 @@ def webhook_event_emit(*, provider: Organisation | int, event: str, payload: dic
     return rows
 
 
+def webhook_events_emit(*, provider: Organisation | int, event: str, payloads: list[dict]) -> list[WebhookEvent]:
+    """:func:`webhook_event_emit` for many events of one kind at once (a statement import's matches).
+
+    One read of the provider's endpoints and one insert, whatever the number of events;
+    same transaction rules.
+    """
+    if event not in WebhookEventName.values:
+        raise ValueError(f"unknown webhook event {event!r}")
+    if not payloads:
+        return []
+    provider_id = provider.pk if isinstance(provider, Organisation) else provider
+    hooks = [
+        hook_id
+        for hook_id, events in ProviderWebhook.objects.filter(provider_id=provider_id, enabled=True).values_list(
+            "id", "events"
+        )
+        if event in events
+    ]
+    if not hooks:
+        return []
+    now = timezone.now()
+    data = json.loads(json.dumps(payloads, cls=DjangoJSONEncoder))
+    rows = WebhookEvent.objects.bulk_create(
+        [
+            WebhookEvent(
+                provider_id=provider_id,
+                webhook_id=hook_id,
+                event=event,
+                payload=item,
+                created_at=now,
+                next_attempt_at=now,
+            )
+            for item in data
+            for hook_id in hooks
+        ],
+        batch_size=2000,
+    )
+    ids = [row.pk for row in rows]
+    transaction.on_commit(lambda: webhook_events_enqueue(ids))
+    return rows
+
+
 def webhook_events_enqueue(event_ids: list[int]) -> int:
     """Queue delivery tasks for ``event_ids``; return how many were queued.
 

@@ -147,3 +147,110 @@ def test_a_finance_officer_uploads_a_statement_in_the_portal_and_follows_it(berl
     client.logout()
     assert as_user(agent_a).get(f"/contracts/statements/{record.pk}/").status_code == 404  # another provider's
     assert as_user(agent_a).get("/contracts/statements/").status_code == 403  # agents do not import
+
+
+# --- the set-based path credits exactly as payment_ingest does --------------------------------
+
+
+def _berlin_twin(slug: str):
+    provider = ProviderFactory(
+        name=f"Berlin {slug}", slug=slug, country="DE", currency="EUR", time_zone="Europe/Berlin", languages=["en"]
+    )
+    LockPolicy.objects.create(provider=provider, lock_start_hour=0, lock_end_hour=24, lock_weekdays=list(range(7)))
+    today = provider.today()
+    for i in range(12):
+        device = Device.objects.create(provider=provider, imei=f"35{i:012d}"[:14] + "0")
+        make_contract(
+            provider,
+            number=f"BP-{i:04d}",
+            device=device,
+            customer=CustomerFactory(provider=provider, phone=f"+491511234{i:04d}"),
+            cash_price=Decimal("1300.00"),
+            down_payment=Decimal("100.00"),
+            installment_count=4,
+            first_due_date=today - dt.timedelta(days=45 if i % 2 else 5),
+        )
+    return provider
+
+
+def _statement(day: dt.date) -> bytes:
+    """Credits quoting numbers as payers type them, an IMEI, nothing, overpayments, debits,
+    a repeated entry, and one transaction id sent twice with different amounts."""
+    rows = [HEADER]
+    for i in range(12):
+        purpose = [f"BP-{i:04d}", f"bp {i}", f"Rate BP/{i:04d} danke", "Danke"][i % 4]
+        rows.append(csv_line(f"{150 + 40 * i},00", purpose, f"E2E-{i}", day))
+        rows.append(csv_line(f"{90 + i},50", f"BP-{i:04d}", f"E2E-{i}-b", day))  # a second payment, same contract
+    rows.append(csv_line("1400,00", "BP-0003", "E2E-over", day))  # more than the whole schedule: paid off + credit
+    rows.append(csv_line("25,00", "Handy 350000000000070", "E2E-imei", day))  # an IMEI only
+    rows.append(csv_line("-12,00", "Kontofuehrung", "E2E-fee", day))  # a debit
+    rows.append(csv_line("33,00", "BP-0005", "E2E-x", day))
+    rows.append(csv_line("34,00", "BP-0005", "E2E-x", day))  # same id, other amount: a conflict
+    rows.append(csv_line("0,00", "BP-0006", "E2E-zero", day))  # refused: not more than zero
+    return "\n".join(rows).encode("utf-8")
+
+
+def _outcome(provider) -> dict:
+    from payments.models import Contract, Installment
+
+    return {
+        "lines": sorted(
+            (line.line_no, line.note, line.payment.amount if line.payment else None)
+            for line in StatementLine.objects.filter(provider=provider).select_related("payment")
+        ),
+        "payments": sorted(
+            (p.external_id, p.amount, p.status, p.contract.number if p.contract else None, p.match_rule)
+            for p in Payment.objects.filter(provider=provider).select_related("contract")
+        ),
+        "installments": sorted(
+            (i.contract.number, i.number, i.amount_paid)
+            for i in Installment.objects.filter(contract__provider=provider).select_related("contract")
+        ),
+        "credit": sorted(
+            (a.contract.number, a.amount)
+            for a in provider_allocations(provider).filter(installment__isnull=True).select_related("contract")
+        ),
+        "contracts": sorted((c.number, c.status, c.lock_state) for c in Contract.objects.filter(provider=provider)),
+    }
+
+
+def provider_allocations(provider):
+    from payments.models import PaymentAllocation
+
+    return PaymentAllocation.objects.filter(contract__provider=provider)
+
+
+def test_batches_credit_exactly_as_one_payment_at_a_time(db, monkeypatch):
+    """The same statement imported set-based and line by line (payment_ingest) ends the same."""
+    from django.db import IntegrityError
+
+    import payments.reconcile
+
+    batched, one_by_one = _berlin_twin("batched"), _berlin_twin("one-by-one")
+    lock_sweep()
+    raw = _statement(batched.today())
+
+    def run(provider):
+        return statement_import_run(
+            import_id=statement_import_create(provider=provider, filename="s.csv", raw=raw, actor=None).pk
+        )
+
+    first, again = run(batched), run(batched)
+
+    def refuse(**kwargs):
+        raise IntegrityError("force the line-by-line path")
+
+    monkeypatch.setattr(payments.reconcile, "statement_lines_credit", refuse)
+    single = run(one_by_one)
+
+    summary = {k: v for k, v in first.summary.items() if k != "error_lines"}
+    assert summary == {k: v for k, v in single.summary.items() if k != "error_lines"}
+    assert (summary["matched"], summary["unmatched"], summary["not_credited"]) == (24, 3, 1)
+    assert (summary["debits"], summary["duplicates"], summary["errors"]) == (1, 0, 1)  # the zero amount: unreadable
+    assert first.summary["error_lines"][0]["reason"].startswith("amount is zero")
+    assert again.summary["duplicates"] == summary["rows"] - summary["errors"]
+    ours, theirs = _outcome(batched), _outcome(one_by_one)
+    assert ours == theirs
+    assert ("BP-0003", "paid_off") in {(n, s) for n, s, _lock in ours["contracts"]}
+    assert ours["credit"], "the overpayment is held as credit"
+    assert any(rule == "imei" for *_rest, rule in ours["payments"])

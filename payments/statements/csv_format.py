@@ -14,6 +14,7 @@ from __future__ import annotations
 import calendar
 import csv
 import dataclasses
+import functools
 import io
 import re
 from dataclasses import dataclass
@@ -251,12 +252,18 @@ def detect_csv_mapping(raw: bytes) -> CsvMapping:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _strptime_date(value: str, date_format: str) -> date:
+    """``strptime`` remembered: a statement's lines share a handful of dates, and strptime is slow."""
+    return datetime.strptime(value, date_format).date()
+
+
 def _parse_date(value: str, mapping: CsvMapping, what: str, *, month_end_fix: bool = False) -> date:
     value = value.strip()
     if not value:
         raise ValueError(f"{what} is empty")
     try:
-        return datetime.strptime(value, mapping.date_format).date()
+        return _strptime_date(value, mapping.date_format)
     except ValueError:
         pass
     if month_end_fix:

@@ -8,6 +8,7 @@ decides what to store. Amounts are :class:`~decimal.Decimal`, never float.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -127,8 +128,13 @@ class ParsedStatement:
 # --- helpers shared by the parsers -------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=512)
 def check_currency(code: str) -> str | None:
-    """Return why ``code`` is not a usable ISO 4217 currency, or None when it is."""
+    """Return why ``code`` is not a usable ISO 4217 currency, or None when it is.
+
+    Cached: a statement repeats one or two currencies on every line, and babel's lookup
+    costs more than the rest of reading the line.
+    """
     if not re.fullmatch(r"[A-Z]{3}", code or ""):
         return f"currency {code!r} is not a three-letter ISO 4217 code"
     if code in _NOT_MONEY or get_currency_name(code, locale="en") == code:
