@@ -820,6 +820,10 @@ DEMO_PAYMENT_CHANNELS = {
 }
 
 
+# The numbers Daraja reports as BusinessShortCode for the demo's M-Pesa paybill.
+DEMO_SHORT_CODES = {"M-PESA Paybill": "522533"}
+
+
 def _ensure_payment_channels(provider, *, actor=None) -> None:
     """The provider's payment channels, created once (an admin's later edits are kept)."""
     from payments.models import PaymentChannel
@@ -837,6 +841,7 @@ def _ensure_payment_channels(provider, *, actor=None) -> None:
             account=account,
             reference=reference,
             instructions=instructions,
+            short_code=DEMO_SHORT_CODES.get(name, ""),
             position=position,
         )
         audit_record(actor=actor, action="payment_channel.create", obj=channel, after=snapshot(channel))

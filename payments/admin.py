@@ -66,7 +66,7 @@ class LockScreenTextAdmin(AuditedAdmin):
 
 @admin.register(PaymentChannel)
 class PaymentChannelAdmin(AuditedAdmin):
-    list_display = ["provider", "name", "kind", "account", "reference", "position", "active"]
+    list_display = ["provider", "name", "kind", "account", "short_code", "reference", "position", "active"]
     list_filter = ["provider", "kind", "active"]
 
 

@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -439,6 +439,15 @@ class PaymentChannel(models.Model):
         help_text=_("What the payer must type as reference; placeholders allowed, e.g. {contract}."),
     )
     instructions = models.CharField(max_length=300, blank=True)
+    short_code = models.CharField(
+        max_length=12,
+        blank=True,
+        validators=[RegexValidator(r"^\d{5,7}$", _("An M-Pesa paybill or till number: 5 to 7 digits."))],
+        help_text=_(
+            "For an M-Pesa paybill or till: its number as Daraja reports it (BusinessShortCode). When set, "
+            "M-Pesa callbacks for any other number are refused (validation) or recorded unmatched (confirmation)."
+        ),
+    )
     position = models.PositiveSmallIntegerField(default=0)
     active = models.BooleanField(default=True)
 
@@ -481,7 +490,8 @@ class Payment(models.Model):
     amount = models.DecimalField(**MONEY, validators=[MinValueValidator(Decimal("0.01"))])
     currency = models.CharField(max_length=3)
     reference = models.CharField(max_length=140, blank=True, help_text=_("As the payer typed it."))
-    payer_phone = models.CharField(max_length=32, blank=True)
+    # A phone number in E.164, or as the channel sent it: masked, or hashed (64 hex digits).
+    payer_phone = models.CharField(max_length=128, blank=True)
     payer_name = models.CharField(max_length=150, blank=True)
     received_at = models.DateTimeField()
     source = models.CharField(max_length=12, choices=PaymentSource.choices, default=PaymentSource.API)

@@ -11,6 +11,7 @@ immediate unlock are the same as for every other payment source.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -22,6 +23,8 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from payments.models import ChannelKind, Payment, PaymentSource
 from payments.money import has_valid_precision, minor_units, quantize
 from payments.services import PaymentConflict, parse_phone, payment_find_match, payment_ingest
+
+log = logging.getLogger(__name__)
 
 # Daraja states TransTime in East Africa Time, whatever the provider's own time zone.
 DARAJA_TIME_ZONE = ZoneInfo("Africa/Nairobi")
@@ -136,6 +139,30 @@ def payer_name(first: str, middle: str, last: str) -> str:
     return " ".join(part.strip() for part in (first, middle, last) if part and part.strip())
 
 
+def short_code_unknown(*, provider, short_code: str) -> str | None:
+    """Why a callback's BusinessShortCode is not the provider's, or None.
+
+    Only checked when the provider entered its paybill or till numbers on its M-Pesa
+    payment channels (``PaymentChannel.short_code``): a callback for another number means
+    a callback URL (and its key) registered for the wrong paybill, and crediting its money
+    to this provider's contracts could credit the wrong owner.
+    """
+    from payments.models import PaymentChannel
+
+    known = set(
+        PaymentChannel.objects.filter(provider=provider, active=True)
+        .exclude(short_code="")
+        .values_list("short_code", flat=True)
+    )
+    short_code = (short_code or "").strip()
+    if not known or short_code in known:
+        return None
+    return (
+        f"BusinessShortCode {short_code or '(none)'} is not one of this provider's M-Pesa numbers "
+        f"({', '.join(sorted(known))}); check which paybill this callback URL is registered for."
+    )
+
+
 def validation_decision(*, provider, transaction: C2BTransaction) -> ValidationResult:
     """Should Daraja let this payment through? Decided before any money moves.
 
@@ -145,6 +172,8 @@ def validation_decision(*, provider, transaction: C2BTransaction) -> ValidationR
     account number is what the payer typed and can correct.
     """
     if provider.currency != MPESA_CURRENCY:
+        return ValidationResult.OTHER_ERROR
+    if short_code_unknown(provider=provider, short_code=transaction.business_short_code):
         return ValidationResult.OTHER_ERROR
     try:
         parse_amount(transaction.trans_amount)
@@ -190,6 +219,11 @@ def mpesa_confirmation_ingest(*, provider, transaction: C2BTransaction, actor=No
         errors["TransTime"] = [str(exc)]
     if errors:
         raise ValidationError(errors)
+    # Money that moved to a number this provider did not list is recorded (it moved), but
+    # never matched to a contract by itself: a finance officer decides.
+    unknown_number = short_code_unknown(provider=provider, short_code=transaction.business_short_code)
+    if unknown_number:
+        log.warning("M-Pesa confirmation %r for %s: %s", transaction.trans_id, provider.slug, unknown_number)
     try:
         return payment_ingest(
             provider=provider,
@@ -204,6 +238,7 @@ def mpesa_confirmation_ingest(*, provider, transaction: C2BTransaction, actor=No
             source=PaymentSource.MPESA,
             actor=actor,
             ip_address=ip_address,
+            auto_match=not unknown_number,
         )
     except PaymentConflict:
         raise

@@ -432,8 +432,12 @@ def payment_ingest(
     source: str = "api",
     actor=None,
     ip_address: str | None = None,
+    auto_match: bool = True,
 ):
     """Record a payment exactly once, match it to a contract and allocate it; returns ``(payment, created)``.
+
+    ``auto_match=False`` records it unmatched, for a finance officer to look at (money
+    that arrived where it was not expected).
 
     The same transaction id with the same details returns the existing payment
     (``created`` False); with different details it raises ``PaymentConflict`` naming
@@ -482,7 +486,7 @@ def payment_ingest(
                     amount=money,
                     currency=currency,
                     reference=reference,
-                    payer_phone=(payer_phone or "")[:32],
+                    payer_phone=(payer_phone or "")[: Payment._meta.get_field("payer_phone").max_length],
                     payer_name=(payer_name or "")[:150],
                     received_at=received_at,
                     source=source,
@@ -501,7 +505,7 @@ def payment_ingest(
         audit_record(actor=actor, action="payment.create", obj=payment, after=snapshot(payment), ip_address=ip_address)
         if contract is not None:
             _payment_apply(payment=payment, contract=contract, rule="contract_number", confidence=100, actor=actor)
-        else:
+        elif auto_match:
             match = payment_find_match(payment)
             if match is not None:
                 _payment_apply(payment=payment, contract=match[0], rule=match[1], confidence=match[2], actor=actor)

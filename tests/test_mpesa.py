@@ -162,6 +162,33 @@ def test_validation_accepts_a_known_account_and_refuses_a_bad_amount(key_b, cont
     assert post(client, VALIDATION, sample("validation", BillRefNumber="")).json()["ResultCode"] == "C2B00012"
 
 
+def test_a_paybill_the_provider_did_not_list_is_refused_and_its_money_never_credited_by_itself(key_b, contract_b):
+    """Jamii lists its paybill 522533; a callback for the sandbox's 600134 comes from a URL registered elsewhere."""
+    from payments.models import PaymentChannel
+
+    PaymentChannel.objects.create(
+        provider=contract_b.provider, kind="mobile_money", name="M-PESA", account="Paybill 522533", short_code="522533"
+    )
+    validation = post(daraja(key_b), VALIDATION, sample("validation", BillRefNumber="JPC-000123"))
+    assert validation.json()["ResultCode"] == "C2B00016"
+
+    confirmed = post(daraja(key_b), CONFIRMATION, sample("confirmation", BillRefNumber="JPC-000123"))
+    assert confirmed.json() == {"ResultCode": 0, "ResultDesc": "Accepted"}  # the money moved: recorded
+    payment = Payment.objects.get()
+    assert (payment.status, payment.contract_id) == ("unmatched", None)  # a finance officer decides
+
+    ours = sample("confirmation", BillRefNumber="JPC-000123", BusinessShortCode="522533", TransID="LGR219G3EZ")
+    assert post(daraja(key_b), VALIDATION, ours).json()["ResultCode"] == "0"
+    post(daraja(key_b), CONFIRMATION, ours)
+    assert Payment.objects.get(external_id="LGR219G3EZ").status == "matched"
+
+
+def test_a_hashed_msisdn_is_kept_whole(key_b, contract_b):
+    hashed = "a" * 64  # newer Daraja versions send the SHA-256 of the number
+    post(daraja(key_b), CONFIRMATION, sample("confirmation", MSISDN=hashed, BillRefNumber="JPC-000123"))
+    assert Payment.objects.get().payer_phone == hashed
+
+
 def test_a_masked_msisdn_is_kept_as_typed_and_never_matches_by_phone(key_b, contract_b):
     post(daraja(key_b), CONFIRMATION, sample("confirmation", MSISDN="2547 ***** 149", BillRefNumber="nothing"))
     payment = Payment.objects.get()

@@ -236,7 +236,8 @@ class C2BConfirmationView(_DarajaView):
         "TransID is the transaction id: Daraja's retry with the same details answers Accepted again "
         "and credits nothing more. A payment matched to a contract (BillRefNumber as contract number "
         "or IMEI, else the payer's phone) is allocated and, when it clears the arrears, unlocks the "
-        "phone at once; one that matches nothing is recorded unmatched for the finance queue. "
+        "phone at once; one that matches nothing is recorded unmatched for the finance queue, as is one "
+        "paid to a BusinessShortCode the provider did not list (never credited to a contract by itself). "
         "TransTime is East Africa Time. 409 (ResultCode 1): this TransID was recorded with different "
         "details; nothing changed. 400: a field cannot be read (named in `errors`), or the provider's "
         "currency is not KES; nothing recorded." + AUTH_NOTE
