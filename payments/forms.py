@@ -146,7 +146,18 @@ class StatementUploadForm(forms.Form):
             ("csv", "CSV"),
         ],
     )
-    csv_mapping = forms.CharField(required=False, max_length=60, help_text="Saved CSV mapping, if not a known bank.")
+    csv_mapping = forms.ChoiceField(
+        required=False,
+        label="CSV mapping",
+        help_text="For a CSV export of a bank finlock does not recognise: one of your saved mappings.",
+    )
+
+    def __init__(self, *args, provider=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        from payments.models import CsvColumnMapping
+
+        names = CsvColumnMapping.objects.filter(provider=provider).order_by("name").values_list("name", flat=True)
+        self.fields["csv_mapping"].choices = [("", "Recognise the bank")] + [(name, name) for name in names]
 
 
 # --- CSV column mappings: one field per CsvMapping setting ------------------------------------

@@ -494,7 +494,7 @@ def statement_list(request):
 
     require(request.user, Right.IMPORT_STATEMENTS)
     provider = request.user.organisation
-    form = StatementUploadForm(request.POST or None, request.FILES or None)
+    form = StatementUploadForm(request.POST or None, request.FILES or None, provider=provider)
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         try:
