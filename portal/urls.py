@@ -21,6 +21,12 @@ urlpatterns = [
     path("admin/login/", RedirectView.as_view(pattern_name="portal:login", query_string=True)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    # The people's side: agent console, cases, reviews and unlock requests, dashboards,
+    # and the owners' public self-service page.
+    path("console/", include("support.urls_console")),
+    path("support/", include("support.urls")),
+    path("dashboard/", include("payments.urls_dashboard")),
+    path("my-phone/", include("payments.urls_selfservice")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
 ]
