@@ -196,3 +196,45 @@ def api_b(provider_b):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {full}")
     return client
+
+
+# --- Browser (Playwright driving Debian's chromium) ----------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = settings.BASE_DIR / "var" / "screenshots"
+
+
+@pytest.fixture
+def browser(live_server, monkeypatch):
+    """A headless Debian chromium driven by Playwright against ``live_server`` (never `playwright install`).
+
+    Screenshots go to var/screenshots/<test name>-<step>.png (``shot(page, step)``).
+    """
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls stay synchronous.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def browser_sign_in(page, base_url: str, user, password: str = "browser-pass-2026") -> None:
+    """Sign ``user`` in through the real login form (two-factor is passed in the session for admins)."""
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    page.goto(f"{base_url}/login/")
+    page.fill("input[name=username]", user.username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
+def shot(page, request, step: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}-{step}.png"), full_page=True)
