@@ -419,3 +419,35 @@ class CsvMappingForm(forms.Form):
                 continue
             self.add_error(field if field in self.fields else None, messages)
         return cleaned
+
+
+# --- payment channels: how owners pay, shown on every lock screen -------------------------------
+
+
+class PaymentChannelForm(forms.Form):
+    """A provider admin describes one way to pay (rules — placeholders, short code — live in the service)."""
+
+    kind = forms.ChoiceField(label="Kind")
+    name = forms.CharField(max_length=80, help_text="As the owner knows it, e.g. M-PESA Paybill.")
+    account = forms.CharField(max_length=80, help_text="Account, paybill or till number to pay to.")
+    reference = forms.CharField(
+        max_length=120,
+        initial="{contract}",
+        help_text="What the payer must type as reference; placeholders allowed, e.g. {contract}.",
+    )
+    instructions = forms.CharField(max_length=300, required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    short_code = forms.CharField(
+        max_length=12,
+        required=False,
+        label="M-Pesa short code",
+        help_text=(
+            "Mobile money only: the paybill or till number as M-Pesa reports it (5 to 7 digits). When set, "
+            "M-Pesa callbacks for any other number are never credited by themselves."
+        ),
+    )
+
+    def __init__(self, *args, **kwargs):
+        from payments.models import ChannelKind
+
+        super().__init__(*args, **kwargs)
+        self.fields["kind"].choices = ChannelKind.choices

@@ -14,6 +14,7 @@ def register() -> None:
     register_nav(NavItem(36, "payments:statements", "Statements", Right.IMPORT_STATEMENTS))
     register_nav(NavItem(83, "locks:screen", "Lock screen", Right.MANAGE_SETTINGS))
     register_nav(NavItem(84, "locks:policy", "Lock policy", Right.MANAGE_SETTINGS))
+    register_nav(NavItem(85, "locks:channels", "Payment channels", Right.MANAGE_SETTINGS))
     register_panel(HomePanel(30, "payments/panels/overview.html", Right.VIEW_FINANCE, provider_overview))
     register_panel(
         HomePanel(

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 
 from payments.models import Contract, ContractStatus
 from payments.selectors import contract_position, contracts_with_totals, schedule_rows
+from payments.services import payment_channel_move, payment_channel_save, payment_channel_set_active
 from portal.permissions import Right, scoped_get, scoped_list
 
 
@@ -107,68 +108,152 @@ def paid_still_locked_list(request):
     return render(request, "payments/paid_still_locked.html", {"page": page})
 
 
-def _sample_values(provider) -> dict[str, str]:
-    """Placeholder values for the preview: what a real owner's screen would show."""
+# --- lock screen: the text per language, and a live preview drawn by the reference agent ---------
+
+#: Sample values the preview fills in: what a real owner's screen shows, for a contract that does not exist.
+PREVIEW_CONTRACT = "CONTRACT-0001"
+PREVIEW_IMEI = "356938035643809"
+PREVIEW_AMOUNT = "12500"
+PREVIEW_OVERDUE_DAYS = 10
+#: The states whose screens use the admin's text, as the preview offers them.
+PREVIEW_STATES = {"locked": "Locked", "reminder": "Payment reminder"}
+#: Session key of unsaved texts being previewed, by language.
+_DRAFT_SESSION_KEY = "lock_screen_draft"
+
+
+def lock_screen_preview_command(*, provider, language: str, state: str = "locked", texts=None, now=None) -> dict:
+    """The ``screen`` and ``allowed_numbers`` the next ``state`` command would carry, for sample values.
+
+    Built exactly as the sweep builds a real command (``ProviderScreenData.load`` and
+    ``screen_build`` of ``payments.lockscreen``, see ``payments.sweep.apply_decisions``):
+    the provider's saved texts, active payment channels in their order, service centres
+    and the platform's fallback contacts; only the contract, owner and amounts are samples.
+    ``texts`` (unsaved wording for ``language``) replaces the saved one; nothing is written.
+    """
+    import datetime as dt
     from decimal import Decimal
 
-    from payments.money import format_money
+    from devices.models import Device
+    from payments.decision import Decision
+    from payments.lockscreen import TEXT_FIELDS, ProviderScreenData, screen_build
+    from payments.models import Customer
 
+    data = ProviderScreenData.load(provider)
+    if texts is not None:
+        data.texts[language] = {name: texts[name] for name in TEXT_FIELDS}
+    contract = Contract(provider=provider, number=PREVIEW_CONTRACT, currency=provider.currency or "USD")
+    contract.customer = Customer(provider=provider, preferred_language=language)
+    contract.device = Device(provider=provider, imei=PREVIEW_IMEI)
+    decision = Decision(
+        state=state,
+        reason="Preview",
+        overdue_since=provider.today(now) - dt.timedelta(days=PREVIEW_OVERDUE_DAYS),
+        amount_overdue=Decimal(PREVIEW_AMOUNT),
+    )
     return {
-        "provider": provider.name,
-        "amount": format_money(Decimal("12500"), provider.currency or "USD"),
-        "currency": provider.currency,
-        "overdue_since": "1 Nov 2026",
-        "contract": "CONTRACT-0001",
-        "imei": "356938035643809",
-        "hotline": (provider.hotline_numbers or [""])[0],
+        "screen": screen_build(data=data, contract=contract, decision=decision),
+        "allowed_numbers": data.allowed_numbers(),
     }
 
 
-@login_required
-def lock_screen_texts(request, language: str | None = None):
-    """The provider admin writes what locked phones say, per language, with placeholders."""
-    from django.contrib import messages
-    from django.core.exceptions import ValidationError
-    from django.http import Http404
-    from django.shortcuts import redirect
+def lock_screen_preview_html(*, provider, language: str, state: str = "locked", texts=None) -> str:
+    """The 360×800 page the reference phone agent draws for that command (``devices.agent.render``)."""
+    from devices.agent.render import ScreenView, render_html
 
-    from payments.forms import LockScreenTextForm
-    from payments.lockscreen import DEFAULT_TEXTS, TEXT_FIELDS
-    from payments.models import LOCK_SCREEN_PLACEHOLDERS, LockScreenText
-    from payments.services import lock_screen_text_save
-    from portal.permissions import Right, require
+    command = lock_screen_preview_command(provider=provider, language=language, state=state, texts=texts)
+    return render_html(
+        ScreenView(
+            state=state,
+            screen=command["screen"],
+            allowed_numbers=command["allowed_numbers"],
+            imei=PREVIEW_IMEI,
+        )
+    )
+
+
+def _lock_screen_language(request, language: str | None) -> tuple[object, str, list[str]]:
+    """(provider, language, the provider's languages) for a provider admin; 403 / 404 otherwise."""
+    from django.http import Http404
+
+    from portal.permissions import require
 
     require(request.user, Right.MANAGE_SETTINGS)
     provider = request.user.organisation
+    if not provider.is_provider:
+        raise Http404("Only a financing provider has a lock screen.")
     languages = list(dict.fromkeys([*provider.languages, "en"]))
     language = language or languages[0]
     if language not in languages:
         raise Http404("Not one of this provider's languages.")
+    return provider, language, languages
+
+
+def _preview_state(value) -> str:
+    return value if value in PREVIEW_STATES else "locked"
+
+
+def _draft_problems(texts: dict) -> dict[str, list[str]]:
+    """The placeholder errors the save would report, without saving."""
+    from payments.models import validate_lock_screen_text
+
+    problems = {}
+    for name in ("title", "body", "reminder_title", "reminder_body"):
+        try:
+            validate_lock_screen_text(texts[name])
+        except ValidationError as exc:
+            problems[name] = exc.messages
+    return problems
+
+
+@login_required
+def lock_screen_texts(request, language: str | None = None):
+    """The provider admin writes what locked phones say, per language, and previews it on a phone.
+
+    POST ``action=preview`` keeps the unsaved text in the session and shows it in the phone
+    frame; any other POST saves it (audited by the service). The frame loads
+    ``locks:screen_preview``: the reference agent's own rendering of the next command.
+    """
+    from payments.forms import LockScreenTextForm
+    from payments.lockscreen import DEFAULT_TEXTS, TEXT_FIELDS
+    from payments.models import LOCK_SCREEN_PLACEHOLDERS, LockScreenText
+    from payments.services import lock_screen_text_save
+
+    provider, language, languages = _lock_screen_language(request, language)
     saved = LockScreenText.objects.filter(provider=provider, language=language).first()
     defaults = DEFAULT_TEXTS.get(language, DEFAULT_TEXTS["en"])
     initial = {f: getattr(saved, f) if saved else defaults[f] for f in TEXT_FIELDS}
     form = LockScreenTextForm(request.POST or None, initial=initial)
+    state = _preview_state(request.POST.get("preview_state") or request.GET.get("state"))
+    drafts = request.session.get(_DRAFT_SESSION_KEY, {})
+    draft = None
     if request.method == "POST" and form.is_valid():
-        try:
-            lock_screen_text_save(
-                provider=provider,
-                language=language,
-                actor=request.user,
-                ip_address=request.META.get("REMOTE_ADDR"),
-                **form.cleaned_data,
-            )
-        except ValidationError as exc:
-            for name, errors in exc.message_dict.items():
-                form.add_error(name if name in form.fields else None, errors)
+        texts = {name: value.strip() for name, value in form.cleaned_data.items()}
+        if request.POST.get("action") == "preview":
+            for name, errors in _draft_problems(texts).items():
+                form.add_error(name, errors)
+            if form.is_valid():
+                draft = texts
+                request.session[_DRAFT_SESSION_KEY] = {**drafts, language: texts}
         else:
-            messages.success(request, f"Lock-screen text ({language}) saved; phones get it with their next command.")
-            return redirect("locks:screen_language", language=language)
-    shown = form.data if form.is_bound else initial
-    values = _sample_values(provider)
-    try:
-        preview = {f: str(shown.get(f, "")).format_map(values) for f in ("title", "body")}
-    except (KeyError, ValueError, IndexError):
-        preview = None  # the form shows the error; no preview of a broken text
+            try:
+                lock_screen_text_save(
+                    provider=provider, language=language, actor=request.user, ip_address=_ip(request), **texts
+                )
+            except ValidationError as exc:
+                for name, errors in exc.message_dict.items():
+                    form.add_error(name if name in form.fields else None, errors)
+            else:
+                if language in drafts:
+                    request.session[_DRAFT_SESSION_KEY] = {k: v for k, v in drafts.items() if k != language}
+                messages.success(
+                    request, f"Lock-screen text ({language}) saved; phones get it with their next command."
+                )
+                return redirect(f"{reverse('locks:screen_language', args=[language])}?state={state}")
+    broken = form.is_bound and not form.is_valid()
+    screen = None
+    if not broken:
+        screen = lock_screen_preview_command(provider=provider, language=language, state=state, texts=draft)["screen"]
+    query = urlencode({"state": state, **({"draft": 1} if draft else {})})
     return render(
         request,
         "payments/lock_screen_texts.html",
@@ -179,10 +264,139 @@ def lock_screen_texts(request, language: str | None = None):
             "languages": languages,
             "saved": saved,
             "placeholders": LOCK_SCREEN_PLACEHOLDERS,
-            "preview": preview,
-            "shown": shown,
+            "screen": screen,
+            "draft": draft,
+            "state": state,
+            "states": PREVIEW_STATES,
+            "preview_url": f"{reverse('locks:screen_preview', args=[language])}?{query}",
+            "channel_count": provider.payment_channels.filter(active=True).count(),
         },
     )
+
+
+def _preview_headers(view):
+    """Let the portal's own pages frame the preview (and nobody else); the page itself may load nothing."""
+    from csp.constants import NONE, SELF
+    from csp.decorators import csp_replace
+    from django.views.decorators.clickjacking import xframe_options_sameorigin
+
+    policy = {
+        "default-src": [NONE],
+        "script-src": [NONE],
+        "style-src": ["'unsafe-inline'"],  # the agent's page carries its own <style>
+        "img-src": [NONE],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [NONE],
+        "frame-ancestors": [SELF],
+    }
+    return xframe_options_sameorigin(csp_replace(policy)(view))
+
+
+@login_required
+@_preview_headers
+def lock_screen_preview(request, language: str):
+    """The reference agent's 360×800 lock screen for the next command: saved text, or (``draft=1``) the unsaved one."""
+    from django.http import HttpResponse
+
+    provider, language, _languages = _lock_screen_language(request, language)
+    texts = request.session.get(_DRAFT_SESSION_KEY, {}).get(language) if request.GET.get("draft") else None
+    page = lock_screen_preview_html(
+        provider=provider, language=language, state=_preview_state(request.GET.get("state")), texts=texts
+    )
+    response = HttpResponse(page, content_type="text/html; charset=utf-8")
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+# --- payment channels: how owners pay, listed on every lock screen in the admin's order ----------
+def _own_channel(request, pk: int):
+    """A payment channel of the admin's own provider: 404 for any other, then 403 without MANAGE_SETTINGS."""
+    from django.http import Http404
+
+    from payments.models import PaymentChannel
+    from portal.permissions import require
+
+    channel = PaymentChannel.objects.filter(provider_id=request.user.organisation_id, pk=pk).first()
+    if channel is None:
+        raise Http404("No such payment channel.")
+    require(request.user, Right.MANAGE_SETTINGS)
+    return channel
+
+
+def _channel_provider(request):
+    from django.http import Http404
+
+    from portal.permissions import require
+
+    require(request.user, Right.MANAGE_SETTINGS)
+    if not request.user.organisation.is_provider:
+        raise Http404("Only a financing provider has payment channels.")
+    return request.user.organisation
+
+
+@login_required
+def payment_channel_list(request):
+    """The provider's payment channels in lock-screen order, active and inactive, with their actions."""
+    from payments.models import PaymentChannel
+
+    provider = _channel_provider(request)
+    channels = PaymentChannel.objects.filter(provider=provider).order_by("position", "id")
+    return render(request, "payments/channel_list.html", {"provider": provider, "channels": channels})
+
+
+@login_required
+def payment_channel_new(request):
+    """Add a way to pay; it goes last on the lock screen."""
+    return _payment_channel_form(request, provider=_channel_provider(request), channel=None)
+
+
+@login_required
+def payment_channel_edit(request, pk: int):
+    """Change a way to pay; phones show it with their next command."""
+    channel = _own_channel(request, pk)
+    return _payment_channel_form(request, provider=channel.provider, channel=channel)
+
+
+def _payment_channel_form(request, *, provider, channel):
+    from payments.forms import PaymentChannelForm
+
+    initial = {name: getattr(channel, name) for name in PaymentChannelForm.base_fields} if channel else None
+    form = PaymentChannelForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            saved = payment_channel_save(
+                provider=provider, channel=channel, actor=request.user, ip_address=_ip(request), **form.cleaned_data
+            )
+        except ValidationError as exc:
+            for name, errors in exc.message_dict.items():
+                form.add_error(name if name in form.fields else None, errors)
+        else:
+            messages.success(request, f"Payment channel “{saved.name}” saved; the next lock screens show it.")
+            return redirect("locks:channels")
+    return render(request, "payments/channel_form.html", {"provider": provider, "channel": channel, "form": form})
+
+
+@login_required
+@require_POST
+def payment_channel_active_view(request, pk: int, active: bool):
+    """Deactivate or reactivate a channel."""
+    channel = _own_channel(request, pk)
+    payment_channel_set_active(channel=channel, active=active, actor=request.user, ip_address=_ip(request))
+    shown = "shown again on" if active else "no longer shown on"
+    messages.success(request, f"Payment channel “{channel.name}” is {shown} lock screens.")
+    return redirect("locks:channels")
+
+
+@login_required
+@require_POST
+def payment_channel_move_view(request, pk: int):
+    """Move a channel one place up (``direction=up``) or down the lock screen's list."""
+    channel = _own_channel(request, pk)
+    payment_channel_move(
+        channel=channel, up=request.POST.get("direction") == "up", actor=request.user, ip_address=_ip(request)
+    )
+    return redirect("locks:channels")
 
 
 # --- payments: the finance queue, one payment, verifying with the customer on the line ----------

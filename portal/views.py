@@ -6,6 +6,7 @@ import base64
 
 import qrcode
 import qrcode.image.svg
+from django import forms
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -13,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from django_otp import login as otp_login
@@ -20,10 +22,21 @@ from django_otp import match_token
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.forms import LoginForm, TokenForm, WebhookForm
-from portal.models import OrganisationKind, WebhookEvent
+from portal.models import ApiKey, OrganisationKind, User, WebhookEvent
 from portal.permissions import Right, require, scoped_get
 from portal.selectors import audit_events_for, organisations_overview
-from portal.services import audit_record
+from portal.services import (
+    api_key_create,
+    api_key_revoke,
+    api_key_rotate,
+    audit_record,
+    staff_create,
+    staff_password_link,
+    staff_password_set,
+    staff_role_change,
+    staff_roles_for,
+    staff_set_active,
+)
 from portal.shell import panels_for
 from portal.webhooks import webhook_create, webhook_event_retry
 
@@ -137,8 +150,68 @@ def organisations(request):
     return render(request, "portal/organisations.html", {"organisations": organisations_overview()})
 
 
+# --- settings: a provider admin's organisation, API keys, staff and roles ------------------------
+
+
+class ApiKeyForm(forms.Form):
+    """A new API key: a name that says which system uses it."""
+
+    name = forms.CharField(max_length=80, help_text="Which of your systems uses it, e.g. Loan management (prod).")
+
+
+class StaffCreateForm(forms.Form):
+    """A new staff member of the admin's own organisation (choices set per organisation)."""
+
+    username = forms.CharField(max_length=150, help_text="Letters, digits and @ . + - _ only.")
+    first_name = forms.CharField(max_length=150, required=False)
+    last_name = forms.CharField(max_length=150, required=False)
+    email = forms.EmailField(required=False)
+    role = forms.ChoiceField()
+
+    def __init__(self, *args, organisation, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = staff_roles_for(organisation)
+
+
+class StaffRoleForm(forms.Form):
+    role = forms.ChoiceField(label="Role")
+
+    def __init__(self, *args, organisation, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = staff_roles_for(organisation)
+
+
+def _ip(request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def _own(request, model, pk: int, *, field: str):
+    """One object of the signed-in user's own organisation: 404 for any other, then 403 without MANAGE_SETTINGS."""
+    obj = model.objects.filter(**{field: request.user.organisation_id}, pk=pk).first()
+    if obj is None:
+        raise Http404("No such object.")
+    require(request.user, Right.MANAGE_SETTINGS)
+    return obj
+
+
+def _form_errors(form, exc: ValidationError) -> None:
+    if hasattr(exc, "error_dict"):
+        for name, errors in exc.message_dict.items():
+            form.add_error(name if name in form.fields else None, errors)
+    else:
+        form.add_error(None, exc.messages)
+
+
+def _shown_once(request, context: dict):
+    """The page that shows a secret (API key, set-password link) once: rendered, never cached or stored."""
+    response = render(request, "portal/settings_secret.html", {"org": request.user.organisation, **context})
+    response["Cache-Control"] = "no-store"
+    return response
+
+
 @login_required
 def settings_page(request):
+    """The admin's organisation: facts, staff and their roles, API keys, and links to the other settings."""
     require(request.user, Right.MANAGE_SETTINGS)
     org = request.user.organisation
     return render(
@@ -146,11 +219,140 @@ def settings_page(request):
         "portal/settings.html",
         {
             "org": org,
-            "staff": org.staff.order_by("role", "username"),
-            "api_keys": org.api_keys.order_by("-created_at"),
+            "staff": org.staff.order_by("-is_active", "role", "username"),
+            "api_keys": org.api_keys.order_by("revoked_at", "-created_at") if org.is_provider else [],
             "service_centers": org.service_centers.all() if org.kind == OrganisationKind.PROVIDER else [],
+            "api_key_form": ApiKeyForm(),
         },
     )
+
+
+@login_required
+def api_key_new(request):
+    """Create an API key; the full key is shown on the answer to this POST only, never again."""
+    require(request.user, Right.MANAGE_SETTINGS)
+    org = request.user.organisation
+    if not org.is_provider:
+        raise Http404("Only a financing provider has API keys.")
+    form = ApiKeyForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        key, full = api_key_create(
+            provider=org, name=form.cleaned_data["name"].strip(), actor=request.user, ip_address=_ip(request)
+        )
+        return _shown_once(request, {"api_key": key, "full_key": full, "rotated": False})
+    return render(request, "portal/settings_api_key_new.html", {"org": org, "form": form})
+
+
+@login_required
+@require_POST
+def api_key_rotate_view(request, pk: int):
+    """Replace a key by a new one (shown once); the old key stops working at once."""
+    key = _own(request, ApiKey, pk, field="provider")
+    try:
+        new, full = api_key_rotate(key=key, actor=request.user, ip_address=_ip(request))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("portal:settings")
+    return _shown_once(request, {"api_key": new, "full_key": full, "rotated": key})
+
+
+@login_required
+@require_POST
+def api_key_revoke_view(request, pk: int):
+    """Revoke a key: requests with it get 401 from now on."""
+    key = _own(request, ApiKey, pk, field="provider")
+    if key.revoked_at is None:
+        api_key_revoke(key=key, actor=request.user, ip_address=_ip(request))
+        messages.success(request, f"API key “{key.name}” (fl_{key.prefix}_…) revoked; it no longer works.")
+    return redirect("portal:settings")
+
+
+@login_required
+def staff_new(request):
+    """Add a staff member with a role; a one-time set-password link is shown on the next page."""
+    require(request.user, Right.MANAGE_SETTINGS)
+    org = request.user.organisation
+    form = StaffCreateForm(request.POST or None, organisation=org)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user, (uid, token) = staff_create(
+                organisation=org, actor=request.user, ip_address=_ip(request), **form.cleaned_data
+            )
+        except ValidationError as exc:
+            _form_errors(form, exc)
+        else:
+            return _shown_once(request, {"staff_user": user, "link": _password_link(request, uid, token)})
+    return render(request, "portal/settings_staff_new.html", {"org": org, "form": form})
+
+
+def _password_link(request, uid: str, token: str) -> str:
+    return request.build_absolute_uri(reverse("portal:set_password", kwargs={"uidb64": uid, "token": token}))
+
+
+@login_required
+def staff_detail(request, pk: int):
+    """One staff member: change the role (POST), with buttons to deactivate and issue a set-password link."""
+    member = _own(request, User, pk, field="organisation")
+    form = StaffRoleForm(request.POST or None, organisation=member.organisation, initial={"role": member.role})
+    if request.method == "POST" and form.is_valid():
+        try:
+            staff_role_change(user=member, role=form.cleaned_data["role"], actor=request.user, ip_address=_ip(request))
+        except ValidationError as exc:
+            _form_errors(form, exc)
+        else:
+            member.refresh_from_db()
+            messages.success(request, f"{member.username} is now {member.get_role_display().lower()}.")
+            return redirect("portal:staff_detail", pk=member.pk)
+    return render(
+        request,
+        "portal/settings_staff_detail.html",
+        {"org": member.organisation, "member": member, "form": form, "is_self": member.pk == request.user.pk},
+    )
+
+
+@login_required
+@require_POST
+def staff_active_view(request, pk: int, active: bool):
+    """Deactivate or reactivate a staff member (never oneself, never the last admin)."""
+    member = _own(request, User, pk, field="organisation")
+    try:
+        staff_set_active(user=member, active=active, actor=request.user, ip_address=_ip(request))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        done = "reactivated" if active else "deactivated: they can no longer sign in"
+        messages.success(request, f"{member.username} {done}.")
+    return redirect("portal:staff_detail", pk=member.pk)
+
+
+@login_required
+@require_POST
+def staff_password_link_view(request, pk: int):
+    """Issue a fresh one-time set-password link for a staff member, shown on this answer only."""
+    member = _own(request, User, pk, field="organisation")
+    try:
+        uid, token = staff_password_link(user=member, actor=request.user, ip_address=_ip(request))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("portal:staff_detail", pk=member.pk)
+    return _shown_once(request, {"staff_user": member, "link": _password_link(request, uid, token), "again": True})
+
+
+class SetPasswordView(auth_views.PasswordResetConfirmView):
+    """A staff member opens the one-time link their admin gave them and chooses a password."""
+
+    template_name = "portal/set_password.html"
+    success_url = reverse_lazy("portal:login")
+
+    def get_user(self, uidb64):
+        user = super().get_user(uidb64)
+        return user if user is not None and user.is_active else None
+
+    def form_valid(self, form):
+        staff_password_set(user=self.user, password=form.cleaned_data["new_password1"], ip_address=_ip(self.request))
+        del self.request.session[auth_views.INTERNAL_RESET_SESSION_TOKEN]
+        messages.success(self.request, "Your password is set. Sign in with it.")
+        return redirect(self.success_url)
 
 
 #: The Webhooks page lists this many of the newest events.
