@@ -11,6 +11,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext_noop
+
 from payments.decision import Decision
 from payments.models import Contract, LockScreenText, PaymentChannel
 from payments.money import format_money
@@ -30,23 +34,27 @@ EMERGENCY_NUMBERS = {
 }
 GLOBAL_EMERGENCY = ["112", "911"]
 
-# Built-in wording, used until a provider's admin writes their own for a language.
+# Built-in wording, used until a provider's admin writes their own for a language. The English
+# texts are also msgids: their translations in payments/locale (si, sw, ...) are the built-in
+# wording of every language of settings.LANGUAGES that has no hand-written entry here.
 DEFAULT_TEXTS: dict[str, dict[str, str]] = {
     "en": {
-        "title": "This phone is locked by {provider}",
-        "body": (
+        "title": gettext_noop("This phone is locked by {provider}"),
+        "body": gettext_noop(
             "An installment payment of {amount} has been overdue since {overdue_since}. Pay the overdue amount "
             "quoting contract {contract} and the phone unlocks automatically. Questions? Call {hotline}."
         ),
-        "reminder_title": "Payment reminder from {provider}",
-        "reminder_body": ("Please pay {amount} for contract {contract} to keep using your phone without interruption."),
-        "data_kept_notice": (
+        "reminder_title": gettext_noop("Payment reminder from {provider}"),
+        "reminder_body": gettext_noop(
+            "Please pay {amount} for contract {contract} to keep using your phone without interruption."
+        ),
+        "data_kept_notice": gettext_noop(
             "Your photos, messages and apps are safe: nothing on this phone is deleted while it is locked."
         ),
-        "factory_reset_warning": (
+        "factory_reset_warning": gettext_noop(
             "A factory reset will NOT remove this lock. It erases your own data and may also lock your phone account."
         ),
-        "offline_unlock_hint": (
+        "offline_unlock_hint": gettext_noop(
             "No internet? Call the hotline with your IMEI: after payment you can receive an unlock code to type here."
         ),
     },
@@ -73,6 +81,16 @@ DEFAULT_TEXTS: dict[str, dict[str, str]] = {
 TEXT_FIELDS = tuple(DEFAULT_TEXTS["en"])
 
 
+def builtin_texts(language: str) -> dict[str, str] | None:
+    """The built-in wording in ``language``: written here, else translated (payments/locale), else None."""
+    if language in DEFAULT_TEXTS:
+        return DEFAULT_TEXTS[language]
+    english = DEFAULT_TEXTS["en"]
+    with translation.override(language):
+        translated = {name: translation.gettext(text) for name, text in english.items()}
+    return translated if translated != english else None
+
+
 def language_chain(customer_language: str, provider: Organisation) -> list[str]:
     """The customer's language, then the provider's default, then English."""
     chain = []
@@ -95,6 +113,9 @@ class ProviderScreenData:
     @classmethod
     def load(cls, provider: Organisation) -> ProviderScreenData:
         texts = {lang: dict(values) for lang, values in DEFAULT_TEXTS.items()}
+        for code, _name in settings.LANGUAGES:
+            if code not in texts and (builtin := builtin_texts(code)) is not None:
+                texts[code] = dict(builtin)
         for row in LockScreenText.objects.filter(provider=provider):
             texts[row.language] = {f: getattr(row, f) for f in TEXT_FIELDS}
         platform = Organisation.objects.filter(kind=OrganisationKind.PLATFORM).order_by("id").first()
@@ -136,10 +157,15 @@ def _fill(text: str, values: dict[str, str]) -> str:
     return text.format_map(values)
 
 
-def screen_build(*, data: ProviderScreenData, contract: Contract, decision: Decision) -> dict:
-    """The ``screen`` object of a command: strings only (amounts as decimal strings), never floats."""
+def screen_build(
+    *, data: ProviderScreenData, contract: Contract, decision: Decision, language: str | None = None
+) -> dict:
+    """The ``screen`` object of a command: strings only (amounts as decimal strings), never floats.
+
+    ``language`` (the owner's choice on the self-service page) replaces the customer's preferred one.
+    """
     provider = data.provider
-    language, text = data.text_for(contract.customer.preferred_language)
+    language, text = data.text_for(language or contract.customer.preferred_language)
     amount = decision.amount_overdue or Decimal("0")
     since: dt.date | None = decision.overdue_since
     values = {

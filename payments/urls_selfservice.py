@@ -1,4 +1,10 @@
-"""URLs of the selfservice pages (wired in portal/urls.py)."""
+"""URLs of the selfservice pages (wired in portal/urls.py at /my-phone/): public, no login."""
+
+from django.urls import path
+
+from payments import views_selfservice
 
 app_name = "selfservice"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views_selfservice.phone_status, name="status"),
+]

@@ -214,13 +214,13 @@ def lock_screen_texts(request, language: str | None = None):
     ``locks:screen_preview``: the reference agent's own rendering of the next command.
     """
     from payments.forms import LockScreenTextForm
-    from payments.lockscreen import DEFAULT_TEXTS, TEXT_FIELDS
+    from payments.lockscreen import DEFAULT_TEXTS, TEXT_FIELDS, builtin_texts
     from payments.models import LOCK_SCREEN_PLACEHOLDERS, LockScreenText
     from payments.services import lock_screen_text_save
 
     provider, language, languages = _lock_screen_language(request, language)
     saved = LockScreenText.objects.filter(provider=provider, language=language).first()
-    defaults = DEFAULT_TEXTS.get(language, DEFAULT_TEXTS["en"])
+    defaults = builtin_texts(language) or DEFAULT_TEXTS["en"]
     initial = {f: getattr(saved, f) if saved else defaults[f] for f in TEXT_FIELDS}
     form = LockScreenTextForm(request.POST or None, initial=initial)
     state = _preview_state(request.POST.get("preview_state") or request.GET.get("state"))
