@@ -175,3 +175,32 @@ def unlock_request_for(actor, pk: int) -> UnlockRequest:
         raise Http404("No such object.")
     _require_unlock_right(actor)
     return request
+
+
+def case_sla_summary(provider) -> dict[str, int]:
+    """Cases against their SLA for the provider's dashboard, in one aggregate query.
+
+    Open now, of which overdue and due within the hour; over the last 30 days, resolved
+    within and after their SLA.
+    """
+    from django.db.models import Count, F
+
+    now = timezone.now()
+    month_ago = now - dt.timedelta(days=30)
+    is_open = Q(status=CaseStatus.OPEN)
+    resolved = Q(status=CaseStatus.RESOLVED, resolved_at__gte=month_ago)
+    return Case.objects.filter(provider=provider).aggregate(
+        open=Count("pk", filter=is_open),
+        overdue=Count("pk", filter=is_open & Q(sla_due_at__lt=now)),
+        due_within_an_hour=Count(
+            "pk", filter=is_open & Q(sla_due_at__gte=now, sla_due_at__lt=now + dt.timedelta(hours=1))
+        ),
+        resolved_in_time_30_days=Count("pk", filter=resolved & Q(resolved_at__lte=F("sla_due_at"))),
+        resolved_late_30_days=Count("pk", filter=resolved & Q(resolved_at__gt=F("sla_due_at"))),
+    )
+
+
+def open_cases_for_device(device) -> list[Case]:
+    """The device's open cases, newest first (the agent console lists them)."""
+    cases = Case.objects.filter(device=device, status=CaseStatus.OPEN).select_related("assigned_to")
+    return list(cases.order_by("-opened_at")[:20])
