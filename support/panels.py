@@ -5,6 +5,7 @@ from portal.shell import NavItem, register_nav
 
 
 def register() -> None:
+    register_nav(NavItem(25, "console:search", "Console", Right.VIEW_FINANCE))
     register_nav(NavItem(40, "support:cases", "Cases", Right.MANAGE_CASES))
     # Two entries, one page: reviewers (provider staff) and uploaders (technicians) hold disjoint rights.
     register_nav(NavItem(42, "support:reviews", "Proof reviews", Right.APPROVE_UNLOCK))

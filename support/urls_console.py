@@ -1,4 +1,11 @@
-"""URLs of the console pages (wired in portal/urls.py)."""
+"""URLs of the console pages (wired in portal/urls.py at ``console/``)."""
+
+from django.urls import path
+
+from support import console
 
 app_name = "console"
-urlpatterns: list = []
+urlpatterns = [
+    path("", console.search, name="search"),
+    path("devices/<int:pk>/", console.device, name="device"),
+]
