@@ -226,13 +226,28 @@ def browser(live_server, monkeypatch):
 
 
 def browser_sign_in(page, base_url: str, user, password: str = "browser-pass-2026") -> None:
-    """Sign ``user`` in through the real login form (two-factor is passed in the session for admins)."""
+    """Sign ``user`` in through the real login form, typing the current TOTP code when the role needs one."""
     user.set_password(password)
     user.save(update_fields=["password"])
+    device = None
+    if user.requires_2fa:
+        from django_otp.plugins.otp_totp.models import TOTPDevice
+
+        device = TOTPDevice.objects.filter(user=user, confirmed=True).first() or TOTPDevice.objects.create(
+            user=user, name="browser", confirmed=True
+        )
     page.goto(f"{base_url}/login/")
     page.fill("input[name=username]", user.username)
     page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
+    page.get_by_role("button", name="Sign in").click()
+    if device is not None:
+        from django_otp.oath import totp
+
+        page.wait_for_url("**/login/verify/**")
+        code = totp(device.bin_key, step=device.step, t0=device.t0, digits=device.digits)
+        page.fill("input[name=token]", f"{code:0{device.digits}d}")
+        page.get_by_role("button", name="Verify").click()  # not the header's "Sign out"
+    page.wait_for_load_state()
 
 
 def shot(page, request, step: str) -> None:

@@ -1,0 +1,148 @@
+"""The people's side in a real browser (Playwright driving Debian's chromium), as users walk it.
+
+Each story saves screenshots under var/screenshots/. The phone is the reference agent
+talking HTTP to the live server: what the portal does reaches it as a real phone would see it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import phonenumbers
+import pytest
+
+from devices.agent import Agent
+from devices.agent.client import HttpTransport
+from devices.models import Device
+from devices.services import enrollment_token_create
+from payments.models import LockPolicy, PaymentChannel
+from payments.services import lock_sweep
+from tests.conftest import browser_sign_in, shot
+from tests.factories import make_contract
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def png_receipt() -> bytes:
+    """A real (tiny) PNG: uploads are checked by content."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + b"\xff\xff\xff" * 8 for _ in range(8))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture
+def overdue_phone(live_server, tmp_path, provider_a):
+    """A Dialog contract two installments overdue, its phone enrolled (reference agent) and locked."""
+    LockPolicy.objects.update_or_create(
+        provider=provider_a, defaults={"lock_start_hour": 0, "lock_end_hour": 24, "lock_weekdays": list(range(7))}
+    )
+    PaymentChannel.objects.create(
+        provider=provider_a, kind="mobile_money", name="eZ Cash", account="#111#", reference="{contract}"
+    )
+    contract = make_contract(provider_a, number="DLG-000131", first_due_date=provider_a.today() - dt.timedelta(days=40))
+    _token, secret = enrollment_token_create(provider=provider_a, name="shop", actor=None)
+    phone = Agent(tmp_path / "phone", transport=HttpTransport(timeout=10))
+    assert phone.enroll(live_server.url, contract.device.imei, secret).accepted
+    lock_sweep()
+    phone.checkin()
+    assert phone.view().state == "locked"
+    return contract, phone
+
+
+def test_an_agent_finds_a_locked_phone_by_a_local_number_records_a_payment_from_proof_and_sees_it_unlocked(
+    browser, live_server, overdue_phone, agent_a, request, tmp_path
+):
+    contract, phone = overdue_phone
+    local_number = phonenumbers.format_number(
+        phonenumbers.parse(str(contract.customer.phone)), phonenumbers.PhoneNumberFormat.NATIONAL
+    )  # "077 123 4567": as the customer says it on the phone
+    receipt = tmp_path / "receipt.png"
+    receipt.write_bytes(png_receipt())
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+
+    browser_sign_in(page, live_server.url, agent_a)
+    page.goto(f"{live_server.url}/console/")
+    page.keyboard.type(local_number)  # the search box has the focus
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/console/devices/{contract.device_id}/")
+    assert contract.number in page.content()
+    shot(page, request, "1-found-by-phone")
+
+    page.get_by_role("link", name="Verify a payment").click()
+    page.fill("input[name=transaction_id]", "EZ2026-778812")
+    page.get_by_role("button", name="Look up").click()
+    page.select_option("select[name=channel]", "mobile_money")
+    page.fill("input[name=amount]", "16666.66")  # the two overdue installments
+    page.fill("input[name=received_at]", dt.datetime.now(contract.provider.zone).strftime("%Y-%m-%dT%H:%M"))
+    page.set_input_files("input[name=receipt]", str(receipt))
+    shot(page, request, "2-recording-from-proof")
+    page.get_by_role("button", name="Record and verify").click()
+    page.wait_for_load_state()
+    shot(page, request, "3-recorded")
+
+    # The phone's next check-in brings the unlock; it applies and acknowledges it.
+    phone.checkin()
+    assert phone.view().state == "unlocked"
+    assert Device.objects.get(pk=contract.device_id).reported_state == "unlocked"
+
+    page.goto(f"{live_server.url}/console/devices/{contract.device_id}/")
+    content = page.content()
+    assert "EZ2026-778812" in content
+    assert "unlocked" in content.lower()
+    shot(page, request, "4-unlocked")
+    page.close()
+
+
+def test_a_technician_requests_a_temporary_unlock_a_second_user_approves_and_it_locks_again_at_expiry(
+    browser, live_server, overdue_phone, technician, admin_a, request
+):
+    contract, phone = overdue_phone
+    device_id = contract.device_id
+
+    tech = browser.new_page(viewport={"width": 390, "height": 844})  # at the counter, on a phone
+    browser_sign_in(tech, live_server.url, technician)
+    tech.goto(f"{live_server.url}/support/unlocks/new/?device={device_id}")
+    content = tech.content()
+    assert "16,666.66" not in content and contract.customer.name not in content  # no finances, no identity
+    tech.check("input[name=kind][value=temporary]")
+    tech.fill("input[name=hours]", "2")
+    tech.fill("textarea[name=reason]", "Owner shows the shop receipt; needs the phone for a hospital call")
+    shot(tech, request, "1-technician-request")
+    tech.get_by_role("button", name="Send for approval").click()
+    tech.wait_for_load_state()
+    shot(tech, request, "2-waiting")
+    tech.close()
+
+    admin = browser.new_page(viewport={"width": 1280, "height": 900})
+    browser_sign_in(admin, live_server.url, admin_a)
+    from support.models import UnlockRequest
+
+    pending = UnlockRequest.objects.get(device_id=device_id)
+    admin.goto(f"{live_server.url}/support/unlocks/")
+    admin.get_by_role("link", name=f"#{pending.pk}").click()
+    shot(admin, request, "3-approver")
+    admin.get_by_role("button", name="Approve and apply now").click()
+    admin.wait_for_load_state()
+    shot(admin, request, "4-approved")
+    admin.close()
+
+    phone.checkin()
+    assert phone.view().state == "temp_unlocked"
+
+    # Two hours later the sweep finds the override over: locked again at the next check-in.
+    from payments.models import LockOverride
+
+    ends_at = LockOverride.objects.get(contract=contract).ends_at
+    lock_sweep(now=ends_at + dt.timedelta(minutes=5))
+    phone.checkin()
+    assert phone.view().state == "locked"
