@@ -13,7 +13,7 @@ import pytest
 
 from devices.agent import Agent
 from devices.agent.client import HttpTransport
-from devices.models import Device
+from devices.models import Device, DeviceCommand
 from devices.services import enrollment_token_create
 from payments.models import LockPolicy, PaymentChannel
 from payments.services import lock_sweep
@@ -40,9 +40,8 @@ def png_receipt() -> bytes:
     )
 
 
-@pytest.fixture
-def overdue_phone(live_server, tmp_path, provider_a):
-    """A Dialog contract two installments overdue, its phone enrolled (reference agent) and locked."""
+def enrolled_overdue_phone(live_server, tmp_path, provider_a):
+    """A Dialog contract two installments overdue and its phone enrolled (reference agent), not locked yet."""
     LockPolicy.objects.update_or_create(
         provider=provider_a, defaults={"lock_start_hour": 0, "lock_end_hour": 24, "lock_weekdays": list(range(7))}
     )
@@ -53,6 +52,13 @@ def overdue_phone(live_server, tmp_path, provider_a):
     _token, secret = enrollment_token_create(provider=provider_a, name="shop", actor=None)
     phone = Agent(tmp_path / "phone", transport=HttpTransport(timeout=10))
     assert phone.enroll(live_server.url, contract.device.imei, secret).accepted
+    return contract, phone
+
+
+@pytest.fixture
+def overdue_phone(live_server, tmp_path, provider_a):
+    """The same, locked by the sweep."""
+    contract, phone = enrolled_overdue_phone(live_server, tmp_path, provider_a)
     lock_sweep()
     phone.checkin()
     assert phone.view().state == "locked"
@@ -146,3 +152,35 @@ def test_a_technician_requests_a_temporary_unlock_a_second_user_approves_and_it_
     lock_sweep(now=ends_at + dt.timedelta(minutes=5))
     phone.checkin()
     assert phone.view().state == "locked"
+
+
+def test_an_admin_edits_the_hotline_text_and_both_the_preview_and_the_next_lock_show_it(
+    browser, live_server, tmp_path, provider_a, admin_a, request
+):
+    contract, phone = enrolled_overdue_phone(live_server, tmp_path, provider_a)
+    hotline = "Call 0117 100 100 (8am to 8pm, every day) before the lock starts"
+    page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    browser_sign_in(page, live_server.url, admin_a)
+
+    page.goto(f"{live_server.url}/locks/screen/en/")
+    page.fill("textarea[name=body]", hotline)
+    page.get_by_role("button", name="Preview").click()
+    frame = page.wait_for_selector("iframe.phone-screen").content_frame()
+    frame.wait_for_selector("#emergency-call")
+    assert hotline in frame.inner_text("body")  # the unsaved text, drawn by the reference agent's page
+    shot(page, request, "1-preview")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_load_state()
+    frame = page.wait_for_selector("iframe.phone-screen").content_frame()
+    frame.wait_for_selector("#emergency-call")
+    assert hotline in frame.inner_text("body")
+    shot(page, request, "2-saved")
+    page.close()
+
+    # The next lock command carries it: the phone shows the very same words.
+    lock_sweep()
+    phone.checkin()
+    assert phone.view().state == "locked"
+    assert hotline in phone.render_html()  # the phone's 360x800 page (the terminal view wraps lines)
+    latest = DeviceCommand.objects.filter(device_id=contract.device_id).latest("seq")
+    assert latest.state == "locked" and hotline in latest.payload["screen"]["body"]
