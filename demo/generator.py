@@ -1234,3 +1234,91 @@ def iter_bench_rows(
                 batch = RowBatch()
     if len(batch):
         yield batch
+
+
+# --- (c) the people's side: a few cases, an unlock request and a proof review per provider -------
+
+
+def _demo_png() -> bytes:
+    """A tiny real PNG (uploads are checked by content): the demo's scanned receipt."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + b"\xf0\xf0\xf0" * 16 for _ in range(16))
+    header = struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def load_people_side(*, users: dict, now=None) -> int:
+    """Open cases (one past its SLA), a pending unlock request and a pending proof review per provider.
+
+    Through the support services, as staff would. Idempotent: a provider that has a case is
+    skipped. Returns the number of providers filled.
+    """
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.db import transaction
+    from django.utils import timezone
+
+    from payments.models import Contract
+    from payments.uploads import proof_check
+    from support.models import Case
+    from support.services import case_assign, case_open, proof_review_submit, unlock_request_create
+
+    now = now or timezone.now()
+    technician = users.get("fixit.tech")
+    filled = 0
+    for spec in PROVIDERS:
+        agent = users.get(f"{spec.slug}.agent")
+        if agent is None or Case.objects.filter(provider=agent.organisation).exists():
+            continue
+        provider = agent.organisation
+        locked = list(
+            Contract.objects.filter(provider=provider, lock_state="locked").select_related("device").order_by("id")[:4]
+        )
+        if len(locked) < 4:
+            continue
+        with transaction.atomic():
+            case_open(
+                provider=provider,
+                category="paid_but_locked",
+                opened_by=agent,
+                summary="Says she paid yesterday at the agent shop; the phone is still locked.",
+                contract=locked[0],
+                now=now - dt.timedelta(hours=6),  # past its 4-hour SLA: shows as overdue
+            )
+            in_error = case_open(
+                provider=provider,
+                category="locked_in_error",
+                opened_by=agent,
+                summary="Bought this phone for cash; it locked after a reset.",
+                contract=locked[1],
+                now=now - dt.timedelta(hours=1),
+            )
+            case_assign(case=in_error, assignee=agent, actor=agent)
+            case_open(
+                provider=provider,
+                category="payment_plan",
+                opened_by=agent,
+                summary="Lost his job; asks to spread the arrears over three months.",
+                contract=locked[2],
+                now=now - dt.timedelta(hours=20),
+            )
+            if technician is not None:
+                unlock_request_create(
+                    device=locked[3].device,
+                    kind="temporary",
+                    hours=4,
+                    requested_by=technician,
+                    reason="Owner at the counter with a receipt; needs the phone for a hospital appointment.",
+                )
+                proof_review_submit(
+                    device=locked[1].device,
+                    submitted_by=technician,
+                    receipts=[proof_check(SimpleUploadedFile("receipt.png", _demo_png(), content_type="image/png"))],
+                    note="Cash receipt from the shop, stamped.",
+                )
+        filled += 1
+    return filled

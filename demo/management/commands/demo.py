@@ -110,6 +110,7 @@ class Command(BaseCommand):
 
         orgs = {o.slug: o for o in Organisation.objects.filter(slug__in={u.organisation for u in DEMO_USERS})}
         users = self._ensure_users(orgs)
+        generator.load_people_side(users=users)
         secrets = self._ensure_totp_devices(users)
         keys = self._ensure_api_keys(orgs)
         self._print_logins(users, orgs, secrets, keys, addr)
