@@ -118,6 +118,15 @@ def test_bad_uploads_are_refused_with_a_clear_message_and_nothing_stored(
     assert not AuditEvent.objects.filter(action="proof_review.submit").exists()
 
 
+def test_a_50_mb_file_is_refused_at_the_real_limit(contract, technician, as_user, settings):
+    """Not a lowered limit: a phone camera's 50 MB video renamed .png, against the configured 10 MB."""
+    assert settings.PROOF_MAX_BYTES == 10 * 1024 * 1024
+    response = upload(as_user(technician), contract.device, [png("video.png", PNG + b"\x00" * (50 * 1024 * 1024))])
+    assert response.status_code == 400
+    assert "the limit is 10" in response.content.decode().replace("&#x27;", "'")
+    assert not ProofReview.objects.exists() and stored_files(settings) == []
+
+
 def test_a_receipt_is_required(contract, technician, as_user):
     response = upload(as_user(technician), contract.device, [], [png("id.png")])
     assert response.status_code == 400 and not ProofReview.objects.exists()
