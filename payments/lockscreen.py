@@ -80,6 +80,61 @@ DEFAULT_TEXTS: dict[str, dict[str, str]] = {
 }
 TEXT_FIELDS = tuple(DEFAULT_TEXTS["en"])
 
+# The fixed words around the values on the phone ("Amount overdue", "How to pay", ...), sent
+# as ``screen.labels`` in the language of the texts. Keys and English mirror LABELS of the
+# reference agent (devices/agent/render.py), which falls back to its English for any label
+# missing; tests/test_lock_screen_labels.py keeps the two tables identical. The English texts
+# are msgids (payments/locale); ``{name}`` placeholders are filled on the phone.
+LABELS: dict[str, str] = {
+    "state_locked": gettext_noop("LOCKED"),
+    "state_reminder": gettext_noop("Payment reminder"),
+    "state_temp_unlocked": gettext_noop("Temporarily unlocked"),
+    "state_unlocked": gettext_noop("No restrictions"),
+    "state_released": gettext_noop("Released: no restrictions, for good"),
+    "default_title": gettext_noop("This phone is locked"),
+    "default_body": gettext_noop("This device is locked due to an overdue installment payment."),
+    "default_data_kept": gettext_noop("Your data is kept: nothing on this phone is deleted while it is locked."),
+    "default_reset_warning": gettext_noop("A factory reset will NOT remove this lock; it only erases your own data."),
+    "locked_by": gettext_noop("Locked by"),
+    "amount_overdue": gettext_noop("Amount overdue"),
+    "amount_due": gettext_noop("Amount due"),
+    "overdue_since": gettext_noop("Overdue since"),
+    "contract": gettext_noop("Contract"),
+    "contract_number_quote": gettext_noop("Contract number (quote it when you pay)"),
+    "imei": gettext_noop("IMEI"),
+    "how_to_pay": gettext_noop("How to pay"),
+    "account": gettext_noop("Account"),
+    "reference": gettext_noop("Reference"),
+    "pay": gettext_noop("Pay"),
+    "pay_account": gettext_noop("account {account}"),
+    "kind_bank_transfer": gettext_noop("bank transfer"),
+    "kind_mobile_money": gettext_noop("mobile money"),
+    "kind_card": gettext_noop("card"),
+    "kind_cash_agent": gettext_noop("cash agent"),
+    "help": gettext_noop("Help"),
+    "hotline": gettext_noop("Hotline"),
+    "call_hotline": gettext_noop("Call the hotline"),
+    "email": gettext_noop("E-mail"),
+    "website": gettext_noop("Website"),
+    "other_contacts": gettext_noop("Other contacts"),
+    "service_centers": gettext_noop("Service centers"),
+    "service_centers_bring": gettext_noop("Service centers (bring proof of purchase and ID):"),
+    "bring_proof": gettext_noop("Bring your proof of purchase and ID."),
+    "cannot_reach": gettext_noop("Cannot reach {provider}?"),
+    "your_provider": gettext_noop("your provider"),
+    "your_data": gettext_noop("Your data"),
+    "calls_allowed": gettext_noop("Calls allowed"),
+    "calls_allowed_while_locked": gettext_noop("Calls allowed while locked"),
+    "emergency_call": gettext_noop("Emergency call"),
+    "works_normally": gettext_noop("Your phone works normally."),
+    "unlocked_until": gettext_noop("Unlocked {how} until {until}."),
+    "unlocked_how": gettext_noop("Unlocked {how}."),
+    "by_offline_code": gettext_noop("by an offline code"),
+    "by_provider": gettext_noop("by your provider"),
+    "released_note": gettext_noop("Paid off. This phone can no longer be locked."),
+    "not_enrolled": gettext_noop("Not enrolled with a server yet."),
+}
+
 
 def builtin_texts(language: str) -> dict[str, str] | None:
     """The built-in wording in ``language``: written here, else translated (payments/locale), else None."""
@@ -89,6 +144,12 @@ def builtin_texts(language: str) -> dict[str, str] | None:
     with translation.override(language):
         translated = {name: translation.gettext(text) for name, text in english.items()}
     return translated if translated != english else None
+
+
+def labels_in(language: str) -> dict[str, str]:
+    """Every label of the screen in ``language`` (payments/locale); English where there is no translation."""
+    with translation.override(language):
+        return {key: translation.gettext(text) for key, text in LABELS.items()}
 
 
 def language_chain(customer_language: str, provider: Organisation) -> list[str]:
@@ -109,6 +170,7 @@ class ProviderScreenData:
     channels: list[PaymentChannel] = field(default_factory=list)
     service_centers: list[dict] = field(default_factory=list)
     fallback: dict = field(default_factory=dict)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, provider: Organisation) -> ProviderScreenData:
@@ -142,6 +204,12 @@ class ProviderScreenData:
             if lang in self.texts:
                 return lang, self.texts[lang]
         return "en", DEFAULT_TEXTS["en"]
+
+    def labels_for(self, language: str) -> dict[str, str]:
+        """``labels_in(language)``, worked out once per language for all the provider's commands."""
+        if language not in self.labels:
+            self.labels[language] = labels_in(language)
+        return dict(self.labels[language])
 
     def allowed_numbers(self) -> list[str]:
         """What a locked phone may still call: the provider's hotlines and the country's emergency numbers."""
@@ -207,4 +275,5 @@ def screen_build(
         "data_kept_notice": text["data_kept_notice"],
         "factory_reset_warning": text["factory_reset_warning"],
         "offline_unlock_hint": text["offline_unlock_hint"],
+        "labels": data.labels_for(language),
     }

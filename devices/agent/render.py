@@ -7,8 +7,9 @@ data is safe, and must always be able to make an emergency call.
 
 A server bug or an older server must never leave the owner with a crash instead of a
 screen, so every key is optional and of any type here: ``Content`` keeps what is usable.
-The words around the values ("Amount overdue", ...) are English: the spec ships values,
-not labels.
+The words around the values ("Amount overdue", ...) come from the screen's optional
+``labels`` (in the owner's language, built by the server); any label missing, empty or
+unusable is the built-in English of ``LABELS``, so an older server's screen reads as before.
 """
 
 from __future__ import annotations
@@ -27,19 +28,70 @@ WIDTH = 40
 # country's own numbers are in allowed_numbers and are listed on the screen as well.
 EMERGENCY_NUMBER = "112"
 
-DEFAULT_TITLE = "This phone is locked"
-DEFAULT_BODY = "This device is locked due to an overdue installment payment."
-# Said even when the server sends nothing: both are true of this agent whatever the command.
-DEFAULT_DATA_KEPT = "Your data is kept: nothing on this phone is deleted while it is locked."
-DEFAULT_RESET_WARNING = "A factory reset will NOT remove this lock; it only erases your own data."
-
-STATE_HEADLINES = {
-    "locked": "LOCKED",
-    "reminder": "Payment reminder",
-    "temp_unlocked": "Temporarily unlocked",
-    "unlocked": "No restrictions",
-    "released": "Released: no restrictions, for good",
+# Every fixed word the screen shows, in English: the one source of the built-in wording.
+# The server sends the same keys translated in ``screen.labels`` (payments/lockscreen.py
+# LABELS mirrors this table; a test keeps them identical). ``{name}`` placeholders are
+# filled here; a label from the server is used only if it has exactly the same ones.
+LABELS: dict[str, str] = {
+    # The state, as a headline.
+    "state_locked": "LOCKED",
+    "state_reminder": "Payment reminder",
+    "state_temp_unlocked": "Temporarily unlocked",
+    "state_unlocked": "No restrictions",
+    "state_released": "Released: no restrictions, for good",
+    # When the server sends no title, body or notices. The notices are said even then:
+    # both are true of this agent whatever the command.
+    "default_title": "This phone is locked",
+    "default_body": "This device is locked due to an overdue installment payment.",
+    "default_data_kept": "Your data is kept: nothing on this phone is deleted while it is locked.",
+    "default_reset_warning": "A factory reset will NOT remove this lock; it only erases your own data.",
+    # The facts.
+    "locked_by": "Locked by",
+    "amount_overdue": "Amount overdue",
+    "amount_due": "Amount due",
+    "overdue_since": "Overdue since",
+    "contract": "Contract",
+    "contract_number_quote": "Contract number (quote it when you pay)",
+    "imei": "IMEI",
+    # How to pay.
+    "how_to_pay": "How to pay",
+    "account": "Account",
+    "reference": "Reference",
+    "pay": "Pay",
+    "pay_account": "account {account}",
+    "kind_bank_transfer": "bank transfer",
+    "kind_mobile_money": "mobile money",
+    "kind_card": "card",
+    "kind_cash_agent": "cash agent",
+    # Whom to call.
+    "help": "Help",
+    "hotline": "Hotline",
+    "call_hotline": "Call the hotline",
+    "email": "E-mail",
+    "website": "Website",
+    "other_contacts": "Other contacts",
+    "service_centers": "Service centers",
+    "service_centers_bring": "Service centers (bring proof of purchase and ID):",
+    "bring_proof": "Bring your proof of purchase and ID.",
+    "cannot_reach": "Cannot reach {provider}?",
+    "your_provider": "your provider",
+    # The owner's data and calls.
+    "your_data": "Your data",
+    "calls_allowed": "Calls allowed",
+    "calls_allowed_while_locked": "Calls allowed while locked",
+    "emergency_call": "Emergency call",
+    # The other states.
+    "works_normally": "Your phone works normally.",
+    "unlocked_until": "Unlocked {how} until {until}.",
+    "unlocked_how": "Unlocked {how}.",
+    "by_offline_code": "by an offline code",
+    "by_provider": "by your provider",
+    "released_note": "Paid off. This phone can no longer be locked.",
+    "not_enrolled": "Not enrolled with a server yet.",
 }
+# Longer than any honest translation of a label; a longer one is cut.
+LABEL_MAX_CHARS = 200
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
 @dataclass(frozen=True)
@@ -96,6 +148,15 @@ class Content:
     reset_warning: str
     offline_hint: str
     allowed: list[str]
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def label(self, key: str, **values: str) -> str:
+        """The label ``key`` in the screen's language, else in English, placeholders filled."""
+        text = self.labels.get(key) or LABELS[key]
+        if not values:
+            return text
+        # One pass: a value that looks like a placeholder stays as it is.
+        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
 def _text(value: Any) -> str:
@@ -118,18 +179,49 @@ def _strings(value: Any) -> list[str]:
     return [text for item in value if (text := _text(item))]
 
 
+def _label(value: Any) -> str:
+    """A label from the server: a string, control characters dropped, spaces collapsed, capped."""
+    if not isinstance(value, str):
+        return ""
+    text = "".join(ch for ch in value if ch.isspace() or unicodedata.category(ch) != "Cc")
+    return " ".join(text.split())[:LABEL_MAX_CHARS].strip()
+
+
+def _labels(value: Any) -> dict[str, str]:
+    """The usable labels: known keys, non-empty, with exactly the placeholders of the English."""
+    labels = {}
+    for key, raw in _dict(value).items():
+        english = LABELS.get(key) if isinstance(key, str) else None
+        text = _label(raw)
+        if english is None or not text:
+            continue
+        if set(_PLACEHOLDER.findall(text)) != set(_PLACEHOLDER.findall(english)):
+            continue
+        labels[key] = text
+    return labels
+
+
+def _kind(code: str, labels: dict[str, str]) -> str:
+    """A channel's kind is a code ("mobile_money"): the known ones are labels, others spelt out."""
+    key = f"kind_{code}"
+    if key in LABELS:
+        return labels.get(key) or LABELS[key]
+    return code.replace("_", " ")
+
+
 def content(view: ScreenView) -> Content:
     """Normalise ``view.screen``: missing or malformed keys become empty values, never errors."""
     s = _dict(view.screen)
     provider = s.get("provider")
     provider_name = _text(_dict(provider).get("name")) if isinstance(provider, dict) else _text(provider)
+    labels = _labels(s.get("labels"))
     amount = _text(s.get("amount_overdue_display"))
     if not amount and _text(s.get("amount_overdue")):
         amount = " ".join(p for p in (_text(s.get("currency")), _text(s.get("amount_overdue"))) if p)
     channels = [
         PaymentChannel(
             name=_text(c.get("name")),
-            kind=_text(c.get("kind")).replace("_", " "),
+            kind=_kind(_text(c.get("kind")), labels),
             account=_text(c.get("account")),
             reference=_text(c.get("reference")),
             instructions=_text(c.get("instructions")),
@@ -161,10 +253,13 @@ def content(view: ScreenView) -> Content:
         fallback_hotlines=_strings(fallback.get("hotline_numbers")),
         fallback_email=_text(fallback.get("support_email")),
         fallback_website=_text(fallback.get("website")),
-        data_kept=_text(s.get("data_kept_notice")) or DEFAULT_DATA_KEPT,
-        reset_warning=_text(s.get("factory_reset_warning")) or DEFAULT_RESET_WARNING,
+        data_kept=_text(s.get("data_kept_notice")) or labels.get("default_data_kept") or LABELS["default_data_kept"],
+        reset_warning=_text(s.get("factory_reset_warning"))
+        or labels.get("default_reset_warning")
+        or LABELS["default_reset_warning"],
         offline_hint=_text(s.get("offline_unlock_hint")),
         allowed=_strings(view.allowed_numbers),
+        labels=labels,
     )
 
 
@@ -253,6 +348,23 @@ def _until(view: ScreenView) -> str:
     return human_time(view.expires_at) if view.expires_at else ""
 
 
+def _headline(c: Content, state: str) -> str:
+    key = f"state_{state}"
+    return c.label(key) if key in LABELS else state
+
+
+def _unlocked(c: Content, view: ScreenView) -> str:
+    how = c.label("by_offline_code" if view.offline_unlock else "by_provider")
+    if view.expires_at:
+        return c.label("unlocked_until", how=how, until=_until(view))
+    return c.label("unlocked_how", how=how)
+
+
+def _pay_line(c: Content, ch: PaymentChannel) -> list[str]:
+    account = c.label("pay_account", account=ch.account) if ch.account else ""
+    return [p for p in (ch.name, account, ch.reference) if p]
+
+
 def render_text(view: ScreenView) -> str:
     """The screen as text for a terminal: a box 40 columns wide, wrapped, never cut off."""
     c = content(view)
@@ -265,29 +377,29 @@ def render_text(view: ScreenView) -> str:
         _text_status(box, c, view)
     box.rule()
     if view.state == "locked" and c.allowed:
-        box.text("Calls allowed: " + ", ".join(c.allowed))
-    box.text(f"[ Emergency call {EMERGENCY_NUMBER} ]")
+        box.item(c.label("calls_allowed"), ", ".join(c.allowed))
+    box.text(f"[ {c.label('emergency_call')} {EMERGENCY_NUMBER} ]")
     return box.close()
 
 
 def _text_locked(box: _Box, c: Content) -> None:
-    box.text(STATE_HEADLINES["locked"])
-    box.text(c.title or DEFAULT_TITLE)
+    box.text(c.label("state_locked"))
+    box.text(c.title or c.label("default_title"))
     box.blank()
-    box.text(c.body or DEFAULT_BODY)
+    box.text(c.body or c.label("default_body"))
     box.blank()
-    box.item("Locked by", c.provider)
-    box.item("Amount overdue", c.amount)
-    box.item("Overdue since", c.overdue_since)
-    box.item("Contract", c.contract)
-    box.item("IMEI", c.imei)
+    box.item(c.label("locked_by"), c.provider)
+    box.item(c.label("amount_overdue"), c.amount)
+    box.item(c.label("overdue_since"), c.overdue_since)
+    box.item(c.label("contract"), c.contract)
+    box.item(c.label("imei"), c.imei)
     if c.channels:
         box.rule()
-        box.text("HOW TO PAY")
+        box.text(c.label("how_to_pay").upper())
         for ch in c.channels:
             box.text("* " + (f"{ch.name} ({ch.kind})" if ch.kind else ch.name))
-            box.item("Account", ch.account, indent=2)
-            box.item("Reference", ch.reference, indent=2)
+            box.item(c.label("account"), ch.account, indent=2)
+            box.item(c.label("reference"), ch.reference, indent=2)
             box.text(ch.instructions, indent=2)
     _text_help(box, c)
     box.rule()
@@ -303,44 +415,43 @@ def _text_help(box: _Box, c: Content) -> None:
     if not (c.hotlines or c.email or c.website or c.centers or c.fallback_name or c.fallback_hotlines):
         return
     box.rule()
-    box.text("HELP")
-    box.item("Hotline", ", ".join(c.hotlines))
-    box.item("E-mail", c.email)
-    box.item("Website", c.website)
+    box.text(c.label("help").upper())
+    box.item(c.label("hotline"), ", ".join(c.hotlines))
+    box.item(c.label("email"), c.email)
+    box.item(c.label("website"), c.website)
     if c.centers:
-        box.text("Service centers (bring proof of purchase and ID):")
+        box.text(c.label("service_centers_bring"))
         for sc in c.centers:
             box.text("* " + ", ".join(p for p in (sc.name, sc.phone, sc.website) if p))
     fallback = [", ".join(c.fallback_hotlines), c.fallback_email, c.fallback_website]
     if c.fallback_name or any(fallback):
-        who = c.provider or "your provider"
-        box.text(f"Cannot reach {who}? " + ", ".join(p for p in [c.fallback_name, *fallback] if p))
+        who = c.provider or c.label("your_provider")
+        box.text(c.label("cannot_reach", provider=who) + " " + ", ".join(p for p in [c.fallback_name, *fallback] if p))
 
 
 def _text_reminder(box: _Box, c: Content) -> None:
-    box.text(STATE_HEADLINES["reminder"].upper())
+    box.text(c.label("state_reminder").upper())
     box.text(c.title)
     box.text(c.body)
-    box.item("Amount due", c.amount)
-    box.item("Contract", c.contract)
+    box.item(c.label("amount_due"), c.amount)
+    box.item(c.label("contract"), c.contract)
     for ch in c.channels:
-        box.text("Pay: " + ", ".join(p for p in (ch.name, ch.account and f"account {ch.account}", ch.reference) if p))
-    box.item("Hotline", ", ".join(c.hotlines))
+        box.item(c.label("pay"), ", ".join(_pay_line(c, ch)))
+    box.item(c.label("hotline"), ", ".join(c.hotlines))
     box.blank()
-    box.text("Your phone works normally.")
+    box.text(c.label("works_normally"))
 
 
 def _text_status(box: _Box, c: Content, view: ScreenView) -> None:
-    box.text(STATE_HEADLINES.get(view.state, view.state))
+    box.text(_headline(c, view.state))
     if view.state == "temp_unlocked":
-        how = "by an offline code" if view.offline_unlock else "by your provider"
-        box.text(f"Unlocked {how} until {_until(view)}." if view.expires_at else f"Unlocked {how}.")
-        box.item("Amount overdue", c.amount)
-        box.item("Hotline", ", ".join(c.hotlines))
+        box.text(_unlocked(c, view))
+        box.item(c.label("amount_overdue"), c.amount)
+        box.item(c.label("hotline"), ", ".join(c.hotlines))
     elif view.state == "released":
-        box.text("Paid off. This phone can no longer be locked.")
+        box.text(c.label("released_note"))
     if not view.enrolled:
-        box.text("Not enrolled with a server yet.")
+        box.text(c.label("not_enrolled"))
 
 
 # --- HTML ----------------------------------------------------------------------------------
@@ -409,13 +520,13 @@ def render_html(view: ScreenView) -> str:
     c = content(view)
     if view.state == "locked":
         main = _html_locked(c)
-        title = c.title or DEFAULT_TITLE
+        title = c.title or c.label("default_title")
     elif view.state == "reminder":
         main = _html_reminder(c)
-        title = c.title or STATE_HEADLINES["reminder"]
+        title = c.title or c.label("state_reminder")
     else:
         main = _html_status(c, view)
-        title = STATE_HEADLINES.get(view.state, view.state)
+        title = _headline(c, view.state)
     return (
         "<!DOCTYPE html>\n"
         f'<html lang="{_e(c.language)}">\n<head>\n<meta charset="utf-8">\n'
@@ -425,52 +536,56 @@ def render_html(view: ScreenView) -> str:
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
         f'<body data-state="{_e(view.state)}">\n<main>\n{main}\n</main>\n'
         '<footer><a class="emergency" id="emergency-call" '
-        f'href="tel:{EMERGENCY_NUMBER}">Emergency call</a></footer>\n'
+        f'href="tel:{EMERGENCY_NUMBER}">{_e(c.label("emergency_call"))}</a></footer>\n'
         "</body>\n</html>\n"
     )
 
 
 def _html_locked(c: Content) -> str:
-    out = [f'<span class="badge">{_e(STATE_HEADLINES["locked"])}</span>']
-    out.append(f"<h1>{_e(c.title or DEFAULT_TITLE)}</h1>")
-    out.append(f"<p>{_e(c.body or DEFAULT_BODY)}</p>")
+    out = [f'<span class="badge">{_e(c.label("state_locked"))}</span>']
+    out.append(f"<h1>{_e(c.title or c.label('default_title'))}</h1>")
+    out.append(f"<p>{_e(c.body or c.label('default_body'))}</p>")
     if c.amount:
-        out.append('<div class="label">Amount overdue</div>')
+        out.append(f'<div class="label">{_e(c.label("amount_overdue"))}</div>')
         out.append(f'<div class="amount" id="amount">{_e(c.amount)}</div>')
     facts = [
-        _fact("Overdue since", c.overdue_since),
-        _fact("Locked by", c.provider),
-        _fact("Contract number (quote it when you pay)", c.contract),
-        _fact("IMEI", c.imei),
+        _fact(c.label("overdue_since"), c.overdue_since),
+        _fact(c.label("locked_by"), c.provider),
+        _fact(c.label("contract_number_quote"), c.contract),
+        _fact(c.label("imei"), c.imei),
     ]
     out.append('<div class="facts">' + "".join(facts) + "</div>")
     if c.hotlines:
-        out.append("<h2>Call the hotline</h2>")
+        out.append(f"<h2>{_e(c.label('call_hotline'))}</h2>")
         out.extend(_tel(n, "call") for n in c.hotlines)
     if c.channels:
-        out.append("<h2>How to pay</h2>")
+        out.append(f"<h2>{_e(c.label('how_to_pay'))}</h2>")
         for ch in c.channels:
             parts = [f'<div class="value">{_e(ch.name)}</div>']
             if ch.kind:
                 parts.append(f'<div class="small">{_e(ch.kind)}</div>')
             if ch.account:
-                parts.append(f'<div class="label">Account</div><div class="ref">{_e(ch.account)}</div>')
+                parts.append(
+                    f'<div class="label">{_e(c.label("account"))}</div><div class="ref">{_e(ch.account)}</div>'
+                )
             if ch.reference:
-                parts.append(f'<div class="label">Reference</div><div class="ref">{_e(ch.reference)}</div>')
+                parts.append(
+                    f'<div class="label">{_e(c.label("reference"))}</div><div class="ref">{_e(ch.reference)}</div>'
+                )
             if ch.instructions:
                 parts.append(f'<div class="small">{_e(ch.instructions)}</div>')
             out.append('<div class="channel">' + "".join(parts) + "</div>")
     contacts = []
     if c.email:
-        contacts.append(_fact("E-mail", c.email))
+        contacts.append(_fact(c.label("email"), c.email))
     if c.website:
-        contacts.append(_fact("Website", c.website))
+        contacts.append(_fact(c.label("website"), c.website))
     if contacts:
-        out.append("<h2>Other contacts</h2>")
+        out.append(f"<h2>{_e(c.label('other_contacts'))}</h2>")
         out.append('<div class="facts">' + "".join(contacts) + "</div>")
     if c.centers:
-        out.append("<h2>Service centers</h2>")
-        out.append('<p class="small">Bring your proof of purchase and ID.</p>')
+        out.append(f"<h2>{_e(c.label('service_centers'))}</h2>")
+        out.append(f'<p class="small">{_e(c.label("bring_proof"))}</p>')
         for sc in c.centers:
             bits = [f'<span class="value">{_e(sc.name)}</span>'] if sc.name else []
             if sc.phone:
@@ -479,26 +594,26 @@ def _html_locked(c: Content) -> str:
                 bits.append(_e(sc.website))
             out.append('<p class="small">' + "<br>".join(bits) + "</p>")
     if c.fallback_name or c.fallback_hotlines or c.fallback_email or c.fallback_website:
-        who = c.provider or "your provider"
-        out.append(f"<h2>Cannot reach {_e(who)}?</h2>")
+        who = c.provider or c.label("your_provider")
+        out.append(f"<h2>{_e(c.label('cannot_reach', provider=who))}</h2>")
         bits = [f'<span class="value">{_e(c.fallback_name)}</span>'] if c.fallback_name else []
         bits.extend(_number(n, c) for n in c.fallback_hotlines)
         bits.extend(_e(x) for x in (c.fallback_email, c.fallback_website) if x)
         out.append('<p class="small">' + "<br>".join(bits) + "</p>")
-    out.append("<h2>Your data</h2>")
+    out.append(f"<h2>{_e(c.label('your_data'))}</h2>")
     out.append(f'<p class="notice" id="data-kept">{_e(c.data_kept)}</p>')
     out.append(f'<p class="notice" id="reset-warning">{_e(c.reset_warning)}</p>')
     if c.offline_hint:
         out.append(f'<p class="small" id="offline-hint">{_e(c.offline_hint)}</p>')
     if c.allowed:
-        out.append("<h2>Calls allowed while locked</h2>")
+        out.append(f"<h2>{_e(c.label('calls_allowed_while_locked'))}</h2>")
         out.append('<p class="small">' + " · ".join(_tel(n) for n in c.allowed) + "</p>")
     return "\n".join(out)
 
 
 def _html_reminder(c: Content) -> str:
     out = ['<div class="banner" role="status">']
-    out.append(f'<div class="badge">{_e(STATE_HEADLINES["reminder"])}</div>')
+    out.append(f'<div class="badge">{_e(c.label("state_reminder"))}</div>')
     if c.title:
         out.append(f"<h1>{_e(c.title)}</h1>")
     if c.body:
@@ -506,29 +621,29 @@ def _html_reminder(c: Content) -> str:
     if c.amount:
         out.append(f'<div class="amount" id="amount">{_e(c.amount)}</div>')
     if c.contract:
-        out.append(f"<p>Contract {_e(c.contract)}</p>")
+        out.append(f"<p>{_e(c.label('contract'))} {_e(c.contract)}</p>")
     for ch in c.channels:
-        pay = ", ".join(_e(p) for p in (ch.name, ch.account and f"account {ch.account}", ch.reference) if p)
-        out.append(f'<p class="small">Pay: {pay}</p>')
-    out.extend(f"<p>Hotline: {_tel(n)}</p>" for n in c.hotlines)
+        pay = ", ".join(_e(p) for p in _pay_line(c, ch))
+        out.append(f'<p class="small">{_e(c.label("pay"))}: {pay}</p>')
+    hotline = _e(c.label("hotline"))
+    out.extend(f"<p>{hotline}: {_tel(n)}</p>" for n in c.hotlines)
     out.append("</div>")
-    out.append('<p class="status small">Your phone works normally.</p>')
+    out.append(f'<p class="status small">{_e(c.label("works_normally"))}</p>')
     return "\n".join(out)
 
 
 def _html_status(c: Content, view: ScreenView) -> str:
     out = ['<div class="status">']
-    out.append(f'<div class="state">{_e(STATE_HEADLINES.get(view.state, view.state))}</div>')
+    out.append(f'<div class="state">{_e(_headline(c, view.state))}</div>')
     if view.state == "temp_unlocked":
-        how = "by an offline code" if view.offline_unlock else "by your provider"
-        until = f" until {_until(view)}" if view.expires_at else ""
-        out.append(f'<p class="small">Unlocked {how}{_e(until)}.</p>')
+        out.append(f'<p class="small">{_e(_unlocked(c, view))}</p>')
         if c.amount:
-            out.append(f'<p class="small">Amount overdue: {_e(c.amount)}</p>')
-        out.extend(f'<p class="small">Hotline: {_tel(n)}</p>' for n in c.hotlines)
+            out.append(f'<p class="small">{_e(c.label("amount_overdue"))}: {_e(c.amount)}</p>')
+        hotline = _e(c.label("hotline"))
+        out.extend(f'<p class="small">{hotline}: {_tel(n)}</p>' for n in c.hotlines)
     elif view.state == "released":
-        out.append('<p class="small">Paid off. This phone can no longer be locked.</p>')
+        out.append(f'<p class="small">{_e(c.label("released_note"))}</p>')
     if not view.enrolled:
-        out.append('<p class="small">Not enrolled with a server yet.</p>')
+        out.append(f'<p class="small">{_e(c.label("not_enrolled"))}</p>')
     out.append("</div>")
     return "\n".join(out)
