@@ -63,6 +63,7 @@ SEEN = PREFIX + "seen"  # hash: device id -> "<epoch ms>|<credential digest>|<ap
 SEEN_FLUSHING = PREFIX + "seen:flushing"
 FLUSH_LOCK = PREFIX + "flush-lock"
 GENERATION_SECONDS = 86_400
+GENERATION_SEQUENCE = PREFIX + "genseq"  # never expires: see _BUMP
 CREDENTIAL_PREFIX = "fld_"  # devices.services.CREDENTIAL_PREFIX (kept here to avoid a cycle)
 MAX_SEQ = 2_000_000_000  # devices.api.device_serializers.MAX_SEQ
 APP_VERSION_LENGTH = 40
@@ -71,27 +72,43 @@ FLUSH_BATCH = 10_000
 # KEYS[1]: cred:<digest>. ARGV: now in ms, app version, rate window index, window seconds,
 # requests to count (this one and those answered from memory since the last round trip).
 # Returns false when the credential has no mapping, else {device id, record or false,
-# generation, requests in this window}. Counting and noting the check-in happen here so
-# the whole fast path costs one round trip; a check-in that then falls through to the
-# database path is noted twice, harmlessly (the later time wins).
-_LUA = (
-    """
+# generation, requests in this window (0: not counted, no record of this credential)}.
+# Counting and noting the check-in happen here so the whole fast path costs one round
+# trip; a check-in that then falls through to the database path is noted twice,
+# harmlessly (the later time wins).
+_LUA = """
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
 local prefix = '@PREFIX@'
 local record = redis.call('GET', prefix .. 'rec:' .. id)
 local generation = redis.call('GET', prefix .. 'gen:' .. id) or '0'
+local digest = string.sub(KEYS[1], @DIGEST_AT@)
+-- Only a current record of this very credential counts the request: a credential replaced
+-- by a new enrolment may still map here, and must not use up (and so throttle) the phone's
+-- current credential; a stale record leaves the counting to the database path.
+local space = record and string.find(record, ' ', 1, true)
+local current = space and string.sub(record, 1, space - 1) == generation
+if not current or string.sub(record, space + 1, space + 64) ~= digest then
+  return {id, false, generation, 0}
+end
 local window = prefix .. 'rate:' .. id .. ':' .. ARGV[3]
 local count = redis.call('INCRBY', window, ARGV[5])
-if count == 1 then redis.call('EXPIRE', window, ARGV[4]) end
-if record then
-  redis.call('HSET', '@SEEN@', id, ARGV[1] .. '|' .. string.sub(KEYS[1], @DIGEST_AT@) .. '|' .. ARGV[2])
+if count == tonumber(ARGV[5]) then redis.call('EXPIRE', window, ARGV[4]) end
+redis.call('HSET', '@SEEN@', id, ARGV[1] .. '|' .. digest .. '|' .. ARGV[2])
+return {id, record, generation, count}
+"""
+_LUA = _LUA.replace("@PREFIX@", PREFIX).replace("@SEEN@", SEEN).replace("@DIGEST_AT@", str(len(PREFIX + "cred:") + 1))
+
+# KEYS: gen:<id> of each device. ARGV[1]: the global sequence key, ARGV[2]: seconds to keep.
+# Each device's generation is taken from one global sequence that never expires, so a
+# generation whose key lapsed can never come back to a value an old record still holds.
+_BUMP = """
+for _, key in ipairs(KEYS) do
+  local g = redis.call('INCR', ARGV[1])
+  redis.call('SET', key, g, 'EX', ARGV[2])
 end
-return {id, record or false, generation, count}
-""".replace("@PREFIX@", PREFIX)
-    .replace("@SEEN@", SEEN)
-    .replace("@DIGEST_AT@", str(len(PREFIX + "cred:") + 1))
-)
+return #KEYS
+"""
 
 
 @functools.cache
@@ -105,7 +122,7 @@ def _client():
     # it falls back to the database, not the phone's whole request timeout.
     pool = redis.ConnectionPool.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
     client = redis.Redis(connection_pool=pool)
-    return client, client.register_script(_LUA)
+    return client, client.register_script(_LUA), client.register_script(_BUMP)
 
 
 @receiver(setting_changed)
@@ -127,7 +144,7 @@ def _run_script(keys: list[str], args: list) -> object:
     (redis-py's own connection class and hiredis parser). Any error disconnects it;
     the next call reconnects.
     """
-    client, script = _client()
+    client, script, _bump = _client()
     conn = getattr(_own, "conn", None)
     if conn is None or _own.pid != os.getpid():  # forked since (a gunicorn worker): never share a socket
         _own.conn = conn = client.connection_pool.make_connection()
@@ -195,7 +212,7 @@ def rate_count(device_id: int) -> tuple[int, int, int] | None:
     found = _client()
     if found is None:
         return None
-    client, _script = found
+    client = found[0]
     limit, window = _rate()
     now = time.time()
     key = f"{PREFIX}rate:{device_id}:{int(now // window)}"
@@ -224,19 +241,26 @@ def invalidate(device_ids) -> None:
     found = _client()
     if found is None:
         return
-    client, _script = found
+    bump = found[2]
     ids = list(device_ids)
     _local_forget(ids)
     try:
         for start in range(0, len(ids), FLUSH_BATCH):
-            pipe = client.pipeline(transaction=False)
-            for device_id in ids[start : start + FLUSH_BATCH]:
-                key = f"{PREFIX}gen:{device_id}"
-                pipe.incr(key)
-                pipe.expire(key, GENERATION_SECONDS)
-            pipe.execute()
+            keys = [f"{PREFIX}gen:{device_id}" for device_id in ids[start : start + FLUSH_BATCH]]
+            bump(keys=keys, args=[GENERATION_SEQUENCE, GENERATION_SECONDS])
     except Exception as exc:
         log.error("check-in cache: could not invalidate %d device(s) (%s)", len(ids), exc)
+
+
+def forget_credential(digest: str) -> None:
+    """Drop a replaced credential's mapping at once (it would otherwise stay until it expires). Never raises."""
+    found = _client()
+    if found is None or not digest:
+        return
+    try:
+        found[0].delete(f"{PREFIX}cred:{digest}")
+    except Exception as exc:
+        log.warning("check-in cache: could not forget a replaced credential (%s)", exc)
 
 
 def invalidate_on_commit(device_ids) -> None:
@@ -262,7 +286,7 @@ def fill(device_id: int) -> None:
     found = _client()
     if found is None:
         return
-    client, _script = found
+    client = found[0]
     from devices.models import Device, DeviceCommand
 
     try:
@@ -426,8 +450,8 @@ def answer(request) -> HttpResponse | None:
     if not hit:
         return None
     device_id, record, generation, count = hit
-    # Counted here, so the database path must not count this request again.
-    request.META["finlock.checkin_counted"] = True
+    if count:  # counted here, so the database path must not count this request again
+        request.META["finlock.checkin_counted"] = True
     if count > limit:
         return _throttled(max(1, int(window - now % window)))
     if not record:
@@ -480,7 +504,7 @@ def checkins_flush() -> int:
     found = _client()
     if found is None:
         return 0
-    client, _script = found
+    client = found[0]
     # Race: two beat ticks (or workers) flushing at once would write the same batch
     # twice and one could delete the other's; the lock lets one flush at a time.
     if not client.set(FLUSH_LOCK, "1", nx=True, ex=120):

@@ -675,6 +675,7 @@ def device_enroll(*, imei: str, token_secret: str, app_version: str = "", ip_add
             raise EnrollmentRefused()
         re_enrolment = device.enrolled_at is not None
         credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+        replaced_digest = device.credential_digest
         device.credential_digest = secret_digest(credential)
         device.enrolled_at = now
         device.app_version = (app_version or "")[: Device._meta.get_field("app_version").max_length]
@@ -705,6 +706,8 @@ def device_enroll(*, imei: str, token_secret: str, app_version: str = "", ip_add
         )
         # The previous credential must stop working on the cached check-in path too.
         checkin_cache.invalidate_on_commit([device.pk])
+        if replaced_digest:
+            transaction.on_commit(lambda: checkin_cache.forget_credential(replaced_digest))
         envelope = device_current_envelope(device)
     return Enrollment(
         device=device,

@@ -385,6 +385,7 @@ def _device_release_without_contract(*, device: Device, actor, reason: str) -> N
         "data_kept_notice": text["data_kept_notice"],
         "factory_reset_warning": text["factory_reset_warning"],
         "offline_unlock_hint": text["offline_unlock_hint"],
+        "labels": screens.labels_for(language),
     }
     device_states_apply(
         changes=[

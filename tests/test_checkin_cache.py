@@ -237,3 +237,36 @@ def test_with_redis_unreachable_check_ins_are_answered_from_the_database(locked_
     assert response.status_code == 200
     command = protocol.verify(response.json()["envelope"], enrolled["server_keys"])
     assert command["seq"] == 2
+
+
+def test_a_generation_whose_key_lapsed_never_matches_an_old_record_again(locked_phone):
+    """A day without changes lets the device's generation key expire; the next change must still be seen."""
+    phone, client, enrolled = locked_phone
+    checkin(client)
+    checkin_cache._local.clear()
+    redis = checkin_cache._client()[0]
+    generation = f"{checkin_cache.PREFIX}gen:{phone.pk}"
+    redis.set(generation, 1)  # the device's first change, long ago
+    checkin(client)  # the record is refilled with generation 1
+    checkin_cache._local.clear()
+    redis.delete(generation)  # a quiet day: the key lapsed
+
+    unlock = device_states_apply(changes=[StateChange(device_id=phone.pk, state="unlocked", reason="Paid")])[0]
+
+    command = protocol.verify(checkin(client).json()["envelope"], enrolled["server_keys"])
+    assert (command["seq"], command["state"]) == (unlock.seq, "unlocked")
+
+
+def test_a_replaced_credential_cannot_use_up_the_phones_rate_limit(locked_phone, token_a, settings):
+    phone, old_client, _enrolled = locked_phone
+    checkin(old_client)
+    again = enroll(phone.imei, token_a)  # factory reset: a new credential
+    settings.DEVICE_API_RATE = "3/min"
+    redis = checkin_cache._client()[0]
+    for key in redis.keys(f"{checkin_cache.PREFIX}rate:{phone.pk}:*"):
+        redis.delete(key)
+
+    refused = [checkin(old_client).status_code for _ in range(5)]
+    answered = checkin(as_phone(again["credential"])).status_code
+
+    assert set(refused) == {401} and answered == 200
