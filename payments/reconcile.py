@@ -255,7 +255,9 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
                 provider=provider, fingerprint__in=[line.fingerprint for line in lines]
             ).values_list("fingerprint", flat=True)
         )
-        fresh, stored = [], {}  # lines to store; line_no -> (note, credit)
+        # Lines to store; fingerprint -> (note, payment id). Keyed by fingerprint, unique once
+        # duplicates are out: line numbers repeat (every entry of a one-line camt file is line 1).
+        fresh, stored = [], {}
         for line in lines:
             if line.direction == "credit" and not line.is_return:
                 counts.credits += 1
@@ -273,7 +275,7 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
         credits: list[_Credit] = []
         for line in fresh:
             if line.direction != "credit" or line.is_return:
-                stored[line.line_no] = (NOT_CREDITED_DEBIT, None)
+                stored[line.fingerprint] = (NOT_CREDITED_DEBIT, None)
                 continue
             received_at = entry_received_at(line, provider.zone)
             errors: dict = {}
@@ -287,7 +289,7 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
                 errors=errors,
             )
             if errors:
-                stored[line.line_no] = (not_credited_note(ValidationError(errors)), None)
+                stored[line.fingerprint] = (not_credited_note(ValidationError(errors)), None)
                 counts.not_credited += 1
                 continue
             reference = (line.creditor_reference or line.reference)[:140].strip()[:140]
@@ -329,7 +331,7 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
                 if earlier_fields.get(name, "") != value
             }
             if differences:
-                stored[credit.line.line_no] = (not_credited_note(PaymentConflict(earlier, differences)), None)
+                stored[credit.line.fingerprint] = (not_credited_note(PaymentConflict(earlier, differences)), None)
                 counts.not_credited += 1
             elif earlier is None or earlier.pk in linked:
                 # The payment already has its statement line: this entry is that one again.
@@ -337,7 +339,7 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
                 fresh.remove(credit.line)
             else:
                 linked.add(earlier.pk)
-                stored[credit.line.line_no] = ("", earlier.pk)
+                stored[credit.line.fingerprint] = ("", earlier.pk)
                 counts.matched += earlier.status != PaymentStatus.UNMATCHED
                 counts.unmatched += earlier.status == PaymentStatus.UNMATCHED
 
@@ -348,7 +350,7 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
         for credit, found in zip(new, matches, strict=True):
             if found and contracts[found[0]].currency != provider.currency:
                 message = f"The contract is in {contracts[found[0]].currency}; payments are never converted."
-                stored[credit.line.line_no] = (not_credited_note(ValidationError({"currency": [message]})), None)
+                stored[credit.line.fingerprint] = (not_credited_note(ValidationError({"currency": [message]})), None)
                 counts.not_credited += 1
                 continue
             credit.match = found
@@ -371,7 +373,7 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
         # Ids first: allocations and lines point at the payments, all written by COPY.
         for credit, pk in zip(creatable, _reserve_ids(Payment, len(creatable)), strict=True):
             credit.payment_id = pk
-            stored[credit.line.line_no] = ("", pk)
+            stored[credit.line.fingerprint] = ("", pk)
         allocations, touched = [], {}
         for credit in matched:
             contract_id = credit.match[0]
@@ -452,8 +454,8 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
                     "bank_reference": line.bank_reference[:100],
                     "counterparty_name": line.counterparty_name[:200],
                     "counterparty_account": line.counterparty_account[:100],
-                    "note": stored[line.line_no][0],
-                    "payment_id": stored[line.line_no][1],
+                    "note": stored[line.fingerprint][0],
+                    "payment_id": stored[line.fingerprint][1],
                 }
                 for pk, line in zip(_reserve_ids(StatementLine, len(fresh)), fresh, strict=True)
             ],

@@ -131,9 +131,28 @@ def _browser_language(request) -> str:
 # --- rate limit -------------------------------------------------------------------
 
 
+def _client_network(address: str | None) -> str:
+    """The address counted for the rate limit: an IPv4 address, or an IPv6 address's /64.
+
+    One IPv6 subscriber gets a whole /64 and can change addresses at will; counting per
+    address would let them guess without limit.
+    """
+    import ipaddress
+
+    try:
+        parsed = ipaddress.ip_address(address or "")
+    except ValueError:
+        return "unknown"
+    if parsed.version == 4:
+        return str(parsed)
+    if parsed.ipv4_mapped:  # ::ffff:198.51.100.7 is that IPv4 client
+        return str(parsed.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+
+
 def _over_rate_limit(request) -> bool:
     """Count one try for the client address; True past ``RATE_LIMIT_TRIES`` in the window."""
-    key = f"selfservice:tries:{client_ip(request) or 'unknown'}"
+    key = f"selfservice:tries:{_client_network(client_ip(request))}"
     cache.add(key, 0, timeout=RATE_LIMIT_WINDOW)  # the window starts at the first try
     try:
         tries = cache.incr(key)

@@ -481,6 +481,10 @@ def unlock_request_create(
         raise ValidationError({"kind": [f"One of {', '.join(UnlockKind.values)}."]})
     if case is not None and case.provider_id != device.provider_id:
         raise ValidationError({"case": ["Not a case of this phone's provider."]})
+    case_device_id = case and (case.device_id or (case.contract.device_id if case.contract_id else None))
+    if case_device_id and case_device_id != device.pk:
+        # The approver reads the case as the justification: it must be about this very phone.
+        raise ValidationError({"case": ["This case is about another phone."]})
     with transaction.atomic():
         unlock = UnlockRequest.objects.create(
             provider_id=device.provider_id,

@@ -11,7 +11,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db.models import Q
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -128,14 +127,22 @@ def case_new(request):
             if device is None or device.provider_id != provider.pk:
                 form.add_error("imei", "No phone of yours has this IMEI. Check the digits with the caller.")
         if data["contract_number"].strip():
-            key = contract_number_key(data["contract_number"])
-            contract = (
-                Contract.objects.filter(provider=provider)
-                .filter(Q(number__iexact=data["contract_number"].strip()) | Q(number_key=key))
-                .select_related("device")
-                .first()
-            )
+            typed = data["contract_number"].strip()
+            mine = Contract.objects.filter(provider=provider).select_related("device")
+            # The exact number first; the forgiving form ("dlg 131") only when it names one
+            # contract: DLG-01 and DLG-1 normalise alike, and a case on the wrong contract
+            # would show (and unlock) another customer's phone.
+            contract = mine.filter(number__iexact=typed).first()
             if contract is None:
+                candidates = list(mine.filter(number_key=contract_number_key(typed))[:2])
+                if len(candidates) == 1:
+                    contract = candidates[0]
+                elif candidates:
+                    form.add_error(
+                        "contract_number",
+                        "Several contracts match this number as typed; enter it exactly as printed on the contract.",
+                    )
+            if contract is None and "contract_number" not in form.errors:
                 form.add_error("contract_number", "No contract of yours has this number.")
         if not form.errors:
             try:
@@ -304,7 +311,7 @@ def unlock_new(request):
     case_id = request.GET.get("case", "")
     if case_id.isdigit() and has_right(request.user, Right.MANAGE_CASES):
         case = selectors.case_for(request.user, int(case_id))
-        device = device or case.device
+        device = case.device or device  # a case's unlock is for the case's phone, whatever ?device= says
     max_hours = services.max_temp_unlock_hours(device.provider) if device else None
     form = UnlockRequestForm(request.POST or None, max_hours=max_hours, initial={"imei": device.imei if device else ""})
     if request.method == "POST" and form.is_valid():

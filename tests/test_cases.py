@@ -270,3 +270,24 @@ def test_the_queue_runs_the_same_queries_for_3_or_10_cases(provider_a, agent_a, 
     with django_assert_max_num_queries(queries_for_three):
         page = client.get(url).content.decode()
     assert page.count("Overdue</span>") == 3 and page.count("agent.a</td>") == 7
+
+
+def test_a_case_opened_by_a_contract_number_that_fits_two_contracts_asks_for_the_exact_number(
+    provider_a, agent_a, as_user
+):
+    make_contract(provider_a, number="DLG-01")
+    newer = make_contract(provider_a, number="DLG-1")
+    client = as_user(agent_a)
+
+    ambiguous = client.post(
+        reverse("support:case_new"),
+        {"category": "dispute", "channel": "hotline", "summary": "Wrong amount", "contract_number": "dlg 1"},
+    )
+    exact = client.post(
+        reverse("support:case_new"),
+        {"category": "dispute", "channel": "hotline", "summary": "Wrong amount", "contract_number": "DLG-01"},
+    )
+
+    assert "Several contracts match" in ambiguous.content.decode()
+    assert exact.status_code == 302
+    assert Case.objects.get().contract.number == "DLG-01" != newer.number

@@ -206,6 +206,17 @@ def test_the_eleventh_try_within_ten_minutes_is_refused(client, owner):
     assert _post(other, "DLG-000731", _local(str(owner.customer.phone))).status_code == 200
 
 
+def test_rotating_ipv6_addresses_within_one_64_counts_as_one_client(owner):
+    stranger = _local(local_mobile("LK"))
+    answers = [
+        _post(Client(REMOTE_ADDR=f"2001:db8:7:1::{n:x}"), "DLG-000731", stranger).status_code
+        for n in range(1, RATE_LIMIT_TRIES + 3)
+    ]
+    assert answers[:RATE_LIMIT_TRIES] == [200] * RATE_LIMIT_TRIES and set(answers[RATE_LIMIT_TRIES:]) == {429}
+    neighbour = Client(REMOTE_ADDR="2001:db8:7:2::1")  # another /64: another subscriber
+    assert _post(neighbour, "DLG-000731", stranger).status_code == 200
+
+
 def test_the_window_ends_after_ten_minutes(client, owner, monkeypatch):
     import time
     import types

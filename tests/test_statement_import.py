@@ -254,3 +254,32 @@ def test_batches_credit_exactly_as_one_payment_at_a_time(db, monkeypatch):
     assert ("BP-0003", "paid_off") in {(n, s) for n, s, _lock in ours["contracts"]}
     assert ours["credit"], "the overpayment is held as credit"
     assert any(rule == "imei" for *_rest, rule in ours["payments"])
+
+
+@needs_samples
+def test_a_camt_file_on_one_line_is_credited_in_batches_all_the_same(db, monkeypatch):
+    """Every entry of a minified camt file starts on line 1: the batch must not mix them up."""
+    import re
+
+    import payments.imports
+    from payments.statements.detect import parse_statement
+
+    raw = re.sub(rb">\s+<", b"><", (SAMPLES / "camt/ch_postfinance_camt053_v04.xml").read_bytes())
+    parsed = parse_statement(raw, "one-line.xml")
+    assert len({line.line_no for line in parsed.lines}) == 1 < len(parsed.lines)
+    provider = ProviderFactory(currency=parsed.currency or "CHF", country="CH", time_zone="Europe/Zurich")
+
+    def no_fallback(**kwargs):
+        raise AssertionError("the batch fell back to line-by-line import")
+
+    monkeypatch.setattr(payments.imports, "_import_line", no_fallback)
+    record = statement_import_run(
+        import_id=statement_import_create(provider=provider, filename="one-line.xml", raw=raw, actor=None).pk
+    )
+
+    assert record.status == "done", record.error
+    lines = list(StatementLine.objects.filter(provider=provider))
+    assert len(lines) == len(parsed.lines)
+    assert all(line.payment_id or line.note for line in lines)
+    credited = [line for line in lines if line.payment_id]
+    assert len({line.payment_id for line in credited}) == len(credited)  # one payment per credited entry

@@ -318,3 +318,15 @@ def test_the_list_runs_the_same_queries_for_3_or_10_requests(
         ask(device, agent_a, kind="release")
     with django_assert_max_num_queries(queries_for_three):
         assert client.get(url).content.decode().count("Permanent release") == 10
+
+
+def test_an_unlock_cannot_borrow_the_justification_of_a_case_about_another_phone(provider_a, agent_a):
+    from support.services import case_open, unlock_request_create
+
+    first, second = make_contract(provider_a), make_contract(provider_a)
+    case = case_open(provider=provider_a, category="dispute", opened_by=agent_a, summary="Wrong amount", contract=first)
+    with pytest.raises(ValidationError) as refused:
+        unlock_request_create(
+            device=second.device, kind="release", requested_by=agent_a, reason="See the case", case=case
+        )
+    assert "another phone" in str(refused.value)
