@@ -85,6 +85,7 @@ def _import_line(*, record: StatementImport, provider, line, summary: dict, acto
         entry_external_id,
         entry_received_at,
         not_credited_note,
+        statement_line_fields,
     )
     from payments.services import payment_ingest
 
@@ -99,20 +100,7 @@ def _import_line(*, record: StatementImport, provider, line, summary: dict, acto
             stored = StatementLine.objects.create(
                 statement_import=record,
                 provider=provider,
-                fingerprint=line.fingerprint,
-                line_no=line.line_no,
-                booking_date=line.booking_date,
-                value_date=line.value_date,
-                amount=line.amount,
-                currency=line.currency,
-                direction=line.direction,
-                is_return=line.is_return,
-                reference=line.reference[:500],
-                end_to_end_id=line.end_to_end_id[:100],
-                creditor_reference=line.creditor_reference[:100],
-                bank_reference=line.bank_reference[:100],
-                counterparty_name=line.counterparty_name[:200],
-                counterparty_account=line.counterparty_account[:100],
+                **statement_line_fields(line),
                 note="" if line.direction == "credit" and not line.is_return else NOT_CREDITED_DEBIT,
             )
             if stored.note:

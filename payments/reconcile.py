@@ -100,27 +100,24 @@ def not_credited_note(error: ValidationError) -> str:
     return f"Not credited: {reasons}"[:300]
 
 
-def _stored_line(*, record, provider, line, note: str = "", payment=None) -> StatementLine:
-    return StatementLine(
-        statement_import=record,
-        provider=provider,
-        fingerprint=line.fingerprint,
-        line_no=line.line_no,
-        booking_date=line.booking_date,
-        value_date=line.value_date,
-        amount=line.amount,
-        currency=line.currency,
-        direction=line.direction,
-        is_return=line.is_return,
-        reference=line.reference[:500],
-        end_to_end_id=line.end_to_end_id[:100],
-        creditor_reference=line.creditor_reference[:100],
-        bank_reference=line.bank_reference[:100],
-        counterparty_name=line.counterparty_name[:200],
-        counterparty_account=line.counterparty_account[:100],
-        note=note,
-        payment=payment,
-    )
+def statement_line_fields(line) -> dict:
+    """A parsed entry's columns of ``StatementLine``, cut to their lengths (both import paths store these)."""
+    return {
+        "fingerprint": line.fingerprint,
+        "line_no": line.line_no,
+        "booking_date": line.booking_date,
+        "value_date": line.value_date,
+        "amount": line.amount,
+        "currency": line.currency,
+        "direction": line.direction,
+        "is_return": line.is_return,
+        "reference": line.reference[:500],
+        "end_to_end_id": line.end_to_end_id[:100],
+        "creditor_reference": line.creditor_reference[:100],
+        "bank_reference": line.bank_reference[:100],
+        "counterparty_name": line.counterparty_name[:200],
+        "counterparty_account": line.counterparty_account[:100],
+    }
 
 
 def _set_columns(model, objects: list, columns: dict[str, str]) -> None:
@@ -440,20 +437,7 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
                     "id": pk,
                     "statement_import_id": record.pk,
                     "provider_id": provider.pk,
-                    "fingerprint": line.fingerprint,
-                    "line_no": line.line_no,
-                    "booking_date": line.booking_date,
-                    "value_date": line.value_date,
-                    "amount": line.amount,
-                    "currency": line.currency,
-                    "direction": line.direction,
-                    "is_return": line.is_return,
-                    "reference": line.reference[:500],
-                    "end_to_end_id": line.end_to_end_id[:100],
-                    "creditor_reference": line.creditor_reference[:100],
-                    "bank_reference": line.bank_reference[:100],
-                    "counterparty_name": line.counterparty_name[:200],
-                    "counterparty_account": line.counterparty_account[:100],
+                    **statement_line_fields(line),
                     "note": stored[line.fingerprint][0],
                     "payment_id": stored[line.fingerprint][1],
                 }
