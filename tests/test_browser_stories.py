@@ -78,7 +78,8 @@ def test_an_agent_finds_a_locked_phone_by_a_local_number_records_a_payment_from_
 
     browser_sign_in(page, live_server.url, agent_a)
     page.goto(f"{live_server.url}/console/")
-    page.keyboard.type(local_number)  # the search box has the focus
+    page.wait_for_function("document.activeElement && document.activeElement.name === 'q'")  # focus is in the box
+    page.fill("input[name=q]", local_number)
     page.keyboard.press("Enter")
     page.wait_for_url(f"**/console/devices/{contract.device_id}/")
     assert contract.number in page.content()
