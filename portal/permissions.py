@@ -75,7 +75,14 @@ ROLE_RIGHTS: dict[str, frozenset[Right]] = {
     Role.OPERATOR: frozenset({Right.VIEW_DEVICES, Right.MANAGE_ORGANISATIONS, Right.VIEW_AUDIT}),
     Role.AUDITOR: frozenset({Right.VIEW_DEVICES, Right.VIEW_FINANCE, Right.VIEW_AUDIT}),
     API_CLIENT_ROLE: frozenset(
-        {Right.VIEW_DEVICES, Right.VIEW_FINANCE, Right.MANAGE_DEVICES, Right.MANAGE_CONTRACTS, Right.RECORD_PAYMENTS}
+        {
+            Right.VIEW_DEVICES,
+            Right.VIEW_FINANCE,
+            Right.MANAGE_DEVICES,
+            Right.MANAGE_CONTRACTS,
+            Right.RECORD_PAYMENTS,
+            Right.IMPORT_STATEMENTS,  # a provider's finance system uploads its bank statements
+        }
     ),
 }
 

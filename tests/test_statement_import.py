@@ -283,3 +283,38 @@ def test_a_camt_file_on_one_line_is_credited_in_batches_all_the_same(db, monkeyp
     assert all(line.payment_id or line.note for line in lines)
     credited = [line for line in lines if line.payment_id]
     assert len({line.payment_id for line in credited}) == len(credited)  # one payment per credited entry
+
+
+# --- the API: a provider's finance system uploads its statements --------------------------------
+
+
+def test_a_providers_system_uploads_a_statement_through_the_api_and_follows_it(
+    berlin, django_capture_on_commit_callbacks
+):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from rest_framework.test import APIClient
+
+    from portal.services import api_key_create
+
+    today = berlin.today()
+    make_contract(berlin, number="BP-0042", first_due_date=today - dt.timedelta(days=10))
+    raw = "\n".join([HEADER, csv_line("500,00", "Rate BP-0042", "E2E-API-1", today)]).encode("utf-8")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_create(provider=berlin, name='erp')[1]}")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        accepted = api.post("/api/v1/statements/", {"file": SimpleUploadedFile("june.csv", raw)}, format="multipart")
+    assert accepted.status_code == 202, accepted.json()
+    followed = api.get(f"/api/v1/statements/{accepted.json()['id']}/").json()
+    assert followed["status"] == "done"
+    assert (followed["summary"]["credits"], followed["summary"]["matched"]) == (1, 1)
+    assert [s["id"] for s in api.get("/api/v1/statements/").json()["results"]] == [accepted.json()["id"]]
+
+    empty = api.post("/api/v1/statements/", {"file": SimpleUploadedFile("e.csv", b"")}, format="multipart")
+    assert empty.status_code == 400 and "file" in empty.json()["errors"]
+
+
+def test_another_providers_statement_import_is_404_in_the_api(berlin, api_b):
+    record = statement_import_create(provider=berlin, filename="s.sta", raw=b":20:X\n", actor=None)
+    assert api_b.get(f"/api/v1/statements/{record.pk}/").status_code == 404
+    assert api_b.get("/api/v1/statements/").json()["results"] == []

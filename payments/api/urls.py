@@ -25,6 +25,8 @@ urlpatterns = [
     path("payments/", views.PaymentListCreateView.as_view(), name="api-payments"),
     path("payments/<int:pk>/", views.PaymentDetailView.as_view(), name="api-payment"),
     path("contracts/", views.ContractListCreateView.as_view(), name="api-contracts"),
+    path("statements/", views.StatementListCreateView.as_view(), name="api-statements"),
+    path("statements/<int:pk>/", views.StatementDetailView.as_view(), name="api-statement"),
     # Safaricom Daraja C2B callbacks (payments/api/mpesa_views.py).
     # Safaricom refuses to register callback URLs containing words such as "mpesa" or
     # "safaricom", hence the neutral /c2b/ paths.

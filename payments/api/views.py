@@ -5,9 +5,9 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import generics, status
+from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from devices.models import Device
@@ -19,7 +19,7 @@ from payments.api.serializers import (
     PaymentCreateSerializer,
     PaymentSerializer,
 )
-from payments.models import ChannelKind, Contract, ContractStatus, Payment, PaymentStatus
+from payments.models import ChannelKind, Contract, ContractStatus, Payment, PaymentStatus, StatementImport
 from payments.selectors import contracts_with_totals
 from payments.services import PaymentConflict, contract_create, customer_create, payment_ingest
 from portal.api.pagination import NewestFirstPagination
@@ -192,3 +192,99 @@ class PaymentDetailView(generics.RetrieveAPIView):
             Payment.objects.select_related("contract").prefetch_related("allocations__installment"),
             self.request.user,
         )
+
+
+# --- statements: a provider's system uploads its bank statements --------------------------------
+
+
+class StatementUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="MT940, camt.053/054 (XML) or a CSV export; up to 50 MB.")
+    format = serializers.ChoiceField(
+        choices=["", "mt940", "camt053", "camt054", "csv"],
+        required=False,
+        default="",
+        help_text="Empty: detected from the content.",
+    )
+    csv_mapping = serializers.CharField(
+        required=False, allow_blank=True, default="", max_length=60, help_text="A saved CSV column mapping's name."
+    )
+
+
+class StatementImportSerializer(serializers.ModelSerializer):
+    summary = serializers.JSONField(
+        read_only=True,
+        help_text="When done: rows, credits, debits, returns, duplicates, errors, matched, unmatched, "
+        "not_credited, and error_lines (line, reason) for what could not be read.",
+    )
+
+    class Meta:
+        model = StatementImport
+        fields = [
+            "id",
+            "filename",
+            "format",
+            "status",
+            "total_lines",
+            "processed_lines",
+            "summary",
+            "error",
+            "created_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class StatementListCreateView(generics.ListCreateAPIView):
+    """Upload a bank statement for import (202; the import runs in the background), or list the imports."""
+
+    serializer_class = StatementImportSerializer
+    pagination_class = NewestFirstPagination
+    parser_classes = [MultiPartParser]
+    required_rights = {"GET": Right.IMPORT_STATEMENTS, "POST": Right.IMPORT_STATEMENTS}
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return StatementImport.objects.none()
+        return scope(StatementImport.objects.all(), self.request.user)
+
+    @extend_schema(
+        request={"multipart/form-data": StatementUploadSerializer},
+        responses={
+            202: OpenApiResponse(StatementImportSerializer, description="Stored; follow it at its URL."),
+            400: OpenApiResponse(ErrorSerializer, description="Empty or oversized file, unknown mapping or format."),
+        },
+    )
+    def post(self, request, *args, **kwargs):
+        from payments.imports import statement_import_create
+        from payments.tasks import import_statement
+
+        form = StatementUploadSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        upload = form.validated_data["file"]
+        try:
+            record = statement_import_create(
+                provider=request.user.organisation,
+                filename=upload.name,
+                raw=upload.read(),
+                actor=request.user,
+                format=form.validated_data["format"] or None,
+                csv_mapping=form.validated_data["csv_mapping"],
+                ip_address=client_ip(request),
+            )
+        except DjangoValidationError as exc:
+            raise ValidationError(exc.message_dict) from None
+        transaction.on_commit(lambda: import_statement.delay(record.pk))
+        record.refresh_from_db()
+        return Response(StatementImportSerializer(record).data, status=status.HTTP_202_ACCEPTED)
+
+
+class StatementDetailView(generics.RetrieveAPIView):
+    """One statement import: its status, progress and, when done, its summary."""
+
+    serializer_class = StatementImportSerializer
+    required_rights = {"GET": Right.IMPORT_STATEMENTS}
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return StatementImport.objects.none()
+        return scope(StatementImport.objects.all(), self.request.user)
