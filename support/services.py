@@ -528,6 +528,29 @@ def _check_approver(unlock: UnlockRequest, approver: User) -> None:
         )
 
 
+#: How long an account someone set up (created, or sent a set-password link) cannot approve their unlocks.
+SET_UP_BY_REQUESTER_DAYS = 30
+
+
+def _check_not_set_up_by_requester(unlock: UnlockRequest, approver: User) -> None:
+    """Four eyes means two people: an admin could otherwise create (or take over through a
+    set-password link) a second account and approve their own request with it."""
+    from portal.models import AuditEvent
+
+    set_up = AuditEvent.objects.filter(
+        action__in=("staff.create", "staff.password_link"),
+        object_type=approver._meta.label,
+        object_id=str(approver.pk),
+        actor_id=unlock.requested_by_id,
+        created_at__gte=timezone.now() - dt.timedelta(days=SET_UP_BY_REQUESTER_DAYS),
+    ).exists()
+    if set_up:
+        raise PermissionDenied(
+            "The person who asked for this unlock set up your account recently, so another colleague must approve it "
+            "(four eyes)."
+        )
+
+
 def _claim(unlock: UnlockRequest, approver: User, status: str, note: str, now: dt.datetime) -> None:
     """Move the request out of pending, or tell the caller who did first."""
     # Race: two approvers clicking at once. The conditional UPDATE lets exactly one
@@ -566,6 +589,7 @@ def unlock_request_approve(
     from payments.sweep import apply_decisions
 
     _check_approver(unlock_request, approver)
+    _check_not_set_up_by_requester(unlock_request, approver)
     note = (note or "").strip()[:300]
     now = now or timezone.now()
     token = None

@@ -35,7 +35,7 @@ from support.services import (
     unlock_request_create,
     unlock_request_reject,
 )
-from tests.factories import DeviceFactory, make_contract
+from tests.factories import DeviceFactory, UserFactory, make_contract
 
 # Tuesday 17 Feb 2026, 10:00 in Colombo: the 15 Jan installment is 33 days late.
 TUESDAY_MORNING = dt.datetime(2026, 2, 17, 4, 30, tzinfo=dt.UTC)
@@ -134,6 +134,24 @@ def test_nobody_approves_their_own_request(locked, admin_a):
     request.refresh_from_db()
     assert request.status == "pending" and not LockOverride.objects.exists()
     assert newest_command(locked.device_id).state == "locked"
+
+
+def test_an_account_the_requester_set_up_cannot_approve_their_request(locked, admin_a, finance_a):
+    """Four eyes means two people: a second account of the requester's making is not a second person."""
+    from portal.services import staff_create
+
+    sidekick, _link = staff_create(
+        organisation=admin_a.organisation, username="a.sidekick", role="provider_admin", actor=admin_a
+    )
+    request = ask(locked.device, admin_a)
+
+    with pytest.raises(PermissionDenied) as exc:
+        unlock_request_approve(unlock_request=request, approver=sidekick, now=TUESDAY_MORNING)
+    assert "set up your account" in str(exc.value)
+    request.refresh_from_db()
+    assert request.status == "pending"
+    colleague = UserFactory(username="a.colleague", organisation=admin_a.organisation, role="provider_admin")
+    assert unlock_request_approve(unlock_request=request, approver=colleague, now=TUESDAY_MORNING).unlock_request
 
 
 def test_the_requester_is_told_on_the_page_that_someone_else_must_approve(overdue_now, admin_a, as_user):
