@@ -19,7 +19,6 @@ Privacy rules, enforced here and held by tests/test_self_service.py:
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import hmac
 import re
@@ -34,13 +33,13 @@ from django.http import HttpResponse
 from django.shortcuts import render
 from django.utils import timezone, translation
 from django.utils.cache import patch_vary_headers
-from django.utils.translation import gettext, gettext_lazy
+from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods
 
 from devices.models import Device, LockState
-from payments.lockscreen import DEFAULT_TEXTS, ProviderScreenData, screen_build
+from payments.lockscreen import ProviderScreenData, screen_build
 from payments.models import ChannelKind, Contract, ContractStatus, Customer, Installment, contract_number_key
 from payments.selectors import contract_position
 from payments.services import parse_phone
@@ -225,30 +224,6 @@ def _decoy_contract() -> Contract:
     )
 
 
-def _screen_data(provider: Organisation, lang: str) -> ProviderScreenData:
-    """The provider's lock-screen data, with the built-in wording translated into ``lang`` when the
-    provider has no text of its own in that language (the translations are in payments/locale)."""
-    data = ProviderScreenData.load(provider)
-    if lang not in data.texts:
-        english = DEFAULT_TEXTS["en"]
-        with translation.override(lang):
-            translated = {name: gettext(text) for name, text in english.items()}
-        if translated != english:
-            data.texts[lang] = translated
-    return data
-
-
-def _read_in(contract: Contract, lang: str) -> Contract:
-    """The contract as ``screen_build`` should read it for this page: in the page's language.
-
-    ``screen_build`` picks the language from the customer; a copy with a stand-in customer that
-    carries only the language (no name, no phone) leaves the real objects untouched.
-    """
-    view = copy.copy(contract)
-    view.customer = Customer(pk=contract.customer_id, provider_id=contract.provider_id, preferred_language=lang)
-    return view
-
-
 def _day(value: dt.date | None, lang: str) -> str:
     return format_date(value, format="long", locale=_DATE_LOCALES[lang]) if value else ""
 
@@ -270,8 +245,9 @@ def _phone_status(contract: Contract | None, *, lang: str, now: dt.datetime) -> 
     )
     provider = contract.provider
     decision = decide_contract(contract, rules=policy_rules(provider), now=now)
-    data = _screen_data(provider, lang)
-    screen = screen_build(data=data, contract=_read_in(contract, lang), decision=decision)
+    # ProviderScreenData carries the built-in wording translated for every language (payments/locale).
+    data = ProviderScreenData.load(provider)
+    screen = screen_build(data=data, contract=contract, decision=decision, language=lang)
     position = contract_position(contract, today=provider.today(now), installments=contract.installments.all())
     if not found:
         return None
