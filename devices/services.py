@@ -33,6 +33,7 @@ from devices.models import (
     normalise_imei,
 )
 from devices.protocol import PROTOCOL_VERSION, STATES, sign, topic_for
+from portal.four_eyes import four_eyes_check
 from portal.models import Organisation, OrganisationKind, User
 from portal.permissions import Right, has_right, visible_provider_ids
 from portal.services import AuditEntry, audit_record, audit_record_many, snapshot
@@ -919,6 +920,7 @@ def offline_code_issue(
         raise PermissionDenied("The approver's role does not allow approving an unlock.")
     if requested_by.pk == approved_by.pk:
         raise PermissionDenied("An offline code needs a second person to approve it.")
+    four_eyes_check(requester=requested_by, approver=approved_by)
     with transaction.atomic():
         # Race: two codes issued at once would read the same counter and produce
         # tokens for the same count, of which the phone accepts only one.

@@ -243,6 +243,10 @@ AXES_ENABLED = env_bool("AXES_ENABLED", True)
 
 OTP_TOTP_ISSUER = "finlock"
 
+# Four eyes (portal/four_eyes.py): account set-ups (create, set-password link, re-activation, role
+# change, a password set in the Django admin) of this many days link two accounts as possibly one person.
+FOUR_EYES_LOOKBACK_DAYS = env_int("FOUR_EYES_LOOKBACK_DAYS", 30, minimum=1)
+
 # Idle sessions expire: every request renews the cookie, so SESSION_COOKIE_AGE
 # is the idle timeout; closing the browser ends the session too.
 SESSION_COOKIE_AGE = env_int("SESSION_IDLE_MINUTES", 30, minimum=1) * 60

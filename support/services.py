@@ -20,6 +20,7 @@ from django.utils import timezone
 from devices.models import Device, LockState, OfflineCodeKind
 from payments.models import Contract, ContractStatus, LockOverride, LockPolicy, OverrideKind
 from payments.uploads import CheckedProof
+from portal.four_eyes import four_eyes_check
 from portal.models import Organisation, OrganisationKind, User
 from portal.permissions import ROLE_RIGHTS, Right, has_right, require, visible_provider_ids
 from portal.services import audit_record, snapshot
@@ -528,29 +529,6 @@ def _check_approver(unlock: UnlockRequest, approver: User) -> None:
         )
 
 
-#: How long an account someone set up (created, or sent a set-password link) cannot approve their unlocks.
-SET_UP_BY_REQUESTER_DAYS = 30
-
-
-def _check_not_set_up_by_requester(unlock: UnlockRequest, approver: User) -> None:
-    """Four eyes means two people: an admin could otherwise create (or take over through a
-    set-password link) a second account and approve their own request with it."""
-    from portal.models import AuditEvent
-
-    set_up = AuditEvent.objects.filter(
-        action__in=("staff.create", "staff.password_link"),
-        object_type=approver._meta.label,
-        object_id=str(approver.pk),
-        actor_id=unlock.requested_by_id,
-        created_at__gte=timezone.now() - dt.timedelta(days=SET_UP_BY_REQUESTER_DAYS),
-    ).exists()
-    if set_up:
-        raise PermissionDenied(
-            "The person who asked for this unlock set up your account recently, so another colleague must approve it "
-            "(four eyes)."
-        )
-
-
 def _claim(unlock: UnlockRequest, approver: User, status: str, note: str, now: dt.datetime) -> None:
     """Move the request out of pending, or tell the caller who did first."""
     # Race: two approvers clicking at once. The conditional UPDATE lets exactly one
@@ -589,7 +567,8 @@ def unlock_request_approve(
     from payments.sweep import apply_decisions
 
     _check_approver(unlock_request, approver)
-    _check_not_set_up_by_requester(unlock_request, approver)
+    # Two accounts of one person are not two people; a rejection changes nothing, so only approval is checked.
+    four_eyes_check(requester=unlock_request.requested_by, approver=approver)
     note = (note or "").strip()[:300]
     now = now or timezone.now()
     token = None
