@@ -156,9 +156,10 @@ LOCK_SWEEP_SECONDS = env_int("LOCK_SWEEP_SECONDS", 300, minimum=10)
 # Check-in times are buffered in Redis and written to the devices every CHECKIN_FLUSH_SECONDS.
 CHECKIN_CACHE_SECONDS = env_int("CHECKIN_CACHE_SECONDS", 1800, minimum=0)
 CHECKIN_FLUSH_SECONDS = env_int("CHECKIN_FLUSH_SECONDS", 15, minimum=1)
-# A process answers a phone it answered less than this long ago from memory (0: never),
-# keeping at most CHECKIN_LOCAL_ENTRIES phones; a change made elsewhere reaches such a
-# phone's check-in at most this late (pushes are not delayed).
+# A process keeps the answer of a phone it answered less than this long ago in memory
+# (0: never), for at most CHECKIN_LOCAL_ENTRIES phones, so it need not fetch the record
+# again; every such answer is still checked against the device's generation and counted
+# in Redis (one small round trip), so it is never older than the Redis record.
 CHECKIN_LOCAL_SECONDS = env_float("CHECKIN_LOCAL_SECONDS", 1.0, minimum=0.0, maximum=10.0)
 CHECKIN_LOCAL_ENTRIES = env_int("CHECKIN_LOCAL_ENTRIES", 10_000, minimum=1)
 CELERY_BEAT_SCHEDULE = {
