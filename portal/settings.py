@@ -355,6 +355,11 @@ SPECTACULAR_SETTINGS = {
 # Device API (/api/device/v1/): requests per device (check-in, ack) and enrolments per client address.
 DEVICE_API_RATE = env_rate("DEVICE_API_RATE", "120/min")
 DEVICE_ENROLL_RATE = env_rate("DEVICE_ENROLL_RATE", "60/min")
+# Enrolment proofs (docs/lock-pipeline.md, "Enrolment"): how long a challenge from
+# POST enroll/challenge may be signed and used, and how long a re-enrolment code staff
+# issue for a phone that lost its device key stays usable (once).
+DEVICE_ENROLL_CHALLENGE_SECONDS = env_int("DEVICE_ENROLL_CHALLENGE_SECONDS", 300, minimum=30)
+DEVICE_REENROLL_CODE_MINUTES = env_int("DEVICE_REENROLL_CODE_MINUTES", 30, minimum=1)
 
 # Bulk device upload: the largest CSV accepted in one request.
 BULK_UPLOAD_MAX_ROWS = env_int("BULK_UPLOAD_MAX_ROWS", 100_000, minimum=1)

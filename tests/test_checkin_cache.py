@@ -19,12 +19,19 @@ from __future__ import annotations
 import time
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from devices import checkin_cache, protocol
-from devices.services import StateChange, device_checkins_flush, device_states_apply, enrollment_token_create
-from tests.factories import DeviceFactory
+from devices.services import (
+    StateChange,
+    device_checkins_flush,
+    device_states_apply,
+    enrollment_challenge_issue,
+    enrollment_token_create,
+)
+from tests.factories import DeviceFactory, enrolment_body
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db]
 
@@ -53,8 +60,16 @@ def phone(provider_a):
     return DeviceFactory(provider=provider_a)
 
 
+#: Each test phone's device key, kept as a phone keeps it in reset-protected storage: it signs re-enrolments.
+_keys: dict[str, Ed25519PrivateKey] = {}
+
+
 def enroll(imei, token):
-    response = APIClient().post(ENROLL, {"imei": imei, "enrollment_token": token, "app_version": "1.0"}, format="json")
+    key = _keys.setdefault(imei, Ed25519PrivateKey.generate())
+    body = enrolment_body(
+        imei=imei, token=token, key=key, challenge=enrollment_challenge_issue()["challenge"], app_version="1.0"
+    )
+    response = APIClient().post(ENROLL, body, format="json")
     assert response.status_code == 201, response.json()
     return response.json()
 

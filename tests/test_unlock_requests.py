@@ -24,7 +24,7 @@ from django.urls import reverse
 from devices.keys import public_keys
 from devices.models import Device, DeviceCommand
 from devices.protocol import verify
-from devices.services import device_enroll, enrollment_token_create
+from devices.services import enrollment_token_create
 from payments.models import Contract, LockOverride
 from payments.services import lock_policy_update, lock_sweep
 from portal.models import AuditEvent
@@ -35,7 +35,7 @@ from support.services import (
     unlock_request_create,
     unlock_request_reject,
 )
-from tests.factories import DeviceFactory, UserFactory, make_contract
+from tests.factories import DeviceFactory, UserFactory, enrol_device, make_contract
 
 # Tuesday 17 Feb 2026, 10:00 in Colombo: the 15 Jan installment is 33 days late.
 TUESDAY_MORNING = dt.datetime(2026, 2, 17, 4, 30, tzinfo=dt.UTC)
@@ -229,7 +229,7 @@ def test_a_retail_unit_without_a_contract_can_be_released(provider_a, agent_a, a
 @pytest.fixture
 def enrolled(overdue_now, provider_a):
     _token, secret = enrollment_token_create(provider=provider_a, name="shop", actor=None)
-    device_enroll(imei=overdue_now.device.imei, token_secret=secret, app_version="1.0")
+    enrol_device(overdue_now.device.imei, secret)
     overdue_now.device.refresh_from_db()
     return overdue_now.device
 
