@@ -26,6 +26,7 @@ import base64
 import datetime as dt
 import json
 import re
+from pathlib import Path
 
 import openpaygo
 import pytest
@@ -39,6 +40,7 @@ from rest_framework.test import APIClient
 from devices.agent.offline import apply_code
 from devices.agent.state import OfflineState
 from devices.models import Device
+from devices.protocol import enrollment_message
 from devices.services import (
     device_reenrollment_code_issue,
     enrollment_challenge_issue,
@@ -390,3 +392,19 @@ def test_the_challenge_needs_nothing_answers_everyone_alike_and_is_rate_limited(
     assert all(set(b) == {"challenge", "expires_in"} and b["expires_in"] == 300 for b in bodies)
     assert len({b["challenge"] for b in bodies}) == 3 and len({len(b["challenge"]) for b in bodies}) == 1
     assert throttled.status_code == 429
+
+
+def test_the_worked_example_in_the_protocol_page_is_exactly_what_is_signed():
+    """docs/lock-pipeline.md ("Enrolment") gives implementers bytes to check their own code against."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "lock-pipeline.md").read_text()
+    row = dict(re.findall(r"^\| (seed \(base64\)|`device_key`|`challenge`|`signature`) \| `([^`]+)` \|$", page, re.M))
+    key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(row["seed (base64)"]))
+    message = enrollment_message(challenge=row["`challenge`"], imei="351234560000648", device_key=row["`device_key`"])
+
+    assert device_key_b64(key) == row["`device_key`"]
+    assert len(message) == 155 and f"message ({len(message)} bytes)" in page
+    assert (
+        message
+        == b"finlock-enroll-v1\n" + row["`challenge`"].encode() + b"\n351234560000648\n" + row["`device_key`"].encode()
+    )
+    assert base64.b64encode(key.sign(message)).decode() == row["`signature`"]  # Ed25519 is deterministic
