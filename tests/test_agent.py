@@ -497,7 +497,6 @@ def test_after_a_reset_an_older_command_is_refused_even_as_the_first_one_after_e
     agent.handle_envelope(old_unlock)
     agent.handle_envelope(provider.envelope("locked"))
     agent.factory_reset()
-    assert agent.protected.last_seq == 2
 
     provider.enrol(agent)  # enrolled again; whoever answers first replays the old unlock
     outcome = agent.handle_envelope(old_unlock)
@@ -505,6 +504,7 @@ def test_after_a_reset_an_older_command_is_refused_even_as_the_first_one_after_e
     assert outcome.status == "rejected" and "applied before a reset" in outcome.reason
     assert agent.view().state == "locked"
     assert agent.handle_envelope(provider.envelope("unlocked")).accepted  # a newer command still applies
+    assert agent.protected.last_seq == 3
 
 
 def test_a_phone_re_provisioned_under_a_new_identity_does_not_keep_the_old_lock(tmp_path, clock):
