@@ -251,3 +251,27 @@ class OfflineCode(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} for {self.device_id}"
+
+
+class MqttAccount(models.Model):
+    """A phone's account on the MQTT broker, and whether the broker has its current password.
+
+    Created when an enrolment hands the phone an MQTT credential (``devices/mqtt_accounts.py``).
+    No password is stored: it is derived from the device's credential digest, so
+    ``synced_digest`` (the digest whose password the broker was last given) is all it
+    takes to know whether the broker is behind the enrolment, and to retry.
+    """
+
+    device = models.OneToOneField(Device, on_delete=models.CASCADE, primary_key=True, related_name="mqtt_account")
+    synced_digest = models.CharField(max_length=64, blank=True, editable=False)
+    # The broker confirmed the account (client and role) exists: a re-enrolment only changes its password.
+    exists = models.BooleanField(default=False, editable=False)
+    synced_at = models.DateTimeField(null=True, blank=True, editable=False)
+    attempted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.CharField(max_length=500, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = _("MQTT account")
+
+    def __str__(self) -> str:
+        return f"MQTT account of {self.device_id}"

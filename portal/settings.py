@@ -183,9 +183,43 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 30.0,
         "options": {"expires": 25},
     },
+    # Phones' broker accounts not yet in sync with their enrolment (devices/mqtt_accounts.py),
+    # e.g. because Mosquitto was down when the phone enrolled. Does nothing without MQTT_PROVISION_URL.
+    "devices.sync-mqtt-accounts": {
+        "task": "devices.sync_mqtt_accounts",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
 }
 
+# --- MQTT (devices/delivery.py, devices/mqtt_accounts.py, deploy/mosquitto/) --
+# MQTT_URL: the broker and finlock's publishing account, mqtt://finlock:<password>@host:1883.
+# MQTT_PROVISION_URL: the account that creates phones' accounts through Mosquitto's
+# dynamic-security plugin; set, every enrolment answer carries the phone's own MQTT
+# credential (username: the device uid; password: HMAC-SHA256 with MQTT_PHONE_PASSWORD_KEY
+# over the uid and the phone's credential digest, never stored). Unset (development, an
+# anonymous broker): phones get no MQTT credential and connect as before.
 MQTT_URL = env_url("MQTT_URL", schemes=("mqtt", "mqtts"))
+MQTT_PROVISION_URL = env_url("MQTT_PROVISION_URL", schemes=("mqtt", "mqtts"), credentials=True)
+MQTT_PHONE_PASSWORD_KEY = env_str("MQTT_PHONE_PASSWORD_KEY")
+if MQTT_PROVISION_URL:
+    if not MQTT_URL:
+        raise ImproperEnvironment("MQTT_PROVISION_URL needs MQTT_URL (the broker and finlock's publishing account)")
+    if not MQTT_PHONE_PASSWORD_KEY or len(MQTT_PHONE_PASSWORD_KEY) < 32:
+        raise ImproperEnvironment(
+            "MQTT_PHONE_PASSWORD_KEY must be set, at least 32 characters, when MQTT_PROVISION_URL is "
+            "(phones' MQTT passwords are derived from it; python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+if MQTT_URL and not DEBUG:
+    # Production: the broker must refuse anonymous clients (deploy/mosquitto/finlock.conf), so
+    # finlock signs in, and phones get accounts of their own; an anonymous broker lets anyone
+    # read every phone's commands and publish forged ones to them.
+    env_url("MQTT_URL", schemes=("mqtt", "mqtts"), credentials=True)
+    if not MQTT_PROVISION_URL:
+        raise ImproperEnvironment(
+            "MQTT_PROVISION_URL must be set when DEBUG is off and MQTT_URL is: phones need broker accounts "
+            "of their own (see deploy/mosquitto/ and ./dev mqtt_setup)"
+        )
 
 # --- Command delivery (devices/delivery.py) ----------------------------------
 # A failed push round is retried after min(cap, base * 2**(n-1)) seconds times a

@@ -29,6 +29,8 @@ def test_typed_helpers_fail_fast_naming_the_variable(monkeypatch):
 
 def _manage(*args, env):
     unset = {"DATABASE_URL", "DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DEVICE_SIGNING_KEY", "DEVICE_SIGNING_PUBLIC_KEYS"}
+    # The run's own broker settings (CI exports an anonymous MQTT_URL) are not the deployment's under test.
+    unset |= {"MQTT_URL", "MQTT_PROVISION_URL", "MQTT_PHONE_PASSWORD_KEY"}
     base = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=base | env, capture_output=True, text=True, timeout=120
