@@ -161,6 +161,12 @@ CHECKIN_FLUSH_SECONDS = env_int("CHECKIN_FLUSH_SECONDS", 15, minimum=1)
 # phone's check-in at most this late (pushes are not delayed).
 CHECKIN_LOCAL_SECONDS = env_float("CHECKIN_LOCAL_SECONDS", 1.0, minimum=0.0, maximum=10.0)
 CHECKIN_LOCAL_ENTRIES = env_int("CHECKIN_LOCAL_ENTRIES", 10_000, minimum=1)
+# A signed checkpoint of the audit chain head (JSON Lines) is appended here and logged every
+# AUDIT_CHECKPOINT_MINUTES, and after every AUDIT_CHECKPOINT_EVENTS new events (0: only
+# on the clock). Keep the file, or the logged lines, where the database's users cannot write.
+AUDIT_CHECKPOINT_FILE = Path(env_str("AUDIT_CHECKPOINT_FILE", str(VAR_DIR / "audit-checkpoints.jsonl")))
+AUDIT_CHECKPOINT_MINUTES = env_int("AUDIT_CHECKPOINT_MINUTES", 5, minimum=1)
+AUDIT_CHECKPOINT_EVENTS = env_int("AUDIT_CHECKPOINT_EVENTS", 1000, minimum=0)
 CELERY_BEAT_SCHEDULE = {
     "lock-sweep": {"task": "payments.lock_sweep", "schedule": LOCK_SWEEP_SECONDS},
     # Re-queues undelivered device commands whose next attempt is due, so a broker or
@@ -189,6 +195,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "devices.sync_mqtt_accounts",
         "schedule": 60.0,
         "options": {"expires": 55},
+    },
+    # A signed checkpoint of the audit chain head outside the database (portal/services.py).
+    "portal.audit-checkpoint": {
+        "task": "portal.audit_checkpoint",
+        "schedule": AUDIT_CHECKPOINT_MINUTES * 60.0,
+        "options": {"expires": AUDIT_CHECKPOINT_MINUTES * 60 - 5},
     },
 }
 
@@ -251,6 +263,28 @@ if not _signing_keys and not DEBUG:
 DEVICE_SIGNING_KEY = next(iter(_signing_keys.items()), None)
 DEVICE_SIGNING_PUBLIC_KEYS = env_keyed_bytes("DEVICE_SIGNING_PUBLIC_KEYS", length=32)
 DEVICE_SIGNING_KEY_FILE = VAR_DIR / "device-signing-key"
+
+# --- Audit trail keys and checkpoints (portal/audit_keys.py, README "Security model") ---
+# AUDIT_HMAC_KEY=<key_id>:<base64 32 bytes> keys every new audit event's hash (HMAC-SHA256),
+# the chain head and the checkpoints; it lives only in finlock's environment, never in the
+# database. Keys of earlier rotations stay in AUDIT_HMAC_RETIRED_KEYS so their events verify.
+_audit_keys = env_keyed_bytes("AUDIT_HMAC_KEY", length=32)
+if len(_audit_keys) > 1:
+    raise ImproperEnvironment("AUDIT_HMAC_KEY holds exactly one key; list retired ones in AUDIT_HMAC_RETIRED_KEYS")
+if not _audit_keys and not DEBUG:
+    # A generated key in production would differ per host and leave the trail unverifiable.
+    raise ImproperEnvironment(
+        "AUDIT_HMAC_KEY must be set when DEBUG is off "
+        "(create one with: DEBUG=1 python manage.py audit_hmac_key --generate <key_id>)"
+    )
+# (key_id, key), or None: portal.audit_keys then generates a development key into the file below.
+AUDIT_HMAC_KEY = next(iter(_audit_keys.items()), None)
+AUDIT_HMAC_RETIRED_KEYS = env_keyed_bytes("AUDIT_HMAC_RETIRED_KEYS", length=32)
+if AUDIT_HMAC_KEY and AUDIT_HMAC_KEY[0] in AUDIT_HMAC_RETIRED_KEYS:
+    raise ImproperEnvironment(
+        f"AUDIT_HMAC_RETIRED_KEYS must not list the current key id {AUDIT_HMAC_KEY[0]!r}; give a new key a new id"
+    )
+AUDIT_HMAC_KEY_FILE = VAR_DIR / "audit-hmac-key"
 
 # --- Auth and login hardening -----------------------------------------------
 AUTH_USER_MODEL = "portal.User"

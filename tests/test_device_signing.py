@@ -138,7 +138,15 @@ def test_key_variables_are_parsed_and_malformed_values_name_the_variable(monkeyp
 
 
 def _manage_check(env: dict) -> subprocess.CompletedProcess:
-    unset = {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DEVICE_SIGNING_KEY", "DEVICE_SIGNING_PUBLIC_KEYS", "DATABASE_URL"}
+    unset = {
+        "DEBUG",
+        "SECRET_KEY",
+        "ALLOWED_HOSTS",
+        "DEVICE_SIGNING_KEY",
+        "DEVICE_SIGNING_PUBLIC_KEYS",
+        "DATABASE_URL",
+        "AUDIT_HMAC_KEY",
+    }
     base = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=base | env, capture_output=True, text=True, timeout=120
