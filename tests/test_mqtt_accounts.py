@@ -37,7 +37,7 @@ from devices.services import StateChange, device_states_apply, enrollment_token_
 from portal.models import AuditEvent
 from tests.factories import DeviceFactory
 from tests.test_delivery import free_port, wait_for
-from tests.test_settings import _manage
+from tests.test_settings import PRODUCTION, _manage
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "finlock.conf"
@@ -572,13 +572,6 @@ def test_the_agents_status_dump_hides_the_mqtt_password(tmp_path, capsys):
 
 
 # --- configuration ----------------------------------------------------------------------------
-
-PRODUCTION = {
-    "DEBUG": "0",
-    "SECRET_KEY": "x" * 20 + "-production-secret-not-in-the-repo-" + "y" * 20,
-    "ALLOWED_HOSTS": "finlock.example.com",
-    "DEVICE_SIGNING_KEY": "k2026a:" + "A" * 43 + "=",
-}
 
 
 def test_production_refuses_an_anonymous_broker_or_phones_without_accounts(tmp_path):

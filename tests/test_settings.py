@@ -27,20 +27,23 @@ def test_typed_helpers_fail_fast_naming_the_variable(monkeypatch):
         env_url("X_URL", schemes=("postgres",))
 
 
+#: A deployment that starts: every key production requires, valid. Tests add or override.
+PRODUCTION = {
+    "DEBUG": "0",
+    "SECRET_KEY": "x" * 20 + "-production-secret-not-in-the-repo-" + "y" * 20,
+    "ALLOWED_HOSTS": "finlock.example.com",
+    "DEVICE_SIGNING_KEY": "k2026a:" + "A" * 43 + "=",
+    "AUDIT_HMAC_KEY": "audit2026a:" + "B" * 43 + "=",
+}
+
+
 def _manage(*args, env):
-    unset = {
-        "DATABASE_URL",
-        "DEBUG",
-        "SECRET_KEY",
-        "ALLOWED_HOSTS",
-        "DEVICE_SIGNING_KEY",
-        "DEVICE_SIGNING_PUBLIC_KEYS",
-        "AUDIT_HMAC_KEY",
-        "AUDIT_HMAC_RETIRED_KEYS",
-    }
-    # The run's own broker settings (CI exports an anonymous MQTT_URL) are not the deployment's under test.
-    unset |= {"MQTT_URL", "MQTT_PROVISION_URL", "MQTT_PHONE_PASSWORD_KEY"}
-    base = {k: v for k, v in os.environ.items() if k not in unset}
+    """``manage.py <args>`` in a process that sees only ``env`` (plus PATH and HOME), never the run's own settings.
+
+    Starting from an empty environment keeps the deployment under test apart from whatever the
+    test run exports (CI's DATABASE_URL, an anonymous MQTT_URL, ...).
+    """
+    base = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=base | env, capture_output=True, text=True, timeout=120
     )
