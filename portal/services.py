@@ -18,7 +18,7 @@ from portal.models import ApiKey, AuditChainHead, AuditEvent, Organisation, User
 GENESIS_HASH = "0" * 64
 
 # Field names whose values never enter the audit trail in clear.
-REDACTED_FIELDS = {"password", "digest", "national_id_digest", "key", "secret"}
+REDACTED_FIELDS = {"password", "digest", "national_id_digest", "key", "secret", "previous_secret"}
 
 
 def actor_label(actor) -> str:
