@@ -40,7 +40,7 @@ from portal.services import (
     staff_set_active,
 )
 from portal.shell import panels_for
-from portal.webhooks import SECRET_OVERLAP, webhook_create, webhook_event_retry, webhook_secret_rotate
+from portal.webhooks import webhook_create, webhook_event_retry, webhook_secret_rotate
 
 
 class LoginView(auth_views.LoginView):
@@ -411,7 +411,6 @@ def _webhooks_page(request, provider, *, form, new_hook=None, new_secret=None, r
             "new_secret": new_secret,
             "rotated": rotated,
             "events_shown": WEBHOOK_EVENTS_SHOWN,
-            "overlap_hours": int(SECRET_OVERLAP.total_seconds() // 3600),
             "now": timezone.now(),
         },
     )
