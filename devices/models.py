@@ -16,6 +16,7 @@ from stdnum import imei as stdnum_imei
 from stdnum.exceptions import ValidationError as StdnumError
 
 from portal.models import Organisation, OrganisationKind
+from portal.outbound import validate_webhook_secret, webhook_secret_generate
 
 
 def normalise_imei(value: str) -> str:
@@ -212,7 +213,12 @@ class DeliveryAttempt(models.Model):
 
 
 class DeviceGateway(models.Model):
-    """A provider's device-management gateway that receives every command by HTTP webhook."""
+    """A provider's device-management gateway that receives every command by HTTP webhook.
+
+    Each POST is signed the Standard Webhooks way (``portal.outbound``) with ``secret``,
+    ``whsec_<base64 of the HMAC key>``; ``webhook-id`` is ``cmd_<command id>``. A new
+    gateway gets a generated secret (the operator hands it to the provider).
+    """
 
     provider = models.OneToOneField(
         Organisation,
@@ -221,7 +227,15 @@ class DeviceGateway(models.Model):
         limit_choices_to={"kind": OrganisationKind.PROVIDER},
     )
     url = models.URLField(help_text=_("HTTPS endpoint that accepts POSTed command envelopes."))
-    secret = models.CharField(max_length=128, help_text=_("Shared secret for the X-Finlock-Signature HMAC."))
+    secret = models.CharField(
+        max_length=200,
+        default=webhook_secret_generate,
+        validators=[validate_webhook_secret],
+        help_text=_(
+            "Standard Webhooks secret: whsec_ and the base64 of 24 to 64 random bytes (a fresh one is filled in). "
+            "The gateway verifies webhook-signature with it."
+        ),
+    )
     enabled = models.BooleanField(default=True)
 
     def __str__(self) -> str:

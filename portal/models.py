@@ -319,10 +319,19 @@ def _validate_webhook_events(value) -> None:
 class ProviderWebhook(models.Model):
     """An endpoint of a provider's own systems that receives provider events by signed HTTP POST.
 
-    ``secret`` signs every body (``X-Finlock-Signature: sha256=<HMAC-SHA256>``). Unlike an
-    API key it is stored in clear, because finlock must compute the HMAC with it; it is
-    shown to the admin once, at creation, and kept out of the audit trail. ``events`` lists
-    the ``WebhookEventName`` values this endpoint subscribes to.
+    Every POST is signed the Standard Webhooks way (``portal.outbound``): ``webhook-id``,
+    ``webhook-timestamp`` and ``webhook-signature`` over ``"{id}.{timestamp}.{body}"``,
+    keyed with the base64-decoded bytes of ``secret`` (``whsec_<base64>``). Unlike an API
+    key the secret is stored in clear, because finlock must compute the HMAC with it; it
+    is shown to the admin once, at creation or rotation, and kept out of the audit trail.
+
+    Rotation keeps the old secret in ``previous_secret`` until ``previous_secret_until``:
+    meanwhile every POST carries a signature with each, so the receiver can switch
+    without losing an event. ``secret_legacy`` marks a secret issued before finlock
+    followed Standard Webhooks: its key is the UTF-8 bytes of the string the admin was
+    shown (the migration kept the key), so a receiver passes that string's bytes to its
+    verifier, or rotates. ``events`` lists the ``WebhookEventName`` values this endpoint
+    subscribes to.
     """
 
     provider = models.ForeignKey(
@@ -332,7 +341,20 @@ class ProviderWebhook(models.Model):
         limit_choices_to={"kind": OrganisationKind.PROVIDER},
     )
     url = models.URLField(max_length=500, help_text=_("HTTPS endpoint that accepts POSTed JSON events."))
-    secret = models.CharField(max_length=128, editable=False, help_text=_("Shared secret for the HMAC."))
+    secret = models.CharField(
+        max_length=128, editable=False, help_text=_("Standard Webhooks secret (whsec_<base64 of the HMAC key>).")
+    )
+    previous_secret = models.CharField(
+        max_length=128, blank=True, editable=False, help_text=_("The secret before the last rotation.")
+    )
+    previous_secret_until = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text=_("POSTs are also signed with the previous secret until then.")
+    )
+    secret_legacy = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text=_("The secret predates Standard Webhooks: its key is the UTF-8 bytes of the string shown."),
+    )
     events = models.JSONField(default=list, validators=[_validate_webhook_events])
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -344,6 +366,12 @@ class ProviderWebhook(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider.slug} → {self.url}"
+
+    def signing_secrets(self, now) -> list[str]:
+        """The secrets to sign with at ``now``: the current one, and the previous while it is honoured."""
+        if self.previous_secret and self.previous_secret_until and self.previous_secret_until > now:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
 
     def clean(self) -> None:
         from django.conf import settings

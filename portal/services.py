@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 GENESIS_HASH = "0" * 64
 
 # Field names whose values never enter the audit trail in clear.
-REDACTED_FIELDS = {"password", "digest", "national_id_digest", "key", "secret"}
+REDACTED_FIELDS = {"password", "digest", "national_id_digest", "key", "secret", "previous_secret"}
 
 
 def actor_label(actor) -> str:

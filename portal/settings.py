@@ -402,6 +402,19 @@ SPECTACULAR_SETTINGS = {
         "Every object is scoped to the key's provider; another provider's object is 404."
     ),
     "VERSION": "1.0.0",
+    # 3.1: its top-level `webhooks` describe what finlock POSTs to a provider's systems, and its
+    # schemas are JSON Schema 2020-12 (receivers validate event bodies with any JSON Schema library).
+    "OAS_VERSION": "3.1.0",
+    "WEBHOOKS": [
+        "payments.api.webhooks.PAYMENT_MATCHED",
+        "devices.api.webhooks.DEVICE_LOCKED",
+        "devices.api.webhooks.DEVICE_UNLOCKED",
+        "devices.api.webhooks.GATEWAY_COMMAND",
+    ],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",  # the default, kept
+        "portal.api.webhook_schema.add_signing_headers",
+    ],
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
