@@ -24,7 +24,7 @@ from kombu.exceptions import OperationalError
 from openpaygo import TokenType, generate_token
 from openpaygo.token_shared import OpenPAYGOTokenShared
 
-from devices import checkin_cache
+from devices import checkin_cache, mqtt_accounts
 from devices.keys import current_signer, public_keys
 from devices.models import (
     Device,
@@ -791,6 +791,8 @@ class Enrollment:
     offline: dict | None
     mqtt_topic: str
     envelope: dict
+    # The phone's own MQTT account ({"username", "password"}), or None without phone accounts.
+    mqtt: dict | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -799,6 +801,7 @@ class Enrollment:
             "server_keys": self.server_keys,
             "offline": self.offline,
             "mqtt_topic": self.mqtt_topic,
+            "mqtt": self.mqtt,
             "envelope": self.envelope,
         }
 
@@ -1023,6 +1026,8 @@ def _enrol(
         offline=offline,
         mqtt_topic=topic_for(str(device.uid)),
         envelope=device_current_envelope(device),
+        # Its MQTT password follows the new credential; the broker is told after commit.
+        mqtt=mqtt_accounts.account_for_enrolment(device=device),
     )
 
 

@@ -12,7 +12,7 @@ def secrets_already_sent(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("devices", "0003_commands"),
+        ("devices", "0005_standard_webhooks"),
     ]
 
     operations = [
