@@ -9,6 +9,7 @@ from django.db.models import (
     Exists,
     F,
     OuterRef,
+    Q,
     QuerySet,
     Subquery,
 )
@@ -26,14 +27,30 @@ from portal.permissions import Right, require
 APPROVAL_ACTIONS: tuple[str, ...] = ("unlock_request.approve", "device.offline_code")
 APPROVAL_REQUESTER_KEY = "requested_by_id"
 
+#: Object types of the money side (contracts, customers, payments, statements): never shown to a
+#: service centre, whose staff never see money or identity.
+_MONEY_OBJECT_TYPES = "payments."
+
+
 def audit_events_for(actor) -> QuerySet[AuditEvent]:
-    """The audit trail an actor may read: its own organisation's events and those of the providers it sees."""
+    """The audit trail an actor may read.
+
+    * platform staff: every event;
+    * a provider's staff: the events of that provider (its objects, its staff);
+    * a service centre's staff: its own organisation's actions only — events about the centre
+      and its staff, and what its own staff did (sign-ins, unlock requests, proofs submitted) —
+      never an event about the money side (a contract, a customer, a payment), whoever did it.
+    """
     require(actor, Right.VIEW_AUDIT)
     events = AuditEvent.objects.order_by("-id")
-    if actor.organisation.kind == OrganisationKind.PLATFORM:
+    org = actor.organisation
+    if org.kind == OrganisationKind.PLATFORM:
         return events
-    # A service center's auditor reads its own trail only: provider events carry finances.
-    return events.filter(organisation_id=actor.organisation_id)
+    if org.kind == OrganisationKind.SERVICE_CENTER:
+        return events.filter(Q(organisation_id=org.pk) | Q(actor__organisation_id=org.pk)).exclude(
+            object_type__startswith=_MONEY_OBJECT_TYPES
+        )
+    return events.filter(organisation_id=org.pk)
 
 
 def audit_provider_for(actor, slug: str) -> Organisation | None:
