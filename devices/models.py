@@ -61,6 +61,32 @@ class Device(models.Model):
     device last acknowledged. They differ while a command is on its way.
     """
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "uid",
+        "imei",
+        "imei2",
+        "serial_number",
+        "maker",
+        "model",
+        "desired_state",
+        "desired_reason",
+        "desired_changed_at",
+        "reported_state",
+        "reported_at",
+        "last_checkin_at",
+        "command_seq",
+        "reported_seq",
+        "app_version",
+        "enrolled_at",
+        "offline_count",
+        "offline_sent_at",
+        "reenrollment_code_expires_at",
+        "created_at",
+        "updated_at",
+    )
+
     provider = models.ForeignKey(
         Organisation,
         on_delete=models.PROTECT,
@@ -145,6 +171,20 @@ class EnrollmentToken(models.Model):
     ``max_uses`` caps the first enrolments it may perform (``uses``).
     """
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "name",
+        "shop",
+        "created_at",
+        "created_by",
+        "expires_at",
+        "max_uses",
+        "revoked_at",
+        "uses",
+        "last_used_at",
+    )
+
     provider = models.ForeignKey(
         Organisation,
         on_delete=models.CASCADE,
@@ -190,6 +230,23 @@ class DeviceCommand(models.Model):
     exact command that was signed (see docs/lock-pipeline.md), ``signature`` its Ed25519
     signature. Never edited after issue except for delivery bookkeeping.
     """
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "device",
+        "seq",
+        "state",
+        "reason",
+        "expires_at",
+        "key_id",
+        "issued_at",
+        "attempts",
+        "next_attempt_at",
+        "delivered_at",
+        "dead_at",
+        "last_error",
+        "acknowledged_at",
+    )
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="commands")
     seq = models.PositiveIntegerField()
@@ -256,6 +313,9 @@ class DeviceGateway(models.Model):
     gateway gets a generated secret (the operator hands it to the provider).
     """
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = ("provider", "url", "enabled")
+
     provider = models.OneToOneField(
         Organisation,
         on_delete=models.CASCADE,
@@ -285,6 +345,9 @@ class OfflineCodeKind(models.TextChoices):
 
 class OfflineCode(models.Model):
     """An OpenPAYGO Token issued for a phone that cannot reach the server: who asked, who approved, why."""
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = ("device", "kind", "days", "count", "reason", "requested_by", "approved_by", "issued_at")
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="offline_codes")
     kind = models.CharField(max_length=20, choices=OfflineCodeKind.choices)
