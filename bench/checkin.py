@@ -73,12 +73,16 @@ def _imei() -> str:
 
 def enrol_devices(count: int) -> list[str]:
     """Benchmark devices with credentials and a current signed command; returns credentials."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from demo.generator import ensure_organisations
     from devices.models import Device
+    from devices.protocol import b64, enrollment_message
     from devices.services import (
         StateChange,
         device_enroll,
         device_states_apply,
+        enrollment_challenge_issue,
         enrollment_token_create,
     )
 
@@ -97,7 +101,23 @@ def enrol_devices(count: int) -> list[str]:
             for d in devices
         ]
     )
-    return [device_enroll(imei=d.imei, token_secret=secret, app_version="bench").credential for d in devices]
+    credentials = []
+    for device in devices:
+        # As a phone enrols: a challenge signed with the device key it generates.
+        key = Ed25519PrivateKey.generate()
+        device_key = b64(key.public_key().public_bytes_raw())
+        challenge = enrollment_challenge_issue()["challenge"]
+        signature = b64(key.sign(enrollment_message(challenge=challenge, imei=device.imei, device_key=device_key)))
+        enrollment = device_enroll(
+            imei=device.imei,
+            token_secret=secret,
+            device_key=device_key,
+            challenge=challenge,
+            signature=signature,
+            app_version="bench",
+        )
+        credentials.append(enrollment.credential)
+    return credentials
 
 
 def _client(port, kind, seconds, credentials, start_at, results):

@@ -44,7 +44,7 @@ class DeliveryAttemptAdmin(ReadOnlyAdmin):
 
 @admin.register(EnrollmentToken)
 class EnrollmentTokenAdmin(ReadOnlyAdmin):
-    list_display = ["name", "provider", "created_at", "expires_at", "revoked_at", "uses"]
+    list_display = ["name", "shop", "provider", "created_at", "expires_at", "revoked_at", "uses", "max_uses"]
     list_filter = ["provider"]
     exclude = ["digest"]
 

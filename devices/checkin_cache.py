@@ -25,9 +25,12 @@ record expired; its generation is then one behind and the record is never served
 Records live ``CHECKIN_CACHE_SECONDS``; generations a day, refreshed on every change, so
 a generation cannot lapse back to a value an old record still holds.
 
-In front of Redis, each process keeps the records it served in the last
+In front of Redis, each process keeps the answers it served in the last
 ``CHECKIN_LOCAL_SECONDS`` (one second by default) in memory, so a phone calling in a loop
-costs no round trip at all; see :func:`answer` for what that trades.
+does not fetch its record again; every such answer is still checked against the device's
+generation and counted in Redis, by a small script in the same single round trip (see
+:func:`answer`). Memory never answers a credential, or a command, that Redis no longer
+holds current.
 
 Without ``REDIS_URL`` (the embedded default) none of this runs: every check-in takes the
 database path. Figures: ``bench/checkin.py`` and the README.
@@ -69,8 +72,7 @@ MAX_SEQ = 2_000_000_000  # devices.api.device_serializers.MAX_SEQ
 APP_VERSION_LENGTH = 40
 FLUSH_BATCH = 10_000
 
-# KEYS[1]: cred:<digest>. ARGV: now in ms, app version, rate window index, window seconds,
-# requests to count (this one and those answered from memory since the last round trip).
+# KEYS[1]: cred:<digest>. ARGV: now in ms, app version, rate window index, window seconds.
 # Returns false when the credential has no mapping, else {device id, record or false,
 # generation, requests in this window (0: not counted, no record of this credential)}.
 # Counting and noting the check-in happen here so the whole fast path costs one round
@@ -92,12 +94,26 @@ if not current or string.sub(record, space + 1, space + 64) ~= digest then
   return {id, false, generation, 0}
 end
 local window = prefix .. 'rate:' .. id .. ':' .. ARGV[3]
-local count = redis.call('INCRBY', window, ARGV[5])
-if count == tonumber(ARGV[5]) then redis.call('EXPIRE', window, ARGV[4]) end
+local count = redis.call('INCR', window)
+if count == 1 then redis.call('EXPIRE', window, ARGV[4]) end
 redis.call('HSET', '@SEEN@', id, ARGV[1] .. '|' .. digest .. '|' .. ARGV[2])
 return {id, record, generation, count}
 """
 _LUA = _LUA.replace("@PREFIX@", PREFIX).replace("@SEEN@", SEEN).replace("@DIGEST_AT@", str(len(PREFIX + "cred:") + 1))
+
+# The memory level's round trip: is the answer this process remembers still current, and
+# count the request. KEYS: gen:<id>, rate:<id>:<window>, the seen hash. ARGV: the generation
+# the remembered record carried, window seconds, device id, "<epoch ms>|<digest>|<app version>".
+# Returns -1 (nothing counted: the caller asks again with the full script above, which counts)
+# when the generation moved, else the requests in this window including this one. A new
+# enrolment moves the generation too, so a replaced credential is never answered from memory.
+_VALIDATE = """
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return -1 end
+local count = redis.call('INCR', KEYS[2])
+if count == 1 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+return count
+"""
 
 # KEYS: gen:<id> of each device. ARGV[1]: the global sequence key, ARGV[2]: seconds to keep.
 # Each device's generation is taken from one global sequence that never expires, so a
@@ -113,7 +129,7 @@ return #KEYS
 
 @functools.cache
 def _client():
-    """This process's Redis pool and fast-path script, or None without ``REDIS_URL``/with the cache off."""
+    """This process's Redis pool and scripts (fast path, bump, memory check), or None without ``REDIS_URL``/cache."""
     if not settings.REDIS_URL or not settings.CHECKIN_CACHE_SECONDS:
         return None
     import redis
@@ -122,7 +138,7 @@ def _client():
     # it falls back to the database, not the phone's whole request timeout.
     pool = redis.ConnectionPool.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
     client = redis.Redis(connection_pool=pool)
-    return client, client.register_script(_LUA), client.register_script(_BUMP)
+    return client, client.register_script(_LUA), client.register_script(_BUMP), client.register_script(_VALIDATE)
 
 
 @receiver(setting_changed)
@@ -135,7 +151,7 @@ def _forget_client(*, setting, **kwargs):
 _own = threading.local()
 
 
-def _run_script(keys: list[str], args: list) -> object:
+def _run_script(script, keys: list[str], args: list) -> object:
     """EVALSHA on a connection this thread owns.
 
     The check-in is the hottest call finlock has: redis-py's pool checkout, retry and
@@ -144,7 +160,7 @@ def _run_script(keys: list[str], args: list) -> object:
     (redis-py's own connection class and hiredis parser). Any error disconnects it;
     the next call reconnects.
     """
-    client, script, _bump = _client()
+    client = _client()[0]
     conn = getattr(_own, "conn", None)
     if conn is None or _own.pid != os.getpid():  # forked since (a gunicorn worker): never share a socket
         _own.conn = conn = client.connection_pool.make_connection()
@@ -348,16 +364,18 @@ def _throttled(wait: int) -> HttpResponse:
 
 @dataclass(slots=True)
 class _Local:
-    """A record this process served lately, trusted for ``CHECKIN_LOCAL_SECONDS`` without asking Redis."""
+    """An answer this process served lately, kept for ``CHECKIN_LOCAL_SECONDS`` so it need not be fetched again.
+
+    Never served without asking Redis whether ``generation`` is still the device's
+    (:data:`_VALIDATE`), which also counts the request.
+    """
 
     device_id: int
+    generation: bytes  # the device's generation the record was filled at
     reported_seq: int
     command_seq: int
     envelope: bytes
-    window: int  # the rate window the counts belong to
-    counted: int  # requests in that window according to Redis at the last round trip
     expires: float  # time.monotonic()
-    pending: int = 0  # requests answered here since, not yet counted in Redis
 
 
 # digest -> _Local, oldest first (insertion order), at most CHECKIN_LOCAL_ENTRIES.
@@ -401,15 +419,18 @@ def answer(request) -> HttpResponse | None:
     Only a complete, well-formed, authenticated routine check-in is answered here;
     every refusal (401, 400) is the database path's, so both paths refuse alike.
 
-    Two levels: the Redis record (shared by every process, exact: see the module
-    docstring), and, for a phone this process answered less than
-    ``CHECKIN_LOCAL_SECONDS`` ago, the same record kept in memory. A Redis round trip
-    costs a check-in more CPU than everything else it does; the memory level spares it
-    for a phone calling in a loop (a phone retrying, a locked owner tapping "check
-    again") at the price of a bounded delay: a change made in *another* process reaches
-    such a phone's check-in up to that long after it committed (changes made in this
-    process drop the entry at once, and pushes are unaffected). The requests it answers
-    are counted against the rate limit and noted as check-ins at the next round trip.
+    Two levels, one Redis round trip either way. The Redis record (shared by every
+    process, exact: see the module docstring) is fetched by :data:`_LUA`. For a phone
+    this process answered less than ``CHECKIN_LOCAL_SECONDS`` ago, the answer is
+    kept in memory and only checked by :data:`_VALIDATE`: a small script that compares
+    the device's generation with the one the remembered record carried and counts the
+    request. That spares the record's transfer (several kilobytes with the lock screen)
+    and the larger script, not the round trip: the round trip is what makes memory
+    exact. Race prevented: a command issued, or a credential replaced by a new
+    enrolment, in *another* process moves the generation after its commit, so from
+    then on no process answers the older command or the replaced credential from
+    memory; and each request is counted in the shared window when it is answered, so
+    several processes cannot each let a device through up to the whole limit.
     """
     found = _client()
     if found is None or request.method != "POST":
@@ -432,18 +453,27 @@ def answer(request) -> HttpResponse | None:
 
     entry = _local.get(digest)
     if entry is not None:
-        fresh = entry.expires > monotonic and entry.window == window_index
-        if fresh and last_seq <= entry.reported_seq and last_seq <= entry.command_seq:
-            entry.pending += 1
-            request.META["finlock.checkin_counted"] = True
-            if entry.counted + entry.pending > limit:
-                return _throttled(max(1, int(window - now % window)))
-            return _answer_bytes(entry.envelope)
-        _local.pop(digest, None)  # expired, or the phone reports something new: ask Redis (and settle the counts)
+        if entry.expires > monotonic and last_seq <= entry.reported_seq and last_seq <= entry.command_seq:
+            try:
+                count = _run_script(
+                    found[3],
+                    [f"{PREFIX}gen:{entry.device_id}", f"{PREFIX}rate:{entry.device_id}:{window_index}", SEEN],
+                    [entry.generation, window, entry.device_id, f"{int(now * 1000)}|{digest}|{app_version}"],
+                )
+            except Exception as exc:
+                log.warning("check-in cache: Redis unavailable (%s); answering from the database", exc)
+                return None
+            if count >= 0:
+                request.META["finlock.checkin_counted"] = True
+                if count > limit:
+                    return _throttled(max(1, int(window - now % window)))
+                return _answer_bytes(entry.envelope)
+        # Expired, changed since (a new command or enrolment), or the phone reports something
+        # new: nothing was counted yet; the full script below counts this request once.
+        _local.pop(digest, None)
 
-    pending = entry.pending if entry is not None and entry.window == window_index else 0
     try:
-        hit = _run_script([f"{PREFIX}cred:{digest}"], [int(now * 1000), app_version, window_index, window, 1 + pending])
+        hit = _run_script(found[1], [f"{PREFIX}cred:{digest}"], [int(now * 1000), app_version, window_index, window])
     except Exception as exc:
         log.warning("check-in cache: Redis unavailable (%s); answering from the database", exc)
         return None
@@ -470,11 +500,10 @@ def answer(request) -> HttpResponse | None:
             digest,
             _Local(
                 device_id=int(device_id),
+                generation=generation,
                 reported_seq=reported_seq,
                 command_seq=command_seq,
                 envelope=envelope,
-                window=window_index,
-                counted=count,
                 expires=monotonic + settings.CHECKIN_LOCAL_SECONDS,
             ),
         )

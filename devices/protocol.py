@@ -46,6 +46,26 @@ def public_key_from_b64(text: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(unb64(text))
 
 
+#: First line of the bytes a phone signs to enrol: names what the signature is for, so a
+#: signature made for anything else can never pass as an enrolment.
+ENROLL_PURPOSE = "finlock-enroll-v1"
+
+
+def enrollment_message(*, challenge: str, imei: str, device_key: str) -> bytes:
+    """The exact bytes a phone signs with its device key to enrol (docs/lock-pipeline.md, "Enrolment").
+
+    Four ASCII lines joined by a line feed (0x0A), no final line feed: the purpose
+    ``finlock-enroll-v1``; the challenge exactly as the server sent it (base64 text);
+    the IMEI the phone enrols with as its 15 digits; the device public key exactly as
+    sent in ``device_key`` (standard base64 of the raw 32 bytes). Raises ``ValueError``
+    for a value that is not ASCII or holds a line feed.
+    """
+    parts = (ENROLL_PURPOSE, challenge, imei, device_key)
+    if any("\n" in part for part in parts):
+        raise ValueError("an enrolment field holds a line feed")
+    return "\n".join(parts).encode("ascii")
+
+
 class Rejected(ValueError):
     """A command the phone must not apply; the message says why."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db.models import Count, F, Q, QuerySet
 
-from devices.models import Device, LockState, normalise_imei
+from devices.models import Device, EnrollmentToken, LockState, normalise_imei
 from portal.permissions import Right, scoped_list
 
 
@@ -27,3 +27,20 @@ def device_state_overview(actor) -> dict:
         "total": sum(counts.values()),
         "out_of_sync": devices.exclude(reported_state=F("desired_state")).count(),
     }
+
+
+def enrollment_tokens_of(provider) -> QuerySet[EnrollmentToken]:
+    """A provider's enrolment tokens for its settings page: not revoked first, newest first."""
+    return (
+        EnrollmentToken.objects.filter(provider=provider)
+        .select_related("created_by")
+        .order_by(F("revoked_at").asc(nulls_first=True), "-created_at", "-id")
+    )
+
+
+def device_last_refused_enrolment(device: Device):
+    """The newest audited refusal to enrol this device (a takeover attempt, or a phone that lost its key), or None."""
+    from portal.models import AuditEvent
+
+    events = AuditEvent.objects.filter(object_type=Device._meta.label, object_id=str(device.pk))
+    return events.filter(action="device.enrol_refused").order_by("-id").first()

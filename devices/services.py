@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import hmac
 import io
 import logging
 import secrets
 from dataclasses import dataclass, field
 
+from cryptography.exceptions import InvalidSignature
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
@@ -17,6 +19,7 @@ from django.db.models import F, OuterRef, Q, Subquery
 from django.db.models.functions import Left
 from django.http import Http404
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from kombu.exceptions import OperationalError
 from openpaygo import TokenType, generate_token
 from openpaygo.token_shared import OpenPAYGOTokenShared
@@ -32,7 +35,16 @@ from devices.models import (
     OfflineCodeKind,
     normalise_imei,
 )
-from devices.protocol import PROTOCOL_VERSION, STATES, sign, topic_for
+from devices.protocol import (
+    PROTOCOL_VERSION,
+    STATES,
+    b64,
+    enrollment_message,
+    public_key_from_b64,
+    sign,
+    topic_for,
+    unb64,
+)
 from portal.four_eyes import four_eyes_check
 from portal.models import Organisation, OrganisationKind, User
 from portal.permissions import Right, has_right, visible_provider_ids
@@ -572,16 +584,41 @@ def device_current_envelope(device: Device) -> dict:
 
 # --- Enrolment ------------------------------------------------------------------------
 
-ENROLMENT_REFUSED = "Enrolment refused: check the IMEI and the enrolment token."
+ENROLMENT_REFUSED = (
+    "Enrolment refused: check the IMEI and the enrolment token. A phone that enrolled before must sign "
+    "with its device key, or use a re-enrolment code from its provider."
+)
 CREDENTIAL_PREFIX = "fld_"
 ENROLLMENT_TOKEN_PREFIX = "fle_"
+# Re-enrolment codes: 16 characters of Crockford's base32 (80 bits), typed by a person on the phone.
+REENROLLMENT_CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+REENROLLMENT_CODE_LENGTH = 16
+# Refused attempts on an enrolled device are audited at most once per device this often: the
+# enrolment throttle bounds each address, this bounds what many addresses can write.
+REFUSED_AUDIT_EVERY = dt.timedelta(minutes=1)
+
+_CHALLENGE_SALT = "finlock.devices.enroll-challenge"
+_CHALLENGE_VERSION = 1
+_CHALLENGE_BODY = 1 + 8 + 16  # version, issue time (µs since the epoch, big-endian), nonce
+_CHALLENGE_LENGTH = _CHALLENGE_BODY + 32  # + HMAC-SHA256
+# A challenge issued by another server whose clock runs slightly ahead is still fresh.
+_CHALLENGE_SKEW = dt.timedelta(seconds=5)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class EnrollmentRefused(ValidationError):
-    """The one answer to every refused enrolment: it never says whether the IMEI or the token was wrong."""
+    """The one answer to every refused enrolment: it never says whether the IMEI, the token or the proof was wrong."""
 
     def __init__(self):
         super().__init__(ENROLMENT_REFUSED, code="enrolment_refused")
+
+
+class EnrolmentProof:
+    """How an enrolment was proven (recorded in the audit trail)."""
+
+    FIRST = "first_enrolment"  # the device never enrolled: the token suffices (the key is registered)
+    DEVICE_KEY = "device_key"  # signed with the key the device registered
+    CODE = "reenrollment_code"  # a one-time code staff issued for this device (a new key is registered)
 
 
 def secret_digest(secret: str) -> str:
@@ -589,37 +626,169 @@ def secret_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def device_key_fingerprint(device_key: str) -> str:
+    """A short, stable name of a device public key for people and the audit trail (``SHA256:`` + 16 hex)."""
+    if not device_key:
+        return ""
+    return "SHA256:" + hashlib.sha256(unb64(device_key)).hexdigest()[:16]
+
+
+def _exact_b64(text, length: int) -> bytes | None:
+    """The bytes of standard base64 with padding that decodes to exactly ``length`` bytes, else None.
+
+    Only the canonical text of those bytes is accepted, so one key has one spelling
+    (the signed message contains the key as sent).
+    """
+    if not isinstance(text, str):
+        return None
+    try:
+        raw = unb64(text)
+    except ValueError:
+        return None
+    return raw if len(raw) == length and b64(raw) == text else None
+
+
+def _challenge_mac(body: bytes) -> bytes:
+    return salted_hmac(_CHALLENGE_SALT, body, algorithm="sha256").digest()
+
+
+def enrollment_challenge_issue(*, now: dt.datetime | None = None) -> dict:
+    """A fresh enrolment challenge for a phone to sign (docs/lock-pipeline.md, "Enrolment").
+
+    Stateless: the issue time travels inside the challenge under an HMAC keyed with the
+    server's secret key, so any server process can check it without storing anything.
+    It names no device and needs no token: the answer is the same for everyone and tells
+    nothing about which IMEIs exist. ``{"challenge": <base64>, "expires_in": seconds}``.
+    """
+    now = now or timezone.now()
+    micros = (now - _EPOCH) // dt.timedelta(microseconds=1)  # exact: no float on the way
+    body = bytes([_CHALLENGE_VERSION]) + micros.to_bytes(8, "big") + secrets.token_bytes(16)
+    return {"challenge": b64(body + _challenge_mac(body)), "expires_in": settings.DEVICE_ENROLL_CHALLENGE_SECONDS}
+
+
+def _challenge_issued_at(challenge, now: dt.datetime) -> dt.datetime | None:
+    """The issue time of a challenge this server family made and that is still fresh, else None."""
+    raw = _exact_b64(challenge, _CHALLENGE_LENGTH)
+    if raw is None or raw[0] != _CHALLENGE_VERSION:
+        return None
+    body, mac = raw[:_CHALLENGE_BODY], raw[_CHALLENGE_BODY:]
+    if not hmac.compare_digest(mac, _challenge_mac(body)):
+        return None
+    issued_at = _EPOCH + dt.timedelta(microseconds=int.from_bytes(body[1:9], "big"))
+    age = now - issued_at
+    if age > dt.timedelta(seconds=settings.DEVICE_ENROLL_CHALLENGE_SECONDS) or age < -_CHALLENGE_SKEW:
+        return None
+    return issued_at
+
+
+def _normalise_reenrollment_code(text: str) -> str | None:
+    """The 16 characters of a re-enrolment code as typed ("7K2M-9QXD-..."), or None if it cannot be one."""
+    value = "".join(ch for ch in str(text).upper() if ch not in " -\t")
+    value = value.translate(str.maketrans({"O": "0", "I": "1", "L": "1"}))  # Crockford: read-alike letters
+    if len(value) != REENROLLMENT_CODE_LENGTH or any(ch not in REENROLLMENT_CODE_ALPHABET for ch in value):
+        return None
+    return value
+
+
+def _reenrollment_code_digest(device: Device, code: str) -> str:
+    # Bound to the device: the same characters are worthless for any other device.
+    return secret_digest(f"{device.uid}:{code}")
+
+
+def _enrollment_token_check(*, name: str, shop: str, max_uses) -> tuple[str, str]:
+    name = (name or "").strip()
+    shop = (shop or "").strip()
+    max_name = EnrollmentToken._meta.get_field("name").max_length
+    max_shop = EnrollmentToken._meta.get_field("shop").max_length
+    errors: dict[str, list[str]] = {}
+    if not name or len(name) > max_name:
+        errors["name"] = [f"Give the token a name of 1 to {max_name} characters."]
+    if len(shop) > max_shop:
+        errors["shop"] = [f"At most {max_shop} characters (this has {len(shop)})."]
+    if max_uses is not None and (not isinstance(max_uses, int) or isinstance(max_uses, bool) or max_uses < 1):
+        errors["max_uses"] = ["A whole number of phones, at least 1 (or empty for no limit)."]
+    if errors:
+        raise ValidationError(errors)
+    return name, shop
+
+
+ENROLLMENT_TOKEN_AUDIT_FIELDS = ("name", "shop", "provider", "expires_at", "max_uses", "revoked_at", "created_by")
+
+
 def enrollment_token_create(
-    *, provider: Organisation, name: str, actor, expires_at: dt.datetime | None = None
+    *,
+    provider: Organisation,
+    name: str,
+    actor,
+    expires_at: dt.datetime | None = None,
+    shop: str = "",
+    max_uses: int | None = None,
+    ip_address: str | None = None,
 ) -> tuple[EnrollmentToken, str]:
-    """Create a provider's enrolment token; returns the row and the secret (shown once, only its digest is kept)."""
+    """Create a provider's enrolment token; returns the row and the secret (shown once, only its digest is kept).
+
+    ``shop`` labels where it is used (recorded with each enrolment), ``max_uses`` caps the
+    phones it may enrol for the first time, ``expires_at`` ends it. Audited.
+    """
     if provider.kind != OrganisationKind.PROVIDER:
         raise ValidationError({"provider": ["Only a financing provider enrols devices."]})
-    name = (name or "").strip()
-    max_name = EnrollmentToken._meta.get_field("name").max_length
-    if not name or len(name) > max_name:
-        raise ValidationError({"name": [f"Give the token a name of 1 to {max_name} characters."]})
+    name, shop = _enrollment_token_check(name=name, shop=shop, max_uses=max_uses)
     secret = ENROLLMENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
         token = EnrollmentToken.objects.create(
             provider=provider,
             name=name,
+            shop=shop,
             digest=secret_digest(secret),
             created_by=actor if isinstance(actor, User) else None,
             expires_at=expires_at,
+            max_uses=max_uses,
         )
-        audit_record(actor=actor, action="enrollment_token.create", obj=token, after=snapshot(token))
+        audit_record(
+            actor=actor,
+            action="enrollment_token.create",
+            obj=token,
+            after=snapshot(token, ENROLLMENT_TOKEN_AUDIT_FIELDS),
+            ip_address=ip_address,
+        )
     return token, secret
+
+
+def enrollment_token_revoke(*, token: EnrollmentToken, actor, ip_address: str | None = None) -> EnrollmentToken:
+    """Revoke a token at once: no enrolment with it succeeds from now on. Audited; revoking twice changes nothing."""
+    with transaction.atomic():
+        # Race: an enrolment counting a use at this moment is ordered by the row lock; the
+        # enrolment's conditional UPDATE refuses a revoked token.
+        locked = EnrollmentToken.objects.select_for_update().get(pk=token.pk)
+        if locked.revoked_at is not None:
+            return locked
+        before = snapshot(locked, ENROLLMENT_TOKEN_AUDIT_FIELDS)
+        locked.revoked_at = timezone.now()
+        locked.save(update_fields=["revoked_at"])
+        audit_record(
+            actor=actor,
+            action="enrollment_token.revoke",
+            obj=locked,
+            before=before,
+            after=snapshot(locked, ENROLLMENT_TOKEN_AUDIT_FIELDS),
+            ip_address=ip_address,
+        )
+    return locked
 
 
 @dataclass(frozen=True)
 class Enrollment:
-    """What an enrolled phone needs: its credential (shown once), keys, offline data, topic and current command."""
+    """What an enrolled phone needs: its credential (shown once), keys, topic and current command.
+
+    ``offline`` (the OpenPAYGO secret, starting code and count) is set only on the
+    enrolment that hands the device's current secret out, which happens once: the first
+    enrolment, or the first proven one after a staff re-key. Otherwise it is None.
+    """
 
     device: Device
     credential: str
     server_keys: dict[str, str]
-    offline: dict
+    offline: dict | None
     mqtt_topic: str
     envelope: dict
     # The phone's own MQTT account ({"username", "password"}), or None without phone accounts.
@@ -637,15 +806,67 @@ class Enrollment:
         }
 
 
-def device_enroll(*, imei: str, token_secret: str, app_version: str = "", ip_address: str | None = None) -> Enrollment:
-    """Enrol (or re-enrol) a phone presenting its IMEI and a provider's enrolment token.
+def _enrolment_proof(
+    *, device: Device, device_key: str, code: str | None, message: bytes, signature: bytes, issued_at, now
+) -> tuple[str | None, str]:
+    """``(proof, "")`` when this enrolment of ``device`` is proven, else ``(None, why)`` (for the trail only)."""
+    if device.enrolled_at is None:
+        proof, key = EnrolmentProof.FIRST, device_key
+    elif code is not None:
+        expected = device.reenrollment_code_digest
+        fresh = device.reenrollment_code_expires_at is not None and device.reenrollment_code_expires_at > now
+        if not expected or not fresh or not hmac.compare_digest(expected, _reenrollment_code_digest(device, code)):
+            return None, "re-enrolment code wrong, used or expired"
+        proof, key = EnrolmentProof.CODE, device_key
+    elif device.device_key and hmac.compare_digest(device.device_key, device_key):
+        proof, key = EnrolmentProof.DEVICE_KEY, device.device_key
+    else:
+        return None, "no proof: not the device key this phone registered, and no re-enrolment code"
+    try:
+        public_key_from_b64(key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return None, "the signature does not verify with the device key"
+    if device.last_challenge_at is not None and issued_at <= device.last_challenge_at:
+        # Each challenge is accepted once per device, and never one older than the last accepted.
+        return None, "challenge already used (a replayed or late signature)"
+    return proof, ""
 
-    Any refusal (bad, revoked or expired token; IMEI not a device of the token's
-    provider) raises the same ``EnrollmentRefused``. Each enrolment issues a new
-    credential and the previous one stops working. Enrolling again after a factory
-    reset returns the device's **current** command, so a reset never removes a lock,
-    and the same OpenPAYGO secret and starting code with the server's token count,
-    so the phone resumes the offline-code sequence instead of restarting it.
+
+def device_enroll(
+    *,
+    imei: str,
+    token_secret: str,
+    device_key: str,
+    challenge: str,
+    signature: str,
+    reenrollment_code: str = "",
+    app_version: str = "",
+    ip_address: str | None = None,
+) -> Enrollment:
+    """Enrol a phone, or enrol it again, presenting its IMEI, a provider's enrolment token and a proof.
+
+    Every enrolment carries the phone's device public key and its Ed25519 signature over
+    :func:`devices.protocol.enrollment_message` of a fresh challenge
+    (:func:`enrollment_challenge_issue`). What the signature must prove depends on the
+    device (docs/lock-pipeline.md, "Enrolment"):
+
+    * a device that never enrolled: the token suffices; the key is registered;
+    * a device already enrolled: the signature must be by the key it registered, or
+      ``reenrollment_code`` must be the one-time code staff issued for this device (the
+      presented key then replaces the registered one). The provider-wide token alone
+      never re-enrols a device.
+
+    Any refusal (bad, revoked, expired or used-up token; IMEI not a device of the token's
+    provider; no valid proof; a challenge already used) raises the same
+    ``EnrollmentRefused`` and changes nothing: the live credential keeps working. A
+    refusal for an existing device is audited (``device.enrol_refused``, at most once a
+    minute per device). A malformed key, signature or stale challenge is a field error,
+    which depends on no device and reveals nothing.
+
+    Each enrolment issues a new credential (the previous one stops working) and returns
+    the device's **current** command, so a reset never removes a lock. The OpenPAYGO
+    secret is handed out once (``Enrollment.offline``): at the first enrolment, or the
+    first proven one after a staff re-key (:func:`device_offline_rekey`).
     """
     try:
         digits = normalise_imei(imei)
@@ -653,6 +874,27 @@ def device_enroll(*, imei: str, token_secret: str, app_version: str = "", ip_add
         # A malformed IMEI is a field error: it reveals nothing about which devices exist.
         raise ValidationError({"imei": exc.messages}) from None
     now = timezone.now()
+    errors: dict[str, list[str]] = {}
+    if _exact_b64(device_key, 32) is None:
+        errors["device_key"] = ["The phone's Ed25519 public key: standard base64 (with padding) of its raw 32 bytes."]
+    raw_signature = _exact_b64(signature, 64)
+    if raw_signature is None:
+        errors["signature"] = ["Standard base64 (with padding) of the 64-byte Ed25519 signature."]
+    code = None
+    if reenrollment_code:
+        code = _normalise_reenrollment_code(reenrollment_code)
+        if code is None:
+            errors["reenrollment_code"] = [f"{REENROLLMENT_CODE_LENGTH} letters and digits, as the portal showed it."]
+    issued_at = _challenge_issued_at(challenge, now)
+    if issued_at is None:
+        errors["challenge"] = [
+            "Unknown or expired challenge: ask for a new one (POST enroll/challenge) and use it within "
+            f"{settings.DEVICE_ENROLL_CHALLENGE_SECONDS} seconds."
+        ]
+    if errors:
+        raise ValidationError(errors)
+    message = enrollment_message(challenge=challenge, imei=digits, device_key=device_key)
+    refused: tuple[Device, EnrollmentToken, str] | None = None
     with transaction.atomic():
         token = EnrollmentToken.objects.filter(digest=secret_digest(token_secret or "")).first()
         if token is None or token.revoked_at is not None or (token.expires_at and token.expires_at <= now):
@@ -668,66 +910,248 @@ def device_enroll(*, imei: str, token_secret: str, app_version: str = "", ip_add
         )
         if device is None:
             raise EnrollmentRefused()
-        # Race: a token revoked while this enrolment runs is refused by the condition,
-        # and F() keeps concurrent enrolments from losing each other's count.
-        counted = (
-            EnrollmentToken.objects.filter(pk=token.pk, revoked_at__isnull=True)
-            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-            .update(uses=F("uses") + 1)
+        # Race: the row lock orders concurrent enrolments of one device (the real phone and
+        # someone replaying its signature): the second sees the first's challenge as used.
+        proof, why = _enrolment_proof(
+            device=device,
+            device_key=device_key,
+            code=code,
+            message=message,
+            signature=raw_signature,
+            issued_at=issued_at,
+            now=now,
         )
-        if not counted:
-            raise EnrollmentRefused()
-        re_enrolment = device.enrolled_at is not None
-        credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
-        replaced_digest = device.credential_digest
-        device.credential_digest = secret_digest(credential)
-        device.enrolled_at = now
-        device.app_version = (app_version or "")[: Device._meta.get_field("app_version").max_length]
-        if not device.offline_secret:
-            # Kept across re-enrolments: resetting it would make codes already issued
-            # (and the server's counter) meaningless.
-            device.offline_secret = secrets.token_hex(16)
-            device.offline_starting_code = OpenPAYGOTokenShared.generate_starting_code(
-                bytes.fromhex(device.offline_secret)
+        if proof is None:
+            refused = (device, token, why)
+        else:
+            enrollment = _enrol(
+                device=device,
+                token=token,
+                proof=proof,
+                device_key=device_key,
+                issued_at=issued_at,
+                app_version=app_version,
+                ip_address=ip_address,
+                now=now,
             )
-        device.updated_at = now
-        device.save(
-            update_fields=[
-                "credential_digest",
-                "enrolled_at",
-                "app_version",
-                "offline_secret",
-                "offline_starting_code",
-                "updated_at",
-            ]
+    if refused is not None:
+        _enrolment_refused_record(*refused, ip_address=ip_address, now=now)
+        raise EnrollmentRefused()
+    return enrollment
+
+
+def _enrol(
+    *, device: Device, token: EnrollmentToken, proof: str, device_key: str, issued_at, app_version, ip_address, now
+) -> Enrollment:
+    """Record a proven enrolment of the locked ``device`` (inside the caller's transaction)."""
+    first = proof == EnrolmentProof.FIRST
+    valid = EnrollmentToken.objects.filter(pk=token.pk, revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    )
+    if first:
+        # Race: a token revoked, or its last use taken, while this enrolment runs is refused by
+        # the condition; F() keeps concurrent enrolments from losing each other's count.
+        counted = valid.filter(Q(max_uses__isnull=True) | Q(uses__lt=F("max_uses"))).update(
+            uses=F("uses") + 1, last_used_at=now
         )
-        audit_record(
-            actor=f"enrolment token {token.name}",
-            action="device.enrol",
-            obj=device,
-            after={"app_version": device.app_version, "re_enrolment": re_enrolment, "token_id": token.pk},
-            ip_address=ip_address,
-        )
-        # The previous credential must stop working on the cached check-in path too.
-        checkin_cache.invalidate_on_commit([device.pk])
-        if replaced_digest:
-            transaction.on_commit(lambda: checkin_cache.forget_credential(replaced_digest))
-        envelope = device_current_envelope(device)
-        # Its MQTT password follows the new credential; the broker is told after commit.
-        mqtt = mqtt_accounts.account_for_enrolment(device=device)
+    else:
+        counted = valid.update(last_used_at=now)
+    if not counted:
+        raise EnrollmentRefused()
+    credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+    replaced_digest = device.credential_digest
+    previous_key = device.device_key
+    device.credential_digest = secret_digest(credential)
+    device.enrolled_at = now
+    device.app_version = (app_version or "")[: Device._meta.get_field("app_version").max_length]
+    device.device_key = device_key
+    device.last_challenge_at = issued_at
+    device.reenrollment_code_digest, device.reenrollment_code_expires_at = "", None  # a code works once
+    if not device.offline_secret:
+        device.offline_secret = secrets.token_hex(16)
+        device.offline_starting_code = OpenPAYGOTokenShared.generate_starting_code(bytes.fromhex(device.offline_secret))
+    send_offline = device.offline_sent_at is None
+    if send_offline:
+        # Handed out once: whoever enrols later (a reset phone, or anyone holding the
+        # token) never receives it, so no one can mint offline codes from an enrolment.
+        device.offline_sent_at = now
+    device.updated_at = now
+    device.save(
+        update_fields=[
+            "credential_digest",
+            "enrolled_at",
+            "app_version",
+            "device_key",
+            "last_challenge_at",
+            "reenrollment_code_digest",
+            "reenrollment_code_expires_at",
+            "offline_secret",
+            "offline_starting_code",
+            "offline_sent_at",
+            "updated_at",
+        ]
+    )
+    audit_record(
+        actor=f"enrolment token {token.name}",
+        action="device.enrol",
+        obj=device,
+        before=None if first else {"device_key": device_key_fingerprint(previous_key) or None},
+        after={
+            "app_version": device.app_version,
+            "re_enrolment": not first,
+            "proof": proof,
+            "device_key": device_key_fingerprint(device_key),
+            "offline_key_sent": send_offline,
+            "token_id": token.pk,
+            "token": token.name,
+            "shop": token.shop,
+        },
+        ip_address=ip_address,
+    )
+    # The previous credential must stop working on the cached check-in path too.
+    checkin_cache.invalidate_on_commit([device.pk])
+    if replaced_digest:
+        transaction.on_commit(lambda: checkin_cache.forget_credential(replaced_digest))
+    offline = None
+    if send_offline:
+        offline = {
+            "secret": device.offline_secret,
+            "starting_code": device.offline_starting_code,
+            "count": device.offline_count,
+        }
     return Enrollment(
         device=device,
         credential=credential,
         server_keys=public_keys(),
-        offline={
-            "secret": device.offline_secret,
-            "starting_code": device.offline_starting_code,
-            "count": device.offline_count,
-        },
+        offline=offline,
         mqtt_topic=topic_for(str(device.uid)),
-        envelope=envelope,
-        mqtt=mqtt,
+        envelope=device_current_envelope(device),
+        # Its MQTT password follows the new credential; the broker is told after commit.
+        mqtt=mqtt_accounts.account_for_enrolment(device=device),
     )
+
+
+def _enrolment_refused_record(
+    device: Device, token: EnrollmentToken, why: str, *, ip_address: str | None, now: dt.datetime
+) -> None:
+    """Audit a refused enrolment of an existing device (a takeover attempt, or a phone that lost its key)."""
+    from portal.models import AuditEvent
+
+    recent = AuditEvent.objects.filter(
+        object_type=Device._meta.label,
+        object_id=str(device.pk),
+        action="device.enrol_refused",
+        created_at__gte=now - REFUSED_AUDIT_EVERY,
+    ).exists()
+    if recent:
+        return
+    audit_record(
+        actor=f"enrolment token {token.name}",
+        action="device.enrol_refused",
+        obj=device,
+        after={"reason": why, "token_id": token.pk, "token": token.name, "shop": token.shop},
+        ip_address=ip_address,
+    )
+
+
+def device_reenrollment_code_issue(
+    *, device: Device, actor: User, ip_address: str | None = None
+) -> tuple[str, dt.datetime]:
+    """Issue a one-time re-enrolment code for a phone that lost its device key; returns ``(code, expires_at)``.
+
+    For the provider's staff holding ``manage_devices`` (another provider's device is 404).
+    The code is shown once, works once, for this device only and for
+    ``DEVICE_REENROLL_CODE_MINUTES``; only its digest is stored and a new code replaces an
+    unused one. The phone enrols with it and registers a new device key. It hands out no
+    offline-code secret (that takes a four-eyes re-key). Audited, without the code.
+    """
+    _require_in_scope(actor, device)
+    if not has_right(actor, Right.MANAGE_DEVICES):
+        raise PermissionDenied("Your role does not allow this (manage_devices).")
+    code = "".join(secrets.choice(REENROLLMENT_CODE_ALPHABET) for _ in range(REENROLLMENT_CODE_LENGTH))
+    now = timezone.now()
+    expires_at = now + dt.timedelta(minutes=settings.DEVICE_REENROLL_CODE_MINUTES)
+    with transaction.atomic():
+        locked = Device.objects.select_for_update().get(pk=device.pk)
+        if locked.enrolled_at is None:
+            raise ValidationError(
+                "This phone has not enrolled yet: its first enrolment needs only the enrolment token."
+            )
+        replaced = bool(locked.reenrollment_code_digest) and (
+            locked.reenrollment_code_expires_at is not None and locked.reenrollment_code_expires_at > now
+        )
+        Device.objects.filter(pk=locked.pk).update(
+            reenrollment_code_digest=_reenrollment_code_digest(locked, code),
+            reenrollment_code_expires_at=expires_at,
+            updated_at=now,
+        )
+        audit_record(
+            actor=actor,
+            action="device.reenrollment_code",
+            obj=locked,
+            before={"unused_code_replaced": replaced},
+            after={"expires_at": expires_at, "device_key": device_key_fingerprint(locked.device_key) or None},
+            ip_address=ip_address,
+        )
+    return "-".join(code[i : i + 4] for i in range(0, REENROLLMENT_CODE_LENGTH, 4)), expires_at
+
+
+def device_offline_rekey(
+    *, device: Device, requested_by: User, approved_by: User, reason: str, ip_address: str | None = None
+) -> Device:
+    """Give a phone that lost its offline-code secret a new one (four eyes, audited).
+
+    ``requested_by`` (``request_unlock``) and ``approved_by`` (``approve_unlock``) must be
+    two people (:func:`portal.four_eyes.four_eyes_check`), both with the device's provider
+    in scope. A new OpenPAYGO secret and starting code replace the old ones and the
+    counter starts again at 0, so codes made under the old secret no longer work. The
+    secret is never shown to anyone: it waits for the phone's next *proven* enrolment
+    (signed with its device key, or with a re-enrolment code) and is handed out there once.
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": ["Say why the phone needs a new offline-code key."]})
+    _require_in_scope(requested_by, device)
+    _require_in_scope(approved_by, device)
+    if not has_right(requested_by, Right.REQUEST_UNLOCK):
+        raise PermissionDenied("The requester's role does not allow requesting this.")
+    if not has_right(approved_by, Right.APPROVE_UNLOCK):
+        raise PermissionDenied("The approver's role does not allow approving this.")
+    if requested_by.pk == approved_by.pk:
+        raise PermissionDenied("A new offline-code key needs a second person to approve it.")
+    four_eyes_check(requester=requested_by, approver=approved_by)
+    with transaction.atomic():
+        locked = Device.objects.select_for_update().get(pk=device.pk)
+        if locked.enrolled_at is None:
+            raise ValidationError(
+                "This phone has not enrolled yet: it gets its offline-code key at its first enrolment."
+            )
+        before = {"offline_count": locked.offline_count, "offline_sent_at": locked.offline_sent_at}
+        secret = secrets.token_hex(16)
+        locked.offline_secret = secret
+        locked.offline_starting_code = OpenPAYGOTokenShared.generate_starting_code(bytes.fromhex(secret))
+        locked.offline_count = 0
+        locked.offline_sent_at = None
+        locked.updated_at = timezone.now()
+        locked.save(
+            update_fields=["offline_secret", "offline_starting_code", "offline_count", "offline_sent_at", "updated_at"]
+        )
+        # Neither the secret nor the starting code enters the trail: with them anyone could mint codes.
+        audit_record(
+            actor=approved_by,
+            action="device.offline_rekey",
+            obj=locked,
+            before=before,
+            after={
+                "offline_count": 0,
+                "offline_sent_at": None,
+                "reason": reason[:300],
+                "requested_by": requested_by.get_username(),
+                "approved_by": approved_by.get_username(),
+            },
+            ip_address=ip_address,
+        )
+    return locked
 
 
 def device_by_credential(credential: str) -> Device | None:
@@ -933,6 +1357,13 @@ def offline_code_issue(
         locked = Device.objects.select_for_update().get(pk=device.pk)
         if not locked.offline_secret:
             raise ValidationError("This device has not enrolled yet, so it has no offline-code secret.")
+        if locked.offline_sent_at is None:
+            # A re-keyed phone gets its new secret at its next proven enrolment; until then a
+            # code under the new secret would not work on it, and the old secret is gone.
+            raise ValidationError(
+                "This phone has not received its new offline-code key yet (it gets it when it next enrols "
+                "with its device key or a re-enrolment code); a code made now would not work on it."
+            )
         count, token = generate_token(
             secret_key=locked.offline_secret,
             count=locked.offline_count,

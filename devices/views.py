@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Prefetch
+from django.http import Http404
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from devices.delivery import command_retry, delivery_status, with_superseded
-from devices.models import DeliveryAttempt, Device, DeviceCommand, LockState
-from devices.selectors import devices_by_imei
+from devices.forms import EnrollmentTokenForm
+from devices.models import DeliveryAttempt, Device, DeviceCommand, EnrollmentToken, LockState
+from devices.selectors import device_last_refused_enrolment, devices_by_imei, enrollment_tokens_of
+from devices.services import (
+    device_key_fingerprint,
+    device_reenrollment_code_issue,
+    enrollment_token_create,
+    enrollment_token_revoke,
+)
+from portal.api.utils import client_ip
 from portal.models import OrganisationKind
-from portal.permissions import Right, has_right, scoped_get, scoped_list
+from portal.permissions import Right, has_right, require, scoped_get, scoped_list
 
 #: The device page shows this many of the newest commands.
 COMMAND_HISTORY = 20
@@ -36,16 +48,49 @@ def device_list(request):
 @login_required
 def device_detail(request, pk: int):
     device = scoped_get(Device.objects.select_related("provider"), request.user, Right.VIEW_DEVICES, pk=pk)
+    return render(request, "devices/detail.html", _detail_context(request, device))
+
+
+def _detail_context(request, device: Device, **extra) -> dict:
     # devices knows nothing of money: the page links to the contracts page, it does not read contracts.
-    ctx = {
+    now = timezone.now()
+    code_expires = device.reenrollment_code_expires_at
+    return {
         "device": device,
         "provider": device.provider,
         "can_see_finance": has_right(request.user, Right.VIEW_FINANCE),
         "commands": _command_history(device),
         "command_history_limit": COMMAND_HISTORY,
         "can_see_delivery_errors": _can_see_delivery_errors(request.user),
+        "device_key_fingerprint": device_key_fingerprint(device.device_key),
+        "unused_code_expires_at": code_expires
+        if device.reenrollment_code_digest and code_expires and code_expires > now
+        else None,
+        "last_refused_enrolment": device_last_refused_enrolment(device),
+        "can_issue_reenrollment_code": has_right(request.user, Right.MANAGE_DEVICES) and device.enrolled_at is not None,
+        "can_request_rekey": has_right(request.user, Right.REQUEST_UNLOCK) and device.enrolled_at is not None,
+        **extra,
     }
-    return render(request, "devices/detail.html", ctx)
+
+
+@login_required
+@require_POST
+def device_reenrollment_code(request, pk: int):
+    """Issue a one-time re-enrolment code for a phone that lost its device key; shown on this answer only."""
+    device = scoped_get(Device.objects.select_related("provider"), request.user, Right.MANAGE_DEVICES, pk=pk)
+    try:
+        code, expires_at = device_reenrollment_code_issue(
+            device=device, actor=request.user, ip_address=client_ip(request)
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("devices:detail", pk=device.pk)
+    device.refresh_from_db()
+    context = _detail_context(request, device, reenrollment_code=code, reenrollment_code_expires_at=expires_at)
+    # Rendered, never redirected: the code is in this response only, never stored or cached.
+    response = render(request, "devices/detail.html", context)
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def _command_history(device: Device) -> list[DeviceCommand]:
@@ -99,3 +144,69 @@ def dead_letter_retry(request, pk: int):
     else:
         messages.success(request, f"Command #{command.seq} for {command.device.imei} is being delivered again.")
     return redirect("devices:dead_letters")
+
+
+# --- enrolment tokens: a provider admin's settings -------------------------------------------
+
+
+def _token_provider(user):
+    """The provider whose enrolment tokens ``user`` manages: 403 without the right, 404 for a non-provider."""
+    require(user, Right.MANAGE_SETTINGS)
+    if user.organisation.kind != OrganisationKind.PROVIDER:
+        raise Http404("Only a financing provider enrols phones.")
+    return user.organisation
+
+
+@login_required
+def enrollment_tokens(request):
+    """List, create (the secret is shown once, on the answer to the POST) and revoke enrolment tokens."""
+    provider = _token_provider(request.user)
+    form = EnrollmentTokenForm(request.POST or None)
+    created = secret = None
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        days = data.get("days")
+        try:
+            created, secret = enrollment_token_create(
+                provider=provider,
+                name=data["name"],
+                shop=data.get("shop") or "",
+                max_uses=data.get("max_uses"),
+                expires_at=timezone.now() + dt.timedelta(days=days) if days else None,
+                actor=request.user,
+                ip_address=client_ip(request),
+            )
+        except ValidationError as exc:
+            for name, errors in exc.message_dict.items():
+                form.add_error(name if name in form.fields else None, errors)
+        else:
+            form = EnrollmentTokenForm()
+    response = render(
+        request,
+        "devices/enrollment_tokens.html",
+        {
+            "org": provider,
+            "form": form,
+            "tokens": enrollment_tokens_of(provider),
+            "created": created,
+            "secret": secret,
+            "now": timezone.now(),
+        },
+    )
+    if secret:
+        response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def enrollment_token_revoke_view(request, pk: int):
+    """Revoke a token: no phone enrols with it from now on (phones already enrolled are not affected)."""
+    provider = _token_provider(request.user)
+    token = EnrollmentToken.objects.filter(provider=provider, pk=pk).first()
+    if token is None:
+        raise Http404("No such enrolment token.")
+    if token.revoked_at is None:
+        enrollment_token_revoke(token=token, actor=request.user, ip_address=client_ip(request))
+        messages.success(request, f"Enrolment token “{token.name}” revoked: no phone enrols with it any more.")
+    return redirect("devices:enrollment_tokens")

@@ -156,9 +156,10 @@ LOCK_SWEEP_SECONDS = env_int("LOCK_SWEEP_SECONDS", 300, minimum=10)
 # Check-in times are buffered in Redis and written to the devices every CHECKIN_FLUSH_SECONDS.
 CHECKIN_CACHE_SECONDS = env_int("CHECKIN_CACHE_SECONDS", 1800, minimum=0)
 CHECKIN_FLUSH_SECONDS = env_int("CHECKIN_FLUSH_SECONDS", 15, minimum=1)
-# A process answers a phone it answered less than this long ago from memory (0: never),
-# keeping at most CHECKIN_LOCAL_ENTRIES phones; a change made elsewhere reaches such a
-# phone's check-in at most this late (pushes are not delayed).
+# A process keeps the answer of a phone it answered less than this long ago in memory
+# (0: never), for at most CHECKIN_LOCAL_ENTRIES phones, so it need not fetch the record
+# again; every such answer is still checked against the device's generation and counted
+# in Redis (one small round trip), so it is never older than the Redis record.
 CHECKIN_LOCAL_SECONDS = env_float("CHECKIN_LOCAL_SECONDS", 1.0, minimum=0.0, maximum=10.0)
 CHECKIN_LOCAL_ENTRIES = env_int("CHECKIN_LOCAL_ENTRIES", 10_000, minimum=1)
 # A signed checkpoint of the audit chain head (JSON Lines) is appended here and logged every
@@ -437,6 +438,11 @@ SPECTACULAR_SETTINGS = {
 # Device API (/api/device/v1/): requests per device (check-in, ack) and enrolments per client address.
 DEVICE_API_RATE = env_rate("DEVICE_API_RATE", "120/min")
 DEVICE_ENROLL_RATE = env_rate("DEVICE_ENROLL_RATE", "60/min")
+# Enrolment proofs (docs/lock-pipeline.md, "Enrolment"): how long a challenge from
+# POST enroll/challenge may be signed and used, and how long a re-enrolment code staff
+# issue for a phone that lost its device key stays usable (once).
+DEVICE_ENROLL_CHALLENGE_SECONDS = env_int("DEVICE_ENROLL_CHALLENGE_SECONDS", 300, minimum=30)
+DEVICE_REENROLL_CODE_MINUTES = env_int("DEVICE_REENROLL_CODE_MINUTES", 30, minimum=1)
 
 # Bulk device upload: the largest CSV accepted in one request.
 BULK_UPLOAD_MAX_ROWS = env_int("BULK_UPLOAD_MAX_ROWS", 100_000, minimum=1)

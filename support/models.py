@@ -199,6 +199,7 @@ class UnlockKind(models.TextChoices):
     TEMPORARY = "temporary", _("Temporary unlock")
     RELEASE = "release", _("Permanent release")
     OFFLINE_CODE = "offline_code", _("Offline unlock code")
+    REKEY = "rekey", _("New offline-code key")
 
 
 class UnlockStatus(models.TextChoices):
@@ -211,8 +212,10 @@ class UnlockRequest(models.Model):
     """A manual unlock asked for by one person and approved or rejected by another of the provider.
 
     Approval applies the effect in the same transaction: a temporary-unlock override and
-    its signed command, a permanent release, or an offline code (shown once, never stored
-    here). ``outcome`` says in words what the approval did.
+    its signed command, a permanent release, an offline code (shown once, never stored
+    here), or a new offline-code key for a phone that lost its own (``rekey``: the phone
+    receives it at its next proven enrolment, nobody sees it). ``outcome`` says in words
+    what the approval did.
     """
 
     #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
@@ -292,6 +295,8 @@ class UnlockRequest(models.Model):
     def kind_label(self) -> str:
         if self.kind == UnlockKind.TEMPORARY:
             return f"Temporary unlock for {self.hours} h"
+        if self.kind == UnlockKind.REKEY:
+            return "New offline-code key"
         if self.kind == UnlockKind.OFFLINE_CODE:
             if self.offline_kind == OfflineCodeKind.RELEASE:
                 return "Offline code: release for good"

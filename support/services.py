@@ -448,7 +448,8 @@ def unlock_request_create(
     case: Case | None = None,
     ip_address: str | None = None,
 ) -> UnlockRequest:
-    """Ask for a temporary unlock (``hours``), a permanent release, or an offline code (``offline_kind``, ``days``).
+    """Ask for a temporary unlock (``hours``), a permanent release, an offline code (``offline_kind``, ``days``),
+    or a new offline-code key (``rekey``) for a phone that lost its own.
 
     The request waits for another person of the provider to approve it. Checked now as
     far as it can be (the approval checks again, as things may change meanwhile).
@@ -478,6 +479,19 @@ def unlock_request_create(
             raise ValidationError({"offline_kind": ["Choose a code for a number of days or a release code."]})
         if not device.offline_secret:
             raise ValidationError({"kind": ["This phone has not enrolled yet, so it cannot take an offline code."]})
+        if device.offline_sent_at is None:
+            raise ValidationError(
+                {
+                    "kind": [
+                        "This phone has not received its new offline-code key yet (it gets it when it next enrols "
+                        "with its device key or a re-enrolment code), so a code would not work on it."
+                    ]
+                }
+            )
+    elif kind == UnlockKind.REKEY:
+        hours, offline_kind, days = None, "", None
+        if device.enrolled_at is None:
+            raise ValidationError({"kind": ["This phone has not enrolled yet: it gets a key at its first enrolment."]})
     else:
         raise ValidationError({"kind": [f"One of {', '.join(UnlockKind.values)}."]})
     if case is not None and case.provider_id != device.provider_id:
@@ -557,13 +571,15 @@ def unlock_request_approve(
       decided at once (``payments.sweep.apply_decisions``) so the signed command is issued
       now; when the override ends the sweep decides again and re-locks (in lock hours);
     * release: ``contract_release`` (or the device alone when it has no contract);
-    * offline code: ``devices.services.offline_code_issue``; the code is returned once.
+    * offline code: ``devices.services.offline_code_issue``; the code is returned once;
+    * new offline-code key: ``devices.services.device_offline_rekey`` (new secret, new
+      starting code, counter reset; the phone receives it at its next proven enrolment).
 
     Raises ``PermissionDenied`` for the requester themself, ``UnlockAlreadyDecided`` when
     another approver was first, ``ValidationError`` when the effect is no longer possible
     (the request then stays pending).
     """
-    from devices.services import offline_code_issue
+    from devices.services import device_offline_rekey, offline_code_issue
     from payments.sweep import apply_decisions
 
     _check_approver(unlock_request, approver)
@@ -618,6 +634,18 @@ def unlock_request_approve(
             else:
                 _device_release_without_contract(device=device, actor=approver, reason=why)
             outcome = "Released for good: no command can lock this phone again for this contract."
+        elif unlock.kind == UnlockKind.REKEY:
+            device_offline_rekey(
+                device=device,
+                requested_by=unlock.requested_by,
+                approved_by=approver,
+                reason=why,
+                ip_address=ip_address,
+            )
+            outcome = (
+                "New offline-code key made: the phone receives it when it next enrols with its device key or a "
+                "re-enrolment code; codes made with the old key no longer work."
+            )
         else:
             code = offline_code_issue(
                 device=device,

@@ -98,7 +98,7 @@ SECRET_FIELDS: dict[str, set[str]] = {
     "portal.User": {"password"},
     "portal.ApiKey": {"digest"},
     "portal.ProviderWebhook": {"secret"},
-    "devices.Device": {"credential_digest", "offline_secret", "offline_starting_code"},
+    "devices.Device": {"credential_digest", "offline_secret", "offline_starting_code", "reenrollment_code_digest"},
     "devices.EnrollmentToken": {"digest"},
     "devices.DeviceGateway": {"secret"},
     "devices.OfflineCode": {"token"},
@@ -111,7 +111,14 @@ SECRET_FIELDS: dict[str, set[str]] = {
 #: A second net for fields added later (a device key, a re-enrolment code, a gateway secret...):
 #: names that look secret must be reviewed before they may be audited.
 LOOKS_SECRET = re.compile(r"secret|digest|password|passkey|passphrase|token|credential|private|(^|_)key$|hash")
-REVIEWED_NOT_SECRET = {("devices.DeviceCommand", "key_id"), ("payments.Contract", "number_key")}
+REVIEWED_NOT_SECRET = {
+    ("devices.DeviceCommand", "key_id"),
+    ("payments.Contract", "number_key"),
+    # Standard Webhooks rotation: when the old secret stops working (a time), and whether the
+    # secret predates the whsec_ convention (a flag). Neither holds key material.
+    ("portal.ProviderWebhook", "previous_secret_until"),
+    ("portal.ProviderWebhook", "secret_legacy"),
+}
 
 
 def secrets_in(label: str, names) -> set[str]:

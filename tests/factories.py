@@ -7,9 +7,11 @@ import itertools
 from decimal import Decimal
 
 import factory
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from stdnum import luhn
 
 from devices.models import Device
+from devices.protocol import b64, enrollment_message
 from payments.models import Customer
 from portal.models import Organisation, User
 
@@ -148,4 +150,51 @@ def make_command(device, *, private_key, state="locked", reason="Installment ove
         key_id=key_id,
         issued_at=issued_at,
         **fields,
+    )
+
+
+def device_key_b64(key: Ed25519PrivateKey) -> str:
+    """A phone's device public key as the device API takes it: standard base64 of the raw 32 bytes."""
+    return b64(key.public_key().public_bytes_raw())
+
+
+def enrolment_body(
+    *, imei: str, token: str, key: Ed25519PrivateKey, challenge: str, code: str = "", app_version: str = "1.0.0"
+) -> dict:
+    """The body of ``POST /api/device/v1/enroll`` a phone sends: ``challenge`` signed with its device ``key``."""
+    digits = "".join(ch for ch in imei if ch.isdigit())
+    device_key = device_key_b64(key)
+    body = {
+        "imei": imei,
+        "enrollment_token": token,
+        "app_version": app_version,
+        "device_key": device_key,
+        "challenge": challenge,
+        "signature": b64(key.sign(enrollment_message(challenge=challenge, imei=digits, device_key=device_key))),
+    }
+    if code:
+        body["reenrollment_code"] = code
+    return body
+
+
+def enrol_device(imei: str, token: str, *, key: Ed25519PrivateKey | None = None, code: str = "", app_version="1.0"):
+    """Enrol through the service as a phone with device ``key`` (a fresh one if None) would; returns the Enrollment."""
+    from devices.services import device_enroll, enrollment_challenge_issue
+
+    body = enrolment_body(
+        imei=imei,
+        token=token,
+        key=key or Ed25519PrivateKey.generate(),
+        challenge=enrollment_challenge_issue()["challenge"],
+        code=code,
+        app_version=app_version,
+    )
+    return device_enroll(
+        imei=body["imei"],
+        token_secret=body["enrollment_token"],
+        device_key=body["device_key"],
+        challenge=body["challenge"],
+        signature=body["signature"],
+        reenrollment_code=body.get("reenrollment_code", ""),
+        app_version=body["app_version"],
     )

@@ -24,7 +24,7 @@ from openpaygo import TokenType
 
 from devices.agent import Agent, ApiError, render_html, render_text
 from devices.agent.render import WIDTH, ScreenView
-from devices.protocol import b64, sign
+from devices.protocol import b64, enrollment_message, sign, unb64
 
 REPO = Path(__file__).resolve().parent.parent
 IMEI = "351234560000648"
@@ -459,12 +459,14 @@ def test_a_factory_reset_keeps_the_owners_data_and_does_not_remove_the_lock(tmp_
     # Enrolling again: the server answers with the current lock, and the phone applies it.
     def enroll_answer(server_url, call, body, credential=None):
         transport.calls.append((call, body, credential))
+        if call == "enroll/challenge":
+            return {"challenge": "Y2hhbGxlbmdl", "expires_in": 300}
         if call == "enroll":
             return {
                 "device": provider.device,
                 "credential": "new-cred",
                 "server_keys": provider.server_keys,
-                "offline": {"secret": OFFLINE_SECRET, "starting_code": OFFLINE_STARTING_CODE},
+                "offline": None,  # handed out once, at the first enrolment; the phone kept it
                 "mqtt_topic": f"finlock/v1/devices/{provider.device}/command",
                 "envelope": current_lock,
             }
@@ -472,11 +474,37 @@ def test_a_factory_reset_keeps_the_owners_data_and_does_not_remove_the_lock(tmp_
 
     transport.post = enroll_answer
     assert agent.enroll("http://finlock.test", IMEI, "enrol-token").accepted
-    assert transport.bodies("enroll")[0]["imei"] == IMEI
+    sent = transport.bodies("enroll")[0]
+    assert sent["imei"] == IMEI and sent["challenge"] == "Y2hhbGxlbmdl"
+    public = Ed25519PrivateKey.from_private_bytes(unb64(agent.protected.device_key)).public_key()
+    assert sent["device_key"] == b64(public.public_bytes_raw())
+    message = enrollment_message(challenge="Y2hhbGxlbmdl", imei=IMEI, device_key=sent["device_key"])
+    public.verify(unb64(sent["signature"]), message)  # raises if the phone signed anything else
     assert agent.state.enrolment.credential == "new-cred"
     assert agent.state.state == "locked" and agent.state.last_seq == 2
+    assert agent.protected.offline.secret == OFFLINE_SECRET
     assert agent.handle_envelope(old_unlock).reason == "replayed or stale (seq 1 <= 2)"
     assert photo.exists()
+
+
+def test_after_a_reset_an_older_command_is_refused_even_as_the_first_one_after_enrolling_again(
+    tmp_path, provider, clock
+):
+    """The reset wipes agent.json and its last seq; reset-protected storage keeps it, so a replay cannot unlock."""
+    agent = Agent(tmp_path / "phone", clock=clock)
+    provider.enrol(agent)
+    old_unlock = provider.envelope("unlocked")
+    agent.handle_envelope(old_unlock)
+    agent.handle_envelope(provider.envelope("locked"))
+    agent.factory_reset()
+
+    provider.enrol(agent)  # enrolled again; whoever answers first replays the old unlock
+    outcome = agent.handle_envelope(old_unlock)
+
+    assert outcome.status == "rejected" and "applied before a reset" in outcome.reason
+    assert agent.view().state == "locked"
+    assert agent.handle_envelope(provider.envelope("unlocked")).accepted  # a newer command still applies
+    assert agent.protected.last_seq == 3
 
 
 def test_a_phone_re_provisioned_under_a_new_identity_does_not_keep_the_old_lock(tmp_path, clock):

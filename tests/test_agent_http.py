@@ -9,44 +9,51 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from devices.agent import Agent, ApiError, HttpTransport
-from devices.protocol import topic_for
+from devices.protocol import b64, enrollment_message, topic_for, unb64
 from tests.test_agent import IMEI, OFFLINE_SECRET, OFFLINE_STARTING_CODE, REPO, Provider, reads
 
 ENROLMENT_TOKEN = "enrol-7f3a"
 
 
 class StubFinlock:
-    """The server side of one phone: its current signed command, credential, and what it heard."""
+    """The server side of one phone: its current signed command, credential, and what it heard.
+
+    Enrolment as docs/lock-pipeline.md specifies it: a challenge, signed with the phone's
+    device key; the first enrolment registers the key (and hands out the offline secret,
+    once), a later one must be signed with that key or bring the staff's re-enrolment code.
+    """
 
     def __init__(self) -> None:
         self.provider = Provider()
         self.current = self.provider.envelope("locked")
         self.credential: str | None = None
+        self.device_key: str | None = None
+        self.reenrollment_code: str | None = None
+        self.offline_sent = False
+        self.challenges: set[str] = set()  # issued and not used yet
+        self.issued: list[str] = []
         self.requests: list[tuple[str, dict, str | None]] = []
 
     def answer(self, call: str, body: dict, authorization: str | None) -> tuple[int, dict]:
         self.requests.append((call, body, authorization))
+        if call == "enroll/challenge":
+            challenge = b64(secrets.token_bytes(32))
+            self.challenges.add(challenge)
+            self.issued.append(challenge)
+            return 200, {"challenge": challenge, "expires_in": 300}
         if call == "enroll":
-            if body.get("imei") != IMEI or body.get("enrollment_token") != ENROLMENT_TOKEN:
-                return 400, {"detail": "Enrolment refused."}
-            # Enrolling again issues a new credential: the old one stops working.
-            self.credential = secrets.token_urlsafe(16)
-            return 201, {
-                "device": self.provider.device,
-                "credential": self.credential,
-                "server_keys": self.provider.server_keys,
-                "offline": {"secret": OFFLINE_SECRET, "starting_code": OFFLINE_STARTING_CODE},
-                "mqtt_topic": topic_for(self.provider.device),
-                "envelope": self.current,
-            }
+            return self.enroll(body)
         if authorization != f"Device {self.credential}" or self.credential is None:
             return 401, {"detail": "Invalid device credential."}
         if call == "checkin":
@@ -54,6 +61,40 @@ class StubFinlock:
         if call == "ack":
             return 200, {"ok": True}
         return 404, {"detail": "Not found."}
+
+    def enroll(self, body: dict) -> tuple[int, dict]:
+        refused = 400, {"detail": "Enrolment refused."}
+        if body.get("imei") != IMEI or body.get("enrollment_token") != ENROLMENT_TOKEN:
+            return refused
+        challenge, key = body.get("challenge"), body.get("device_key")
+        if challenge not in self.challenges:
+            return refused  # unknown, or already used
+        self.challenges.discard(challenge)
+        code = body.get("reenrollment_code")
+        proven = self.device_key is None or key == self.device_key
+        if not proven and code is not None and code == self.reenrollment_code:
+            proven, self.reenrollment_code = True, None
+        try:
+            message = enrollment_message(challenge=challenge, imei=IMEI, device_key=key)
+            Ed25519PublicKey.from_public_bytes(unb64(key)).verify(unb64(body.get("signature", "")), message)
+        except (InvalidSignature, ValueError, TypeError):
+            return refused
+        if not proven:
+            return refused
+        self.device_key = key
+        # Enrolling again issues a new credential: the old one stops working.
+        self.credential = secrets.token_urlsafe(16)
+        offline = None
+        if not self.offline_sent:
+            offline, self.offline_sent = {"secret": OFFLINE_SECRET, "starting_code": OFFLINE_STARTING_CODE}, True
+        return 201, {
+            "device": self.provider.device,
+            "credential": self.credential,
+            "server_keys": self.provider.server_keys,
+            "offline": offline,
+            "mqtt_topic": topic_for(self.provider.device),
+            "envelope": self.current,
+        }
 
     def heard(self, call: str) -> list[dict]:
         return [body for name, body, _auth in self.requests if name == call]
@@ -98,11 +139,16 @@ def test_a_new_phone_enrols_shows_its_current_lock_and_acknowledges_it(server, p
     outcome = phone.enroll(server.url, IMEI, ENROLMENT_TOKEN)
 
     assert outcome.accepted and phone.state.state == "locked"
-    assert server.heard("enroll")[0] == {
+    sent = server.heard("enroll")[0]
+    assert {k: sent[k] for k in ("imei", "enrollment_token", "app_version")} == {
         "imei": IMEI,
         "enrollment_token": ENROLMENT_TOKEN,
         "app_version": phone.app_version,
     }
+    # Signed with a device key the phone made and keeps in reset-protected storage (never sent).
+    assert sent["device_key"] == server.device_key and sent["challenge"] in server.issued
+    assert phone.protected.device_key and phone.protected.device_key not in json.dumps(server.requests)
+    assert phone.protected.offline.secret == OFFLINE_SECRET
     assert server.heard("ack") == [{"seq": 1, "state": "locked"}]
     assert server.requests[-1][2] == f"Device {server.credential}"
     assert phone.state.enrolment.mqtt_topic == f"finlock/v1/devices/{server.provider.device}/command"
@@ -130,14 +176,33 @@ def test_a_check_in_with_nothing_new_changes_nothing(server, phone):
 
 def test_a_factory_reset_phone_enrols_again_and_is_locked_again(server, phone):
     phone.enroll(server.url, IMEI, ENROLMENT_TOKEN)
-    old_credential = server.credential
+    old_credential, device_key = server.credential, server.device_key
     phone.factory_reset()
 
     assert phone.enroll(server.url, IMEI, ENROLMENT_TOKEN).accepted
 
     assert phone.state.state == "locked"
     assert server.credential != old_credential
+    assert server.heard("enroll")[-1]["device_key"] == device_key  # signed with the key kept through the reset
     assert phone.checkin().status == "duplicate"  # the new credential works
+    # The offline secret came once, with the first enrolment, and survived the reset.
+    assert phone.protected.offline.secret == OFFLINE_SECRET
+
+
+def test_a_phone_that_lost_its_protected_storage_needs_a_staff_code_to_enrol_again(server, phone):
+    phone.enroll(server.url, IMEI, ENROLMENT_TOKEN)
+    first_key = server.device_key
+    shutil.rmtree(phone.store.root / "protected")  # re-flashed: the device key is gone
+    phone.factory_reset()
+
+    with pytest.raises(ApiError) as refused:
+        phone.enroll(server.url, IMEI, ENROLMENT_TOKEN)
+    assert refused.value.status == 400 and server.device_key == first_key
+
+    server.reenrollment_code = "7K2M9QXD4TNBH3WE"  # issued by the provider's staff
+    assert phone.enroll(server.url, IMEI, ENROLMENT_TOKEN, reenrollment_code="7K2M9QXD4TNBH3WE").accepted
+    assert server.device_key != first_key and server.device_key == server.heard("enroll")[-1]["device_key"]
+    assert phone.state.state == "locked"
 
 
 def test_a_refused_enrolment_is_a_clear_error_and_enrols_nothing(server, phone):

@@ -20,12 +20,12 @@ from django.apps import apps
 from django.contrib import admin
 from django.core.exceptions import ImproperlyConfigured
 
-from devices.services import device_enroll, enrollment_token_create
+from devices.services import enrollment_token_create
 from portal.admin_mixins import AuditedAdmin, ReadOnlyAdmin
 from portal.models import AuditEvent, Organisation
 from portal.services import AUDITED_FIELD_LISTS, snapshot
 from tests.conftest import secrets_in
-from tests.factories import DeviceFactory, OrganisationFactory, UserFactory
+from tests.factories import DeviceFactory, OrganisationFactory, UserFactory, enrol_device
 
 
 def admin_lists():
@@ -75,7 +75,7 @@ def test_the_lists_snapshot_used_in_this_run_hold_no_secret(provider_a, admin_a)
     staff_create(organisation=provider_a, username="a.new", role="agent", actor=admin_a)
     device = DeviceFactory(provider=provider_a)
     _token, secret = enrollment_token_create(provider=provider_a, name="shop", actor=admin_a)
-    device_enroll(imei=device.imei, token_secret=secret)
+    enrol_device(device.imei, secret)
     assert AUDITED_FIELD_LISTS
     for (label, _requested), fields in AUDITED_FIELD_LISTS.items():
         assert secrets_in(label, [f.name for f in fields]) == set(), label
@@ -140,7 +140,7 @@ def test_a_change_of_served_providers_shows_the_real_before_and_after(operator_c
 def test_editing_a_phone_in_the_admin_keeps_its_secrets_out_of_the_trail(operator_client, provider_a):
     device = DeviceFactory(provider=provider_a, model="")
     _token, secret = enrollment_token_create(provider=provider_a, name="shop", actor=None)
-    device_enroll(imei=device.imei, token_secret=secret)
+    enrol_device(device.imei, secret)
     device.refresh_from_db()
     assert device.offline_secret and device.credential_digest
     data = {

@@ -6,9 +6,10 @@ Stories:
   signed command that verifies with those keys;
 * a wrong token and an unknown IMEI get the very same answer, so the API cannot be
   used to learn which IMEIs are financed;
-* after a factory reset the phone enrols again and gets its **current** command: a
-  reset never removes a lock; the credential it had before stops working, and its
-  offline-code secret and counter carry on;
+* after a factory reset the phone enrols again, signing with the device key it kept in
+  reset-protected storage, and gets its **current** command: a reset never removes a
+  lock; the credential it had before stops working, and the offline-code secret is not
+  handed out again (the phone kept it; tests/test_enrolment_takeover.py);
 * a check-in always answers the current signed command, so a missed push heals;
 * a key rotation reaches enrolled phones: a check-in also answers the key list, so a
   phone learns the next key before it signs;
@@ -39,9 +40,14 @@ from schemathesis.core import NotSet
 
 from devices import protocol
 from devices.models import DeviceCommand, EnrollmentToken
-from devices.services import StateChange, device_states_apply, enrollment_token_create
+from devices.services import (
+    StateChange,
+    device_states_apply,
+    enrollment_challenge_issue,
+    enrollment_token_create,
+)
 from portal.models import AuditEvent
-from tests.factories import DeviceFactory, make_imei
+from tests.factories import DeviceFactory, device_key_b64, enrolment_body, make_imei
 
 ENROLL = "/api/device/v1/enroll"
 CHECKIN = "/api/device/v1/checkin"
@@ -59,10 +65,16 @@ def phone(provider_a):
     return DeviceFactory(provider=provider_a, imei2=make_imei("35876543"))
 
 
-def enroll(imei, token, app_version="1.0.0"):
-    return APIClient().post(
-        ENROLL, {"imei": imei, "enrollment_token": token, "app_version": app_version}, format="json"
+def enroll(imei, token, app_version="1.0.0", *, key=None):
+    """The phone's enrolment: a fresh challenge signed with its device key (a new key if None)."""
+    body = enrolment_body(
+        imei=imei,
+        token=token,
+        key=key or Ed25519PrivateKey.generate(),
+        challenge=enrollment_challenge_issue()["challenge"],
+        app_version=app_version,
     )
+    return APIClient().post(ENROLL, body, format="json")
 
 
 def as_phone(credential) -> APIClient:
@@ -86,7 +98,9 @@ def lock(device, reason="Installment of 15 Jan 2026 overdue 12 days (grace 3 day
 
 
 def test_a_phone_enrols_and_gets_everything_it_needs_signed(phone, token_a):
-    response = enroll(phone.imei, token_a)
+    key = Ed25519PrivateKey.generate()
+
+    response = enroll(phone.imei, token_a, key=key)
 
     assert response.status_code == 201, response.json()
     body = response.json()
@@ -102,9 +116,12 @@ def test_a_phone_enrols_and_gets_everything_it_needs_signed(phone, token_a):
     phone.refresh_from_db()
     assert phone.enrolled_at is not None and phone.app_version == "1.0.0"
     assert phone.credential_digest and body["credential"] not in phone.credential_digest
+    assert phone.device_key == device_key_b64(key) and phone.offline_sent_at is not None
     assert EnrollmentToken.objects.get().uses == 1
     event = AuditEvent.objects.get(action="device.enrol")
     assert event.after["re_enrolment"] is False and event.organisation_id == phone.provider_id
+    assert event.after["proof"] == "first_enrolment" and event.after["shop"] == ""
+    assert offline["secret"] not in json.dumps(event.after)
 
 
 def test_a_phone_may_enrol_with_its_second_imei_typed_as_printed(phone, token_a):
@@ -148,11 +165,12 @@ def test_a_malformed_imei_is_a_field_error(token_a):
 
 
 def test_after_a_factory_reset_the_phone_gets_its_current_lock_back_and_the_old_credential_dies(phone, token_a):
-    first = enroll(phone.imei, token_a).json()
+    key = Ed25519PrivateKey.generate()  # kept in reset-protected storage
+    first = enroll(phone.imei, token_a, key=key).json()
     command = lock(phone)
 
-    # The owner factory-resets the phone; the agent comes back and enrols again.
-    again = enroll(phone.imei, token_a)
+    # The owner factory-resets the phone; the agent comes back and enrols again, signing with its key.
+    again = enroll(phone.imei, token_a, key=key)
 
     assert again.status_code == 201
     body = again.json()
@@ -166,19 +184,29 @@ def test_after_a_factory_reset_the_phone_gets_its_current_lock_back_and_the_old_
     assert (
         as_phone(body["credential"]).post(CHECKIN, {"state": "locked", "last_seq": 2}, format="json").status_code == 200
     )
-    # The offline-code secret and counter carry on: codes already used stay used.
-    assert body["offline"] == first["offline"]
-    assert AuditEvent.objects.filter(action="device.enrol").latest("id").after["re_enrolment"] is True
+    # The offline-code secret was handed out once; the phone kept it with its device key.
+    assert first["offline"]["secret"] and body["offline"] is None
+    event = AuditEvent.objects.filter(action="device.enrol").latest("id")
+    assert event.after["re_enrolment"] is True and event.after["proof"] == "device_key"
 
 
 def test_the_enrolment_token_cli_prints_a_secret_that_enrols(phone, capsys):
-    call_command("create_enrollment_token", phone.provider.slug, "--name", "Kandy shop", "--days", "7")
+    call_command(
+        "create_enrollment_token",
+        phone.provider.slug,
+        *("--name", "Kandy shop", "--days", "7", "--shop", "Kandy, Peradeniya Rd", "--max-uses", "1"),
+    )
 
-    secret = capsys.readouterr().out.strip().splitlines()[-1]
-    assert secret.startswith("fle_")
+    out = capsys.readouterr().out.strip().splitlines()
+    secret = out[-1]
+    assert secret.startswith("fle_") and "Kandy, Peradeniya Rd" in out[0] and "at most 1 phone" in out[0]
     assert enroll(phone.imei, secret).status_code == 201
     token = EnrollmentToken.objects.get(name="Kandy shop")
     assert token.expires_at > timezone.now() and token.digest != secret
+    assert (token.shop, token.max_uses, token.uses) == ("Kandy, Peradeniya Rd", 1, 1)
+    assert AuditEvent.objects.get(action="device.enrol").after["shop"] == "Kandy, Peradeniya Rd"
+    # Its one first enrolment is used: another phone is refused.
+    assert enroll(DeviceFactory(provider=phone.provider).imei, secret).status_code == 400
 
 
 # --- check-in ---------------------------------------------------------------------------
@@ -362,7 +390,7 @@ def test_the_device_api_has_its_own_openapi_document(db):
     document = APIClient().get("/api/device/v1/schema/?format=json").json()
     provider_document = APIClient().get("/api/schema/?format=json").json()
 
-    assert set(document["paths"]) == {ENROLL, CHECKIN, ACK}
+    assert set(document["paths"]) == {ENROLL, ENROLL + "/challenge", CHECKIN, ACK}
     assert "DeviceCredential" in document["components"]["securitySchemes"]
     assert document["paths"][CHECKIN]["post"]["security"] == [{"DeviceCredential": []}]
     assert not any(path.startswith("/api/device/") for path in provider_document["paths"])

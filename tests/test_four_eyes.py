@@ -191,12 +191,12 @@ def test_an_operator_who_set_both_passwords_in_the_admin_links_the_two_accounts(
 
 @pytest.fixture
 def enrolled_phone(provider_a):
-    from devices.services import device_enroll, enrollment_token_create
-    from tests.factories import DeviceFactory
+    from devices.services import enrollment_token_create
+    from tests.factories import DeviceFactory, enrol_device
 
     device = DeviceFactory(provider=provider_a)
     _token, secret = enrollment_token_create(provider=provider_a, name="shop", actor=None)
-    device_enroll(imei=device.imei, token_secret=secret, app_version="1.0")
+    enrol_device(device.imei, secret)
     device.refresh_from_db()
     return device
 

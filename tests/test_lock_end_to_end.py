@@ -8,6 +8,7 @@ running the sweep at a later ``now``.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import time
 import uuid
 
@@ -17,13 +18,14 @@ from django.conf import settings
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.agent import Agent
-from devices.agent.client import HttpTransport
+from devices.agent.client import ApiError, HttpTransport
 from devices.agent.mqtt import MqttListener, parse_mqtt_url
 from devices.models import Device
 from devices.protocol import topic_for
-from devices.services import enrollment_token_create, offline_code_issue
+from devices.services import device_reenrollment_code_issue, enrollment_token_create, offline_code_issue
 from payments.models import PaymentChannel
 from payments.services import lock_sweep
+from support.services import unlock_request_approve, unlock_request_create
 from tests.conftest import signed_in
 from tests.factories import UserFactory, make_contract
 
@@ -149,3 +151,60 @@ def test_an_offline_code_from_the_server_unlocks_the_phone_once(
     assert enrolled_phone.view().state == "temp_unlocked"
     again = enrolled_phone.enter_code(code.token)
     assert not again.ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_phone_that_lost_its_protected_storage_enrols_again_only_with_a_staff_code(
+    enrolled_phone, phone_contract, live_server, provider_a
+):
+    """Re-flashed: the device key is gone with the protected storage. The token alone no longer enrols it."""
+    lock_sweep(now=TUESDAY_MORNING)
+    enrolled_phone.checkin()
+    assert enrolled_phone.view().state == "locked"
+    imei = phone_contract.device.imei
+    shutil.rmtree(enrolled_phone.store.root / "protected")
+    enrolled_phone.factory_reset()
+
+    with pytest.raises(ApiError) as refused:
+        enrolled_phone.enroll(live_server.url, imei, enrolled_phone.enrollment_secret)
+    assert refused.value.status == 400
+
+    admin = UserFactory(username="admin.codes", organisation=provider_a, role="provider_admin")
+    code, _expires = device_reenrollment_code_issue(device=Device.objects.get(pk=phone_contract.device_id), actor=admin)
+    outcome = enrolled_phone.enroll(live_server.url, imei, enrolled_phone.enrollment_secret, reenrollment_code=code)
+
+    assert outcome.accepted and enrolled_phone.view().state == "locked"  # the lock came back with the enrolment
+    assert enrolled_phone.checkin().status == "duplicate"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_offline_code_key_reaches_the_phone_at_its_next_enrolment_and_old_codes_stop_working(
+    enrolled_phone, phone_contract, live_server, provider_a, agent_a, technician
+):
+    device = Device.objects.get(pk=phone_contract.device_id)
+    approver = UserFactory(username="admin.rekey", organisation=provider_a, role="provider_admin")
+    old_code = offline_code_issue(
+        device=device, kind="unlock_days", days=2, requested_by=technician, approved_by=approver, reason="spare"
+    )
+    request = unlock_request_create(device=device, kind="rekey", requested_by=agent_a, reason="secret lost")
+    unlock_request_approve(unlock_request=request, approver=approver)
+    old_secret = enrolled_phone.protected.offline.secret
+
+    # The phone enrols again (after a reset, say), signing with its device key: the new key arrives.
+    enrolled_phone.factory_reset()
+    assert enrolled_phone.enroll(live_server.url, device.imei, enrolled_phone.enrollment_secret).status in {
+        "applied",
+        "duplicate",
+    }
+
+    assert enrolled_phone.protected.offline.secret not in (None, old_secret)
+    assert not enrolled_phone.enter_code(old_code.token).ok
+    new_code = offline_code_issue(
+        device=Device.objects.get(pk=device.pk),
+        kind="unlock_days",
+        days=2,
+        requested_by=technician,
+        approved_by=approver,
+        reason="owner paid at a branch; phone offline",
+    )
+    assert enrolled_phone.enter_code(new_code.token).ok

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
 from paho.mqtt.enums import CallbackAPIVersion
@@ -33,9 +34,9 @@ from devices.agent.__main__ import main as agent_main
 from devices.agent.mqtt import MqttListener
 from devices.models import Device, DeviceCommand, MqttAccount
 from devices.protocol import topic_for
-from devices.services import StateChange, device_states_apply, enrollment_token_create
+from devices.services import StateChange, device_states_apply, enrollment_challenge_issue, enrollment_token_create
 from portal.models import AuditEvent
-from tests.factories import DeviceFactory
+from tests.factories import DeviceFactory, enrolment_body
 from tests.test_delivery import free_port, wait_for
 from tests.test_settings import PRODUCTION, _manage
 
@@ -253,13 +254,21 @@ def enrol(enrolment_token, django_capture_on_commit_callbacks, celery_eager):
 
     def enrol(device: Device) -> dict:
         with django_capture_on_commit_callbacks(execute=True):
-            response = APIClient().post(
-                ENROLL, {"imei": device.imei, "enrollment_token": enrolment_token}, format="json"
-            )
+            response = APIClient().post(ENROLL, signed_enrolment(device, enrolment_token), format="json")
         assert response.status_code == 201, response.json()
         return response.json()
 
     return enrol
+
+
+#: Each test phone's device key, as a phone keeps it in reset-protected storage: it signs every enrolment.
+_device_keys: dict[str, Ed25519PrivateKey] = {}
+
+
+def signed_enrolment(device: Device, token: str) -> dict:
+    """The enrol body a phone sends: a fresh challenge signed with its device key (docs/lock-pipeline.md)."""
+    key = _device_keys.setdefault(device.imei, Ed25519PrivateKey.generate())
+    return enrolment_body(imei=device.imei, token=token, key=key, challenge=enrollment_challenge_issue()["challenge"])
 
 
 def phone_session(sessions, answer: dict, *, password: str | None = None, client_id: str | None = None) -> Session:
@@ -514,7 +523,7 @@ def test_without_phone_accounts_the_enrolment_answer_carries_no_mqtt_credential(
     settings.MQTT_PROVISION_URL = None
     device = DeviceFactory(provider=provider_a)
 
-    response = APIClient().post(ENROLL, {"imei": device.imei, "enrollment_token": enrolment_token}, format="json")
+    response = APIClient().post(ENROLL, signed_enrolment(device, enrolment_token), format="json")
 
     assert response.status_code == 201
     assert response.json()["mqtt"] is None
@@ -531,7 +540,7 @@ def test_the_phones_mqtt_password_is_derived_and_stored_nowhere(
     device = DeviceFactory(provider=provider_a)
 
     with django_capture_on_commit_callbacks(execute=True):  # the broker is down: the sync fails, quietly
-        response = APIClient().post(ENROLL, {"imei": device.imei, "enrollment_token": enrolment_token}, format="json")
+        response = APIClient().post(ENROLL, signed_enrolment(device, enrolment_token), format="json")
 
     assert response.status_code == 201
     account = response.json()["mqtt"]

@@ -22,9 +22,9 @@ from django.http import Http404
 from openpaygo import TokenType
 
 from devices.models import Device, OfflineCode
-from devices.services import device_enroll, enrollment_token_create, offline_code_issue
+from devices.services import enrollment_token_create, offline_code_issue
 from portal.models import AuditEvent
-from tests.factories import DeviceFactory
+from tests.factories import DeviceFactory, enrol_device
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def phone(provider_a):
     """An enrolled phone: it holds the offline secret and starting code from its enrolment."""
     device = DeviceFactory(provider=provider_a)
     _token, secret = enrollment_token_create(provider=provider_a, name="shop", actor=None)
-    device_enroll(imei=device.imei, token_secret=secret, app_version="1.0")
+    enrol_device(device.imei, secret)
     device.refresh_from_db()
     return device
 

@@ -289,10 +289,8 @@ def test_a_phone_confirming_its_lock_and_unlock_is_reported(
 ):
     phone = factories.DeviceFactory(provider=provider_a)
     _token, token = enrollment_token_create(provider=provider_a, name="Colombo shop", actor=admin_a)
-    enrolled = APIClient().post(
-        "/api/device/v1/enroll", {"imei": phone.imei, "enrollment_token": token, "app_version": "1.0"}, format="json"
-    )
-    assert enrolled.status_code == 201
+    enrolled = factories.enrol_device(phone.imei, token)
+    assert enrolled.credential
     _hook, secret = webhook_create(
         provider=provider_a, url=endpoint.url, events=["device.locked", "device.unlocked"], actor=admin_a
     )

@@ -30,7 +30,7 @@ from django.utils import timezone
 from portal.browsers import BROWSER_COOKIE, browser_digest
 from portal.models import AuditEvent
 from support.services import unlock_request_approve, unlock_request_create
-from tests.factories import UserFactory, make_contract
+from tests.factories import UserFactory, enrol_device, make_contract
 
 PASSWORD = "correct-horse-battery"
 URL = "/audit/same-browser/"
@@ -125,14 +125,14 @@ def test_approvals_from_one_browser_go_through_and_the_auditor_sees_them(
 
 
 def test_the_offline_code_approval_is_listed_too(provider_a, agent_a, agent_a2, auditor_a, as_user):
-    from devices.services import device_enroll, enrollment_token_create, offline_code_issue
+    from devices.services import enrollment_token_create, offline_code_issue
 
     shared = Client()
     sign_in(shared, agent_a)
     sign_in(shared, agent_a2)
     contract = make_contract(provider_a)
     _token, secret = enrollment_token_create(provider=provider_a, name="shop", actor=None)
-    device_enroll(imei=contract.device.imei, token_secret=secret, app_version="1.0")
+    enrol_device(contract.device.imei, secret)
     contract.device.refresh_from_db()
     offline_code_issue(
         device=contract.device, kind="release", requested_by=agent_a, approved_by=agent_a2, reason="No signal"

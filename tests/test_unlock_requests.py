@@ -6,6 +6,7 @@ Stories:
   is issued in the same transaction; when it ends the sweep locks the phone again;
 * a lock in error is released for good, without pretending the contract was paid;
 * a phone that cannot reach the internet gets an offline code, shown once to the approver;
+* a phone that lost its offline-code key gets a new one only when a second person approves;
 * nobody approves their own request; of two approvers clicking at once one wins and the
   other is told it is done; provider B's staff never see provider A's requests (404);
 * every step is in the audit trail, and the list page's query count does not grow.
@@ -24,7 +25,7 @@ from django.urls import reverse
 from devices.keys import public_keys
 from devices.models import Device, DeviceCommand
 from devices.protocol import verify
-from devices.services import device_enroll, enrollment_token_create
+from devices.services import enrollment_token_create
 from payments.models import Contract, LockOverride
 from payments.services import lock_policy_update, lock_sweep
 from portal.models import AuditEvent
@@ -35,7 +36,8 @@ from support.services import (
     unlock_request_create,
     unlock_request_reject,
 )
-from tests.factories import DeviceFactory, UserFactory, make_contract
+from tests.conftest import signed_in
+from tests.factories import DeviceFactory, UserFactory, enrol_device, make_contract
 
 # Tuesday 17 Feb 2026, 10:00 in Colombo: the 15 Jan installment is 33 days late.
 TUESDAY_MORNING = dt.datetime(2026, 2, 17, 4, 30, tzinfo=dt.UTC)
@@ -229,7 +231,7 @@ def test_a_retail_unit_without_a_contract_can_be_released(provider_a, agent_a, a
 @pytest.fixture
 def enrolled(overdue_now, provider_a):
     _token, secret = enrollment_token_create(provider=provider_a, name="shop", actor=None)
-    device_enroll(imei=overdue_now.device.imei, token_secret=secret, app_version="1.0")
+    enrol_device(overdue_now.device.imei, secret)
     overdue_now.device.refresh_from_db()
     return overdue_now.device
 
@@ -249,6 +251,36 @@ def test_an_offline_code_is_shown_once_to_the_approver(enrolled, agent_a, admin_
     for event in AuditEvent.objects.all():
         assert token not in str(event.after) and token not in str(event.before)
     assert request.offline_code.approved_by == admin_a and request.offline_code.requested_by == agent_a
+
+
+def test_a_new_offline_code_key_is_asked_for_and_approved_on_the_pages_by_two_people(
+    enrolled, agent_a, admin_a, client
+):
+    old_secret = enrolled.offline_secret
+    asker = signed_in(client, agent_a)
+    page = asker.get(reverse("devices:detail", args=[enrolled.pk])).content.decode()
+    assert "Ask for a new offline-code key" in page
+    asker.post(
+        reverse("support:unlock_new") + f"?device={enrolled.pk}",
+        {"kind": "rekey", "reason": "Storage replaced at the service centre"},
+    )
+    request = UnlockRequest.objects.get(kind="rekey")
+    assert request.kind_label == "New offline-code key" and request.status == "pending"
+    # The requester cannot approve it, on the page either.
+    asker.post(reverse("support:unlock_approve", args=[request.pk]), {"note": "mine"})
+    assert UnlockRequest.objects.get(pk=request.pk).status == "pending"
+    assert Device.objects.get(pk=enrolled.pk).offline_secret == old_secret
+    client.logout()
+
+    done = signed_in(client, admin_a).post(reverse("support:unlock_approve", args=[request.pk]), {"note": "ok"})
+
+    assert done.status_code == 302
+    request.refresh_from_db()
+    assert request.status == "approved" and "receives it when it next enrols" in request.outcome
+    rekeyed = Device.objects.get(pk=enrolled.pk)
+    assert rekeyed.offline_secret != old_secret and rekeyed.offline_sent_at is None
+    page = client.get(reverse("devices:detail", args=[enrolled.pk])).content.decode()
+    assert "waiting for the phone" in page and rekeyed.offline_secret not in page
 
 
 def test_an_offline_code_needs_an_enrolled_phone(overdue_now, agent_a):

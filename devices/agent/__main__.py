@@ -6,6 +6,8 @@
     python -m devices.agent enter-code 123456789 --state-dir var/phone1
     python -m devices.agent factory-reset --state-dir var/phone1
     python -m devices.agent render --html screen.html --state-dir var/phone1
+    python -m devices.agent enroll --server ... --imei ... --token ... --reenroll-code 7K2M-9QXD-4TNB-H3WE \\
+        --state-dir var/phone1    # a phone that lost its protected storage, with a code from the provider
 
 Exit status: 0 done, 1 refused (a rejected command, a refused code), 2 usage, 3 the
 server or the state directory could not be used.
@@ -29,6 +31,7 @@ from devices.agent.state import StateError, write_text_atomic
 from devices.agent.times import parse_time
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+REENROLL_HELP = "a one-time re-enrolment code from the provider (only when the phone lost its device key)"
 
 
 class ScreenPrinter:
@@ -69,8 +72,10 @@ def _enroll_until_done(agent: Agent, args: argparse.Namespace, stop: threading.E
     delay = 1.0
     while not stop.is_set():
         try:
-            outcome = agent.enroll(args.server, args.imei, args.token)
+            outcome = agent.enroll(args.server, args.imei, args.token, args.reenroll_code)
         except ApiError as exc:
+            if exc.status == 400:
+                _say(REFUSED_HINT)
             if exc.status is not None and 400 <= exc.status < 500:
                 raise
             _say(f"enrolment failed, retrying in {delay:.0f} s: {exc}")
@@ -123,9 +128,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+REFUSED_HINT = (
+    "enrolment refused: check the IMEI and the token. A phone that enrolled before signs with the device key "
+    "in its protected storage; if that storage was lost, the provider's staff issue a re-enrolment code "
+    "(--reenroll-code)."
+)
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     agent = Agent(args.state_dir, transport=HttpTransport(timeout=args.timeout))
-    outcome = agent.enroll(args.server, args.imei, args.token)
+    try:
+        outcome = agent.enroll(args.server, args.imei, args.token, args.reenroll_code)
+    except ApiError as exc:
+        if exc.status == 400:
+            _say(REFUSED_HINT)
+        raise
     print(f"enrolled as {agent.state.enrolment.device}: {_outcome_line(outcome)}")
     return EXIT_OK if outcome.status != "rejected" else EXIT_REFUSED
 
@@ -162,6 +179,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"last seq:    {st.last_seq}" + (f" (not yet acknowledged: seq {st.unacked['seq']})" if st.unacked else ""),
         f"check-in:    {st.last_checkin_at or 'never'}",
         f"offline:     {_offline_line(prot)}",
+        f"device key:  {'kept in protected storage' if prot.device_key else 'none yet (made at the first enrolment)'}",
         f"user data:   {agent.user_data_dir} ({sum(1 for _ in agent.user_data_dir.rglob('*'))} entries, never deleted)",
     ]
     print("\n".join(lines))
@@ -197,6 +215,8 @@ def _redacted(dump: dict) -> dict:
             dump["agent"]["enrolment"][secret] = "<hidden>"
     if dump["protected"]["offline"].get("secret"):
         dump["protected"]["offline"]["secret"] = "<hidden>"
+    if dump["protected"].get("device_key"):  # whoever holds it can enrol as this phone
+        dump["protected"]["device_key"] = "<hidden>"
     return dump
 
 
@@ -250,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mqtt", help="broker URL, e.g. mqtt://127.0.0.1:1883 (omit for check-ins only)")
     run.add_argument("--imei", help="this phone's IMEI (needed to enrol)")
     run.add_argument("--token", help="the enrolment token from the provider (needed to enrol)")
+    run.add_argument("--reenroll-code", help=REENROLL_HELP)
     run.add_argument("--checkin-every", type=float, default=60.0, metavar="SECONDS", help="default 60")
     run.add_argument("--html", type=Path, help="also keep this HTML file showing the screen")
     run.add_argument("--once", action="store_true", help="enrol, check in once, render, exit")
@@ -260,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--server", required=True)
     enroll.add_argument("--imei", required=True)
     enroll.add_argument("--token", required=True)
+    enroll.add_argument("--reenroll-code", help=REENROLL_HELP)
     enroll.set_defaults(func=cmd_enroll)
 
     sub.add_parser("checkin", parents=[common, network], help="check in once").set_defaults(func=cmd_checkin)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from devices.agent import offline as offline_codes
 from devices.agent.client import ApiError, HttpTransport, Transport
 from devices.agent.render import ScreenView, render_html, render_text
@@ -34,7 +36,7 @@ from devices.agent.state import (
     append_log,
 )
 from devices.agent.times import format_time, parse_time, utc_now
-from devices.protocol import Rejected, topic_for, verify
+from devices.protocol import Rejected, b64, enrollment_message, topic_for, unb64, verify
 
 APP_VERSION = "finlock-reference-agent/1.0"
 
@@ -199,6 +201,11 @@ class Agent:
             if seq == st.last_seq and command == st.command:
                 return None
             raise Rejected(f"replayed or stale (seq {seq} <= {st.last_seq})")
+        # ... and than anything applied before a factory reset (reset-protected storage
+        # keeps the last seq): only the very command in force may be applied again.
+        floor = prot.last_seq if prot.device == st.enrolment.device else 0
+        if seq < floor or (seq == floor and command != prot.command):
+            raise Rejected(f"replayed or stale (seq {seq} <= {floor}, applied before a reset)")
         # 4. released is final
         current, _until = _effective(st, prot, now)
         if current == "released" and command["state"] != "released":
@@ -229,6 +236,7 @@ class Agent:
         # the state it last showed, and never re-apply an older command.
         self.store.save_agent(st)
         prot.command, prot.fallback_command = st.command, st.fallback_command
+        prot.device, prot.last_seq = str(command["device"]), command["seq"]
         self.store.save_protected(prot)
         return outcome
 
@@ -282,10 +290,13 @@ class Agent:
             if st.enrolment and st.enrolment.device != device:
                 # Another identity (re-provisioned for another contract): its numbering starts over.
                 st.last_seq, st.command, st.fallback_command, st.unacked = 0, None, None, None
-            if prot.command and prot.command.get("device") != device:
+            previous = prot.device or (prot.command or {}).get("device")
+            same_identity = previous is None or previous == str(device)
+            if not same_identity:
                 # The lock kept through a reset belongs to the phone's previous identity; the
                 # new identity's current command arrives with this enrolment.
-                prot.command, prot.fallback_command = None, None
+                prot.command, prot.fallback_command, prot.last_seq = None, None, 0
+            prot.device = str(device)
             st.enrolment = Enrolment(
                 device=str(device),
                 imei=normalise_imei(imei),
@@ -296,18 +307,54 @@ class Agent:
                 enrolled_at=format_time(now),
                 **_mqtt_account(mqtt),
             )
-            note = _install_offline(prot, offline)
+            note = _install_offline(prot, offline, same_identity=same_identity)
             append_log(st, {"at": format_time(now), "event": "enrolled", "device": str(device), "reason": note})
             self.store.save_agent(st)
             self.store.save_protected(prot)
 
-    def enroll(self, server_url: str, imei: str, enrollment_token: str) -> Outcome:
-        """``POST enroll`` and apply the current command it returns (a reset never removes a lock)."""
-        answer = self.transport.post(
-            server_url,
-            "enroll",
-            {"imei": normalise_imei(imei), "enrollment_token": enrollment_token, "app_version": self.app_version},
-        )
+    def device_key(self) -> Ed25519PrivateKey:
+        """The phone's device key, generated (and saved to protected storage) the first time it is needed.
+
+        Saved before anything is sent: if the server registers the key and its answer is
+        lost, the phone still holds the key the server knows.
+        """
+        with self.store.locked():
+            prot = self.store.load_protected()
+            if prot.device_key:
+                return Ed25519PrivateKey.from_private_bytes(unb64(prot.device_key))
+            key = Ed25519PrivateKey.generate()
+            prot.device_key = b64(key.private_bytes_raw())
+            self.store.save_protected(prot)
+            return key
+
+    def enroll(
+        self, server_url: str, imei: str, enrollment_token: str, reenrollment_code: str | None = None
+    ) -> Outcome:
+        """``POST enroll/challenge``, sign it with the device key, ``POST enroll``, apply the current command.
+
+        The same steps for the first enrolment and every later one (after a reset the
+        device key is still in protected storage, so the server knows it is this phone).
+        A phone that lost its protected storage has a new key the server does not know:
+        it needs ``reenrollment_code`` from its provider's staff. A reset never removes a lock.
+        """
+        digits = normalise_imei(imei)
+        key = self.device_key()
+        challenge = self.transport.post(server_url, "enroll/challenge", {}).get("challenge")
+        if not isinstance(challenge, str) or not challenge:
+            raise AgentError("the server answered no enrolment challenge")
+        device_key = b64(key.public_key().public_bytes_raw())
+        signature = key.sign(enrollment_message(challenge=challenge, imei=digits, device_key=device_key))
+        body = {
+            "imei": digits,
+            "enrollment_token": enrollment_token,
+            "app_version": self.app_version,
+            "device_key": device_key,
+            "challenge": challenge,
+            "signature": b64(signature),
+        }
+        if reenrollment_code:
+            body["reenrollment_code"] = reenrollment_code
+        answer = self.transport.post(server_url, "enroll", body)
         missing = [k for k in ("device", "credential", "server_keys", "envelope") if not answer.get(k)]
         if missing:
             raise AgentError(f"the enrolment answer lacks {', '.join(missing)}")
@@ -540,10 +587,11 @@ def _mqtt_account(mqtt: Any) -> dict[str, str | None]:
     return {"mqtt_username": None, "mqtt_password": None}
 
 
-def _install_offline(prot: ProtectedState, offline: dict[str, Any] | None) -> str:
-    """Take the OpenPAYGO secret and starting code from the enrolment answer."""
+def _install_offline(prot: ProtectedState, offline: dict[str, Any] | None, *, same_identity: bool = False) -> str:
+    """Take the OpenPAYGO secret and starting code from the enrolment answer (sent once per secret)."""
     if not isinstance(offline, dict) or not offline:
-        return "no offline codes offered"
+        # The server hands the secret out once; the phone keeps it in protected storage.
+        return "offline codes ready" if prot.offline.secret else "no offline codes offered"
     secret = str(offline.get("secret") or offline.get("secret_key") or "")
     try:
         starting_code = int(offline.get("starting_code"))
@@ -553,10 +601,13 @@ def _install_offline(prot: ProtectedState, offline: dict[str, Any] | None) -> st
     if len(secret) != 32:
         return "offline codes not set up: the secret must be 32 hex digits"
     if (prot.offline.secret, prot.offline.starting_code) != (secret, starting_code):
-        # A new secret is a new PAYG set-up (a new contract): fresh counter, nothing granted
-        # yet. Re-enrolling with the same secret (after a reset) keeps everything, so codes
-        # already typed stay used and days already paid for stay granted.
+        # A new secret: codes made with the old one no longer decode, and the counter starts
+        # again. For the same identity (a staff re-key) what codes already granted stays: days
+        # paid for, and a release, which is final. A new identity is a new PAYG set-up.
+        kept = prot.offline
         prot.offline = OfflineState(secret=secret, starting_code=starting_code)
+        if same_identity:
+            prot.offline.until, prot.offline.released = kept.until, kept.released
     return "offline codes ready"
 
 

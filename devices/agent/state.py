@@ -8,9 +8,13 @@ The state directory holds three things with three different lifetimes:
     file, exactly as a reset wipes an app's data on a real phone.
 ``protected/lock.json``
     What a real finance-lock agent keeps in reset-protected storage (Android's persistent
-    data block, the same place factory-reset protection lives): a copy of the command in
-    force, so the lock screen survives a reset until the phone enrols again, and the
-    OpenPAYGO counters, so an offline code cannot be typed twice by resetting in between.
+    data block, the same place factory-reset protection lives): the phone's device key
+    (the Ed25519 private key it generated at its first enrolment: it signs every later
+    enrolment, so the phone can enrol again after a reset and nobody else can), the device
+    id it enrolled as and the last applied sequence number (a command older than that is
+    refused even after a reset), a copy of the command in force, so the lock screen
+    survives a reset until the phone enrols again, and the OpenPAYGO secret and counters
+    (handed out once by the server; a code cannot be typed twice by resetting in between).
 ``user-data/``
     Stands in for the owner's photos and messages. The agent never deletes it, for any
     command and on a reset: the product promise is that a lock never costs the owner data.
@@ -116,6 +120,12 @@ class ProtectedState:
     command: dict[str, Any] | None = None
     fallback_command: dict[str, Any] | None = None
     offline: OfflineState = field(default_factory=OfflineState)
+    # The device key's 32-byte Ed25519 private seed (standard base64): losing it means
+    # re-enrolling only with a re-enrolment code from the provider's staff.
+    device_key: str | None = None
+    # The identity last enrolled as, and the last sequence number applied under it.
+    device: str | None = None
+    last_seq: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProtectedState:
@@ -123,6 +133,9 @@ class ProtectedState:
             command=data.get("command"),
             fallback_command=data.get("fallback_command"),
             offline=OfflineState(**(data.get("offline") or {})),
+            device_key=data.get("device_key"),
+            device=data.get("device"),
+            last_seq=int(data.get("last_seq") or 0),
         )
 
 

@@ -12,8 +12,9 @@ DEVICE_API_PREFIX = "/api/device/"
 DEVICE_SCHEMA_SETTINGS = {
     "TITLE": "finlock device API",
     "DESCRIPTION": (
-        "What a phone's agent calls (docs/lock-pipeline.md). `enroll` with the IMEI and a provider's "
-        "enrolment token returns a credential; send it as `Authorization: Device <credential>` to "
+        "What a phone's agent calls (docs/lock-pipeline.md). `enroll` with the IMEI, a provider's "
+        "enrolment token and a challenge from `enroll/challenge` signed with the phone's device key "
+        "returns a credential; send it as `Authorization: Device <credential>` to "
         "`checkin` and `ack`. Every answer carrying a command holds the signed envelope "
         '`{"command": ..., "signature": ...}`, to verify with the keys from `enroll`.'
     ),

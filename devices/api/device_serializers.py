@@ -16,6 +16,30 @@ class EnrollSerializer(serializers.Serializer):
     imei = serializers.CharField(max_length=32, help_text="The phone's IMEI (first or second), 15 digits.")
     enrollment_token = serializers.CharField(max_length=200, help_text="The provider's enrolment token (fle_…).")
     app_version = serializers.CharField(max_length=40, required=False, allow_blank=True, default="")
+    device_key = serializers.CharField(
+        max_length=44,
+        help_text="The phone's own Ed25519 public key: standard base64 (with padding) of the raw 32 bytes. "
+        "Generated at its first enrolment and kept in reset-protected storage.",
+    )
+    challenge = serializers.CharField(max_length=100, help_text="A challenge from enroll/challenge, as received.")
+    signature = serializers.CharField(
+        max_length=88,
+        help_text="Standard base64 of the 64-byte Ed25519 signature, by the device key, of "
+        '"finlock-enroll-v1\\n<challenge>\\n<imei digits>\\n<device_key>" (ASCII).',
+    )
+    reenrollment_code = serializers.CharField(
+        max_length=40,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="A one-time code the provider's staff issued for this phone, when it lost its device key: "
+        "the device_key sent with it replaces the registered one.",
+    )
+
+
+class ChallengeAnswerSerializer(serializers.Serializer):
+    challenge = serializers.CharField(help_text="Sign it at once (see enroll); accepted once per device.")
+    expires_in = serializers.IntegerField(help_text="Seconds during which enroll accepts it.")
 
 
 class CheckinSerializer(serializers.Serializer):
@@ -51,7 +75,12 @@ class EnrollAnswerSerializer(serializers.Serializer):
     device = serializers.UUIDField(help_text="The device's public id, used in the MQTT topic and every command.")
     credential = serializers.CharField(help_text="Send as Authorization: Device <credential>; shown once.")
     server_keys = serializers.DictField(child=serializers.CharField(), help_text="key_id → base64 Ed25519 public key.")
-    offline = OfflineSerializer()
+    offline = OfflineSerializer(
+        allow_null=True,
+        help_text="Only on the enrolment that hands the device's offline-code secret out, which happens once "
+        "(the first enrolment, or the first after a staff re-key); null on every other. Keep it in "
+        "reset-protected storage.",
+    )
     mqtt_topic = serializers.CharField(help_text="The only topic this phone may subscribe to; it may publish nothing.")
     mqtt = MqttAccountSerializer(
         allow_null=True,

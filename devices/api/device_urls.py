@@ -6,6 +6,7 @@ from devices.api.device_schema import DEVICE_SCHEMA_SETTINGS
 
 api_patterns = [
     path("enroll", device_views.EnrollView.as_view(), name="device-api-enroll"),
+    path("enroll/challenge", device_views.EnrollChallengeView.as_view(), name="device-api-enroll-challenge"),
     path("checkin", device_views.CheckinView.as_view(), name="device-api-checkin"),
     path("ack", device_views.AckView.as_view(), name="device-api-ack"),
 ]

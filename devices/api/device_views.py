@@ -19,13 +19,14 @@ from devices.api.device_auth import (
 from devices.api.device_serializers import (
     AckAnswerSerializer,
     AckSerializer,
+    ChallengeAnswerSerializer,
     CheckinAnswerSerializer,
     CheckinSerializer,
     EnrollAnswerSerializer,
     EnrollSerializer,
 )
 from devices.keys import public_keys
-from devices.services import device_ack, device_checkin, device_enroll
+from devices.services import device_ack, device_checkin, device_enroll, enrollment_challenge_issue
 from portal.api.schema import ErrorSerializer
 from portal.api.utils import client_ip
 
@@ -46,8 +47,29 @@ class DeviceApiView(APIView):
     parser_classes = [JSONParser]
 
 
+class EnrollChallengeView(DeviceApiView):
+    """A fresh challenge for the phone to sign before it enrols; the same for every caller, it reveals nothing."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    throttle_classes = [DeviceEnrollRateThrottle]
+
+    @extend_schema(
+        tags=["device"],
+        operation_id="device_enroll_challenge",
+        request=None,
+        responses={200: ChallengeAnswerSerializer, 429: THROTTLED},
+    )
+    def post(self, request):
+        return Response(enrollment_challenge_issue())
+
+
 class EnrollView(DeviceApiView):
-    """Enrol a phone with its IMEI and the provider's enrolment token; answers its credential and current command."""
+    """Enrol a phone with its IMEI, the provider's enrolment token and a signed challenge.
+
+    A device already enrolled must sign with the device key it registered, or bring a
+    re-enrolment code from its provider; answers its credential and current command.
+    """
 
     authentication_classes = []
     permission_classes = [AllowAny]
@@ -62,10 +84,15 @@ class EnrollView(DeviceApiView):
     def post(self, request):
         form = EnrollSerializer(data=request.data)
         form.is_valid(raise_exception=True)
+        data = form.validated_data
         enrollment = device_enroll(
-            imei=form.validated_data["imei"],
-            token_secret=form.validated_data["enrollment_token"],
-            app_version=form.validated_data["app_version"],
+            imei=data["imei"],
+            token_secret=data["enrollment_token"],
+            device_key=data["device_key"],
+            challenge=data["challenge"],
+            signature=data["signature"],
+            reenrollment_code=data["reenrollment_code"],
+            app_version=data["app_version"],
             ip_address=client_ip(request),
         )
         return Response(enrollment.as_dict(), status=status.HTTP_201_CREATED)

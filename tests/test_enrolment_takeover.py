@@ -1,0 +1,410 @@
+"""An enrolment token is not a key to every phone: re-enrolling a phone needs proof bound to that phone.
+
+Stories (issue 9, finding 2), tried as an attacker holding a provider's enrolment token and
+the IMEI of an enrolled phone would try them, through the device API:
+
+* with the token and the IMEI alone, or with a key of their own, the attacker gets the very
+  same 400 as any refusal; the real phone's credential keeps working, nothing changes on the
+  device, and the attempt is audited (once a minute at most);
+* nothing the attacker can get carries the phone's offline-code secret, so no permanent
+  release code (OpenPAYGO ``DISABLE_PAYG``) can be made;
+* the real phone, reset to factory settings, enrols again by signing a fresh challenge with
+  the device key it kept, and gets no secret again;
+* an observed signed enrolment cannot be replayed, nor an older challenge used late, nor an
+  expired or forged challenge used at all;
+* a re-enrolment code from the provider's staff works once, for its phone only, for no
+  other provider's device, and registers the new device key;
+* a phone that lost its offline-code secret gets a new one only when two people agree
+  (request and approval); it is delivered once, at the phone's next proven enrolment, and
+  codes made with the old secret stop working;
+* the challenge call needs nothing and answers everyone alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import openpaygo
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404
+from django.utils import timezone
+from openpaygo import TokenType
+from rest_framework.test import APIClient
+
+from devices.agent.offline import apply_code
+from devices.agent.state import OfflineState
+from devices.models import Device
+from devices.protocol import enrollment_message
+from devices.services import (
+    device_reenrollment_code_issue,
+    enrollment_challenge_issue,
+    enrollment_token_create,
+    offline_code_issue,
+)
+from portal.models import AuditEvent
+from portal.services import staff_create
+from support.services import unlock_request_approve, unlock_request_create
+from tests.factories import DeviceFactory, UserFactory, device_key_b64, enrolment_body, make_imei
+
+ENROLL = "/api/device/v1/enroll"
+CHALLENGE = "/api/device/v1/enroll/challenge"
+CHECKIN = "/api/device/v1/checkin"
+
+
+@pytest.fixture
+def token_a(provider_a, admin_a):
+    _token, secret = enrollment_token_create(provider=provider_a, name="Colombo shop", shop="Colombo 03", actor=admin_a)
+    return secret
+
+
+class RealPhone:
+    """The owner's phone: its device key (reset-protected storage), its credential and what it was sent."""
+
+    def __init__(self, device: Device, token: str):
+        self.device = device
+        self.token = token
+        self.key = Ed25519PrivateKey.generate()
+        self.first = self.enroll().json()
+        self.credential = self.first["credential"]
+
+    def body(self, challenge: str | None = None, **extra) -> dict:
+        return enrolment_body(
+            imei=self.device.imei, token=self.token, key=self.key, challenge=challenge or fresh_challenge(), **extra
+        )
+
+    def enroll(self, body: dict | None = None):
+        response = APIClient().post(ENROLL, body or self.body(), format="json")
+        if response.status_code == 201:
+            self.credential = response.json()["credential"]
+        return response
+
+    def checkin(self, credential: str | None = None):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Device {credential or self.credential}")
+        return client.post(CHECKIN, {"state": "unlocked", "last_seq": 1}, format="json")
+
+
+def fresh_challenge() -> str:
+    response = APIClient().post(CHALLENGE)
+    assert response.status_code == 200, response.content
+    return response.json()["challenge"]
+
+
+@pytest.fixture
+def real_phone(provider_a, token_a):
+    phone = RealPhone(DeviceFactory(provider=provider_a), token_a)
+    assert phone.first["offline"]["secret"]
+    return phone
+
+
+def attacker_enrol(imei: str, token: str, **extra):
+    """What anyone holding the token tries: the phone's IMEI, signed with a key of their own."""
+    body = enrolment_body(imei=imei, token=token, key=Ed25519PrivateKey.generate(), challenge=fresh_challenge())
+    return APIClient().post(ENROLL, {**body, **extra}, format="json")
+
+
+def any_refusal(token: str):
+    """The answer to an enrolment that is refused for the most ordinary reason: an IMEI nobody registered."""
+    return attacker_enrol(make_imei("35999999"), token)
+
+
+# --- the attacker with the token and the IMEI ------------------------------------------------------
+
+
+def test_the_token_and_the_imei_of_an_enrolled_phone_get_the_same_400_and_the_phone_keeps_working(real_phone):
+    device = Device.objects.get(pk=real_phone.device.pk)
+    reference = any_refusal(real_phone.token)
+
+    attempts = [
+        attacker_enrol(device.imei, real_phone.token),  # a key of their own
+        attacker_enrol(device.imei, real_phone.token, device_key=device.device_key),  # claims the phone's public key
+        attacker_enrol(device.imei, real_phone.token, reenrollment_code="7K2M-9QXD-4TNB-H3WE"),  # a guessed code
+    ]
+
+    assert reference.status_code == 400
+    assert all(a.status_code == 400 and a.content == reference.content for a in attempts), [a.json() for a in attempts]
+    assert real_phone.checkin().status_code == 200, "the real phone's credential still works"
+    after = Device.objects.get(pk=device.pk)
+    assert (after.credential_digest, after.device_key, after.enrolled_at) == (
+        device.credential_digest,
+        device.device_key,
+        device.enrolled_at,
+    )
+    # The takeover attempt is in the trail, once (the enrolment limit bounds each address).
+    refused = AuditEvent.objects.filter(action="device.enrol_refused", object_id=str(device.pk))
+    assert refused.count() == 1
+    assert refused.get().after["shop"] == "Colombo 03" and "proof" in refused.get().after["reason"]
+
+
+def test_with_what_an_attacker_can_get_no_permanent_release_code_can_be_made(real_phone):
+    device = Device.objects.get(pk=real_phone.device.pk)
+    seen = [APIClient().post(CHALLENGE).content for _ in range(3)]
+    seen += [attacker_enrol(device.imei, real_phone.token).content for _ in range(3)]
+    seen += [attacker_enrol(device.imei2 or device.imei, real_phone.token, app_version="x").content]
+    # Even the real phone's own re-enrolment (after a reset) carries no secret any more.
+    again = real_phone.enroll()
+    assert again.status_code == 201 and again.json()["offline"] is None
+    seen.append(again.content)
+    everything = b"\n".join(seen).decode()
+
+    assert device.offline_secret not in everything
+    assert str(device.offline_starting_code) not in everything
+    candidates = set(re.findall(r"[0-9a-fA-F]{32}", everything))
+    for candidate in candidates:  # any 32-hex value an answer happens to hold is not the secret
+        _count, code = openpaygo.generate_token(
+            secret_key=candidate,
+            count=device.offline_count,
+            value=None,
+            token_type=TokenType.DISABLE_PAYG,
+            starting_code=device.offline_starting_code,
+        )
+        assert not apply_code(code, phone_offline(device), timezone.now()).ok
+    # The control: with the secret, such a code is exactly what would release the phone for good.
+    _count, forged = openpaygo.generate_token(
+        secret_key=device.offline_secret,
+        count=device.offline_count,
+        value=None,
+        token_type=TokenType.DISABLE_PAYG,
+        starting_code=device.offline_starting_code,
+    )
+    assert apply_code(forged, phone_offline(device), timezone.now()).kind == "release"
+
+
+def phone_offline(device: Device) -> OfflineState:
+    """The OpenPAYGO state the real phone keeps in reset-protected storage."""
+    return OfflineState(secret=device.offline_secret, starting_code=device.offline_starting_code)
+
+
+# --- the real phone ------------------------------------------------------------------------------
+
+
+def test_a_reset_phone_enrols_again_with_its_device_key_and_the_old_credential_dies(real_phone):
+    old_credential = real_phone.credential
+
+    again = real_phone.enroll()
+
+    assert again.status_code == 201, again.json()
+    body = again.json()
+    assert body["offline"] is None and body["credential"] != old_credential
+    assert real_phone.checkin(old_credential).status_code == 401
+    assert real_phone.checkin().status_code == 200
+    event = AuditEvent.objects.filter(action="device.enrol").latest("id")
+    assert event.after["proof"] == "device_key" and event.after["offline_key_sent"] is False
+    assert event.before["device_key"] == event.after["device_key"]
+
+
+def test_an_observed_signed_enrolment_cannot_be_replayed(real_phone):
+    observed = real_phone.body()
+    assert real_phone.enroll(observed).status_code == 201
+    current = real_phone.credential
+    reference = any_refusal(real_phone.token)
+
+    replayed = APIClient().post(ENROLL, observed, format="json")
+
+    assert replayed.status_code == 400 and replayed.content == reference.content
+    assert real_phone.checkin(current).status_code == 200
+
+
+def test_a_challenge_older_than_the_last_one_used_is_refused(real_phone):
+    early = fresh_challenge()
+    late = fresh_challenge()
+    assert real_phone.enroll(real_phone.body(late)).status_code == 201
+
+    assert real_phone.enroll(real_phone.body(early)).status_code == 400
+
+
+def test_an_expired_or_forged_challenge_is_a_field_error(real_phone, settings):
+    stale = enrollment_challenge_issue(
+        now=timezone.now() - dt.timedelta(seconds=settings.DEVICE_ENROLL_CHALLENGE_SECONDS + 1)
+    )["challenge"]
+    raw = bytearray(base64.b64decode(fresh_challenge()))
+    raw[5] ^= 1  # another issue time under the same MAC
+    forged = base64.b64encode(bytes(raw)).decode()
+
+    for challenge in (stale, forged, "not base64!"):
+        response = real_phone.enroll(real_phone.body(challenge))
+        assert response.status_code == 400
+        assert "challenge" in response.json()["errors"], response.json()
+    assert real_phone.checkin().status_code == 200
+
+
+def test_a_signature_over_anything_else_is_refused(real_phone):
+    challenge = fresh_challenge()
+    body = real_phone.body(challenge)
+    other = real_phone.body(fresh_challenge())
+
+    assert real_phone.enroll({**body, "signature": other["signature"]}).status_code == 400
+    assert real_phone.enroll({**body, "app_version": "9.9"}).status_code == 201  # app_version is not signed
+
+
+# --- a phone that lost its device key: the staff's re-enrolment code ----------------------------------
+
+
+def test_a_reenrollment_code_works_once_for_its_phone_only(real_phone, admin_a, provider_a, provider_b):
+    other_phone = RealPhone(DeviceFactory(provider=provider_a), real_phone.token)
+    _b, token_b = enrollment_token_create(provider=provider_b, name="Nairobi", actor=None)
+    b_phone = RealPhone(DeviceFactory(provider=provider_b), token_b)
+    code, _expires = device_reenrollment_code_issue(device=real_phone.device, actor=admin_a)
+    reference = any_refusal(real_phone.token)
+    old_credential = real_phone.credential
+    new_key = Ed25519PrivateKey.generate()  # the re-flashed phone made a new key
+
+    def with_code(imei, token, key=None):
+        key = key or Ed25519PrivateKey.generate()
+        body = enrolment_body(imei=imei, token=token, key=key, challenge=fresh_challenge(), code=code)
+        return APIClient().post(ENROLL, body, format="json")
+
+    # Not for another phone of the provider, nor for another provider's phone, nor with its token.
+    for attempt in (
+        with_code(other_phone.device.imei, real_phone.token),
+        with_code(b_phone.device.imei, token_b),
+        with_code(real_phone.device.imei, token_b),
+    ):
+        assert attempt.status_code == 400 and attempt.content == reference.content
+
+    used = with_code(real_phone.device.imei, real_phone.token, new_key)
+
+    assert used.status_code == 201, used.json()
+    assert used.json()["offline"] is None
+    device = Device.objects.get(pk=real_phone.device.pk)
+    assert device.device_key == device_key_b64(new_key) and not device.reenrollment_code_digest
+    assert real_phone.checkin(old_credential).status_code == 401
+    assert real_phone.enroll().status_code == 400, "the old device key no longer re-enrols this phone"
+    again = with_code(real_phone.device.imei, real_phone.token)
+    assert again.status_code == 400 and again.content == reference.content, "a code works once"
+    event = AuditEvent.objects.filter(action="device.enrol").latest("id")
+    assert event.after["proof"] == "reenrollment_code" and event.before["device_key"] != event.after["device_key"]
+
+
+def test_an_expired_reenrollment_code_is_refused(real_phone, admin_a, settings):
+    code, expires_at = device_reenrollment_code_issue(device=real_phone.device, actor=admin_a)
+    assert expires_at - timezone.now() <= dt.timedelta(minutes=settings.DEVICE_REENROLL_CODE_MINUTES)
+    Device.objects.filter(pk=real_phone.device.pk).update(reenrollment_code_expires_at=timezone.now())
+
+    body = enrolment_body(
+        imei=real_phone.device.imei,
+        token=real_phone.token,
+        key=Ed25519PrivateKey.generate(),
+        challenge=fresh_challenge(),
+        code=code,
+    )
+
+    assert APIClient().post(ENROLL, body, format="json").status_code == 400
+
+
+def test_a_reenrollment_code_is_staff_only_audited_and_never_stored_in_clear(
+    real_phone, admin_a, agent_a, agent_b, technician
+):
+    for outsider, error in ((agent_b, Http404), (agent_a, PermissionDenied), (technician, PermissionDenied)):
+        with pytest.raises(error):
+            device_reenrollment_code_issue(device=real_phone.device, actor=outsider)
+
+    code, _expires = device_reenrollment_code_issue(device=real_phone.device, actor=admin_a)
+
+    device = Device.objects.get(pk=real_phone.device.pk)
+    plain = code.replace("-", "")
+    assert len(plain) == 16 and plain not in device.reenrollment_code_digest
+    event = AuditEvent.objects.get(action="device.reenrollment_code")
+    assert event.actor == admin_a and plain not in json.dumps([event.before, event.after])
+    with pytest.raises(ValidationError, match="not enrolled yet"):
+        device_reenrollment_code_issue(device=DeviceFactory(provider=real_phone.device.provider), actor=admin_a)
+
+
+# --- a phone that lost its offline-code secret: a re-key, four eyes ------------------------------------
+
+
+def test_a_new_offline_code_key_needs_two_people_and_reaches_the_phone_once(real_phone, admin_a, agent_a, provider_a):
+    device = Device.objects.get(pk=real_phone.device.pk)
+    old = phone_offline(device)
+    _count, old_code = openpaygo.generate_token(
+        secret_key=device.offline_secret,
+        count=0,
+        value=3,
+        token_type=TokenType.SET_TIME,
+        starting_code=device.offline_starting_code,
+    )
+    request = unlock_request_create(
+        device=device, kind="rekey", requested_by=admin_a, reason="Storage replaced at the service centre"
+    )
+    # Two accounts of one person are not two people: one the requester set up cannot approve.
+    set_up_by_requester, _link = staff_create(
+        organisation=provider_a, actor=admin_a, username="new.agent", role="agent", first_name="", last_name=""
+    )
+    with pytest.raises(PermissionDenied):
+        unlock_request_approve(unlock_request=request, approver=admin_a)
+    with pytest.raises(PermissionDenied, match="set up"):
+        unlock_request_approve(unlock_request=request, approver=set_up_by_requester)
+    assert Device.objects.get(pk=device.pk).offline_secret == device.offline_secret
+
+    unlock_request_approve(unlock_request=request, approver=agent_a, note="checked the phone")
+
+    rekeyed = Device.objects.get(pk=device.pk)
+    assert rekeyed.offline_secret != device.offline_secret and rekeyed.offline_count == 0
+    assert rekeyed.offline_sent_at is None
+    event = AuditEvent.objects.get(action="device.offline_rekey")
+    assert (event.after["requested_by"], event.after["approved_by"]) == ("admin.a", "agent.a")
+    assert rekeyed.offline_secret not in json.dumps([event.before, event.after])
+    # Until the phone has it, a code under the new key would not work: none is issued.
+    approver = UserFactory(username="admin.two", organisation=provider_a, role="provider_admin")
+    with pytest.raises(ValidationError, match="not received its new offline-code key"):
+        offline_code_issue(device=rekeyed, kind="release", requested_by=agent_a, approved_by=approver, reason="x")
+
+    delivered = real_phone.enroll()  # the phone's next proven enrolment
+    assert delivered.status_code == 201
+    offline = delivered.json()["offline"]
+    assert offline == {
+        "secret": rekeyed.offline_secret,
+        "starting_code": rekeyed.offline_starting_code,
+        "count": 0,
+    }
+    assert real_phone.enroll().json()["offline"] is None, "delivered once"
+    # Codes made with the old key do not work with the new one; they did with the old.
+    assert apply_code(old_code, old, timezone.now()).ok
+    new = OfflineState(secret=offline["secret"], starting_code=offline["starting_code"])
+    assert not apply_code(old_code, new, timezone.now()).ok
+
+
+def test_a_rekey_service_call_by_one_person_is_refused(real_phone, admin_a):
+    from devices.services import device_offline_rekey
+
+    with pytest.raises(PermissionDenied, match="second person"):
+        device_offline_rekey(device=real_phone.device, requested_by=admin_a, approved_by=admin_a, reason="lost")
+
+
+# --- the challenge --------------------------------------------------------------------------------------
+
+
+def test_the_challenge_needs_nothing_answers_everyone_alike_and_is_rate_limited(db, settings):
+    settings.DEVICE_ENROLL_RATE = "3/min"
+    client = APIClient()
+
+    answers = [client.post(CHALLENGE, {"imei": make_imei()}, format="json") for _ in range(3)]
+    throttled = client.post(CHALLENGE)
+
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    bodies = [a.json() for a in answers]
+    assert all(set(b) == {"challenge", "expires_in"} and b["expires_in"] == 300 for b in bodies)
+    assert len({b["challenge"] for b in bodies}) == 3 and len({len(b["challenge"]) for b in bodies}) == 1
+    assert throttled.status_code == 429
+
+
+def test_the_worked_example_in_the_protocol_page_is_exactly_what_is_signed():
+    """docs/lock-pipeline.md ("Enrolment") gives implementers bytes to check their own code against."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "lock-pipeline.md").read_text()
+    row = dict(re.findall(r"^\| (seed \(base64\)|`device_key`|`challenge`|`signature`) \| `([^`]+)` \|$", page, re.M))
+    key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(row["seed (base64)"]))
+    message = enrollment_message(challenge=row["`challenge`"], imei="351234560000648", device_key=row["`device_key`"])
+
+    assert device_key_b64(key) == row["`device_key`"]
+    assert len(message) == 155 and f"message ({len(message)} bytes)" in page
+    assert (
+        message
+        == b"finlock-enroll-v1\n" + row["`challenge`"].encode() + b"\n351234560000648\n" + row["`device_key`"].encode()
+    )
+    assert base64.b64encode(key.sign(message)).decode() == row["`signature`"]  # Ed25519 is deterministic
