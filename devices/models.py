@@ -16,6 +16,7 @@ from stdnum import imei as stdnum_imei
 from stdnum.exceptions import ValidationError as StdnumError
 
 from portal.models import Organisation, OrganisationKind
+from portal.outbound import validate_webhook_secret, webhook_secret_generate
 
 
 def normalise_imei(value: str) -> str:
@@ -59,6 +60,30 @@ class Device(models.Model):
     ``desired_state`` is what the server wants; ``reported_state`` is what the
     device last acknowledged. They differ while a command is on its way.
     """
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "uid",
+        "imei",
+        "imei2",
+        "serial_number",
+        "maker",
+        "model",
+        "desired_state",
+        "desired_reason",
+        "desired_changed_at",
+        "reported_state",
+        "reported_at",
+        "last_checkin_at",
+        "command_seq",
+        "reported_seq",
+        "app_version",
+        "enrolled_at",
+        "offline_count",
+        "created_at",
+        "updated_at",
+    )
 
     provider = models.ForeignKey(
         Organisation,
@@ -126,6 +151,9 @@ class Device(models.Model):
 class EnrollmentToken(models.Model):
     """A provider-issued secret a phone presents with its IMEI to enrol (only a digest is kept)."""
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = ("provider", "name", "created_at", "created_by", "expires_at", "revoked_at", "uses")
+
     provider = models.ForeignKey(
         Organisation,
         on_delete=models.CASCADE,
@@ -153,6 +181,23 @@ class DeviceCommand(models.Model):
     exact command that was signed (see docs/lock-pipeline.md), ``signature`` its Ed25519
     signature. Never edited after issue except for delivery bookkeeping.
     """
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "device",
+        "seq",
+        "state",
+        "reason",
+        "expires_at",
+        "key_id",
+        "issued_at",
+        "attempts",
+        "next_attempt_at",
+        "delivered_at",
+        "dead_at",
+        "last_error",
+        "acknowledged_at",
+    )
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="commands")
     seq = models.PositiveIntegerField()
@@ -212,7 +257,15 @@ class DeliveryAttempt(models.Model):
 
 
 class DeviceGateway(models.Model):
-    """A provider's device-management gateway that receives every command by HTTP webhook."""
+    """A provider's device-management gateway that receives every command by HTTP webhook.
+
+    Each POST is signed the Standard Webhooks way (``portal.outbound``) with ``secret``,
+    ``whsec_<base64 of the HMAC key>``; ``webhook-id`` is ``cmd_<command id>``. A new
+    gateway gets a generated secret (the operator hands it to the provider).
+    """
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = ("provider", "url", "enabled")
 
     provider = models.OneToOneField(
         Organisation,
@@ -221,7 +274,15 @@ class DeviceGateway(models.Model):
         limit_choices_to={"kind": OrganisationKind.PROVIDER},
     )
     url = models.URLField(help_text=_("HTTPS endpoint that accepts POSTed command envelopes."))
-    secret = models.CharField(max_length=128, help_text=_("Shared secret for the X-Finlock-Signature HMAC."))
+    secret = models.CharField(
+        max_length=200,
+        default=webhook_secret_generate,
+        validators=[validate_webhook_secret],
+        help_text=_(
+            "Standard Webhooks secret: whsec_ and the base64 of 24 to 64 random bytes (a fresh one is filled in). "
+            "The gateway verifies webhook-signature with it."
+        ),
+    )
     enabled = models.BooleanField(default=True)
 
     def __str__(self) -> str:
@@ -235,6 +296,9 @@ class OfflineCodeKind(models.TextChoices):
 
 class OfflineCode(models.Model):
     """An OpenPAYGO Token issued for a phone that cannot reach the server: who asked, who approved, why."""
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = ("device", "kind", "days", "count", "reason", "requested_by", "approved_by", "issued_at")
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="offline_codes")
     kind = models.CharField(max_length=20, choices=OfflineCodeKind.choices)
@@ -251,3 +315,27 @@ class OfflineCode(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} for {self.device_id}"
+
+
+class MqttAccount(models.Model):
+    """A phone's account on the MQTT broker, and whether the broker has its current password.
+
+    Created when an enrolment hands the phone an MQTT credential (``devices/mqtt_accounts.py``).
+    No password is stored: it is derived from the device's credential digest, so
+    ``synced_digest`` (the digest whose password the broker was last given) is all it
+    takes to know whether the broker is behind the enrolment, and to retry.
+    """
+
+    device = models.OneToOneField(Device, on_delete=models.CASCADE, primary_key=True, related_name="mqtt_account")
+    synced_digest = models.CharField(max_length=64, blank=True, editable=False)
+    # The broker confirmed the account (client and role) exists: a re-enrolment only changes its password.
+    exists = models.BooleanField(default=False, editable=False)
+    synced_at = models.DateTimeField(null=True, blank=True, editable=False)
+    attempted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.CharField(max_length=500, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = _("MQTT account")
+
+    def __str__(self) -> str:
+        return f"MQTT account of {self.device_id}"

@@ -13,6 +13,7 @@ urlpatterns = [
     path("account/two-factor/", views.otp_setup, name="otp_setup"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("audit/", views.audit, name="audit"),
+    path("audit/same-browser/", views.audit_same_browser, name="audit_same_browser"),
     path("organisations/", views.organisations, name="organisations"),
     path("settings/", views.settings_page, name="settings"),
     path("settings/api-keys/new/", views.api_key_new, name="api_key_new"),
@@ -25,5 +26,6 @@ urlpatterns = [
     path("settings/staff/<int:pk>/password-link/", views.staff_password_link_view, name="staff_password_link"),
     path("account/set-password/<uidb64>/<token>/", views.SetPasswordView.as_view(), name="set_password"),
     path("settings/webhooks/", views.webhooks, name="webhooks"),
+    path("settings/webhooks/<int:pk>/rotate/", views.webhook_secret_rotate_view, name="webhook_secret_rotate"),
     path("settings/webhooks/events/<int:pk>/retry/", views.webhook_event_retry_view, name="webhook_event_retry"),
 ]

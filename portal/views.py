@@ -7,24 +7,29 @@ import base64
 import qrcode
 import qrcode.image.svg
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404
+from django.middleware.csrf import rotate_token
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from django_otp import login as otp_login
 from django_otp import match_token
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from portal.api.utils import client_ip
+from portal.browsers import browser_cookie_set
 from portal.forms import LoginForm, TokenForm, WebhookForm
-from portal.models import ApiKey, OrganisationKind, User, WebhookEvent
+from portal.models import ApiKey, OrganisationKind, ProviderWebhook, User, WebhookEvent
 from portal.permissions import Right, require, scoped_get
-from portal.selectors import audit_events_for, organisations_overview
+from portal.selectors import audit_events_for, audit_provider_for, organisations_overview, same_browser_approvals
 from portal.services import (
     api_key_create,
     api_key_revoke,
@@ -38,13 +43,43 @@ from portal.services import (
     staff_set_active,
 )
 from portal.shell import panels_for
-from portal.webhooks import webhook_create, webhook_event_retry
+from portal.webhooks import webhook_create, webhook_event_retry, webhook_secret_rotate
 
 
 class LoginView(auth_views.LoginView):
     template_name = "portal/login.html"
     authentication_form = LoginForm
     redirect_authenticated_user = True
+
+    def dispatch(self, request, *args, **kwargs):
+        response = super().dispatch(request, *args, **kwargs)
+        # Every visit of the sign-in page (re)sets the browser cookie the login event records.
+        browser_cookie_set(request, response)
+        return response
+
+
+def admin_login(request):
+    """``/admin/login/``: the admin signs in through the portal (django-axes, two-factor).
+
+    Django's admin sends a signed-in user without staff access here; sending them on to the
+    portal's sign-in page would bounce them straight back to ``/admin/`` for ever. They get
+    the 403 page instead; a staff user goes on to ``next``.
+    """
+    if not request.user.is_authenticated:
+        query = request.META.get("QUERY_STRING", "")
+        return redirect(reverse("portal:login") + (f"?{query}" if query else ""))
+    if not (request.user.is_active and request.user.is_staff):
+        raise PermissionDenied("This account has no access to the administration site.")
+    target = _next_url(request, "")
+    return redirect(target if target.startswith("/") else reverse("admin:index"))
+
+
+def _signed_in_with_second_factor(request, device) -> None:
+    """Mark the session verified and give it a new key: a session id seen before the second
+    factor (on a shared computer, in a log) must not carry the verified session."""
+    otp_login(request, device)
+    request.session.cycle_key()
+    rotate_token(request)
 
 
 _THROTTLED = "Too many wrong codes in a row: wait a few seconds, then enter the newest code."
@@ -74,7 +109,7 @@ def otp_verify(request):
             return render(request, "portal/otp_verify.html", {"form": form, "next": _next_url(request, "")})
         device = match_token(request.user, form.cleaned_data["token"])
         if device is not None:
-            otp_login(request, device)
+            _signed_in_with_second_factor(request, device)
             audit_record(
                 actor=request.user, action="login.2fa", obj=request.user, ip_address=request.META.get("REMOTE_ADDR")
             )
@@ -101,7 +136,7 @@ def otp_setup(request):
         if device.verify_token(form.cleaned_data["token"]):
             device.confirmed = True
             device.save(update_fields=["confirmed"])
-            otp_login(request, device)
+            _signed_in_with_second_factor(request, device)
             audit_record(
                 actor=request.user, action="2fa.enrol", obj=request.user, ip_address=request.META.get("REMOTE_ADDR")
             )
@@ -142,6 +177,25 @@ def audit(request):
         events = events.filter(action__startswith=action)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     return render(request, "portal/audit.html", {"page": page, "action": action})
+
+
+@login_required
+def audit_same_browser(request):
+    """For the auditor: approvals where requester and approver signed in from one browser (never refused)."""
+    require(request.user, Right.VIEW_AUDIT)
+    provider = audit_provider_for(request.user, request.GET.get("provider", ""))
+    approvals = same_browser_approvals(request.user, provider=provider)
+    page = Paginator(approvals, 50).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "portal/audit_same_browser.html",
+        {
+            "page": page,
+            "provider": provider,
+            "lookback_days": settings.FOUR_EYES_LOOKBACK_DAYS,
+            "many_providers": request.user.organisation.kind == OrganisationKind.PLATFORM,
+        },
+    )
 
 
 @login_required
@@ -381,7 +435,7 @@ def webhooks(request):
                 url=form.cleaned_data["url"],
                 events=form.cleaned_data["events"],
                 actor=request.user,
-                ip_address=request.META.get("REMOTE_ADDR"),
+                ip_address=client_ip(request),
             )
         except ValidationError as exc:
             for field, errors in exc.message_dict.items():
@@ -390,6 +444,10 @@ def webhooks(request):
             # Rendered, not redirected: the secret is shown on this response only and
             # never stored anywhere a later request could read it back.
             form = WebhookForm()
+    return _webhooks_page(request, provider, form=form, new_hook=new_hook, new_secret=new_secret)
+
+
+def _webhooks_page(request, provider, *, form, new_hook=None, new_secret=None, rotated=False):
     events = (WebhookEvent.objects.filter(provider=provider).select_related("webhook").order_by("-created_at", "-id"))[
         :WEBHOOK_EVENTS_SHOWN
     ]
@@ -403,9 +461,22 @@ def webhooks(request):
             "events": events,
             "new_hook": new_hook,
             "new_secret": new_secret,
+            "rotated": rotated,
             "events_shown": WEBHOOK_EVENTS_SHOWN,
+            "now": timezone.now(),
         },
     )
+
+
+@login_required
+@require_POST
+def webhook_secret_rotate_view(request, pk: int):
+    """Give an endpoint a new secret, shown once on this answer (audited as webhook.secret_rotate)."""
+    provider = _webhook_provider(request.user)
+    hook = scoped_get(ProviderWebhook.objects.all(), request.user, Right.MANAGE_SETTINGS, pk=pk)
+    hook, secret = webhook_secret_rotate(webhook=hook, actor=request.user, ip_address=client_ip(request))
+    # Rendered, not redirected, for the same reason as a new endpoint's secret.
+    return _webhooks_page(request, provider, form=WebhookForm(), new_hook=hook, new_secret=secret, rotated=True)
 
 
 @login_required
@@ -414,7 +485,7 @@ def webhook_event_retry_view(request, pk: int):
     """Give a dead event a fresh set of attempts (audited as webhook.event_retry)."""
     event = scoped_get(WebhookEvent.objects.all(), request.user, Right.MANAGE_SETTINGS, pk=pk)
     try:
-        webhook_event_retry(event=event, actor=request.user, ip_address=request.META.get("REMOTE_ADDR"))
+        webhook_event_retry(event=event, actor=request.user, ip_address=client_ip(request))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
