@@ -281,6 +281,9 @@ class LockPolicy(models.Model):
         "lock_weekdays",
         "max_temp_unlock_hours",
         "unlock_alert_minutes",
+        "provisional_installments",
+        "provisional_max_amount",
+        "provisional_confirm_days",
         "updated_at",
     )
 
@@ -619,6 +622,14 @@ class Payment(models.Model):
         "reversed_at",
         "reversal_reason",
         "request_fields",
+        "held_amount",
+        "recorded_by",
+        "confirmed_by",
+        "confirmed_at",
+        "confirmed_via",
+        "flag",
+        "flag_reason",
+        "flagged_at",
         "created_at",
     )
 

@@ -587,7 +587,8 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
                     after={
                         "status": PaymentStatus.VERIFIED,
                         "via": PaymentConfirmation.STATEMENT,
-                        "requester": row["recorded_by_id"],
+                        "requested_by_id": row["recorded_by_id"],
+                        "requested_by": row["recorded_by__username"],
                         "contract": locked[row["contract_id"]].number,
                         "allocations": by_payment[row["pk"]],
                         "flag": "",
@@ -653,7 +654,7 @@ def _lock_receipts(confirming: list[Payment], conflicting: dict) -> list[dict]:
     if not ids:
         return []
     rows = list(
-        Payment.objects.select_for_update()
+        Payment.objects.select_for_update(of=("self",))  # the payments only, not the recorders' accounts
         .filter(pk__in=ids)
         .order_by("pk")
         .values(
@@ -663,6 +664,7 @@ def _lock_receipts(confirming: list[Payment], conflicting: dict) -> list[dict]:
             "held_amount",
             "contract_id",
             "recorded_by_id",
+            "recorded_by__username",
             "match_rule",
             "external_id",
             "amount",

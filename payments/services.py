@@ -853,8 +853,10 @@ def _payment_confirm(*, payment, via: str, actor, ip_address: str | None = None)
         after={
             "status": PaymentStatus.VERIFIED,
             "via": via,
-            # The four-eyes requester: the agent who recorded the receipt.
-            "requester": locked.recorded_by_id,
+            # The four-eyes requester, the agent who recorded the receipt, as every approval names it
+            # (portal.selectors.APPROVAL_REQUESTER_KEY): the auditor's same-browser list reads it.
+            "requested_by_id": locked.recorded_by_id,
+            "requested_by": locked.recorded_by.get_username() if locked.recorded_by else None,
             "contract": contract.number,
             "allocations": _allocations_after(allocations),
             "flag": "" if resolved else locked.flag,

@@ -460,30 +460,31 @@ def payment_list(request):
 @login_required
 def payment_detail(request, pk: int):
     """One payment: what came in, where it went, its proofs and its audit trail, and what can be done."""
+    payment = _payment_for(request, pk, Right.VIEW_FINANCE)
+    return render(request, "payments/payment_detail.html", _payment_detail_context(request, payment))
+
+
+def _payment_detail_context(request, payment, *, error: str = "") -> dict:
     from payments.forms import MatchByNumberForm
     from payments.models import PaymentStatus
     from payments.selectors import payment_story, payment_suggestions
     from portal.permissions import has_right
 
-    payment = _payment_for(request, pk, Right.VIEW_FINANCE)
     unmatched = payment.status == PaymentStatus.UNMATCHED
     confirmable = payment.status == PaymentStatus.PROVISIONAL and has_right(request.user, Right.VERIFY_PAYMENTS)
-    return render(
-        request,
-        "payments/payment_detail.html",
-        {
-            "payment": payment,
-            **payment_story(payment),
-            "suggestions": payment_suggestions(payment) if unmatched else [],
-            "match_form": MatchByNumberForm(),
-            "can_match": unmatched and has_right(request.user, Right.RECORD_PAYMENTS),
-            "can_verify": payment.status == PaymentStatus.MATCHED and has_right(request.user, Right.VERIFY_PAYMENTS),
-            "can_confirm": confirmable,
-            # Shown before the button: why this person may not confirm (four eyes, or a conflict).
-            "confirm_refusal": _confirm_refusal(payment, request.user) if confirmable else None,
-            "can_reverse": payment.status != PaymentStatus.REVERSED and has_right(request.user, Right.RECORD_PAYMENTS),
-        },
-    )
+    return {
+        "payment": payment,
+        **payment_story(payment),
+        "suggestions": payment_suggestions(payment) if unmatched else [],
+        "match_form": MatchByNumberForm(),
+        "can_match": unmatched and has_right(request.user, Right.RECORD_PAYMENTS),
+        "can_verify": payment.status == PaymentStatus.MATCHED and has_right(request.user, Right.VERIFY_PAYMENTS),
+        "can_confirm": confirmable,
+        # Shown before the button: why this person may not confirm (four eyes, or a conflict).
+        "confirm_refusal": _confirm_refusal(payment, request.user) if confirmable else None,
+        "can_reverse": payment.status != PaymentStatus.REVERSED and has_right(request.user, Right.RECORD_PAYMENTS),
+        "error": error,
+    }
 
 
 def _confirm_refusal(payment, user) -> str | None:
@@ -510,7 +511,9 @@ def payment_confirm_view(request, pk: int):
     except PaymentAlreadyVerified as exc:
         messages.info(request, " ".join(exc.messages))
     except PermissionDenied as exc:
-        messages.error(request, str(exc))
+        # Four eyes (or the agent who recorded it): nothing changed; the confirmer reads why.
+        context = _payment_detail_context(request, payment, error=str(exc))
+        return render(request, "payments/payment_detail.html", context, status=403)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:

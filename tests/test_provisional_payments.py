@@ -140,8 +140,8 @@ def test_an_agent_alone_cannot_unlock_a_phone_with_an_invented_transaction_id_an
 
     # Confirming (or "verifying") their own receipt is refused: four eyes.
     payment = Payment.objects.get(external_id="INVENTED-0001")
-    page = client.post(reverse("payments:payment_confirm", args=[payment.pk]), follow=True).content.decode()
-    assert "another colleague must decide it" in page
+    refused = client.post(reverse("payments:payment_confirm", args=[payment.pk]))
+    assert refused.status_code == 403 and "another colleague must decide it" in refused.content.decode()
     client.post(reverse("payments:payment_verify", args=[payment.pk]))
     assert set(Payment.objects.values_list("status", flat=True)) == {"provisional"}
     two_behind.refresh_from_db()
@@ -291,7 +291,11 @@ def test_a_second_person_confirms_and_all_of_it_is_credited_and_the_phone_unlock
     event = AuditEvent.objects.get(action="payment.confirm", object_id=str(payment.pk))
     assert event.actor == finance_a
     assert event.before == {"status": "provisional", "held": "47500.00", "flag": ""}
-    assert event.after["requester"] == agent_a.pk and event.after["via"] == "person"
+    assert (event.after["requested_by_id"], event.after["requested_by"], event.after["via"]) == (
+        agent_a.pk,
+        "agent.a",
+        "person",
+    )
 
     again = client.post(reverse("payments:payment_confirm", args=[payment.pk]), follow=True).content.decode()
     assert "Already confirmed by finance.a" in again and paid(two_behind) == Decimal("50000.00")
@@ -344,6 +348,26 @@ def test_an_account_linked_by_four_eyes_cannot_confirm(two_behind, admin_a, fina
         payment_confirm(payment=payment, actor=back)
     payment_confirm(payment=payment, actor=finance_a)  # set up independently: a second person
     assert Payment.objects.get(pk=payment.pk).status == "verified"
+
+
+def test_a_confirmation_from_the_recorders_browser_is_listed_for_the_auditor(
+    two_behind, provider_a, agent_a, auditor_a, as_user
+):
+    """Not refused (a call centre shares computers) but listed: two accounts of one person look like this."""
+    from django.test import Client
+
+    from payments.services import payment_confirm
+    from tests.test_same_browser import URL, sign_in
+
+    colleague = UserFactory(username="agent.a2", organisation=provider_a, role="agent")
+    shared = Client()
+    sign_in(shared, agent_a)
+    sign_in(shared, colleague)
+    payment = record(agent_a, two_behind, "50000.00", txid="SAME-BROWSER-1")
+    payment_confirm(payment=payment, actor=colleague)
+    body = as_user(auditor_a).get(URL).content.decode()
+    assert "payment.confirm" in body and f"payments.Payment #{payment.pk} " in body
+    assert "agent.a2" in body and "agent.a:" in body
 
 
 def test_roles_without_the_right_and_other_providers_cannot_confirm(two_behind, agent_a, admin_a, agent_b, as_user):
@@ -455,7 +479,7 @@ def test_the_bank_statement_line_with_the_same_transaction_id_confirms_it(db, im
     assert StatementLine.objects.get(end_to_end_id="E2E-77").payment_id == payment.pk
     assert paid(contract) == Decimal("50120.00") and phone(contract) == "unlocked"
     event = AuditEvent.objects.get(action="payment.channel_confirm", object_id=str(payment.pk))
-    assert event.after["requester"] == agent.pk and event.after["via"] == "statement"
+    assert event.after["requested_by_id"] == agent.pk and event.after["via"] == "statement"
 
     again = _bank_statement(provider, ("50000,00", "Rate BP 77", "E2E-77"))
     assert again.summary["duplicates"] == 1 and paid(contract) == Decimal("50120.00")
