@@ -87,8 +87,19 @@ class LockOverrideAdmin(AuditedAdmin):
 
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyAdmin):
-    list_display = ["external_id", "provider", "channel", "amount", "currency", "status", "contract", "received_at"]
-    list_filter = ["provider", "status", "channel", "source"]
+    list_display = [
+        "external_id",
+        "provider",
+        "channel",
+        "amount",
+        "held_amount",
+        "currency",
+        "status",
+        "flag",
+        "contract",
+        "received_at",
+    ]
+    list_filter = ["provider", "status", "flag", "channel", "source"]
     search_fields = ["=external_id", "=contract__number", "=payer_phone"]
     list_select_related = ["provider", "contract"]
 

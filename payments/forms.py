@@ -36,6 +36,26 @@ class LockPolicyForm(forms.Form):
     unlock_alert_minutes = forms.IntegerField(
         min_value=1, max_value=1440, label="Flag an unacknowledged unlock after (minutes)"
     )
+    provisional_installments = forms.IntegerField(
+        min_value=0,
+        max_value=12,
+        label="Credit at once from a receipt: installments",
+        help_text="At most what is still due on the contract's this many oldest unpaid installments, for all its "
+        "unconfirmed receipts together (1: the arrears of one installment; 0: nothing until confirmed).",
+    )
+    provisional_max_amount = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0"),
+        max_digits=14,
+        decimal_places=2,
+        label="… and never more than (optional)",
+        help_text="An amount in your currency; empty: no cap beyond the installments.",
+    )
+    provisional_confirm_days = forms.IntegerField(
+        min_value=1,
+        max_value=90,
+        label="Flag to finance when no channel confirmed it after (days)",
+    )
 
 
 class LockScreenTextForm(forms.Form):

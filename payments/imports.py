@@ -87,7 +87,7 @@ def _import_line(*, record: StatementImport, provider, line, summary: dict, acto
         not_credited_note,
         statement_line_fields,
     )
-    from payments.services import payment_ingest
+    from payments.services import PaymentConflict, payment_conflict_flag, payment_ingest
 
     if line.direction == "credit" and not line.is_return:
         summary["credits"] += 1
@@ -123,6 +123,9 @@ def _import_line(*, record: StatementImport, provider, line, summary: dict, acto
                 stored.note = not_credited_note(exc)
                 stored.save(update_fields=["note"])
                 summary["not_credited"] += 1
+                if isinstance(exc, PaymentConflict):
+                    # payment_ingest flagged it inside the savepoint just rolled back: again, to keep it.
+                    payment_conflict_flag(conflict=exc, source="statement", actor=actor)
                 return
             stored.payment = payment
             stored.save(update_fields=["payment"])

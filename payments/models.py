@@ -281,6 +281,9 @@ class LockPolicy(models.Model):
         "lock_weekdays",
         "max_temp_unlock_hours",
         "unlock_alert_minutes",
+        "provisional_installments",
+        "provisional_max_amount",
+        "provisional_confirm_days",
         "updated_at",
     )
 
@@ -321,6 +324,31 @@ class LockPolicy(models.Model):
         default=15,
         validators=[MinValueValidator(1)],
         help_text=_("Flag a device whose unlock is not acknowledged this long after the arrears were cleared."),
+    )
+    # Payments an agent records from a customer's receipt alone (payments.services.payment_record_from_proof).
+    provisional_installments = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MaxValueValidator(12)],
+        help_text=_(
+            "A payment recorded from a receipt alone credits at once at most what is still due on the contract's "
+            "this many oldest unpaid installments, for all its unconfirmed receipts together (0: nothing until "
+            "confirmed). The rest is held until a second person or the channel's own record confirms it."
+        ),
+    )
+    provisional_max_amount = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text=_("Optional: never more than this amount (in the provider's currency) at once from receipts alone."),
+    )
+    provisional_confirm_days = models.PositiveSmallIntegerField(
+        default=7,
+        validators=[MinValueValidator(1), MaxValueValidator(90)],
+        help_text=_(
+            "A payment recorded from a receipt that no channel has confirmed after this many days is flagged "
+            "to finance."
+        ),
     )
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -530,6 +558,9 @@ class PaymentChannel(models.Model):
 
 class PaymentStatus(models.TextChoices):
     UNMATCHED = "unmatched", _("Unmatched")
+    # Recorded by an agent from a customer's receipt alone: credited at once only up to the
+    # provider's limit, the rest held until a second person or the channel's record confirms it.
+    PROVISIONAL = "provisional", _("Provisional")
     MATCHED = "matched", _("Matched")
     VERIFIED = "verified", _("Verified")
     REVERSED = "reversed", _("Reversed")
@@ -542,11 +573,32 @@ class PaymentSource(models.TextChoices):
     AGENT = "agent", _("Recorded by an agent")
 
 
+class PaymentConfirmation(models.TextChoices):
+    """How a provisional payment (recorded from a receipt alone) was confirmed."""
+
+    PERSON = "person", _("a second person")
+    STATEMENT = "statement", _("the bank statement")
+    MPESA = "mpesa", _("the M-Pesa confirmation")
+    API = "api", _("the provider's system (API)")
+
+
+class PaymentFlag(models.TextChoices):
+    """Why finance must look at a payment recorded from a receipt."""
+
+    CONFLICT = "conflict", _("The channel's record differs")
+    UNCONFIRMED = "unconfirmed", _("No channel record in time")
+
+
 class Payment(models.Model):
     """Money received from an owner, recorded exactly once per provider, channel and transaction id.
 
     A matched payment is allocated to its contract's installments, oldest first; anything
     beyond the schedule is held as credit. A reversal undoes the allocation.
+
+    A payment an agent records from a customer's receipt alone is ``provisional``: only the
+    provider's limit is allocated at once, ``held_amount`` waits (unallocated, so it clears no
+    arrears) until a second person or the channel's own record with the same transaction id
+    confirms it; one no channel confirms in time, or whose channel record differs, is flagged.
     """
 
     #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
@@ -570,6 +622,14 @@ class Payment(models.Model):
         "reversed_at",
         "reversal_reason",
         "request_fields",
+        "held_amount",
+        "recorded_by",
+        "confirmed_by",
+        "confirmed_at",
+        "confirmed_via",
+        "flag",
+        "flag_reason",
+        "flagged_at",
         "created_at",
     )
 
@@ -601,6 +661,27 @@ class Payment(models.Model):
     reversal_reason = models.CharField(max_length=300, blank=True)
     # The fields as first received, to tell a retry (same body) from a conflict (different body).
     request_fields = models.JSONField(default=dict, editable=False)
+    held_amount = models.DecimalField(
+        **MONEY,
+        default=Decimal("0"),
+        help_text=_("Of a provisional payment: the part not allocated until it is confirmed."),
+    )
+    recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text=_("The agent who recorded it from the customer's receipt (the four-eyes requester)."),
+    )
+    confirmed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    confirmed_via = models.CharField(max_length=12, choices=PaymentConfirmation.choices, blank=True)
+    flag = models.CharField(max_length=12, choices=PaymentFlag.choices, blank=True)
+    flag_reason = models.CharField(max_length=300, blank=True)
+    flagged_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
@@ -610,11 +691,26 @@ class Payment(models.Model):
                 fields=["provider", "channel", "external_id"], name="payment_once_per_provider_channel_id"
             ),
             models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive"),
+            # Only a provisional payment holds money back, and never more than it is.
+            models.CheckConstraint(
+                condition=Q(held_amount=0) | (Q(status="provisional") & Q(held_amount__lte=models.F("amount"))),
+                name="payment_held_only_while_provisional",
+            ),
+            models.CheckConstraint(condition=Q(held_amount__gte=0), name="payment_held_not_negative"),
         ]
-        indexes = [models.Index(fields=["provider", "status", "-received_at"])]
+        indexes = [
+            models.Index(fields=["provider", "status", "-received_at"]),
+            # The flagging job reads only the (few) provisional payments.
+            models.Index(fields=["created_at"], condition=Q(status="provisional"), name="payment_provisional_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.channel} {self.external_id}"
+
+    @property
+    def credited_amount(self) -> Decimal:
+        """What is allocated to the contract (all of it, unless part is held awaiting confirmation)."""
+        return self.amount - self.held_amount
 
 
 class PaymentAllocation(models.Model):

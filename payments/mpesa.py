@@ -53,6 +53,8 @@ DARAJA_FIELDS = {
     "amount": "TransAmount",
     "received_at": "TransTime",
     "reference": "BillRefNumber",
+    # A receipt an agent recorded for one contract, whose M-Pesa record names another.
+    "contract_number": "BillRefNumber",
     "payer_phone": "MSISDN",
     "currency": NON_FIELD_ERRORS,
     "channel": NON_FIELD_ERRORS,

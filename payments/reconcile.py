@@ -10,6 +10,11 @@ lines and credits its credits with a fixed number of queries per batch:
   else the entry's fingerprint), checked as ``payment_ingest`` checks it; a known id with
   the same details is the same payment, with other details a conflict, never a second
   payment;
+* a known id that an agent recorded from a customer's receipt is compared as
+  ``payment_ingest`` compares a channel's record of it (amount, currency, and no other
+  contract named): the same payment, confirmed if it was provisional (its held part is
+  allocated with the batch's other credits and its phone decided at once), or a conflict
+  flagged to finance;
 * payments are matched by the rules of ``payment_find_match`` (reference = contract
   number, exact then normalised, or an IMEI), evaluated for the whole batch in three
   queries, allocated oldest installment first under the same row locks as one payment,
@@ -44,6 +49,8 @@ from payments.models import (
     Installment,
     Payment,
     PaymentAllocation,
+    PaymentConfirmation,
+    PaymentFlag,
     PaymentSource,
     PaymentStatus,
     StatementLine,
@@ -239,7 +246,7 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
     One transaction. Raises ``IntegrityError`` if another import stored the same entries
     meanwhile; nothing of the batch is then kept and the caller imports it line by line.
     """
-    from payments.services import PaymentConflict, _check_payment_input, _payment_request_fields
+    from payments.services import PaymentConflict, _check_payment_input, _payment_request_fields, conflict_reason
     from payments.sweep import apply_decisions
     from portal.webhooks import webhook_events_emit
 
@@ -306,15 +313,47 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
             p.external_id: p
             for p in Payment.objects.filter(
                 provider=provider, channel=CHANNEL, external_id__in={c.external_id for c in credits}
-            )
+            ).select_related("contract")
         }
         linked = set(
             StatementLine.objects.filter(payment__in=list(existing.values())).values_list("payment_id", flat=True)
         )
+        # The bank's record of payments agents recorded from receipts (rare: no query without them).
+        of_receipts = [c for c in credits if getattr(existing.get(c.external_id), "source", "") == PaymentSource.AGENT]
+        receipt_contract = _receipt_contracts(provider, of_receipts)
+        confirming: list[Payment] = []  # provisional payments this batch's lines confirm (step 5)
+        conflicting: dict[int, tuple[Payment, dict]] = {}  # receipts whose bank record differs (flagged)
         new: list[_Credit] = []
         first_of: dict[str, _Credit] = {}
         for credit in credits:
             earlier = existing.get(credit.external_id)
+            if earlier is not None and earlier.source == PaymentSource.AGENT:
+                # payment_ingest's rules for a channel's record of a receipt (_channel_record_arrived).
+                differences = {}
+                if credit.amount != earlier.amount:
+                    differences["amount"] = (str(earlier.amount), str(credit.amount))
+                if credit.line.currency != earlier.currency:
+                    differences["currency"] = (earlier.currency, credit.line.currency)
+                named = receipt_contract.get(id(credit))
+                if not differences and earlier.contract_id and named and named[0] != earlier.contract_id:
+                    differences["contract_number"] = (earlier.contract.number, named[1])
+                if differences:
+                    stored[credit.line.fingerprint] = (not_credited_note(PaymentConflict(earlier, differences)), None)
+                    counts.not_credited += 1
+                    if earlier.status != PaymentStatus.REVERSED:
+                        conflicting[earlier.pk] = (earlier, differences)
+                elif earlier.pk in linked:
+                    counts.duplicates += 1
+                    fresh.remove(credit.line)
+                else:
+                    linked.add(earlier.pk)
+                    stored[credit.line.fingerprint] = ("", earlier.pk)
+                    counts.matched += earlier.status != PaymentStatus.UNMATCHED
+                    counts.unmatched += earlier.status == PaymentStatus.UNMATCHED
+                    # As line by line: a conflict seen first (an earlier line, or flagged before) blocks it.
+                    if earlier.status == PaymentStatus.PROVISIONAL and earlier.pk not in conflicting:
+                        confirming.append(earlier)
+                continue
             earlier_fields = earlier.request_fields if earlier is not None else None
             if earlier is None and credit.external_id in first_of:
                 earlier_fields = first_of[credit.external_id].fields
@@ -354,10 +393,14 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
             creatable.append(credit)
         # 5. Allocate, oldest installment first, under the locks one payment takes: the
         # contracts, then their open installments (the sweep's order, so never a deadlock).
+        # Race: a person confirming, or a finance officer reversing, a receipt this batch
+        # confirms. Its payment row is locked first (their order: payment, contract,
+        # installments) and re-read: whoever comes second finds it no longer provisional.
+        held = _lock_receipts(confirming, conflicting)
         matched = [c for c in creatable if c.match]
         counts.unmatched += len(creatable) - len(matched)
         counts.matched += len(matched)
-        contract_ids = sorted({c.match[0] for c in matched})
+        contract_ids = sorted({c.match[0] for c in matched} | {row["contract_id"] for row in held})
         counts.contracts = set(contract_ids)
         locked = {c.pk: c for c in Contract.objects.select_for_update().filter(pk__in=contract_ids).order_by("pk")}
         open_by_contract: dict[int, list[Installment]] = defaultdict(list)
@@ -372,9 +415,9 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
             credit.payment_id = pk
             stored[credit.line.fingerprint] = ("", pk)
         allocations, touched = [], {}
-        for credit in matched:
-            contract_id = credit.match[0]
-            remaining = credit.amount
+
+        def allocate(payment_id: int, contract_id: int, amount: Decimal) -> None:
+            remaining = amount
             for installment in open_by_contract[contract_id]:
                 if remaining <= 0:
                     break
@@ -384,10 +427,16 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
                 take = min(remaining, open_amount)
                 installment.amount_paid += take
                 touched[installment.pk] = installment
-                allocations.append((credit.payment_id, contract_id, installment.pk, take))
+                allocations.append((payment_id, contract_id, installment.pk, take))
                 remaining -= take
             if remaining > 0:  # beyond the whole schedule: held as credit, never lost
-                allocations.append((credit.payment_id, contract_id, None, remaining))
+                allocations.append((payment_id, contract_id, None, remaining))
+
+        # The confirmed receipts first: they were paid before this statement's new credits.
+        for row in held:
+            allocate(row["pk"], row["contract_id"], row["held_amount"])
+        for credit in matched:
+            allocate(credit.payment_id, credit.match[0], credit.amount)
         _copy(
             Payment,
             [
@@ -428,6 +477,21 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
             ],
         )
         _set_columns(Installment, list(touched.values()), {"amount_paid": "numeric"})
+        if held:
+            # Under the row locks of step 5: these are still provisional and not in conflict.
+            Payment.objects.filter(pk__in=[row["pk"] for row in held]).update(
+                status=PaymentStatus.VERIFIED,
+                held_amount=Decimal("0"),
+                confirmed_via=PaymentConfirmation.STATEMENT,
+                confirmed_at=now,
+                confirmed_by=None,
+                verified_by=F("recorded_by"),
+                verified_at=now,
+                flag="",  # a conflict was excluded; a "not confirmed in time" flag is answered
+                flag_reason="",
+                flagged_at=None,
+            )
+        _flag_conflicts(provider, conflicting, now=now, actor=actor, reason=conflict_reason)
 
         # 6. The lines, each with its payment or the reason it was not credited.
         _copy(
@@ -452,6 +516,16 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
             if locked[pk].status == ContractStatus.ACTIVE
             and all(i.amount_paid >= i.amount_due for i in open_by_contract[pk])
         ]
+        if paid_off:
+            # Money from a receipt nobody confirmed never settles a contract (paid off is released for good).
+            pending = set(
+                PaymentAllocation.objects.filter(
+                    contract_id__in=[c.pk for c in paid_off],
+                    payment__status=PaymentStatus.PROVISIONAL,
+                    reversed_at__isnull=True,
+                ).values_list("contract_id", flat=True)
+            )
+            paid_off = [c for c in paid_off if c.pk not in pending]
         if paid_off:
             # The rows are locked (step 5): no concurrent status change can be overwritten.
             Contract.objects.filter(pk__in=[c.pk for c in paid_off]).update(status=ContractStatus.PAID_OFF)
@@ -482,6 +556,46 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
                     "received_at": c.received_at,
                 }
                 for c in matched
+            ]
+            + [
+                {
+                    "payment": row["pk"],
+                    "external_id": row["external_id"],
+                    "channel": CHANNEL,
+                    "amount": str(row["amount"]),
+                    "currency": row["currency"],
+                    "contract": locked[row["contract_id"]].number,
+                    "rule": row["match_rule"],
+                    "received_at": row["received_at"],
+                }
+                for row in held
+            ],
+        )
+        by_payment = defaultdict(list)
+        for payment_id, _contract_id, installment_id, amount in allocations:
+            by_payment[payment_id].append({"installment": installment_id, "amount": str(amount)})
+        audit_record_many(
+            actor=actor,
+            entries=[
+                AuditEntry(
+                    action="payment.channel_confirm",
+                    organisation=provider,
+                    object_type=Payment._meta.label,
+                    object_id=str(row["pk"]),
+                    object_repr=f"{CHANNEL} {row['external_id']}",
+                    before={"status": PaymentStatus.PROVISIONAL, "held": str(row["held_amount"]), "flag": row["flag"]},
+                    after={
+                        "status": PaymentStatus.VERIFIED,
+                        "via": PaymentConfirmation.STATEMENT,
+                        "requested_by_id": row["recorded_by_id"],
+                        "requested_by": row["recorded_by__username"],
+                        "contract": locked[row["contract_id"]].number,
+                        "allocations": by_payment[row["pk"]],
+                        "flag": "",
+                        "statement": record.pk,
+                    },
+                )
+                for row in held
             ],
         )
         if creatable:
@@ -516,3 +630,92 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
         if to_decide:
             apply_decisions(to_decide, now=now, actor=actor)
     return counts
+
+
+def _receipt_contracts(provider, credits: list[_Credit]) -> dict[int, tuple[int, str] | None]:
+    """The contract each credit's reference names (id, number), for credits of payments recorded from receipts.
+
+    ``id(credit)`` → (contract id, number) or None; no query when there are none.
+    """
+    if not credits:
+        return {}
+    found = contracts_match_many(provider=provider, references=[c.reference for c in credits])
+    numbers = dict(Contract.objects.filter(pk__in={m[0] for m in found if m}).values_list("pk", "number"))
+    return {id(c): (m[0], numbers[m[0]]) if m else None for c, m in zip(credits, found, strict=True)}
+
+
+def _lock_receipts(confirming: list[Payment], conflicting: dict) -> list[dict]:
+    """Lock, in id order, the receipts' payments this batch confirms or flags; the ones still to confirm.
+
+    Re-read under the lock: one a person confirmed, or finance reversed, meanwhile is left as
+    it is; one flagged for a conflict is never confirmed (finance resolves it).
+    """
+    ids = {p.pk for p in confirming} | set(conflicting)
+    if not ids:
+        return []
+    rows = list(
+        Payment.objects.select_for_update(of=("self",))  # the payments only, not the recorders' accounts
+        .filter(pk__in=ids)
+        .order_by("pk")
+        .values(
+            "pk",
+            "status",
+            "flag",
+            "held_amount",
+            "contract_id",
+            "recorded_by_id",
+            "recorded_by__username",
+            "match_rule",
+            "external_id",
+            "amount",
+            "currency",
+            "received_at",
+        )
+    )
+    wanted = {p.pk for p in confirming}
+    return [
+        row
+        for row in rows
+        if row["pk"] in wanted and row["status"] == PaymentStatus.PROVISIONAL and row["flag"] != PaymentFlag.CONFLICT
+    ]
+
+
+def _flag_conflicts(provider, conflicting: dict, *, now, actor, reason) -> None:
+    """Flag to finance, in one UPDATE, each receipt whose bank record differs; one ``payment.flag`` event each.
+
+    The rows are locked (``_lock_receipts``); ``payment_flag``'s rules: a reversed payment is
+    not flagged, the same flag and reason again change nothing.
+    """
+    if not conflicting:
+        return
+    current = {
+        p.pk: p for p in Payment.objects.filter(pk__in=list(conflicting)).only("pk", "status", "flag", "flag_reason")
+    }
+    changes = []
+    for pk, (payment, differences) in sorted(conflicting.items()):
+        text = reason(source=PaymentSource.STATEMENT, differences=differences)[:300]
+        row = current[pk]
+        if row.status == PaymentStatus.REVERSED or (row.flag, row.flag_reason) == (PaymentFlag.CONFLICT, text):
+            continue
+        changes.append((row, payment, text))
+    if not changes:
+        return
+    before = {row.pk: {"flag": row.flag, "reason": row.flag_reason} for row, _p, _t in changes}
+    for row, _payment, text in changes:
+        row.flag, row.flag_reason, row.flagged_at = PaymentFlag.CONFLICT, text, now
+    Payment.objects.bulk_update([row for row, _p, _t in changes], ["flag", "flag_reason", "flagged_at"])
+    audit_record_many(
+        actor=actor,
+        entries=[
+            AuditEntry(
+                action="payment.flag",
+                organisation=provider,
+                object_type=Payment._meta.label,
+                object_id=str(row.pk),
+                object_repr=str(payment),
+                before=before[row.pk],
+                after={"flag": PaymentFlag.CONFLICT, "reason": text},
+            )
+            for row, payment, text in changes
+        ],
+    )

@@ -160,33 +160,64 @@ class Suggestion:
         return ", ".join(_REASON_LABELS[r] for r in self.reasons)
 
 
+#: The finance queue's tab of flagged payments (receipts whose channel record differs or never came).
+FLAGGED = "flagged"
+
+
+def _flagged() -> Q:
+    from payments.models import PaymentStatus
+
+    # A reversed payment is settled: its flag is history (in the audit trail), not work.
+    return ~Q(flag="") & ~Q(status=PaymentStatus.REVERSED)
+
+
 def payments_for(actor, *, status: str = "") -> QuerySet:
-    """The payments an actor may read (403 without VIEW_FINANCE), newest first, ready for a list."""
+    """The payments an actor may read (403 without VIEW_FINANCE), newest first, ready for a list.
+
+    ``status`` is a payment status, or ``flagged`` for the payments flagged to finance.
+    """
     from payments.models import Payment, PaymentStatus
     from portal.permissions import Right, scoped_list
 
     payments = scoped_list(
-        Payment.objects.select_related("contract", "verified_by", "provider"), actor, Right.VIEW_FINANCE
+        Payment.objects.select_related("contract", "verified_by", "recorded_by", "provider"),
+        actor,
+        Right.VIEW_FINANCE,
     )
     if status in PaymentStatus.values:
         payments = payments.filter(status=status)
+    elif status == FLAGGED:
+        payments = payments.filter(_flagged())
     return payments.order_by("-received_at", "-id")
 
 
 def payment_status_counts(actor) -> dict[str, int]:
-    """How many of the actor's payments are in each status (one query)."""
+    """How many of the actor's payments are in each status, and how many are flagged (``flagged``), in one query."""
     from payments.models import Payment
     from portal.permissions import Right, scoped_list
 
-    rows = scoped_list(Payment.objects.all(), actor, Right.VIEW_FINANCE).values_list("status").annotate(n=Count("id"))
-    return dict(rows.values_list("status", "n"))
+    rows = (
+        scoped_list(Payment.objects.all(), actor, Right.VIEW_FINANCE)
+        .values_list("status")
+        .annotate(n=Count("id"), flagged=Count("id", filter=_flagged()))
+    )
+    counts: dict[str, int] = {FLAGGED: 0}
+    for status, n, flagged in rows.values_list("status", "n", "flagged"):
+        counts[status] = n
+        counts[FLAGGED] += flagged
+    return counts
 
 
 def unmatched_payments_panel(actor) -> dict:
-    """The finance officer's home panel: unmatched payments waiting (one query)."""
+    """The finance officer's home panel: unmatched payments waiting, receipts to confirm, flagged ones (one query)."""
     from payments.models import PaymentStatus
 
-    return {"unmatched": payment_status_counts(actor).get(PaymentStatus.UNMATCHED, 0)}
+    counts = payment_status_counts(actor)
+    return {
+        "unmatched": counts.get(PaymentStatus.UNMATCHED, 0),
+        "provisional": counts.get(PaymentStatus.PROVISIONAL, 0),
+        "flagged": counts[FLAGGED],
+    }
 
 
 def _reference_keys(reference: str) -> tuple[set[str], str]:
@@ -344,8 +375,8 @@ def payment_story(payment) -> dict:
 
 
 def contract_payments(contract: Contract, *, limit: int = 50) -> list:
-    """A contract's payments, newest first, with who verified them (one query)."""
-    return list(contract.payments.select_related("verified_by").order_by("-received_at", "-id")[:limit])
+    """A contract's payments, newest first, with who verified or recorded them (one query)."""
+    return list(contract.payments.select_related("verified_by", "recorded_by").order_by("-received_at", "-id")[:limit])
 
 
 def payments_with_transaction_id(*, provider_id: int, transaction_id: str) -> list:
@@ -358,6 +389,6 @@ def payments_with_transaction_id(*, provider_id: int, transaction_id: str) -> li
     variants = {raw, raw.upper()}
     return list(
         Payment.objects.filter(provider_id=provider_id, external_id__in=variants)
-        .select_related("contract", "verified_by")
+        .select_related("contract", "verified_by", "recorded_by")
         .order_by("-received_at")[:5]
     )

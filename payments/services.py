@@ -261,6 +261,9 @@ LOCK_POLICY_FIELDS = (
     "lock_weekdays",
     "max_temp_unlock_hours",
     "unlock_alert_minutes",
+    "provisional_installments",
+    "provisional_max_amount",
+    "provisional_confirm_days",
 )
 
 
@@ -417,6 +420,10 @@ def _check_payment_input(*, provider, channel, external_id, amount, currency, re
     return external_id, money
 
 
+class PaymentAlreadyRecorded(PaymentAlreadyVerified):
+    """The receipt was recorded before (the same form sent twice): it waits for its confirmation."""
+
+
 def payment_ingest(
     *,
     provider: Organisation,
@@ -443,8 +450,16 @@ def payment_ingest(
     (``created`` False); with different details it raises ``PaymentConflict`` naming
     each difference. When the money clears the arrears, the phone's unlock command is
     written in this same transaction and pushed when it commits.
+
+    A payment an agent recorded from a receipt (``source="agent"``, see
+    ``payment_record_from_proof``) is provisional. The channel's own record of it (the same
+    channel and transaction id from the API, an M-Pesa confirmation or a statement) confirms
+    it when amount and currency agree (the agent typed the time and reference from the
+    receipt, so those may differ) and it names no other contract: the held part is allocated
+    and the lock decided at once, exactly once. One that differs raises ``PaymentConflict``
+    and flags the payment to finance; nothing is credited twice.
     """
-    from payments.models import Payment
+    from payments.models import Payment, PaymentSource
 
     errors: dict[str, list[str]] = {}
     external_id, money = _check_payment_input(
@@ -493,24 +508,48 @@ def payment_ingest(
                     request_fields=fields,
                 )
         except IntegrityError:
-            existing = Payment.objects.get(provider=provider, channel=channel, external_id=external_id)
-            differences = {
-                name: (existing.request_fields.get(name, ""), value)
-                for name, value in fields.items()
-                if existing.request_fields.get(name, "") != value
-            }
-            if differences:
-                raise PaymentConflict(existing, differences) from None
-            return existing, False
-        audit_record(actor=actor, action="payment.create", obj=payment, after=snapshot(payment), ip_address=ip_address)
-        if contract is not None:
-            _payment_apply(payment=payment, contract=contract, rule="contract_number", confidence=100, actor=actor)
-        elif auto_match:
-            match = payment_find_match(payment)
-            if match is not None:
-                _payment_apply(payment=payment, contract=match[0], rule=match[1], confidence=match[2], actor=actor)
-        payment.refresh_from_db()
-    return payment, True
+            existing = Payment.objects.select_related("contract").get(
+                provider=provider, channel=channel, external_id=external_id
+            )
+            if existing.source == PaymentSource.AGENT and source != PaymentSource.AGENT:
+                conflict = _channel_record_arrived(
+                    payment=existing,
+                    source=source,
+                    amount=money,
+                    currency=currency,
+                    contract=contract,
+                    reference=reference,
+                    payer_phone=payer_phone,
+                    auto_match=auto_match,
+                    actor=actor,
+                    ip_address=ip_address,
+                )
+            else:
+                differences = {
+                    name: (existing.request_fields.get(name, ""), value)
+                    for name, value in fields.items()
+                    if existing.request_fields.get(name, "") != value
+                }
+                conflict = PaymentConflict(existing, differences) if differences else None
+            if conflict is None:
+                existing.refresh_from_db()
+                return existing, False
+        else:
+            audit_record(
+                actor=actor, action="payment.create", obj=payment, after=snapshot(payment), ip_address=ip_address
+            )
+            if contract is not None:
+                _payment_apply(payment=payment, contract=contract, rule="contract_number", confidence=100, actor=actor)
+            elif auto_match:
+                match = payment_find_match(payment)
+                if match is not None:
+                    _payment_apply(payment=payment, contract=match[0], rule=match[1], confidence=match[2], actor=actor)
+            payment.refresh_from_db()
+            return payment, True
+    # After this function's transaction, so the flag is kept although the request is refused
+    # (a caller's own transaction that rolls back takes it too: _import_line flags again).
+    payment_conflict_flag(conflict=conflict, source=source, actor=actor, ip_address=ip_address)
+    raise conflict
 
 
 def payment_find_match(payment) -> tuple[Contract, str, int] | None:
@@ -551,25 +590,81 @@ def payment_find_match(payment) -> tuple[Contract, str, int] | None:
     return None
 
 
-def _payment_apply(*, payment, contract: Contract, rule: str, confidence: int, actor=None) -> None:
-    """Match and allocate in the caller's transaction, then decide the lock at once."""
-    from django.utils import timezone
+def _channel_record_arrived(
+    *,
+    payment,
+    source: str,
+    amount: Decimal,
+    currency: str,
+    contract: Contract | None,
+    reference: str,
+    payer_phone: str,
+    auto_match: bool,
+    actor,
+    ip_address: str | None,
+) -> PaymentConflict | None:
+    """The channel's own record of a payment an agent recorded from a receipt: confirm it, or say how it differs.
 
-    from payments.models import Payment, PaymentAllocation, PaymentStatus
-    from payments.sweep import apply_decisions
+    Compared on amount and currency (the channel is part of the key). A record that names or
+    matches another contract differs too: confirming it would credit one owner with another's
+    money. Returns None when it is the same payment, confirmed now if it was provisional.
+    """
+    from payments.models import Payment, PaymentFlag, PaymentStatus
 
-    if payment.currency != contract.currency:
-        raise ValidationError({"currency": [f"The contract is in {contract.currency}; payments are never converted."]})
-    now = timezone.now()
-    # Lock order: contract, then its installments by number (the sweep takes the contract
-    # first too), so a payment and the sweep or a second payment never interleave.
-    contract = Contract.objects.select_for_update().get(pk=contract.pk)
+    differences: dict[str, tuple[str, str]] = {}
+    if amount != payment.amount:
+        differences["amount"] = (str(payment.amount), str(amount))
+    if currency != payment.currency:
+        differences["currency"] = (payment.currency, currency)
+    if not differences and payment.contract_id:
+        named = contract
+        if named is None and auto_match:
+            found = payment_find_match(Payment(provider=payment.provider, reference=reference, payer_phone=payer_phone))
+            named = found[0] if found else None
+        if named is not None and named.pk != payment.contract_id:
+            differences["contract_number"] = (payment.contract.number, named.number)
+    if differences:
+        return PaymentConflict(payment, differences)
+    if payment.status == PaymentStatus.PROVISIONAL:
+        if not auto_match:
+            # Money paid to a number the provider did not list confirms nothing of its own.
+            payment_flag(
+                payment=payment,
+                flag=PaymentFlag.CONFLICT,
+                reason=f"{_said_by(source)} reports this transaction paid to a number this provider did not list; "
+                "it does not confirm the receipt.",
+                actor=actor,
+                ip_address=ip_address,
+            )
+        else:
+            _payment_confirm(payment=payment, via=source, actor=actor, ip_address=ip_address)
+    return None
+
+
+def _said_by(source: str) -> str:
+    """``The M-Pesa confirmation``: the channel record a source stands for, as a sentence starts."""
+    from payments.models import PaymentConfirmation
+
+    label = str(PaymentConfirmation(source).label)
+    return label[0].upper() + label[1:]
+
+
+def _allocate(*, payment, contract: Contract, amount: Decimal) -> list:
+    """Allocate ``amount`` of ``payment`` to the contract's open installments, oldest first; beyond them as credit.
+
+    The caller holds the contract's row lock; the installments are locked here by due date and
+    number, the order every writer takes (the sweep too), so two payments never interleave.
+    """
+    from payments.models import PaymentAllocation
+
+    if amount <= 0:
+        return []
     installments = list(
         Installment.objects.select_for_update()
         .filter(contract=contract, amount_paid__lt=F("amount_due"))
         .order_by("due_date", "number")
     )
-    remaining = payment.amount
+    remaining = amount
     allocations = []
     for installment in installments:
         if remaining <= 0:
@@ -582,21 +677,68 @@ def _payment_apply(*, payment, contract: Contract, rule: str, confidence: int, a
         # Beyond the whole schedule: held as credit, never lost.
         allocations.append(PaymentAllocation(payment=payment, contract=contract, installment=None, amount=remaining))
     PaymentAllocation.objects.bulk_create(allocations)
-    Payment.objects.filter(pk=payment.pk).update(
-        contract=contract, status=PaymentStatus.MATCHED, match_rule=rule, match_confidence=confidence
+    return allocations
+
+
+def _allocations_after(allocations) -> list[dict]:
+    return [{"installment": a.installment_id, "amount": str(a.amount)} for a in allocations]
+
+
+def provisional_limit(contract: Contract) -> tuple[Decimal, Decimal]:
+    """(what a new receipt may still credit ``contract`` at once, the limit for all its unconfirmed receipts).
+
+    The limit is what is still due on the contract's oldest unpaid installments — as many as
+    the provider's ``provisional_installments`` (default one) — counting money from unconfirmed
+    receipts as unpaid, capped by ``provisional_max_amount`` when set. What the contract's
+    unconfirmed receipts already credited comes off, so recording more receipts (or inventing
+    more transaction ids) never credits more. The caller holds the contract's row lock.
+    """
+    from django.db.models import Sum
+
+    from payments.models import LockPolicy, PaymentAllocation, PaymentStatus
+
+    policy = LockPolicy.objects.filter(provider_id=contract.provider_id).first() or LockPolicy()
+    pending = dict(
+        PaymentAllocation.objects.filter(
+            contract=contract,
+            payment__status=PaymentStatus.PROVISIONAL,
+            installment__isnull=False,
+            reversed_at__isnull=True,
+        )
+        .values("installment_id")
+        .annotate(total=Sum("amount"))
+        .values_list("installment_id", "total")
     )
-    audit_record(
-        actor=actor,
-        action="payment.match",
-        obj=payment,
-        after={
-            "contract": contract.number,
-            "rule": rule,
-            "confidence": confidence,
-            "allocations": [{"installment": a.installment_id, "amount": str(a.amount)} for a in allocations],
-        },
-    )
-    # Provider webhook, in this transaction: the provider hears of the match exactly when it commits.
+    limit, counted = Decimal("0"), 0
+    rows = Installment.objects.filter(contract=contract).order_by("due_date", "number")
+    for pk, due, paid in rows.values_list("pk", "amount_due", "amount_paid"):
+        if counted >= policy.provisional_installments:
+            break
+        open_amount = due - (paid - pending.get(pk, Decimal("0")))
+        if open_amount > 0:
+            limit += open_amount
+            counted += 1
+    if policy.provisional_max_amount is not None:
+        limit = min(limit, policy.provisional_max_amount)
+    return max(limit - sum(pending.values(), Decimal("0")), Decimal("0")), limit
+
+
+def _paid_in_full(contract: Contract) -> bool:
+    """Every installment paid, none of it with money from a receipt not yet confirmed.
+
+    Paid off means released for good, so a receipt alone may never get a contract there.
+    """
+    from payments.models import PaymentAllocation, PaymentStatus
+
+    if Installment.objects.filter(contract=contract, amount_paid__lt=F("amount_due")).exists():
+        return False
+    return not PaymentAllocation.objects.filter(
+        contract=contract, payment__status=PaymentStatus.PROVISIONAL, reversed_at__isnull=True
+    ).exists()
+
+
+def _payment_matched_webhook(*, payment, contract: Contract, rule: str) -> None:
+    """Provider webhook, in the caller's transaction: the provider hears of the match exactly when it commits."""
     from portal.webhooks import webhook_event_emit
 
     webhook_event_emit(
@@ -613,13 +755,275 @@ def _payment_apply(*, payment, contract: Contract, rule: str, confidence: int, a
             "received_at": payment.received_at,
         },
     )
-    if (
-        contract.status == ContractStatus.ACTIVE
-        and not Installment.objects.filter(contract=contract, amount_paid__lt=F("amount_due")).exists()
-    ):
+
+
+def _payment_apply(*, payment, contract: Contract, rule: str, confidence: int, actor=None) -> None:
+    """Match and allocate in the caller's transaction, then decide the lock at once.
+
+    A payment recorded from a receipt (source ``agent``) becomes provisional: only
+    ``provisional_limit`` is allocated, the rest is held, and the provider hears of it
+    (webhook ``payment.matched``) when it is confirmed.
+    """
+    from django.utils import timezone
+
+    from payments.models import Payment, PaymentSource, PaymentStatus
+    from payments.sweep import apply_decisions
+    from portal.models import User
+
+    if payment.currency != contract.currency:
+        raise ValidationError({"currency": [f"The contract is in {contract.currency}; payments are never converted."]})
+    now = timezone.now()
+    # Lock order: contract, then its installments by number (the sweep takes the contract
+    # first too), so a payment and the sweep or a second payment never interleave.
+    contract = Contract.objects.select_for_update().get(pk=contract.pk)
+    provisional = payment.source == PaymentSource.AGENT
+    credit, limit = payment.amount, None
+    if provisional:
+        # Race: two agents recording receipts for one contract at once would each see the whole
+        # allowance; under the contract's row lock the second sees what the first credited.
+        allowance, limit = provisional_limit(contract)
+        credit = min(payment.amount, allowance)
+    allocations = _allocate(payment=payment, contract=contract, amount=credit)
+    held = payment.amount - credit
+    Payment.objects.filter(pk=payment.pk).update(
+        contract=contract,
+        status=PaymentStatus.PROVISIONAL if provisional else PaymentStatus.MATCHED,
+        match_rule=rule,
+        match_confidence=confidence,
+        held_amount=held,
+        recorded_by=actor if provisional and isinstance(actor, User) else None,
+    )
+    after = {
+        "contract": contract.number,
+        "rule": rule,
+        "confidence": confidence,
+        "allocations": _allocations_after(allocations),
+    }
+    if provisional:
+        after |= {"provisional": True, "credited": str(credit), "held": str(held), "limit": str(limit)}
+    audit_record(actor=actor, action="payment.match", obj=payment, after=after)
+    if not provisional:
+        _payment_matched_webhook(payment=payment, contract=contract, rule=rule)
+    if contract.status == ContractStatus.ACTIVE and _paid_in_full(contract):
         contract_set_status(contract=contract, status=ContractStatus.PAID_OFF, actor=actor)
     # Unlock at once: the decision and the signed command are written in this transaction.
     apply_decisions([contract.pk], now=now, actor=actor)
+
+
+def _payment_confirm(*, payment, via: str, actor, ip_address: str | None = None) -> bool:
+    """Allocate a provisional payment's held part and mark it verified, in the caller's transaction; decide the lock.
+
+    ``via`` is ``person`` (``payment_confirm``) or the source of the channel record that
+    matched it. Returns False, changing nothing, when it is no longer provisional or its
+    channel record conflicts (finance resolves that by reversing it).
+    """
+    from django.utils import timezone
+
+    from payments.models import Payment, PaymentConfirmation, PaymentFlag, PaymentStatus
+    from payments.sweep import apply_decisions
+
+    now = timezone.now()
+    # Race: a second person confirming while the channel's record arrives, or two channel records
+    # at once. Lock order payment, contract, installments (as a reversal): one confirms, the
+    # other finds it verified.
+    locked = Payment.objects.select_for_update().get(pk=payment.pk)
+    if locked.status != PaymentStatus.PROVISIONAL or locked.flag == PaymentFlag.CONFLICT:
+        return False
+    contract = Contract.objects.select_for_update().get(pk=locked.contract_id)
+    held = locked.held_amount
+    allocations = _allocate(payment=locked, contract=contract, amount=held)
+    person = via == PaymentConfirmation.PERSON
+    # A late confirmation answers the "not confirmed in time" flag.
+    resolved = locked.flag == PaymentFlag.UNCONFIRMED
+    Payment.objects.filter(pk=locked.pk).update(
+        status=PaymentStatus.VERIFIED,
+        held_amount=Decimal("0"),
+        confirmed_via=via,
+        confirmed_at=now,
+        confirmed_by=actor if person else None,
+        verified_by=actor if person else locked.recorded_by,
+        verified_at=now,
+        **({"flag": "", "flag_reason": "", "flagged_at": None} if resolved else {}),
+    )
+    audit_record(
+        actor=actor,
+        action="payment.confirm" if person else "payment.channel_confirm",
+        obj=locked,
+        before={"status": PaymentStatus.PROVISIONAL, "held": str(held), "flag": locked.flag},
+        after={
+            "status": PaymentStatus.VERIFIED,
+            "via": via,
+            # The four-eyes requester, the agent who recorded the receipt, as every approval names it
+            # (portal.selectors.APPROVAL_REQUESTER_KEY): the auditor's same-browser list reads it.
+            "requested_by_id": locked.recorded_by_id,
+            "requested_by": locked.recorded_by.get_username() if locked.recorded_by else None,
+            "contract": contract.number,
+            "allocations": _allocations_after(allocations),
+            "flag": "" if resolved else locked.flag,
+        },
+        ip_address=ip_address,
+    )
+    _payment_matched_webhook(payment=locked, contract=contract, rule=locked.match_rule)
+    if contract.status == ContractStatus.ACTIVE and _paid_in_full(contract):
+        contract_set_status(contract=contract, status=ContractStatus.PAID_OFF, actor=actor)
+    apply_decisions([contract.pk], now=now, actor=actor)
+    return True
+
+
+def _check_confirmable(payment) -> None:
+    """Raise why ``payment`` cannot be confirmed (already confirmed, not provisional, in conflict)."""
+    from payments.models import PaymentFlag, PaymentStatus
+
+    if payment.status == PaymentStatus.VERIFIED:
+        if payment.confirmed_by is not None:
+            who = payment.confirmed_by.get_username()
+        elif payment.confirmed_via:
+            who = payment.get_confirmed_via_display()
+        else:
+            who = payment.verified_by.get_username() if payment.verified_by else "someone"
+        raise PaymentAlreadyVerified(f"Already confirmed by {who}; nothing more to do.")
+    if payment.status != PaymentStatus.PROVISIONAL:
+        raise ValidationError({"status": [f"A {payment.get_status_display().lower()} payment has nothing to confirm."]})
+    if payment.flag == PaymentFlag.CONFLICT:
+        raise ValidationError(
+            {
+                "status": [
+                    f"{payment.flag_reason} It cannot be confirmed: a finance officer reverses it and records "
+                    "what the channel says."
+                ]
+            }
+        )
+
+
+def payment_confirm(*, payment, actor, ip_address: str | None = None):
+    """A second person confirms a payment an agent recorded from a receipt: its held part is allocated at once.
+
+    Four eyes: refused with the reason (``PermissionDenied``) for the agent who recorded it and
+    for any account linked to theirs (``portal.four_eyes``). ``PaymentAlreadyVerified`` when
+    someone or the channel confirmed it first; ``ValidationError`` when it is not provisional or
+    its channel record conflicts. Audited as ``payment.confirm`` with the requester's id.
+    """
+    from django.core.exceptions import PermissionDenied
+
+    from payments.models import Payment, PaymentConfirmation
+    from portal.four_eyes import four_eyes_check
+    from portal.permissions import Right, has_right
+
+    if not has_right(actor, Right.VERIFY_PAYMENTS):
+        raise PermissionDenied("Your role does not allow confirming payments (verify_payments).")
+    related = ("recorded_by", "confirmed_by", "verified_by")
+    current = Payment.objects.select_related(*related).get(pk=payment.pk)
+    _check_confirmable(current)
+    # Two accounts of one person are not two people (set up by one another, or by one person).
+    four_eyes_check(requester=current.recorded_by, approver=actor)
+    with transaction.atomic():
+        if not _payment_confirm(payment=current, via=PaymentConfirmation.PERSON, actor=actor, ip_address=ip_address):
+            _check_confirmable(Payment.objects.select_related(*related).get(pk=payment.pk))
+    return Payment.objects.select_related("contract", *related).get(pk=payment.pk)
+
+
+def payment_flag(*, payment, flag: str, reason: str, actor=None, ip_address: str | None = None) -> bool:
+    """Flag a payment to finance (its channel record differs, or none came in time); audited. True if it changed.
+
+    The same flag with the same reason again changes nothing; a reversed payment is settled and not flagged.
+    """
+    from django.utils import timezone
+
+    from payments.models import Payment, PaymentStatus
+
+    reason = reason[:300]
+    with transaction.atomic():
+        current = Payment.objects.select_for_update().get(pk=payment.pk)
+        if current.status == PaymentStatus.REVERSED or (current.flag, current.flag_reason) == (flag, reason):
+            return False
+        Payment.objects.filter(pk=current.pk).update(flag=flag, flag_reason=reason, flagged_at=timezone.now())
+        audit_record(
+            actor=actor,
+            action="payment.flag",
+            obj=current,
+            before={"flag": current.flag, "reason": current.flag_reason},
+            after={"flag": flag, "reason": reason},
+            ip_address=ip_address,
+        )
+    return True
+
+
+def conflict_reason(*, source: str, differences: dict[str, tuple[str, str]]) -> str:
+    """``The bank statement says amount 40000.00 (the receipt said 50000.00).``"""
+    said = "; ".join(
+        f"{name.replace('_', ' ')} {new} (the receipt said {old})" for name, (old, new) in differences.items()
+    )
+    return f"{_said_by(source)} says {said}; nothing was credited twice."[:300]
+
+
+def payment_conflict_flag(*, conflict: PaymentConflict, source: str, actor=None, ip_address: str | None = None):
+    """Flag to finance a payment recorded from a receipt when its channel's own record differs."""
+    from payments.models import PaymentFlag, PaymentSource
+
+    if conflict.payment.source != PaymentSource.AGENT or source == PaymentSource.AGENT:
+        return
+    payment_flag(
+        payment=conflict.payment,
+        flag=PaymentFlag.CONFLICT,
+        reason=conflict_reason(source=source, differences=conflict.differences),
+        actor=actor,
+        ip_address=ip_address,
+    )
+
+
+def payments_flag_unconfirmed(*, now: dt.datetime | None = None) -> int:
+    """Flag to finance each provisional payment no channel confirmed within ``provisional_confirm_days``.
+
+    The periodic job: set-based (per provider with such payments, one locking SELECT, one
+    UPDATE and one batch of audit events), idempotent (a flagged payment is not flagged again).
+    Returns how many it flagged.
+    """
+    from django.utils import timezone
+
+    from payments.models import LockPolicy, Payment, PaymentFlag, PaymentStatus
+
+    now = now or timezone.now()
+    default_days = LockPolicy._meta.get_field("provisional_confirm_days").default
+    waiting = Payment.objects.filter(status=PaymentStatus.PROVISIONAL, flag="")
+    provider_ids = sorted(set(waiting.values_list("provider_id", flat=True)))
+    days_of = dict(
+        LockPolicy.objects.filter(provider_id__in=provider_ids).values_list("provider_id", "provisional_confirm_days")
+    )
+    flagged = 0
+    for provider_id in provider_ids:
+        days = days_of.get(provider_id, default_days)
+        reason = (
+            f"Recorded from a receipt and not confirmed by any channel within {days} days: "
+            "check it against the bank and mobile-money records."
+        )
+        with transaction.atomic():
+            # Race: two runs at once (a slow run overlapping the next tick). Each takes the rows it
+            # can lock and skips the other's; flag="" keeps a payment from being flagged twice.
+            rows = list(
+                waiting.filter(provider_id=provider_id, created_at__lte=now - dt.timedelta(days=days))
+                .select_for_update(skip_locked=True)
+                .only("pk", "provider_id", "channel", "external_id")
+                .order_by("pk")
+            )
+            if not rows:
+                continue
+            Payment.objects.filter(pk__in=[p.pk for p in rows], flag="").update(
+                flag=PaymentFlag.UNCONFIRMED, flag_reason=reason, flagged_at=now
+            )
+            audit_record_many(
+                actor=None,
+                entries=[
+                    AuditEntry(
+                        action="payment.flag",
+                        obj=payment,
+                        before={"flag": "", "reason": ""},
+                        after={"flag": PaymentFlag.UNCONFIRMED, "reason": reason},
+                    )
+                    for payment in rows
+                ],
+            )
+            flagged += len(rows)
+    return flagged
 
 
 def payment_match_manual(*, payment, contract: Contract, actor, ip_address: str | None = None):
@@ -642,7 +1046,8 @@ def payment_verify(*, payment, actor, proof: str = "", ip_address: str | None = 
     """A call-center agent confirms a matched payment with the customer's proof; once only.
 
     Two agents verifying at once: the conditional UPDATE lets exactly one through and
-    the other gets ``PaymentAlreadyVerified``.
+    the other gets ``PaymentAlreadyVerified``. A provisional payment (recorded from a
+    receipt) is not verified but confirmed (``payment_confirm``).
     """
     from django.utils import timezone
 
@@ -658,6 +1063,15 @@ def payment_verify(*, payment, actor, proof: str = "", ip_address: str | None = 
             if current.status == PaymentStatus.VERIFIED:
                 who = current.verified_by.get_username() if current.verified_by else "someone"
                 raise PaymentAlreadyVerified(f"Already verified by {who}; nothing more to do.")
+            if current.status == PaymentStatus.PROVISIONAL:
+                raise ValidationError(
+                    {
+                        "status": [
+                            "This payment was recorded from a receipt alone: a second person confirms it, "
+                            "or the channel's own record with the same transaction id does."
+                        ]
+                    }
+                )
             raise ValidationError(
                 {"status": [f"A {current.get_status_display().lower()} payment cannot be verified; match it first."]}
             )
@@ -673,7 +1087,10 @@ def payment_verify(*, payment, actor, proof: str = "", ip_address: str | None = 
 
 
 def payment_reverse(*, payment, actor, reason: str, ip_address: str | None = None):
-    """Undo a payment (chargeback, returned transfer): its allocations come off and the lock is decided again."""
+    """Undo a payment (chargeback, returned transfer): its allocations come off and the lock is decided again.
+
+    A provisional payment's held part is released with it (it was never allocated).
+    """
     from django.utils import timezone
 
     from payments.models import Payment, PaymentStatus
@@ -695,16 +1112,21 @@ def payment_reverse(*, payment, actor, reason: str, ip_address: str | None = Non
                     amount_paid=F("amount_paid") - allocation.amount
                 )
         payment.allocations.filter(reversed_at__isnull=True).update(reversed_at=now)
-        before = {"status": payment.status}
+        before = {"status": payment.status, "held": str(payment.held_amount)}
         Payment.objects.filter(pk=payment.pk).update(
-            status=PaymentStatus.REVERSED, reversed_at=now, reversal_reason=reason[:300]
+            status=PaymentStatus.REVERSED, reversed_at=now, reversal_reason=reason[:300], held_amount=Decimal("0")
         )
         audit_record(
             actor=actor,
             action="payment.reverse",
             obj=payment,
             before=before,
-            after={"status": "reversed", "reason": reason, "allocations_undone": len(allocations)},
+            after={
+                "status": "reversed",
+                "reason": reason,
+                "allocations_undone": len(allocations),
+                "held_released": str(payment.held_amount),
+            },
             ip_address=ip_address,
         )
         if contract is not None:
@@ -761,8 +1183,12 @@ class WrongContract(ValidationError):
 def payment_verify_existing(*, payment: Payment, contract, actor, checked: CheckedProof | None = None, ip_address=None):
     """Verify a payment the customer named: matched to ``contract`` first if it was unmatched.
 
+    A provisional one (another agent recorded it from a receipt) is confirmed instead, by
+    ``payment_confirm``: four eyes, so not by the agent who recorded it.
+
     Raises ``PaymentAlreadyVerified`` (another agent was first), ``WrongContract`` (credited to
-    another contract) or ``ValidationError`` (e.g. reversed). All or nothing.
+    another contract), ``PermissionDenied`` (four eyes) or ``ValidationError`` (e.g. reversed).
+    All or nothing.
     """
     with transaction.atomic():
         if payment.status == PaymentStatus.UNMATCHED:
@@ -772,9 +1198,15 @@ def payment_verify_existing(*, payment: Payment, contract, actor, checked: Check
                 f"Transaction {payment.external_id} is credited to contract {payment.contract.number}, not this one. "
                 "A finance officer can reverse it if it was credited wrongly."
             )
-        payment = payment_verify(
-            payment=payment, actor=actor, proof=f"transaction id read out: {payment.external_id}", ip_address=ip_address
-        )
+        if payment.status == PaymentStatus.PROVISIONAL:
+            payment = payment_confirm(payment=payment, actor=actor, ip_address=ip_address)
+        else:
+            payment = payment_verify(
+                payment=payment,
+                actor=actor,
+                proof=f"transaction id read out: {payment.external_id}",
+                ip_address=ip_address,
+            )
         if checked is not None:
             proof_save(payment=payment, checked=checked, actor=actor, ip_address=ip_address)
     return payment
@@ -783,12 +1215,20 @@ def payment_verify_existing(*, payment: Payment, contract, actor, checked: Check
 def payment_record_from_proof(
     *, contract, actor, channel: str, amount, received_at, transaction_id: str, checked: CheckedProof, ip_address=None
 ) -> Payment:
-    """Record a payment from the customer's receipt (source ``agent``), credit ``contract``, verify it, keep the proof.
+    """Record a payment from the customer's receipt (source ``agent``) for ``contract``; it is provisional.
 
-    All or nothing: a refused amount or date creates no payment and stores no file.
+    An agent's word and a picture are not the money. At once the payment credits the contract
+    at most ``provisional_limit`` (by default what is still due on its oldest unpaid
+    installment, for all its unconfirmed receipts together), so a phone unlocks only if that
+    clears the arrears; the rest is held, unallocated, until a second person confirms it
+    (``payment_confirm``, four eyes) or the channel's own record with the same transaction id
+    does (``payment_ingest``, ``statement_lines_credit``). The proof is kept.
+
+    All or nothing: a refused amount or date creates no payment and stores no file. The same
+    receipt again raises ``PaymentAlreadyRecorded``.
     """
     with transaction.atomic():
-        payment, _created = payment_ingest(
+        payment, created = payment_ingest(
             provider=contract.provider,
             channel=channel,
             external_id=transaction_id,
@@ -803,9 +1243,16 @@ def payment_record_from_proof(
         )
         if payment.contract_id != contract.pk:
             raise WrongContract(f"Transaction {payment.external_id} is already credited to another contract.")
-        payment = payment_verify(
-            payment=payment, actor=actor, proof=f"receipt {checked.sha256[:12]}", ip_address=ip_address
-        )
+        if not created:
+            if payment.status == PaymentStatus.PROVISIONAL:
+                who = payment.recorded_by.get_username() if payment.recorded_by else "someone"
+                raise PaymentAlreadyRecorded(
+                    f"Already recorded by {who} from a receipt; it waits for a second person or the channel "
+                    "to confirm it."
+                )
+            payment = payment_verify(
+                payment=payment, actor=actor, proof=f"receipt {checked.sha256[:12]}", ip_address=ip_address
+            )
         proof_save(payment=payment, checked=checked, actor=actor, transaction_id=transaction_id, ip_address=ip_address)
     return payment
 

@@ -12,6 +12,12 @@ def lock_sweep() -> dict:
     return {"evaluated": report.evaluated, "changed": report.changed}
 
 
+@shared_task(name="payments.flag_unconfirmed_payments", ignore_result=True, soft_time_limit=240, time_limit=300)
+def flag_unconfirmed_payments() -> int:
+    """Flag to finance the receipts no channel confirmed in time (idempotent: flagged ones are left alone)."""
+    return services.payments_flag_unconfirmed()
+
+
 @shared_task(name="payments.import_statement", ignore_result=True)
 def import_statement(import_id: int) -> dict:
     """Import one uploaded statement (idempotent: a started or finished import is left alone)."""

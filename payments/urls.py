@@ -18,6 +18,7 @@ urlpatterns = [
     path("payments/<int:pk>/", views.payment_detail, name="payment"),
     path("payments/<int:pk>/match/", views.payment_match, name="payment_match"),
     path("payments/<int:pk>/verify/", views.payment_verify_view, name="payment_verify"),
+    path("payments/<int:pk>/confirm/", views.payment_confirm_view, name="payment_confirm"),
     path("payments/<int:pk>/reverse/", views.payment_reverse_view, name="payment_reverse"),
     path("payments/proofs/<int:pk>/", views.payment_proof_download, name="proof"),
 ]

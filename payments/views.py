@@ -410,26 +410,37 @@ def _payment_for(request, pk: int, right: Right):
     """One payment in the user's scope: 404 outside it, 403 without ``right``."""
     from payments.models import Payment
 
-    return scoped_get(Payment.objects.select_related("contract", "provider", "verified_by"), request.user, right, pk=pk)
+    return scoped_get(
+        Payment.objects.select_related("contract", "provider", "verified_by", "recorded_by", "confirmed_by"),
+        request.user,
+        right,
+        pk=pk,
+    )
 
 
 @login_required
 def payment_list(request):
-    """The finance queue: the provider's payments by status, unmatched first, newest first, with suggestions."""
+    """The finance queue: the provider's payments by status, unmatched first, newest first, with suggestions.
+
+    Besides the statuses, a "Flagged" tab: payments recorded from receipts whose channel
+    record differs, or that no channel confirmed in time.
+    """
     from payments.forms import MatchByNumberForm
     from payments.models import PaymentStatus
-    from payments.selectors import payment_status_counts, payments_for, payments_suggestions
+    from payments.selectors import FLAGGED, payment_status_counts, payments_for, payments_suggestions
     from portal.permissions import has_right
 
     status = request.GET.get("status", PaymentStatus.UNMATCHED)
-    if status not in PaymentStatus.values and status != "all":
+    if status not in PaymentStatus.values and status not in ("all", FLAGGED):
         status = PaymentStatus.UNMATCHED
     page = Paginator(payments_for(request.user, status="" if status == "all" else status), 25).get_page(
         request.GET.get("page")
     )
     counts = payment_status_counts(request.user)
     tabs = [(value, label, counts.get(value, 0)) for value, label in PaymentStatus.choices]
-    tabs.append(("all", "All", sum(counts.values())))
+    # Receipts whose channel record differs or never came: finance checks them (not a status: a flag).
+    tabs.insert(2, (FLAGGED, "Flagged", counts.get(FLAGGED, 0)))
+    tabs.append(("all", "All", sum(n for value, n in counts.items() if value != FLAGGED)))
     suggestions = payments_suggestions(page.object_list)
     rows = [(p, suggestions.get(p.pk, [])) for p in page.object_list]
     return render(
@@ -449,26 +460,70 @@ def payment_list(request):
 @login_required
 def payment_detail(request, pk: int):
     """One payment: what came in, where it went, its proofs and its audit trail, and what can be done."""
+    payment = _payment_for(request, pk, Right.VIEW_FINANCE)
+    return render(request, "payments/payment_detail.html", _payment_detail_context(request, payment))
+
+
+def _payment_detail_context(request, payment, *, error: str = "") -> dict:
     from payments.forms import MatchByNumberForm
     from payments.models import PaymentStatus
     from payments.selectors import payment_story, payment_suggestions
     from portal.permissions import has_right
 
-    payment = _payment_for(request, pk, Right.VIEW_FINANCE)
     unmatched = payment.status == PaymentStatus.UNMATCHED
-    return render(
-        request,
-        "payments/payment_detail.html",
-        {
-            "payment": payment,
-            **payment_story(payment),
-            "suggestions": payment_suggestions(payment) if unmatched else [],
-            "match_form": MatchByNumberForm(),
-            "can_match": unmatched and has_right(request.user, Right.RECORD_PAYMENTS),
-            "can_verify": payment.status == PaymentStatus.MATCHED and has_right(request.user, Right.VERIFY_PAYMENTS),
-            "can_reverse": payment.status != PaymentStatus.REVERSED and has_right(request.user, Right.RECORD_PAYMENTS),
-        },
-    )
+    confirmable = payment.status == PaymentStatus.PROVISIONAL and has_right(request.user, Right.VERIFY_PAYMENTS)
+    return {
+        "payment": payment,
+        **payment_story(payment),
+        "suggestions": payment_suggestions(payment) if unmatched else [],
+        "match_form": MatchByNumberForm(),
+        "can_match": unmatched and has_right(request.user, Right.RECORD_PAYMENTS),
+        "can_verify": payment.status == PaymentStatus.MATCHED and has_right(request.user, Right.VERIFY_PAYMENTS),
+        "can_confirm": confirmable,
+        # Shown before the button: why this person may not confirm (four eyes, or a conflict).
+        "confirm_refusal": _confirm_refusal(payment, request.user) if confirmable else None,
+        "can_reverse": payment.status != PaymentStatus.REVERSED and has_right(request.user, Right.RECORD_PAYMENTS),
+        "error": error,
+    }
+
+
+def _confirm_refusal(payment, user) -> str | None:
+    from payments.models import PaymentFlag
+    from portal.four_eyes import four_eyes_refusal
+
+    if payment.flag == PaymentFlag.CONFLICT:
+        return f"{payment.flag_reason} A finance officer reverses it and records what the channel says."
+    return four_eyes_refusal(requester=payment.recorded_by, approver=user)
+
+
+@login_required
+@require_POST
+def payment_confirm_view(request, pk: int):
+    """A second person confirms a payment recorded from a receipt; the recording agent (and linked accounts) cannot."""
+    from django.core.exceptions import PermissionDenied
+
+    from payments.services import PaymentAlreadyVerified, payment_confirm
+    from portal.api.utils import client_ip
+
+    payment = _payment_for(request, pk, Right.VERIFY_PAYMENTS)
+    try:
+        confirmed = payment_confirm(payment=payment, actor=request.user, ip_address=client_ip(request))
+    except PaymentAlreadyVerified as exc:
+        messages.info(request, " ".join(exc.messages))
+    except PermissionDenied as exc:
+        # Four eyes (or the agent who recorded it): nothing changed; the confirmer reads why.
+        context = _payment_detail_context(request, payment, error=str(exc))
+        return render(request, "payments/payment_detail.html", context, status=403)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        confirmed.contract.refresh_from_db(fields=["lock_state"])
+        messages.success(
+            request,
+            f"Payment {confirmed.external_id} confirmed: all of it is credited to {confirmed.contract.number}; "
+            f"the phone is now {confirmed.contract.get_lock_state_display().lower()}.",
+        )
+    return redirect("payments:payment", pk=payment.pk)
 
 
 @login_required
@@ -583,8 +638,13 @@ def payment_proof_download(request, pk: int):
 
 
 def _verify_existing(request, contract, form) -> bool:
-    """Verify the payment the agent confirmed (of the contract's provider); True when done, else a message says why."""
-    from payments.models import Payment
+    """Verify the payment the agent confirmed (of the contract's provider); True when done, else a message says why.
+
+    A provisional one (recorded from a receipt by someone else) is confirmed: four eyes.
+    """
+    from django.core.exceptions import PermissionDenied
+
+    from payments.models import Payment, PaymentStatus
     from payments.services import PaymentAlreadyVerified, payment_verify_existing
 
     payment = (
@@ -602,10 +662,14 @@ def _verify_existing(request, contract, form) -> bool:
     except PaymentAlreadyVerified as exc:
         messages.info(request, " ".join(exc.messages))
         return False
+    except PermissionDenied as exc:  # four eyes: a receipt's recorder cannot confirm it
+        messages.error(request, str(exc))
+        return False
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
         return False
-    messages.success(request, f"Payment {payment.external_id} verified for contract {contract.number}.")
+    done = "confirmed" if payment.status == PaymentStatus.PROVISIONAL else "verified"
+    messages.success(request, f"Payment {payment.external_id} {done} for contract {contract.number}.")
     return True
 
 
@@ -653,7 +717,7 @@ def contract_verify_payment(request, pk: int):
         if valid:
             data = record_form.cleaned_data
             try:
-                payment_record_from_proof(
+                recorded = payment_record_from_proof(
                     contract=contract,
                     actor=request.user,
                     channel=data["channel"],
@@ -671,16 +735,18 @@ def contract_verify_payment(request, pk: int):
                     field = {"external_id": "transaction_id"}.get(name, name)
                     record_form.add_error(field if field in record_form.fields else None, errors)
             else:
-                messages.success(
-                    request, f"Payment {data['transaction_id']} recorded, verified and credited to {contract.number}."
-                )
+                messages.success(request, _recorded_message(recorded, contract))
                 return redirect("payments:contract", pk=contract.pk)
+
+    from payments.services import provisional_limit
 
     return render(
         request,
         "payments/verify_payment.html",
         {
             "contract": contract,
+            # What a receipt alone may credit now (the provider's limit, less unconfirmed receipts).
+            "receipt_allowance": provisional_limit(contract)[0],
             "lookup": lookup if lookup.is_bound else TransactionLookupForm(),
             "transaction_id": transaction_id,
             "searched": bool(transaction_id),
@@ -689,6 +755,25 @@ def contract_verify_payment(request, pk: int):
             "record_form": record_form,
             "show_record": action == "record" or (transaction_id and not found),
         },
+    )
+
+
+def _recorded_message(payment, contract) -> str:
+    """What the agent is told after recording a receipt: what was credited now and what waits."""
+    from payments.money import format_money
+
+    credited = format_money(payment.amount - payment.held_amount, payment.currency)
+    contract.refresh_from_db(fields=["lock_state"])
+    state = contract.get_lock_state_display().lower()
+    if not payment.held_amount:
+        return (
+            f"Payment {payment.external_id} recorded from the receipt: {credited} credited to {contract.number} "
+            f"(provisional until the channel's record or a second person confirms it); the phone is now {state}."
+        )
+    held = format_money(payment.held_amount, payment.currency)
+    return (
+        f"Payment {payment.external_id} recorded from the receipt: {credited} credited to {contract.number} at once, "
+        f"{held} held until a second person or the channel's own record confirms it; the phone is now {state}."
     )
 
 

@@ -24,7 +24,7 @@ from portal.permissions import Right, require
 #: Audit actions by which a second person approved what a first one asked for. Each such event has
 #: the approver as its actor and the requester's user id in ``after[APPROVAL_REQUESTER_KEY]`` (its
 #: username in ``after["requested_by"]``). Add an approval here when you add one to finlock.
-APPROVAL_ACTIONS: tuple[str, ...] = ("unlock_request.approve", "device.offline_code")
+APPROVAL_ACTIONS: tuple[str, ...] = ("unlock_request.approve", "device.offline_code", "payment.confirm")
 APPROVAL_REQUESTER_KEY = "requested_by_id"
 
 #: Object types of the money side (contracts, customers, payments, statements): never shown to a

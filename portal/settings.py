@@ -184,6 +184,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(CHECKIN_FLUSH_SECONDS),
         "options": {"expires": CHECKIN_FLUSH_SECONDS},
     },
+    # Payments recorded from a receipt that no channel confirmed within the provider's
+    # provisional_confirm_days are flagged to finance (payments.services.payments_flag_unconfirmed).
+    "payments.flag-unconfirmed": {
+        "task": "payments.flag_unconfirmed_payments",
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
     # The same for provider webhook events (portal/webhooks.py).
     "portal.redeliver-webhook-events": {
         "task": "portal.redeliver_webhook_events",

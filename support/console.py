@@ -302,7 +302,7 @@ def device(request, pk: int):
     payments = [
         p
         for p in Payment.objects.filter(contract_id__in=[c.pk for c in contracts])
-        .select_related("contract", "verified_by")
+        .select_related("contract", "verified_by", "recorded_by")
         .order_by("-received_at", "-id")[:PAYMENT_LIMIT]
         if p.provider_id == provider.pk
     ]
@@ -324,6 +324,8 @@ def device(request, pk: int):
         "rows": rows,
         "position": position,
         "payments": payments,
+        # Recorded from a receipt alone: part of the money held until someone else or the channel confirms it.
+        "provisional": [p for p in payments if p.status == PaymentStatus.PROVISIONAL],
         "payment_limit": PAYMENT_LIMIT,
         "unmatched": _unmatched_from(contract),
         "commands": commands,

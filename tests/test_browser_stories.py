@@ -65,9 +65,10 @@ def overdue_phone(live_server, tmp_path, provider_a):
     return contract, phone
 
 
-def test_an_agent_finds_a_locked_phone_by_a_local_number_records_a_payment_from_proof_and_sees_it_unlocked(
-    browser, live_server, overdue_phone, agent_a, request, tmp_path
+def test_an_agent_finds_a_locked_phone_by_a_local_number_records_a_payment_from_proof_and_finance_confirms_it(
+    browser, live_server, overdue_phone, agent_a, finance_a, request, tmp_path
 ):
+    """A receipt alone is provisional: the oldest installment at once, the rest when a second person confirms."""
     contract, phone = overdue_phone
     local_number = phonenumbers.format_number(
         phonenumbers.parse(str(contract.customer.phone)), phonenumbers.PhoneNumberFormat.NATIONAL
@@ -92,10 +93,31 @@ def test_an_agent_finds_a_locked_phone_by_a_local_number_records_a_payment_from_
     page.fill("input[name=amount]", "16666.66")  # the two overdue installments
     page.fill("input[name=received_at]", dt.datetime.now(contract.provider.zone).strftime("%Y-%m-%dT%H:%M"))
     page.set_input_files("input[name=receipt]", str(receipt))
+    assert "provisional" in page.content()  # the form says what a receipt alone credits
     shot(page, request, "2-recording-from-proof")
-    page.get_by_role("button", name="Record and verify").click()
+    page.get_by_role("button", name="Record from the receipt").click()
     page.wait_for_load_state()
-    shot(page, request, "3-recorded")
+    assert "8,333.33 held until a second person" in page.content()
+    shot(page, request, "3-recorded-provisional")
+
+    # The oldest installment is credited at once; the second is still overdue, so the phone stays locked.
+    phone.checkin()
+    assert phone.view().state == "locked"
+    page.goto(f"{live_server.url}/console/devices/{contract.device_id}/")
+    assert "is <strong>provisional</strong>" in page.content()
+    page.get_by_role("link", name="EZ2026-778812").first.click()
+    assert "You cannot confirm this payment." in page.content()  # four eyes: not the agent who recorded it
+    shot(page, request, "4-agent-cannot-confirm")
+
+    finance = browser.new_page(viewport={"width": 1280, "height": 900})
+    browser_sign_in(finance, live_server.url, finance_a)
+    finance.goto(f"{live_server.url}/contracts/payments/?status=provisional")
+    finance.get_by_role("link", name="EZ2026-778812").click()
+    shot(finance, request, "5-finance-sees-provisional")
+    finance.get_by_role("button", name="Confirm payment EZ2026-778812").click()
+    finance.wait_for_load_state()
+    assert "the phone is now unlocked" in finance.content()
+    shot(finance, request, "6-confirmed")
 
     # The phone's next check-in brings the unlock; it applies and acknowledges it.
     phone.checkin()
@@ -104,9 +126,40 @@ def test_an_agent_finds_a_locked_phone_by_a_local_number_records_a_payment_from_
 
     page.goto(f"{live_server.url}/console/devices/{contract.device_id}/")
     content = page.content()
-    assert "EZ2026-778812" in content
+    assert "EZ2026-778812" in content and "is <strong>provisional</strong>" not in content
     assert "unlocked" in content.lower()
-    shot(page, request, "4-unlocked")
+    shot(page, request, "7-unlocked")
+    page.close()
+    finance.close()
+
+
+def test_an_agent_alone_cannot_unlock_a_phone_with_an_invented_receipt_of_69_bytes(
+    browser, live_server, overdue_phone, agent_a, request, tmp_path
+):
+    """The security review's attack in the browser: an invented transaction id, a 69-byte "image", a million."""
+    contract, phone = overdue_phone
+    tiny = tmp_path / "tiny.png"
+    tiny.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 53)  # 69 bytes
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    browser_sign_in(page, live_server.url, agent_a)
+    for txid in ("MADE-UP-0001", "MADE-UP-0002"):
+        page.goto(f"{live_server.url}/contracts/{contract.pk}/verify-payment/?transaction_id={txid}")
+        page.select_option("select[name=channel]", "mobile_money")
+        page.fill("input[name=amount]", "1000000.00")
+        page.fill("input[name=received_at]", dt.datetime.now(contract.provider.zone).strftime("%Y-%m-%dT%H:%M"))
+        page.set_input_files("input[name=receipt]", str(tiny))
+        page.get_by_role("button", name="Record from the receipt").click()
+        page.wait_for_load_state()
+    shot(page, request, "1-two-invented-receipts")
+    page.goto(f"{live_server.url}/console/devices/{contract.device_id}/")
+    page.get_by_role("link", name="MADE-UP-0001").first.click()
+    assert "You cannot confirm this payment." in page.content()
+    shot(page, request, "2-cannot-confirm-own")
+
+    phone.checkin()
+    assert phone.view().state == "locked"  # 8,333.33 credited, 8,333.33 still overdue
+    paid = sum(i.amount_paid for i in contract.installments.all())
+    assert str(paid) == "8333.33"
     page.close()
 
 

@@ -16,6 +16,9 @@ GOOD = {
     "lock_weekdays": ["0", "1", "2", "3", "4"],
     "max_temp_unlock_hours": "48",
     "unlock_alert_minutes": "10",
+    "provisional_installments": "1",
+    "provisional_max_amount": "",
+    "provisional_confirm_days": "7",
 }
 
 

@@ -78,7 +78,10 @@ def test_an_agent_records_a_payment_from_a_png_receipt(locked, provider_a, agent
     response = record(client, locked, SimpleUploadedFile("whatsapp.png", PNG, content_type="image/png"))
     assert response.status_code == 302, response.content.decode()
     payment = Payment.objects.get(external_id="RCPT-55")
-    assert (payment.source, payment.status, payment.contract_id) == ("agent", "verified", locked.pk)
+    # A receipt alone is provisional: the oldest installment's 8,333.33 at once, the rest held
+    # (tests/test_provisional_payments.py tells the whole story).
+    assert (payment.source, payment.status, payment.contract_id) == ("agent", "provisional", locked.pk)
+    assert (payment.held_amount, payment.recorded_by) == (Decimal("8333.33"), agent_a)
     proof = PaymentProof.objects.get(payment=payment)
     assert proof.content_type == "image/png" and proof.size == len(PNG) and len(proof.sha256) == 64
     assert proof.file.name.startswith("payment-proofs/") and proof.file.name.endswith(".png")

@@ -200,6 +200,7 @@ class PaymentSerializer(serializers.ModelSerializer):
             "received_at",
             "source",
             "status",
+            "held_amount",
             "contract_number",
             "match_rule",
             "match_confidence",
@@ -207,6 +208,13 @@ class PaymentSerializer(serializers.ModelSerializer):
             "reversed_at",
             "allocations",
         ]
+        extra_kwargs = {
+            "held_amount": {
+                "help_text": "Of a provisional payment (recorded by an agent from a customer's receipt): the part "
+                "not credited until it is confirmed. Posting the channel's own record of it (same channel, "
+                "external_id, amount and currency) confirms it."
+            }
+        }
 
     @extend_schema_field(PaymentAllocationSerializer(many=True))
     def get_allocations(self, payment):

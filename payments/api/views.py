@@ -130,6 +130,11 @@ class PaymentListCreateView(generics.ListCreateAPIView):
     201: recorded now. 200: this transaction was already recorded with the same details.
     409: already recorded with different details (``errors`` names each difference).
     A payment that clears the arrears unlocks the phone at once.
+
+    A transaction an agent recorded from a customer's receipt (``status`` provisional, part of it
+    ``held_amount``) is confirmed by posting it here with the same channel, external_id, amount
+    and currency (200, now verified, the held part credited); a different amount or contract is
+    409 and flags it to the provider's finance staff. Nothing is ever credited twice.
     """
 
     serializer_class = PaymentSerializer
