@@ -205,7 +205,6 @@ def test_statements_uploaded_while_the_broker_is_down_are_imported_once_when_it_
 ):
     from rest_framework.test import APIClient
 
-    from payments.imports import statement_imports_requeue
     from portal.services import api_key_create
 
     finance = factories.UserFactory(username="finance.berlin", organisation=berlin, role="finance")
@@ -239,6 +238,8 @@ def test_statements_uploaded_while_the_broker_is_down_are_imported_once_when_it_
         # Redis comes back empty; the periodic job queues both (a run while the producer is
         # still reconnecting queues nothing and the next run tries again).
         private_redis.start()
+        from payments.imports import statement_imports_requeue
+
         assert wait_for(lambda: statement_imports_requeue() == 2, timeout=20, interval=1)
         assert wait_for(
             lambda: set(StatementImport.objects.values_list("status", flat=True)) == {"done"},
