@@ -168,8 +168,13 @@ def _stale_before(now: datetime) -> datetime:
 
 
 def _lost(now: datetime) -> Q:
-    """Running imports whose run is certainly over: started before the hard time limit (or before runs had a start)."""
-    return Q(status=ImportStatus.RUNNING) & (Q(started_at__lt=_stale_before(now)) | Q(started_at__isnull=True))
+    """Running imports whose run is certainly over: started longer ago than the hard time limit allows.
+
+    Imports claimed before runs recorded their start (``started_at`` empty; a camt file in
+    UTF-7 left them "running" for good) count from their upload.
+    """
+    stale = _stale_before(now)
+    return Q(status=ImportStatus.RUNNING) & (Q(started_at__lt=stale) | Q(started_at__isnull=True, created_at__lt=stale))
 
 
 def _claimable(now: datetime) -> Q:
@@ -256,10 +261,11 @@ def _run(record: StatementImport, *, actor, deadline: float) -> StatementImport:
     try:
         parsed = parse_statement(raw, record.filename, format=record.format or None, csv_mapping=_mapping_for(record))
     except StatementError as exc:
-        record.status, record.error, record.finished_at = ImportStatus.FAILED, str(exc), timezone.now()
-        record.summary = {"rows": 0, "errors": 1}
-        record.save(update_fields=["status", "error", "finished_at", "summary"])
-        audit_record(actor=actor, action="statement.failed", obj=record, after={"error": str(exc)})
+        with transaction.atomic():  # the outcome and its audit event together, or neither
+            record.status, record.error, record.finished_at = ImportStatus.FAILED, str(exc), timezone.now()
+            record.summary = {"rows": 0, "errors": 1}
+            record.save(update_fields=["status", "error", "finished_at", "summary"])
+            audit_record(actor=actor, action="statement.failed", obj=record, after={"error": str(exc)})
         return record
 
     summary = {
@@ -300,17 +306,18 @@ def _run(record: StatementImport, *, actor, deadline: float) -> StatementImport:
         record.processed_lines = start + len(batch)
         StatementImport.objects.filter(pk=record.pk).update(processed_lines=record.processed_lines)
 
-    record.processed_lines = len(parsed.lines)
-    record.summary = summary
-    record.status = ImportStatus.DONE
-    record.finished_at = timezone.now()
-    record.save(update_fields=["processed_lines", "summary", "status", "finished_at"])
-    audit_record(
-        actor=actor,
-        action="statement.import",
-        obj=record,
-        after={k: v for k, v in summary.items() if k != "error_lines"},
-    )
+    with transaction.atomic():  # interrupted here, the import ends failed with nothing half-written
+        record.processed_lines = len(parsed.lines)
+        record.summary = summary
+        record.status = ImportStatus.DONE
+        record.finished_at = timezone.now()
+        record.save(update_fields=["processed_lines", "summary", "status", "finished_at"])
+        audit_record(
+            actor=actor,
+            action="statement.import",
+            obj=record,
+            after={k: v for k, v in summary.items() if k != "error_lines"},
+        )
     return record
 
 
@@ -358,14 +365,11 @@ def statement_imports_requeue(*, now: datetime | None = None, limit: int = 100) 
     Duplicates are harmless: the run's conditional claim lets only one start.
     """
     now = now or timezone.now()
-    stale = _stale_before(now)
-    lost = Q(status=ImportStatus.RUNNING) & (Q(started_at__lt=stale) | Q(started_at__isnull=True))
-    _fail_exhausted(lost & Q(attempts__gte=MAX_ATTEMPTS), now=now)
-    waiting = Q(status=ImportStatus.PENDING) & (
-        Q(queued_at__isnull=True) | Q(queued_at__lt=now - REQUEUE_PENDING_AFTER)
-    )
+    _fail_exhausted(_lost(now) & Q(attempts__gte=MAX_ATTEMPTS), now=now)
+    # Waiting ones only when their task may be gone; lost ones always.
+    not_queued = Q(queued_at__isnull=True) | Q(queued_at__lt=now - REQUEUE_PENDING_AFTER)
     ids = list(
-        StatementImport.objects.filter((waiting | lost) & Q(attempts__lt=MAX_ATTEMPTS))
+        StatementImport.objects.filter(_claimable(now) & (~Q(status=ImportStatus.PENDING) | not_queued))
         .order_by("created_at", "pk")
         .values_list("pk", flat=True)[:limit]
     )

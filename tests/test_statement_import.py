@@ -459,6 +459,26 @@ def test_an_import_whose_worker_died_is_run_again_once_and_a_live_one_is_left_al
     assert list(Payment.objects.filter(provider=berlin).values_list("external_id", flat=True)) == ["E2E-DEAD"]
 
 
+def test_an_import_left_running_for_good_by_the_old_code_ends_with_its_reason(berlin, celery_eager, settings):
+    """A UTF-7 camt file left its import "running" with no start recorded; the periodic job finishes it."""
+    from django.utils import timezone
+
+    from payments.imports import statement_imports_requeue
+    from payments.models import StatementImport
+
+    stuck = statement_import_create(provider=berlin, filename="utf7.xml", raw=camt_declaring("UTF-7"), actor=None)
+    fresh = _upload(berlin)  # uploaded just now and being run: not stuck, left alone
+    long_ago = timezone.now() - dt.timedelta(seconds=settings.STATEMENT_IMPORT_HARD_LIMIT_SECONDS + 600)
+    StatementImport.objects.filter(pk=stuck.pk).update(status="running", created_at=long_ago)
+    StatementImport.objects.filter(pk=fresh.pk).update(status="running")
+
+    assert statement_imports_requeue() == 1
+    stuck.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stuck.status == "failed" and "declares the encoding 'UTF-7'" in stuck.error
+    assert fresh.status == "running"
+
+
 def test_an_import_whose_runs_keep_dying_ends_failed_instead_of_looping(berlin, celery_eager, settings):
     from django.utils import timezone
 
