@@ -237,6 +237,8 @@ def main(argv=None) -> int:
         "ALLOWED_HOSTS": "127.0.0.1",
         "SECURE_SSL_REDIRECT": "0",
         "DEVICE_SIGNING_KEY": f"bench:{seed}",
+        "AUDIT_HMAC_KEY": os.environ.get("AUDIT_HMAC_KEY")
+        or f"bench:{base64.b64encode(secrets.token_bytes(32)).decode()}",
         "DEVICE_API_RATE": "100000000/min",
         "LOG_LEVEL": "WARNING",
         # Workers are not recycled during the run: a restart's imports would be billed to

@@ -206,6 +206,10 @@ def main(argv=None) -> int:
             "SECURE_SSL_REDIRECT": "0",
             "DEVICE_SIGNING_KEY": os.environ.get("DEVICE_SIGNING_KEY")
             or f"bench:{base64.b64encode(secrets.token_bytes(32)).decode()}",
+            # A random audit key leaves a trail written by an earlier run unverifiable; pass
+            # AUDIT_HMAC_KEY to keep the benchmark database's trail verifiable across runs.
+            "AUDIT_HMAC_KEY": os.environ.get("AUDIT_HMAC_KEY")
+            or f"bench:{base64.b64encode(secrets.token_bytes(32)).decode()}",
             "CELERY_BROKER_URL": "memory://",  # commands issued here are served by check-in; no worker
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
             # Static files as deployed (hashed manifest), collected into a scratch directory.

@@ -1,6 +1,14 @@
 from django.contrib import admin
 
-from devices.models import DeliveryAttempt, Device, DeviceCommand, DeviceGateway, EnrollmentToken, OfflineCode
+from devices.models import (
+    DeliveryAttempt,
+    Device,
+    DeviceCommand,
+    DeviceGateway,
+    EnrollmentToken,
+    MqttAccount,
+    OfflineCode,
+)
 from portal.admin_mixins import AuditedAdmin, ReadOnlyAdmin
 
 
@@ -51,3 +59,19 @@ class OfflineCodeAdmin(ReadOnlyAdmin):
 @admin.register(DeviceGateway)
 class DeviceGatewayAdmin(AuditedAdmin):
     list_display = ["provider", "url", "enabled"]
+
+
+@admin.register(MqttAccount)
+class MqttAccountAdmin(ReadOnlyAdmin):
+    """Whether each phone's broker account has its current password (written by devices/mqtt_accounts.py)."""
+
+    list_display = ["device", "in_sync", "exists", "synced_at", "attempted_at", "last_error"]
+    list_filter = ["exists"]
+    search_fields = ["=device__imei"]
+    list_select_related = ["device"]
+    # The digest of the device credential the broker's password belongs to: not for display.
+    exclude = ["synced_digest"]
+
+    @admin.display(boolean=True, description="password in sync")
+    def in_sync(self, obj: MqttAccount) -> bool:
+        return obj.synced_digest == obj.device.credential_digest

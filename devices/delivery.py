@@ -8,7 +8,10 @@ docs/lock-pipeline.md and keeps the bookkeeping on the row:
   device's topic with QoS 1 and ``retain=True``, so a phone coming online receives
   its latest command at once.
 * **Provider gateway webhook** (when the provider has an enabled ``DeviceGateway``):
-  ``POST`` of the envelope, signed with ``X-Finlock-Signature: sha256=<hmac>``.
+  ``POST`` of the envelope, signed the Standard Webhooks way (``portal.outbound``):
+  ``webhook-id: cmd_<command id>`` (the same on every retry), ``webhook-timestamp`` and
+  ``webhook-signature`` with the gateway's ``whsec_`` secret, so a copy replayed later is
+  refused by the gateway's verifier.
 
 Every channel try is a ``DeliveryAttempt`` row. A command is delivered when every
 applicable channel has accepted it once (a channel that already succeeded is not
@@ -61,7 +64,7 @@ from devices.protocol import topic_for
 
 # Backoff, signature, redirect refusal and broker errors are shared with the provider webhooks
 # (portal.webhooks), so they live in the bottom layer; still importable from here.
-from portal.outbound import BROKER_ERRORS, backoff_seconds, opener, webhook_signature
+from portal.outbound import BROKER_ERRORS, backoff_seconds, opener, standard_webhook_headers
 from portal.services import audit_record, snapshot
 
 logger = logging.getLogger(__name__)
@@ -106,7 +109,7 @@ class Outcome:
 def envelope_bytes(command: DeviceCommand) -> bytes:
     """The envelope as sent on every push channel: compact JSON with sorted keys.
 
-    The webhook HMAC is computed over exactly these bytes; the Ed25519 signature inside
+    The gateway's webhook signature covers exactly these bytes; the Ed25519 signature inside
     covers the canonical form of ``command`` and does not depend on this encoding.
     """
     return json.dumps(command.envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
@@ -166,20 +169,26 @@ def mqtt_publish(*, url: str, topic: str, payload: bytes, timeout: float) -> Non
         client.loop_stop()
 
 
+def gateway_message_id(command_id: int) -> str:
+    """The ``webhook-id`` of a command's POST to the gateway: the same on every retry."""
+    return f"cmd_{command_id}"
+
+
 def webhook_post(*, gateway: DeviceGateway, body: bytes, command_id: int, timeout: float) -> None:
-    """POST the envelope to the provider's gateway; 2xx or ``DeliveryError``."""
+    """POST the envelope to the provider's gateway, Standard Webhooks-signed; 2xx or ``DeliveryError``."""
     if urlparse(gateway.url).scheme not in ("http", "https"):
         raise DeliveryError(f"gateway URL must be http or https, not {gateway.url!r}")
+    try:
+        signature = standard_webhook_headers(
+            signing_secrets=[gateway.secret], msg_id=gateway_message_id(command_id), body=body
+        )
+    except ValueError as exc:  # a secret that is no whsec_ secret (the admin form refuses one)
+        raise DeliveryError(f"the gateway's secret cannot sign: {exc}") from exc
     request = urllib.request.Request(  # noqa: S310 - scheme checked above
         gateway.url,
         data=body,
         method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "finlock-delivery/1",
-            "X-Finlock-Signature": webhook_signature(gateway.secret, body),
-            "X-Finlock-Delivery": str(command_id),
-        },
+        headers={"Content-Type": "application/json", "User-Agent": "finlock-delivery/1", **signature},
     )
     try:
         with opener.open(request, timeout=timeout) as response:

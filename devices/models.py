@@ -16,6 +16,7 @@ from stdnum import imei as stdnum_imei
 from stdnum.exceptions import ValidationError as StdnumError
 
 from portal.models import Organisation, OrganisationKind
+from portal.outbound import validate_webhook_secret, webhook_secret_generate
 
 
 def normalise_imei(value: str) -> str:
@@ -212,7 +213,12 @@ class DeliveryAttempt(models.Model):
 
 
 class DeviceGateway(models.Model):
-    """A provider's device-management gateway that receives every command by HTTP webhook."""
+    """A provider's device-management gateway that receives every command by HTTP webhook.
+
+    Each POST is signed the Standard Webhooks way (``portal.outbound``) with ``secret``,
+    ``whsec_<base64 of the HMAC key>``; ``webhook-id`` is ``cmd_<command id>``. A new
+    gateway gets a generated secret (the operator hands it to the provider).
+    """
 
     provider = models.OneToOneField(
         Organisation,
@@ -221,7 +227,15 @@ class DeviceGateway(models.Model):
         limit_choices_to={"kind": OrganisationKind.PROVIDER},
     )
     url = models.URLField(help_text=_("HTTPS endpoint that accepts POSTed command envelopes."))
-    secret = models.CharField(max_length=128, help_text=_("Shared secret for the X-Finlock-Signature HMAC."))
+    secret = models.CharField(
+        max_length=200,
+        default=webhook_secret_generate,
+        validators=[validate_webhook_secret],
+        help_text=_(
+            "Standard Webhooks secret: whsec_ and the base64 of 24 to 64 random bytes (a fresh one is filled in). "
+            "The gateway verifies webhook-signature with it."
+        ),
+    )
     enabled = models.BooleanField(default=True)
 
     def __str__(self) -> str:
@@ -251,3 +265,27 @@ class OfflineCode(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} for {self.device_id}"
+
+
+class MqttAccount(models.Model):
+    """A phone's account on the MQTT broker, and whether the broker has its current password.
+
+    Created when an enrolment hands the phone an MQTT credential (``devices/mqtt_accounts.py``).
+    No password is stored: it is derived from the device's credential digest, so
+    ``synced_digest`` (the digest whose password the broker was last given) is all it
+    takes to know whether the broker is behind the enrolment, and to retry.
+    """
+
+    device = models.OneToOneField(Device, on_delete=models.CASCADE, primary_key=True, related_name="mqtt_account")
+    synced_digest = models.CharField(max_length=64, blank=True, editable=False)
+    # The broker confirmed the account (client and role) exists: a re-enrolment only changes its password.
+    exists = models.BooleanField(default=False, editable=False)
+    synced_at = models.DateTimeField(null=True, blank=True, editable=False)
+    attempted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.CharField(max_length=500, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = _("MQTT account")
+
+    def __str__(self) -> str:
+        return f"MQTT account of {self.device_id}"

@@ -21,7 +21,7 @@ from kombu.exceptions import OperationalError
 from openpaygo import TokenType, generate_token
 from openpaygo.token_shared import OpenPAYGOTokenShared
 
-from devices import checkin_cache
+from devices import checkin_cache, mqtt_accounts
 from devices.keys import current_signer, public_keys
 from devices.models import (
     Device,
@@ -622,6 +622,8 @@ class Enrollment:
     offline: dict
     mqtt_topic: str
     envelope: dict
+    # The phone's own MQTT account ({"username", "password"}), or None without phone accounts.
+    mqtt: dict | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -630,6 +632,7 @@ class Enrollment:
             "server_keys": self.server_keys,
             "offline": self.offline,
             "mqtt_topic": self.mqtt_topic,
+            "mqtt": self.mqtt,
             "envelope": self.envelope,
         }
 
@@ -710,6 +713,8 @@ def device_enroll(*, imei: str, token_secret: str, app_version: str = "", ip_add
         if replaced_digest:
             transaction.on_commit(lambda: checkin_cache.forget_credential(replaced_digest))
         envelope = device_current_envelope(device)
+        # Its MQTT password follows the new credential; the broker is told after commit.
+        mqtt = mqtt_accounts.account_for_enrolment(device=device)
     return Enrollment(
         device=device,
         credential=credential,
@@ -721,6 +726,7 @@ def device_enroll(*, imei: str, token_secret: str, app_version: str = "", ip_add
         },
         mqtt_topic=topic_for(str(device.uid)),
         envelope=envelope,
+        mqtt=mqtt,
     )
 
 

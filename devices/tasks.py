@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from celery.exceptions import Retry
 
-from devices import delivery, services
+from devices import delivery, mqtt_accounts, services
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +47,15 @@ def redeliver_pending() -> int:
 def flush_checkins() -> int:
     """Write buffered check-in times to the devices (every ``CHECKIN_FLUSH_SECONDS`` from beat)."""
     return services.device_checkins_flush()
+
+
+@shared_task(name="devices.sync_mqtt_account", ignore_result=True, soft_time_limit=60, time_limit=90)
+def sync_mqtt_account(device_id: int) -> int:
+    """Give the broker one phone's current MQTT password (queued after its enrolment commits)."""
+    return mqtt_accounts.mqtt_accounts_sync(device_ids=[device_id]).synced
+
+
+@shared_task(name="devices.sync_mqtt_accounts", ignore_result=True, soft_time_limit=120, time_limit=150)
+def sync_mqtt_accounts() -> int:
+    """Every phone whose broker account is behind its enrolment (every 60 s from beat)."""
+    return mqtt_accounts.mqtt_accounts_sync().synced

@@ -75,13 +75,24 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-def env_url(name: str, default: str | None = None, *, schemes: tuple[str, ...]) -> str | None:
+def env_url(
+    name: str, default: str | None = None, *, schemes: tuple[str, ...], credentials: bool = False
+) -> str | None:
+    """A URL with one of ``schemes``; with ``credentials``, it must carry ``user:password@``.
+
+    Error messages never repeat a URL that may hold a password.
+    """
     value = env_str(name, default)
     if value is None:
         return None
     parsed = urlparse(value)
+    shown = repr(value) if parsed.password is None else "a URL with a password (not shown)"
     if parsed.scheme not in schemes:
-        raise ImproperEnvironment(f"{name} must be a URL with scheme {' or '.join(schemes)}; got {value!r}")
+        raise ImproperEnvironment(f"{name} must be a URL with scheme {' or '.join(schemes)}; got {shown}")
+    if credentials and not (parsed.username and parsed.password):
+        raise ImproperEnvironment(
+            f"{name} must carry the account it signs in with: {parsed.scheme}://<user>:<password>@<host>:<port>"
+        )
     return value
 
 

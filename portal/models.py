@@ -215,11 +215,17 @@ class ApiKey(models.Model):
 class AuditEvent(models.Model):
     """One append-only entry of the audit trail.
 
-    Each event stores the SHA-256 of the previous event (``prev_hash``) and its
-    own hash over a canonical form of its fields, so editing or deleting any
-    row breaks the chain; ``manage.py audit_verify`` names the first break.
+    Each event stores the hash of the previous event (``prev_hash``) and its own
+    hash over a canonical form of its fields, so editing or deleting any row
+    breaks the chain; ``manage.py audit_verify`` names the first break. The hash
+    is an HMAC-SHA256 under the audit key ``key_id`` (``AUDIT_HMAC_KEY``, held by
+    finlock's processes, never by the database), so whoever can write the table
+    cannot recompute a hash that verifies. Events written before keyed hashing
+    have an empty ``key_id`` and a plain SHA-256; they are accepted only up to
+    the boundary the chain head records (``AuditChainHead.legacy_until``).
     Rows are never updated or deleted by the application (``save`` refuses an
-    update, ``delete`` refuses), and on PostgreSQL a trigger refuses too.
+    update, ``delete`` refuses), and on PostgreSQL triggers refuse UPDATE,
+    DELETE and TRUNCATE too.
     """
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -242,6 +248,12 @@ class AuditEvent(models.Model):
     after = models.JSONField(null=True, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    key_id = models.CharField(
+        max_length=40,
+        blank=True,
+        default="",
+        help_text=_("The audit key the hash is keyed with; empty for events hashed before keyed hashing (SHA-256)."),
+    )
 
     class Meta:
         ordering = ["id"]
@@ -260,14 +272,30 @@ class AuditEvent(models.Model):
 
 
 class AuditChainHead(models.Model):
-    """A single row holding the hash of the newest audit event.
+    """A single row holding the hash of the newest audit event, signed with the audit key.
 
-    Writers lock it with ``select_for_update`` to serialise appends.
+    Writers lock it with ``select_for_update`` to serialise appends. ``mac`` signs the
+    row's content with the audit key ``key_id``, so a database user cannot move the head,
+    raise ``legacy_until`` to pass rewritten events off as unkeyed old ones, or clear
+    ``unverified_since``. On PostgreSQL triggers refuse DELETE and TRUNCATE of the row.
     """
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     last_hash = models.CharField(max_length=64)
     last_event_id = models.BigIntegerField(null=True)
+    legacy_until = models.BigIntegerField(
+        default=0, help_text=_("Events up to this id were hashed before keyed hashing; every later one is keyed.")
+    )
+    unverified_since = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text=_(
+            "Set when an append found this row's signature invalid (the row was altered in the database): "
+            "the id of the first event written on top of it. Never cleared."
+        ),
+    )
+    key_id = models.CharField(max_length=40, blank=True, default="")
+    mac = models.CharField(max_length=64, blank=True, default="")
 
     def __str__(self) -> str:
         return f"audit head at #{self.last_event_id}"
@@ -291,10 +319,19 @@ def _validate_webhook_events(value) -> None:
 class ProviderWebhook(models.Model):
     """An endpoint of a provider's own systems that receives provider events by signed HTTP POST.
 
-    ``secret`` signs every body (``X-Finlock-Signature: sha256=<HMAC-SHA256>``). Unlike an
-    API key it is stored in clear, because finlock must compute the HMAC with it; it is
-    shown to the admin once, at creation, and kept out of the audit trail. ``events`` lists
-    the ``WebhookEventName`` values this endpoint subscribes to.
+    Every POST is signed the Standard Webhooks way (``portal.outbound``): ``webhook-id``,
+    ``webhook-timestamp`` and ``webhook-signature`` over ``"{id}.{timestamp}.{body}"``,
+    keyed with the base64-decoded bytes of ``secret`` (``whsec_<base64>``). Unlike an API
+    key the secret is stored in clear, because finlock must compute the HMAC with it; it
+    is shown to the admin once, at creation or rotation, and kept out of the audit trail.
+
+    Rotation keeps the old secret in ``previous_secret`` until ``previous_secret_until``:
+    meanwhile every POST carries a signature with each, so the receiver can switch
+    without losing an event. ``secret_legacy`` marks a secret issued before finlock
+    followed Standard Webhooks: its key is the UTF-8 bytes of the string the admin was
+    shown (the migration kept the key), so a receiver passes that string's bytes to its
+    verifier, or rotates. ``events`` lists the ``WebhookEventName`` values this endpoint
+    subscribes to.
     """
 
     provider = models.ForeignKey(
@@ -304,7 +341,20 @@ class ProviderWebhook(models.Model):
         limit_choices_to={"kind": OrganisationKind.PROVIDER},
     )
     url = models.URLField(max_length=500, help_text=_("HTTPS endpoint that accepts POSTed JSON events."))
-    secret = models.CharField(max_length=128, editable=False, help_text=_("Shared secret for the HMAC."))
+    secret = models.CharField(
+        max_length=128, editable=False, help_text=_("Standard Webhooks secret (whsec_<base64 of the HMAC key>).")
+    )
+    previous_secret = models.CharField(
+        max_length=128, blank=True, editable=False, help_text=_("The secret before the last rotation.")
+    )
+    previous_secret_until = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text=_("POSTs are also signed with the previous secret until then.")
+    )
+    secret_legacy = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text=_("The secret predates Standard Webhooks: its key is the UTF-8 bytes of the string shown."),
+    )
     events = models.JSONField(default=list, validators=[_validate_webhook_events])
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -316,6 +366,12 @@ class ProviderWebhook(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider.slug} → {self.url}"
+
+    def signing_secrets(self, now) -> list[str]:
+        """The secrets to sign with at ``now``: the current one, and the previous while it is honoured."""
+        if self.previous_secret and self.previous_secret_until and self.previous_secret_until > now:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
 
     def clean(self) -> None:
         from django.conf import settings

@@ -2,22 +2,42 @@
 
 Two outboxes push to a provider's systems: device commands to the provider's device
 gateway (``devices.delivery``) and provider events to the provider's webhooks
-(``portal.webhooks``). Both sign the body with HMAC-SHA256, refuse redirects, retry
-with exponential backoff and jitter, and tolerate a broker outage. Those pieces live
-here, in ``portal`` (the bottom layer), so that ``devices`` and ``portal`` share them
-without ``portal`` importing an app built on it.
+(``portal.webhooks``). Both sign every POST the Standard Webhooks way
+(https://www.standardwebhooks.com), refuse redirects, retry with exponential backoff and
+jitter, and tolerate a broker outage. Those pieces live here, in ``portal`` (the bottom
+layer), so that ``devices`` and ``portal`` share them without ``portal`` importing an app
+built on it.
+
+Signing (Standard Webhooks, version ``v1``): three headers on every POST,
+
+* ``webhook-id``: the message id, the same on every retry of one message (a receiver
+  deduplicates on it);
+* ``webhook-timestamp``: Unix seconds when this attempt was signed (new on every retry);
+* ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``, one
+  per valid secret, separated by spaces (two while a rotated secret is still honoured).
+
+The secret is ``whsec_<base64>``; the HMAC key is the base64-decoded bytes, never the
+string. Because the timestamp is signed, a receiver's verifier (``standardwebhooks``'
+``Webhook(secret).verify(body, headers)``, or any other) refuses a captured delivery
+replayed more than its tolerance (5 minutes) later, and within it the ``webhook-id`` it
+has already seen.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import http.client
 import ipaddress
 import random
+import secrets
 import socket
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from urllib.parse import urlparse
 
 from django.conf import settings
@@ -41,9 +61,86 @@ def backoff_seconds(attempts: int, *, rng: random.Random | None = None) -> float
     return min(cap, base * 2**exponent) * (rng or random).uniform(0.5, 1.5)
 
 
-def webhook_signature(secret: str, body: bytes) -> str:
-    """The ``X-Finlock-Signature`` header value for ``body``: ``sha256=<hex HMAC-SHA256>``."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+#: A Standard Webhooks secret is this prefix and the base64 (standard alphabet, padded) of the key.
+SECRET_PREFIX = "whsec_"
+#: Bytes of key in a secret finlock generates (256 bits, the HMAC-SHA256 block's natural size).
+SECRET_BYTES = 32
+#: The least key a secret typed in by an operator may carry (the specification's lower bound).
+MIN_SECRET_BYTES = 24
+#: The specification's upper bound for a key.
+MAX_SECRET_BYTES = 64
+
+
+def webhook_secret_generate() -> str:
+    """A new ``whsec_<base64 of 32 random bytes>`` secret (shown to its owner once)."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii")
+
+
+def webhook_secret_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_`` secret: its base64-decoded bytes; ``ValueError`` for anything else.
+
+    Strict: the standard alphabet with padding, nothing ignored, so finlock and every
+    receiver derive the very same key from the very same string.
+    """
+    if not isinstance(secret, str) or not secret.startswith(SECRET_PREFIX):
+        raise ValueError(f"a webhook secret starts with {SECRET_PREFIX!r}")
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"a webhook secret is {SECRET_PREFIX!r} followed by standard, padded base64") from exc
+    if not key:
+        raise ValueError("a webhook secret may not be empty")
+    return key
+
+
+def webhook_secret_fingerprint(secret: str) -> str:
+    """``sha256:<16 hex>`` of the key: tells two secrets apart in the audit trail, reveals nothing of either."""
+    return "sha256:" + hashlib.sha256(webhook_secret_key(secret)).hexdigest()[:16]
+
+
+def validate_webhook_secret(value: str) -> None:
+    """Django validator: ``whsec_`` and the padded base64 of 24 to 64 bytes (Standard Webhooks)."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        key = webhook_secret_key(value)
+    except ValueError as exc:
+        raise ValidationError(f"Not a Standard Webhooks secret: {exc}.") from None
+    if not MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES:
+        raise ValidationError(
+            f"The secret must carry {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes of key, not {len(key)}."
+        )
+
+
+def webhook_sign(*, secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One ``webhook-signature`` entry: ``v1,<base64 HMAC-SHA256 of "{msg_id}.{timestamp}.{body}">``."""
+    signed = msg_id.encode("utf-8") + b"." + str(timestamp).encode("ascii") + b"." + body
+    digest = hmac.new(webhook_secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def standard_webhook_headers(
+    *, signing_secrets: Sequence[str], msg_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for one POST of ``body``.
+
+    ``signing_secrets``: every secret the receiver may hold (the current one first; a rotated one
+    while it is still honoured), one signature each. ``timestamp`` defaults to now: each
+    attempt is signed afresh, so a retry hours later still passes the receiver's
+    tolerance while a copy of an old attempt does not.
+    """
+    if not signing_secrets:
+        raise ValueError("at least one secret is needed to sign a webhook")
+    if " " in msg_id or not msg_id:
+        raise ValueError(f"invalid webhook id {msg_id!r}")
+    timestamp = int(time.time()) if timestamp is None else int(timestamp)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(
+            webhook_sign(secret=secret, msg_id=msg_id, timestamp=timestamp, body=body) for secret in signing_secrets
+        ),
+    }
 
 
 class NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -99,9 +196,12 @@ def check_public_destination(url: str) -> None:
             raise PushError(f"{host!r} resolves to a non-public address ({address}); refused")
 
 
-def signed_post(*, url: str, body: bytes, secret: str, headers: dict[str, str], timeout: float) -> int:
-    """POST ``body`` signed with ``secret`` (``X-Finlock-Signature``); the 2xx status, or ``PushError``.
+def signed_post(
+    *, url: str, body: bytes, signing_secrets: Sequence[str], msg_id: str, headers: dict[str, str], timeout: float
+) -> int:
+    """POST ``body`` signed the Standard Webhooks way (see the module doc); the 2xx status, or ``PushError``.
 
+    ``msg_id`` is the ``webhook-id``: pass the same one on every retry of a message.
     Redirects are not followed (a 3xx is a failure), and with ``DEBUG`` off only https
     to a public address is allowed.
     """
@@ -117,7 +217,7 @@ def signed_post(*, url: str, body: bytes, secret: str, headers: dict[str, str], 
             "Content-Type": "application/json",
             "User-Agent": "finlock-webhooks/1",
             **headers,
-            "X-Finlock-Signature": webhook_signature(secret, body),
+            **standard_webhook_headers(signing_secrets=signing_secrets, msg_id=msg_id, body=body),
         },
     )
     try:

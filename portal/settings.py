@@ -162,6 +162,12 @@ CHECKIN_FLUSH_SECONDS = env_int("CHECKIN_FLUSH_SECONDS", 15, minimum=1)
 # phone's check-in at most this late (pushes are not delayed).
 CHECKIN_LOCAL_SECONDS = env_float("CHECKIN_LOCAL_SECONDS", 1.0, minimum=0.0, maximum=10.0)
 CHECKIN_LOCAL_ENTRIES = env_int("CHECKIN_LOCAL_ENTRIES", 10_000, minimum=1)
+# A signed checkpoint of the audit chain head (JSON Lines) is appended here and logged every
+# AUDIT_CHECKPOINT_MINUTES, and after every AUDIT_CHECKPOINT_EVENTS new events (0: only
+# on the clock). Keep the file, or the logged lines, where the database's users cannot write.
+AUDIT_CHECKPOINT_FILE = Path(env_str("AUDIT_CHECKPOINT_FILE", str(VAR_DIR / "audit-checkpoints.jsonl")))
+AUDIT_CHECKPOINT_MINUTES = env_int("AUDIT_CHECKPOINT_MINUTES", 5, minimum=1)
+AUDIT_CHECKPOINT_EVENTS = env_int("AUDIT_CHECKPOINT_EVENTS", 1000, minimum=0)
 CELERY_BEAT_SCHEDULE = {
     "lock-sweep": {"task": "payments.lock_sweep", "schedule": LOCK_SWEEP_SECONDS},
     # Re-queues undelivered device commands whose next attempt is due, so a broker or
@@ -191,9 +197,49 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    # Phones' broker accounts not yet in sync with their enrolment (devices/mqtt_accounts.py),
+    # e.g. because Mosquitto was down when the phone enrolled. Does nothing without MQTT_PROVISION_URL.
+    "devices.sync-mqtt-accounts": {
+        "task": "devices.sync_mqtt_accounts",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    # A signed checkpoint of the audit chain head outside the database (portal/services.py).
+    "portal.audit-checkpoint": {
+        "task": "portal.audit_checkpoint",
+        "schedule": AUDIT_CHECKPOINT_MINUTES * 60.0,
+        "options": {"expires": AUDIT_CHECKPOINT_MINUTES * 60 - 5},
+    },
 }
 
+# --- MQTT (devices/delivery.py, devices/mqtt_accounts.py, deploy/mosquitto/) --
+# MQTT_URL: the broker and finlock's publishing account, mqtt://finlock:<password>@host:1883.
+# MQTT_PROVISION_URL: the account that creates phones' accounts through Mosquitto's
+# dynamic-security plugin; set, every enrolment answer carries the phone's own MQTT
+# credential (username: the device uid; password: HMAC-SHA256 with MQTT_PHONE_PASSWORD_KEY
+# over the uid and the phone's credential digest, never stored). Unset (development, an
+# anonymous broker): phones get no MQTT credential and connect as before.
 MQTT_URL = env_url("MQTT_URL", schemes=("mqtt", "mqtts"))
+MQTT_PROVISION_URL = env_url("MQTT_PROVISION_URL", schemes=("mqtt", "mqtts"), credentials=True)
+MQTT_PHONE_PASSWORD_KEY = env_str("MQTT_PHONE_PASSWORD_KEY")
+if MQTT_PROVISION_URL:
+    if not MQTT_URL:
+        raise ImproperEnvironment("MQTT_PROVISION_URL needs MQTT_URL (the broker and finlock's publishing account)")
+    if not MQTT_PHONE_PASSWORD_KEY or len(MQTT_PHONE_PASSWORD_KEY) < 32:
+        raise ImproperEnvironment(
+            "MQTT_PHONE_PASSWORD_KEY must be set, at least 32 characters, when MQTT_PROVISION_URL is "
+            "(phones' MQTT passwords are derived from it; python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+if MQTT_URL and not DEBUG:
+    # Production: the broker must refuse anonymous clients (deploy/mosquitto/finlock.conf), so
+    # finlock signs in, and phones get accounts of their own; an anonymous broker lets anyone
+    # read every phone's commands and publish forged ones to them.
+    env_url("MQTT_URL", schemes=("mqtt", "mqtts"), credentials=True)
+    if not MQTT_PROVISION_URL:
+        raise ImproperEnvironment(
+            "MQTT_PROVISION_URL must be set when DEBUG is off and MQTT_URL is: phones need broker accounts "
+            "of their own (see deploy/mosquitto/ and ./dev mqtt_setup)"
+        )
 
 # --- Command delivery (devices/delivery.py) ----------------------------------
 # A failed push round is retried after min(cap, base * 2**(n-1)) seconds times a
@@ -266,6 +312,28 @@ if not _signing_keys and not DEBUG:
 DEVICE_SIGNING_KEY = next(iter(_signing_keys.items()), None)
 DEVICE_SIGNING_PUBLIC_KEYS = env_keyed_bytes("DEVICE_SIGNING_PUBLIC_KEYS", length=32)
 DEVICE_SIGNING_KEY_FILE = VAR_DIR / "device-signing-key"
+
+# --- Audit trail keys and checkpoints (portal/audit_keys.py, README "Security model") ---
+# AUDIT_HMAC_KEY=<key_id>:<base64 32 bytes> keys every new audit event's hash (HMAC-SHA256),
+# the chain head and the checkpoints; it lives only in finlock's environment, never in the
+# database. Keys of earlier rotations stay in AUDIT_HMAC_RETIRED_KEYS so their events verify.
+_audit_keys = env_keyed_bytes("AUDIT_HMAC_KEY", length=32)
+if len(_audit_keys) > 1:
+    raise ImproperEnvironment("AUDIT_HMAC_KEY holds exactly one key; list retired ones in AUDIT_HMAC_RETIRED_KEYS")
+if not _audit_keys and not DEBUG:
+    # A generated key in production would differ per host and leave the trail unverifiable.
+    raise ImproperEnvironment(
+        "AUDIT_HMAC_KEY must be set when DEBUG is off "
+        "(create one with: DEBUG=1 python manage.py audit_hmac_key --generate <key_id>)"
+    )
+# (key_id, key), or None: portal.audit_keys then generates a development key into the file below.
+AUDIT_HMAC_KEY = next(iter(_audit_keys.items()), None)
+AUDIT_HMAC_RETIRED_KEYS = env_keyed_bytes("AUDIT_HMAC_RETIRED_KEYS", length=32)
+if AUDIT_HMAC_KEY and AUDIT_HMAC_KEY[0] in AUDIT_HMAC_RETIRED_KEYS:
+    raise ImproperEnvironment(
+        f"AUDIT_HMAC_RETIRED_KEYS must not list the current key id {AUDIT_HMAC_KEY[0]!r}; give a new key a new id"
+    )
+AUDIT_HMAC_KEY_FILE = VAR_DIR / "audit-hmac-key"
 
 # --- Auth and login hardening -----------------------------------------------
 AUTH_USER_MODEL = "portal.User"
@@ -383,6 +451,19 @@ SPECTACULAR_SETTINGS = {
         "Every object is scoped to the key's provider; another provider's object is 404."
     ),
     "VERSION": "1.0.0",
+    # 3.1: its top-level `webhooks` describe what finlock POSTs to a provider's systems, and its
+    # schemas are JSON Schema 2020-12 (receivers validate event bodies with any JSON Schema library).
+    "OAS_VERSION": "3.1.0",
+    "WEBHOOKS": [
+        "payments.api.webhooks.PAYMENT_MATCHED",
+        "devices.api.webhooks.DEVICE_LOCKED",
+        "devices.api.webhooks.DEVICE_UNLOCKED",
+        "devices.api.webhooks.GATEWAY_COMMAND",
+    ],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",  # the default, kept
+        "portal.api.webhook_schema.add_signing_headers",
+    ],
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],

@@ -1,4 +1,4 @@
-"""Celery tasks of the portal: thin wrappers, the work is in ``portal.webhooks``.
+"""Celery tasks of the portal: thin wrappers, the work is in ``portal.webhooks`` and ``portal.services``.
 
 Periodic jobs are scheduled in one place only: ``CELERY_BEAT_SCHEDULE`` in
 ``portal/settings.py``.
@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from celery.exceptions import Retry
 
-from portal import webhooks
+from portal import services, webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -41,3 +41,14 @@ def deliver_webhook_event(self, event_id: int) -> str:
 def redeliver_webhook_events() -> int:
     """Re-queue undelivered provider events whose next attempt is due (every 30 s from beat)."""
     return webhooks.webhook_events_redeliver_pending()
+
+
+@shared_task(name="portal.audit_checkpoint", ignore_result=True, soft_time_limit=60, time_limit=90)
+def audit_checkpoint() -> int | None:
+    """Append a signed checkpoint of the audit chain head outside the database (every
+    ``AUDIT_CHECKPOINT_MINUTES`` from beat, and after every ``AUDIT_CHECKPOINT_EVENTS`` events).
+
+    Idempotent: nothing is written when the newest checkpoint already covers the head.
+    """
+    checkpoint = services.audit_checkpoint_write()
+    return checkpoint.event_id if checkpoint else None

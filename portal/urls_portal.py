@@ -25,5 +25,6 @@ urlpatterns = [
     path("settings/staff/<int:pk>/password-link/", views.staff_password_link_view, name="staff_password_link"),
     path("account/set-password/<uidb64>/<token>/", views.SetPasswordView.as_view(), name="set_password"),
     path("settings/webhooks/", views.webhooks, name="webhooks"),
+    path("settings/webhooks/<int:pk>/rotate/", views.webhook_secret_rotate_view, name="webhook_secret_rotate"),
     path("settings/webhooks/events/<int:pk>/retry/", views.webhook_event_retry_view, name="webhook_event_retry"),
 ]

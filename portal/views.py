@@ -15,14 +15,16 @@ from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from django_otp import login as otp_login
 from django_otp import match_token
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from portal.api.utils import client_ip
 from portal.forms import LoginForm, TokenForm, WebhookForm
-from portal.models import ApiKey, OrganisationKind, User, WebhookEvent
+from portal.models import ApiKey, OrganisationKind, ProviderWebhook, User, WebhookEvent
 from portal.permissions import Right, require, scoped_get
 from portal.selectors import audit_events_for, organisations_overview
 from portal.services import (
@@ -38,7 +40,7 @@ from portal.services import (
     staff_set_active,
 )
 from portal.shell import panels_for
-from portal.webhooks import webhook_create, webhook_event_retry
+from portal.webhooks import webhook_create, webhook_event_retry, webhook_secret_rotate
 
 
 class LoginView(auth_views.LoginView):
@@ -381,7 +383,7 @@ def webhooks(request):
                 url=form.cleaned_data["url"],
                 events=form.cleaned_data["events"],
                 actor=request.user,
-                ip_address=request.META.get("REMOTE_ADDR"),
+                ip_address=client_ip(request),
             )
         except ValidationError as exc:
             for field, errors in exc.message_dict.items():
@@ -390,6 +392,10 @@ def webhooks(request):
             # Rendered, not redirected: the secret is shown on this response only and
             # never stored anywhere a later request could read it back.
             form = WebhookForm()
+    return _webhooks_page(request, provider, form=form, new_hook=new_hook, new_secret=new_secret)
+
+
+def _webhooks_page(request, provider, *, form, new_hook=None, new_secret=None, rotated=False):
     events = (WebhookEvent.objects.filter(provider=provider).select_related("webhook").order_by("-created_at", "-id"))[
         :WEBHOOK_EVENTS_SHOWN
     ]
@@ -403,9 +409,22 @@ def webhooks(request):
             "events": events,
             "new_hook": new_hook,
             "new_secret": new_secret,
+            "rotated": rotated,
             "events_shown": WEBHOOK_EVENTS_SHOWN,
+            "now": timezone.now(),
         },
     )
+
+
+@login_required
+@require_POST
+def webhook_secret_rotate_view(request, pk: int):
+    """Give an endpoint a new secret, shown once on this answer (audited as webhook.secret_rotate)."""
+    provider = _webhook_provider(request.user)
+    hook = scoped_get(ProviderWebhook.objects.all(), request.user, Right.MANAGE_SETTINGS, pk=pk)
+    hook, secret = webhook_secret_rotate(webhook=hook, actor=request.user, ip_address=client_ip(request))
+    # Rendered, not redirected, for the same reason as a new endpoint's secret.
+    return _webhooks_page(request, provider, form=WebhookForm(), new_hook=hook, new_secret=secret, rotated=True)
 
 
 @login_required
@@ -414,7 +433,7 @@ def webhook_event_retry_view(request, pk: int):
     """Give a dead event a fresh set of attempts (audited as webhook.event_retry)."""
     event = scoped_get(WebhookEvent.objects.all(), request.user, Right.MANAGE_SETTINGS, pk=pk)
     try:
-        webhook_event_retry(event=event, actor=request.user, ip_address=request.META.get("REMOTE_ADDR"))
+        webhook_event_retry(event=event, actor=request.user, ip_address=client_ip(request))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:

@@ -10,12 +10,16 @@ Delivery (``webhook_event_deliver``, Celery task ``portal.deliver_webhook_event`
 
     {"id": <event id>, "event": "payment.matched", "created_at": "...Z", "data": {...}}
 
-(compact JSON, sorted keys: the same bytes on every retry) with ``X-Finlock-Event``,
-``X-Finlock-Delivery: <event id>`` and ``X-Finlock-Signature: sha256=<hex HMAC-SHA256 of
-the body with the endpoint's secret>``. 2xx is delivered; anything else is retried with
-the device pipeline's backoff (``DELIVERY_BACKOFF_*``) and dead after
-``DELIVERY_MAX_ATTEMPTS``, shown on the Webhooks page where an admin can retry it.
-Delivery is at least once: a receiver deduplicates on ``X-Finlock-Delivery``.
+(compact JSON, sorted keys: the same bytes on every retry) signed the Standard Webhooks
+way (``portal.outbound``): ``webhook-id: evt_<event id>`` (the same on every retry),
+``webhook-timestamp`` (this attempt) and ``webhook-signature: v1,<base64 HMAC-SHA256 of
+"{webhook-id}.{webhook-timestamp}.{body}">`` keyed with the base64-decoded ``whsec_``
+secret; plus ``X-Finlock-Event: <event name>``. Each event's body is described in the
+OpenAPI document's ``webhooks`` (``payments.api.webhooks``, ``devices.api.webhooks``).
+2xx is delivered; anything else is retried with the device pipeline's backoff
+(``DELIVERY_BACKOFF_*``) and dead after ``DELIVERY_MAX_ATTEMPTS``, shown on the Webhooks
+page where an admin can retry it. Delivery is at least once: a receiver deduplicates on
+``webhook-id``.
 
 This lives in ``portal`` (the bottom layer) so that ``payments`` and ``devices`` can call
 it; it knows nothing of payments or devices beyond the payloads they hand it.
@@ -26,7 +30,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -37,7 +40,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal.models import Organisation, OrganisationKind, ProviderWebhook, User, WebhookEvent, WebhookEventName
-from portal.outbound import BROKER_ERRORS, PushError, backoff_seconds, signed_post
+from portal.outbound import (
+    BROKER_ERRORS,
+    PushError,
+    backoff_seconds,
+    signed_post,
+    webhook_secret_fingerprint,
+    webhook_secret_generate,
+)
 from portal.services import audit_record, snapshot
 
 logger = logging.getLogger(__name__)
@@ -48,6 +58,20 @@ DUE_TOLERANCE = timedelta(seconds=2)
 _ERROR_LIMIT = 1000
 #: ``last_error`` of an event whose endpoint was disabled before it could be delivered.
 DISABLED_NOTE = "The webhook was disabled; enable it and retry to send this event."
+#: After a rotation every POST is signed with the old secret too for this long, so the
+#: receiver can switch to the new one without refusing (and so delaying) any event.
+SECRET_OVERLAP = timedelta(hours=24)
+#: The non-secret fields of an endpoint that its audit events show (never a secret).
+AUDITED_FIELDS = ("url", "events", "enabled", "secret_legacy", "previous_secret_until")
+
+
+def _audited(hook: ProviderWebhook) -> dict:
+    """What the audit trail keeps of an endpoint: its non-secret fields and which secret it has.
+
+    ``secret_fingerprint`` (the first 64 bits of SHA-256 over the key) shows a rotation as
+    a real before and after without revealing anything usable about a 256-bit key.
+    """
+    return {**snapshot(hook, AUDITED_FIELDS), "secret_fingerprint": webhook_secret_fingerprint(hook.secret)}
 
 
 @dataclass(frozen=True)
@@ -179,6 +203,11 @@ def _utc(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def webhook_message_id(event: WebhookEvent) -> str:
+    """The ``webhook-id`` of ``event``: the same on every retry, so a receiver can deduplicate."""
+    return f"evt_{event.pk}"
+
+
 def webhook_event_body(event: WebhookEvent) -> bytes:
     """The exact bytes POSTed for ``event`` (and signed): the same on every retry."""
     document = {"id": event.pk, "event": event.event, "created_at": _utc(event.created_at), "data": event.payload}
@@ -231,8 +260,9 @@ def webhook_event_deliver(*, event_id: int) -> Outcome:
             status_code = signed_post(
                 url=hook.url,
                 body=webhook_event_body(event),
-                secret=hook.secret,
-                headers={"X-Finlock-Event": event.event, "X-Finlock-Delivery": str(event.pk)},
+                signing_secrets=hook.signing_secrets(now),
+                msg_id=webhook_message_id(event),
+                headers={"X-Finlock-Event": event.event},
                 timeout=settings.DELIVERY_WEBHOOK_TIMEOUT_SECONDS,
             )
         except PushError as exc:
@@ -278,6 +308,10 @@ def webhook_events_redeliver_pending(*, now: dt.datetime | None = None, limit: i
     bounds one run, the next run continues.
     """
     now = now or timezone.now()
+    # Housekeeping: a rotated secret past its overlap signs nothing any more; do not keep it.
+    ProviderWebhook.objects.filter(previous_secret_until__lte=now).update(
+        previous_secret="", previous_secret_until=None
+    )
     ids = list(pending_webhook_events(now).order_by("next_attempt_at", "id").values_list("id", flat=True)[:limit])
     if not ids:
         return 0
@@ -300,7 +334,7 @@ def webhook_create(
     """
     if provider.kind != OrganisationKind.PROVIDER:
         raise ValidationError({"provider": ["Only a financing provider has webhooks."]})
-    secret = "whsec_" + secrets.token_urlsafe(32)
+    secret = webhook_secret_generate()
     hook = ProviderWebhook(
         provider=provider,
         url=(url or "").strip(),
@@ -311,8 +345,43 @@ def webhook_create(
     hook.full_clean()
     with transaction.atomic():
         hook.save()
-        audit_record(actor=actor, action="webhook.create", obj=hook, after=snapshot(hook), ip_address=ip_address)
+        audit_record(actor=actor, action="webhook.create", obj=hook, after=_audited(hook), ip_address=ip_address)
     return hook, secret
+
+
+def webhook_secret_rotate(
+    *, webhook: ProviderWebhook, actor, ip_address: str | None = None
+) -> tuple[ProviderWebhook, str]:
+    """Give ``webhook`` a new secret; returns the row and the new secret (shown to the admin once).
+
+    The old secret keeps signing alongside the new one for ``SECRET_OVERLAP`` (Standard
+    Webhooks sends one signature per secret), so a receiver still holding it accepts
+    every event until it switches. Rotating a legacy secret is how an endpoint gets a
+    standard one. Audited as ``webhook.secret_rotate`` (when the old secret stops
+    signing; never a secret).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        # Race prevented: two admins rotating at once would each keep "the previous secret"
+        # of a row the other already changed, and one of the secrets shown would never
+        # sign anything. The row lock orders them; the second rotates the first's secret.
+        locked = ProviderWebhook.objects.select_for_update().get(pk=webhook.pk)
+        before = _audited(locked)
+        secret = webhook_secret_generate()
+        locked.previous_secret = locked.secret
+        locked.previous_secret_until = now + SECRET_OVERLAP
+        locked.secret = secret
+        locked.secret_legacy = False
+        locked.save(update_fields=["secret", "previous_secret", "previous_secret_until", "secret_legacy"])
+        audit_record(
+            actor=actor,
+            action="webhook.secret_rotate",
+            obj=locked,
+            before=before,
+            after=_audited(locked),
+            ip_address=ip_address,
+        )
+    return locked, secret
 
 
 _RETRY_FIELDS = ("attempts", "next_attempt_at", "dead_at", "last_error", "last_status_code")

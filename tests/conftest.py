@@ -63,9 +63,33 @@ def _fast_and_isolated(settings, tmp_path):
     # Password hashing at full strength makes the suite slow and proves nothing here.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.MEDIA_ROOT = tmp_path / "private"
+    settings.AUDIT_CHECKPOINT_FILE = tmp_path / "audit-checkpoints.jsonl"
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _transactional_flush_passes_the_audit_triggers(request):
+    """Let a transactional test's teardown empty the tables on PostgreSQL.
+
+    Django empties them with one TRUNCATE, which the audit trail's triggers refuse, as they
+    must in production. This test session (a superuser, like ``_tamper`` in the audit tests)
+    switches triggers off for its own connection just before that flush; Django closes the
+    connection right after it, so no other test runs without the triggers.
+    """
+    marker = request.node.get_closest_marker("django_db")
+    transactional = (marker is not None and marker.kwargs.get("transaction", False)) or bool(
+        {"transactional_db", "live_server"} & set(request.fixturenames)
+    )
+    if not transactional or connection.vendor != "postgresql":
+        yield
+        return
+    # Set up the database first, so this teardown runs before the database's flush.
+    request.getfixturevalue("transactional_db")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("SET session_replication_role = replica")
 
 
 # --- tenants -----------------------------------------------------------------

@@ -8,6 +8,9 @@ Stories:
   API's one error shape, and the bulk upload's 201/422 report;
 * what the API actually answers matches the schema (a never-acknowledged
   device's blank reported state included);
+* it is OpenAPI 3.1 and its ``webhooks`` describe every event finlock POSTs to a provider's
+  systems, with the Standard Webhooks signing headers (tests/test_provider_webhooks.py holds
+  the bodies finlock sends to these descriptions);
 * ``/api/docs/`` renders the interactive docs from our own static files.
 """
 
@@ -113,8 +116,34 @@ def test_the_list_filters_and_cursor_are_documented(schema):
     assert {"cursor", "page_size", "status", "device_imei"} <= params
 
 
+def test_the_webhooks_are_described_with_their_signing_headers(schema, db):
+    from portal.models import WebhookEventName
+
+    assert schema["openapi"] == "3.1.0"
+    assert set(schema["webhooks"]) == {*WebhookEventName.values, "gateway.command"}
+    for name, item in schema["webhooks"].items():
+        operation = item["post"]
+        required = {p["name"] for p in operation["parameters"] if p["in"] == "header" and p["required"]}
+        assert {"webhook-id", "webhook-timestamp", "webhook-signature"} <= required, name
+        assert "standardwebhooks" in operation["description"], name
+        body = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert body.rsplit("/", 1)[1] in schema["components"]["schemas"], name
+        assert "200" in operation["responses"], name
+    for name in WebhookEventName.values:
+        event = schema["components"]["schemas"][
+            schema["webhooks"][name]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit(
+                "/", 1
+            )[1]
+        ]
+        assert event["properties"]["event"]["const"] == name
+        assert set(event["required"]) == {"id", "event", "created_at", "data"}
+    # The phones' document has none: webhooks go to a provider's systems.
+    assert "webhooks" not in APIClient().get("/api/device/v1/schema/?format=json").json()
+
+
 def response_validator(schema: dict, component: str):
-    """A JSON-schema validator for one response component (OpenAPI 3.0 ``nullable`` honoured)."""
+    """A JSON-schema validator for one response component (an OpenAPI 3.0 ``nullable`` would be honoured;
+    3.1 schemas are JSON Schema 2020-12 already)."""
 
     def to_json_schema(node):
         if isinstance(node, dict):

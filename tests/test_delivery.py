@@ -8,10 +8,9 @@ provider's device-management gateway is a stand-in, since it is a third party: a
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
-import hashlib
-import hmac
 import json
 import os
 import shutil
@@ -26,21 +25,26 @@ from urllib.parse import quote, urlparse
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.apps import apps as django_apps
 from django.conf import settings
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from devices import delivery
 from devices.keys import public_key_b64
 from devices.models import DeliveryAttempt, DeviceCommand, DeviceGateway
 from devices.protocol import topic_for, verify
 from portal.models import AuditEvent
+from portal.outbound import standard_webhook_headers
 from tests import factories
 from tests.conftest import signed_in
+from tests.test_provider_webhooks import assert_as_documented
 
-GATEWAY_SECRET = "gateway-shared-secret-for-tests"
+# A Standard Webhooks secret, as the admin's gateway form generates one (whsec_ + base64 of 32 bytes).
+GATEWAY_SECRET = "whsec_" + base64.b64encode(b"gateway-shared-secret-for-tests!").decode()
 
 
 # --- the provider's gateway (a third party, so a local stand-in) -----------------
@@ -57,7 +61,8 @@ class FakeGateway:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                gateway.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                gateway.requests.append({"path": self.path, "headers": headers, "body": body})
                 status = gateway.statuses.pop(0) if len(gateway.statuses) > 1 else gateway.statuses[0]
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain")
@@ -332,14 +337,94 @@ def test_the_gateway_gets_the_signed_envelope_and_failures_back_off_exponentiall
     assert len(gateway_server.requests) == 3  # the "not_due" duplicates sent nothing
     for request in gateway_server.requests:
         body = request["body"]
-        assert json.loads(body) == command.envelope
-        expected_mac = hmac.new(GATEWAY_SECRET.encode(), body, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(request["headers"]["X-Finlock-Signature"], f"sha256={expected_mac}")
-        assert request["headers"]["X-Finlock-Delivery"] == str(command.pk)
-        assert request["headers"]["Content-Type"] == "application/json"
+        # The gateway verifies with an off-the-shelf Standard Webhooks library and its secret.
+        assert Webhook(GATEWAY_SECRET).verify(body, request["headers"]) == command.envelope
+        # One message however many tries: the gateway deduplicates on webhook-id.
+        assert request["headers"]["webhook-id"] == f"cmd_{command.pk}"
+        assert request["headers"]["content-type"] == "application/json"
+        assert "x-finlock-signature" not in request["headers"]
+        assert_as_documented(request, "gateway.command")
+    # A copy of a delivery, replayed once the receiver's tolerance is past, is refused: what finlock
+    # signed for this message ten minutes before the last try is what such a replay carries.
+    last = gateway_server.requests[-1]
+    stale = standard_webhook_headers(
+        signing_secrets=[GATEWAY_SECRET],
+        msg_id=f"cmd_{command.pk}",
+        body=last["body"],
+        timestamp=int(last["headers"]["webhook-timestamp"]) - 600,
+    )
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        Webhook(GATEWAY_SECRET).verify(last["body"], {**last["headers"], **stale})
+    tampered = last["body"].replace(b'"locked"', b'"released"')
+    assert tampered != last["body"]
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):
+        Webhook(GATEWAY_SECRET).verify(tampered, last["headers"])
     # A late duplicate of a delivered command does nothing either.
     assert delivery.command_deliver(command_id=command.pk).status == "closed"
     assert len(gateway_server.requests) == 3
+
+
+def test_a_command_as_the_server_issues_it_reaches_the_gateway_as_documented(
+    device_a, gateway_server, with_gateway, no_mqtt
+):
+    from devices.services import StateChange, device_states_apply
+
+    until = timezone.now() + dt.timedelta(hours=2)
+    (command,) = device_states_apply(
+        changes=[
+            StateChange(
+                device_id=device_a.pk,
+                state="temp_unlocked",
+                reason="Paid at the shop",
+                expires_at=until,
+                screen={"title": "Unlocked"},
+                allowed_numbers=["119"],
+            )
+        ]
+    )
+
+    assert delivery.command_deliver(command_id=command.pk).status == "delivered"
+    (request,) = gateway_server.requests
+    assert Webhook(with_gateway.secret).verify(request["body"], request["headers"]) == command.envelope
+    assert_as_documented(request, "gateway.command")
+
+
+def test_a_gateway_secret_is_a_standard_webhooks_secret(provider_a):
+    from django.core.exceptions import ValidationError
+
+    gateway = DeviceGateway(provider=provider_a, url="https://gateway.example.com/finlock")
+    # The admin's form starts with a fresh secret: whsec_ and the base64 of 32 random bytes.
+    assert gateway.secret.startswith("whsec_")
+    assert len(base64.b64decode(gateway.secret.removeprefix("whsec_"), validate=True)) == 32
+    gateway.full_clean()
+    for typed, why in (
+        ("gateway-shared-secret", "Not a Standard Webhooks secret"),
+        ("whsec_not base64!", "Not a Standard Webhooks secret"),
+        ("whsec_" + base64.b64encode(b"too short").decode(), "24 to 64 bytes"),
+    ):
+        gateway.secret = typed
+        with pytest.raises(ValidationError, match=why):
+            gateway.full_clean()
+
+
+def test_a_gateway_secret_from_before_standard_webhooks_keeps_its_key(
+    device_a, signing_key, gateway_server, provider_a, no_mqtt
+):
+    from tests.test_provider_webhooks import _migration
+
+    typed_then = "gateway-shared-secret-for-tests"  # the HMAC used to be keyed with this string
+    gateway = DeviceGateway.objects.create(provider=provider_a, url=gateway_server.url, secret=typed_then)
+
+    _migration("devices").to_standard(django_apps, None)
+
+    gateway.refresh_from_db()
+    assert gateway.secret == "whsec_" + base64.b64encode(typed_then.encode()).decode()
+    command = factories.make_command(device_a, private_key=signing_key)
+    assert delivery.command_deliver(command_id=command.pk).status == "delivered"
+    (request,) = gateway_server.requests
+    assert Webhook(typed_then.encode()).verify(request["body"], request["headers"]) == command.envelope
+    _migration("devices").to_legacy(django_apps, None)
+    assert DeviceGateway.objects.get(pk=gateway.pk).secret == typed_then
 
 
 def test_backoff_is_capped_and_jittered(settings):
@@ -496,7 +581,7 @@ def test_an_unreachable_gateway_is_a_failed_attempt_with_the_reason(device_a, si
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    DeviceGateway.objects.create(provider=provider_a, url=f"http://127.0.0.1:{port}/hook", secret="s")
+    DeviceGateway.objects.create(provider=provider_a, url=f"http://127.0.0.1:{port}/hook")
     command = factories.make_command(device_a, private_key=signing_key)
     assert delivery.command_deliver(command_id=command.pk).status == "retry"
     attempt = command.delivery_attempts.get()

@@ -19,7 +19,6 @@ import base64
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from devices import protocol
 from devices.keys import current_signer, public_key_b64, public_keys
 from portal.env import ImproperEnvironment, env_keyed_bytes
+from tests.test_settings import _manage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,11 +138,7 @@ def test_key_variables_are_parsed_and_malformed_values_name_the_variable(monkeyp
 
 
 def _manage_check(env: dict) -> subprocess.CompletedProcess:
-    unset = {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DEVICE_SIGNING_KEY", "DEVICE_SIGNING_PUBLIC_KEYS", "DATABASE_URL"}
-    base = {k: v for k, v in os.environ.items() if k not in unset}
-    return subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=ROOT, env=base | env, capture_output=True, text=True, timeout=120
-    )
+    return _manage("check", env=env)
 
 
 def test_production_without_a_signing_key_or_with_a_malformed_one_refuses_to_start(tmp_path):

@@ -1,12 +1,17 @@
 """Stories of provider webhooks: finlock tells a provider's systems what happened.
 
-* a matched payment sends one ``payment.matched``, signed with the endpoint's secret;
+* a matched payment sends one ``payment.matched``, signed the Standard Webhooks way: a
+  receiver using the ``standardwebhooks`` library with the secret it was shown accepts it;
+  the same delivery replayed later, re-stamped, or altered is refused by that receiver;
+* every event finlock sends matches its description in the OpenAPI document (3.1 ``webhooks``);
 * a phone confirming a lock sends ``device.locked``, and confirming the unlock after it
   ``device.unlocked``; repeating a state sends nothing more;
 * a failing endpoint is retried with growing pauses, then the event is dead, shown on the
   Webhooks page, and an admin's retry (audited) sends it again;
-* an admin creates an endpoint on the page and sees its secret once; another provider's
-  admin never sees it (404), an agent may not open the page (403);
+* an admin creates an endpoint on the page and sees its secret once and how to verify it;
+  rotating the secret shows the new one once, and both sign until the overlap ends;
+  another provider's admin never sees it (404), an agent may not open the page (403);
+* a secret issued before finlock followed Standard Webhooks keeps its key;
 * with no endpoint configured nothing is written, at the cost of one read.
 
 Only the provider's endpoint is a stand-in, since it is a third party: a local
@@ -15,26 +20,34 @@ Only the provider's endpoint is a stand-in, since it is a third party: a local
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
-import hashlib
-import hmac
+import importlib.util
 import json
+import re
 import threading
+import time
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import jsonschema
 import pytest
+from django.apps import apps as django_apps
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from devices.services import StateChange, device_ack, device_states_apply, enrollment_token_create
+from payments.imports import statement_import_create, statement_import_run
 from payments.models import LockPolicy
 from payments.services import lock_sweep, payment_ingest
 from portal.models import AuditEvent, ProviderWebhook, WebhookEvent
+from portal.outbound import standard_webhook_headers
 from portal.webhooks import webhook_create, webhook_events_redeliver_pending
 from tests import factories
 from tests.conftest import signed_in
@@ -56,7 +69,8 @@ class FakeEndpoint:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                endpoint.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                endpoint.requests.append({"path": self.path, "headers": headers, "body": body})
                 status = endpoint.statuses.pop(0) if len(endpoint.statuses) > 1 else endpoint.statuses[0]
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain")
@@ -108,9 +122,19 @@ def celery_eager():
     app.conf.task_always_eager = before
 
 
-def signature_ok(request: dict, secret: str) -> bool:
-    expected = "sha256=" + hmac.new(secret.encode(), request["body"], hashlib.sha256).hexdigest()
-    return hmac.compare_digest(request["headers"]["X-Finlock-Signature"], expected)
+# --- the receiver: what a provider's system does with the off-the-shelf Standard Webhooks library -----
+
+
+def received(request: dict, secret: str | bytes) -> dict:
+    """The event as a receiver verifying with ``standardwebhooks`` gets it; raises ``WebhookVerificationError``."""
+    return Webhook(secret).verify(request["body"], request["headers"])
+
+
+def refused(request: dict, secret: str | bytes) -> str:
+    """Why that receiver refuses ``request`` (the test fails if it accepts it)."""
+    with pytest.raises(WebhookVerificationError) as refusal:
+        received(request, secret)
+    return str(refusal.value)
 
 
 @pytest.fixture
@@ -149,11 +173,11 @@ def pay(provider, amount, external_id="TX1"):
 # --- payment.matched ----------------------------------------------------------------------
 
 
-def test_a_matched_payment_sends_one_signed_event(
+def test_a_matched_payment_sends_one_event_a_standard_webhooks_receiver_accepts(
     locked, provider_a, admin_a, endpoint, django_capture_on_commit_callbacks
 ):
     hook, secret = webhook_create(provider=provider_a, url=endpoint.url, events=["payment.matched"], actor=admin_a)
-    devices_only, _ = webhook_create(
+    devices_only, other_secret = webhook_create(
         provider=provider_a, url=endpoint.url + "/devices", events=["device.locked"], actor=admin_a
     )
 
@@ -164,12 +188,18 @@ def test_a_matched_payment_sends_one_signed_event(
     assert len(endpoint.requests) == 1, "one event, to the endpoint subscribed to it only"
     request = endpoint.requests[0]
     assert request["path"] == "/hooks/finlock"
-    assert signature_ok(request, secret)
-    assert not signature_ok(request, "someone else's secret")
     event = WebhookEvent.objects.get()
-    assert request["headers"]["X-Finlock-Event"] == "payment.matched"
-    assert request["headers"]["X-Finlock-Delivery"] == str(event.pk)
-    document = json.loads(request["body"])
+    # The receiver, with the library and the secret exactly as the page showed it, gets the event;
+    # with another endpoint's secret it gets nothing.
+    document = received(request, secret)
+    assert document == json.loads(request["body"])
+    assert refused(request, other_secret) == "No matching signature found"
+    headers = request["headers"]
+    assert headers["webhook-id"] == f"evt_{event.pk}"
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+    assert re.fullmatch(r"v1,[A-Za-z0-9+/]{43}=", headers["webhook-signature"]), "one v1 signature"
+    assert headers["x-finlock-event"] == "payment.matched"
+    assert "x-finlock-signature" not in headers, "the replayable signature over the body alone is gone"
     assert document["id"] == event.pk and document["event"] == "payment.matched"
     assert document["created_at"].endswith("Z")
     assert document["data"] == {
@@ -188,6 +218,39 @@ def test_a_matched_payment_sends_one_signed_event(
     assert (event.webhook_id, event.attempts, event.last_status_code) == (hook.pk, 1, 200)
     assert event.delivered_at is not None and event.status == "delivered"
     assert not WebhookEvent.objects.filter(webhook=devices_only).exists()
+
+
+def test_a_replayed_restamped_or_altered_delivery_is_refused_by_the_receiver(
+    locked, provider_a, admin_a, endpoint, django_capture_on_commit_callbacks
+):
+    _hook, secret = webhook_create(provider=provider_a, url=endpoint.url, events=["payment.matched"], actor=admin_a)
+    with django_capture_on_commit_callbacks(execute=True):
+        pay(provider_a, "16666.66")
+    (captured,) = endpoint.requests  # what an eavesdropper on the provider's side recorded
+    assert received(captured, secret)
+    stamp = int(captured["headers"]["webhook-timestamp"])
+    message_id = captured["headers"]["webhook-id"]
+    # finlock's signing, asked for the moment of the capture, gives exactly what was sent ...
+    then = standard_webhook_headers(signing_secrets=[secret], msg_id=message_id, body=captured["body"], timestamp=stamp)
+    assert then["webhook-signature"] == captured["headers"]["webhook-signature"]
+
+    # ... so the same delivery as finlock signed it ten minutes ago is what a replay now looks
+    # like to the receiver: refused, the signed timestamp is outside its tolerance.
+    ten_minutes_ago = standard_webhook_headers(
+        signing_secrets=[secret], msg_id=message_id, body=captured["body"], timestamp=stamp - 600
+    )
+    replay = {**captured, "headers": {**captured["headers"], **ten_minutes_ago}}
+    assert refused(replay, secret) == "Message timestamp too old"
+    # Re-stamping the captured request with a fresh time breaks its signature.
+    restamped = {**captured, "headers": {**captured["headers"], "webhook-timestamp": str(int(time.time()) + 1)}}
+    assert refused(restamped, secret) == "No matching signature found"
+    # Another id (to get past the receiver's deduplication) breaks it too.
+    renamed = {**captured, "headers": {**captured["headers"], "webhook-id": message_id + "0"}}
+    assert refused(renamed, secret) == "No matching signature found"
+    # And so does any change to the body.
+    altered = {**captured, "body": captured["body"].replace(b'"16666.66"', b'"99999.99"')}
+    assert altered["body"] != captured["body"]
+    assert refused(altered, secret) == "No matching signature found"
 
 
 def test_a_payment_that_rolls_back_tells_the_provider_nothing(locked, provider_a, admin_a, endpoint):
@@ -242,7 +305,7 @@ def test_a_phone_confirming_its_lock_and_unlock_is_reported(
         device_ack(device=phone, seq=lock.seq, state="locked")  # a repeated acknowledgement
 
     assert [e["event"] for e in endpoint.events()] == ["device.locked"]
-    assert signature_ok(endpoint.requests[0], secret)
+    assert received(endpoint.requests[0], secret)["event"] == "device.locked"
     data = endpoint.events()[0]["data"]
     assert data["imei"] == phone.imei and data["device"] == str(phone.uid)
     assert (data["state"], data["seq"]) == ("locked", lock.seq)
@@ -253,8 +316,116 @@ def test_a_phone_confirming_its_lock_and_unlock_is_reported(
         device_ack(device=phone, seq=unlock.seq, state="unlocked")
 
     assert [e["event"] for e in endpoint.events()] == ["device.locked", "device.unlocked"]
+    assert received(endpoint.requests[1], secret)["event"] == "device.unlocked"
     data = endpoint.events()[1]["data"]
     assert (data["state"], data["previous_state"], data["seq"]) == ("unlocked", "locked", unlock.seq)
+
+
+# --- the documented payloads -------------------------------------------------------------------
+
+
+def documented(event: str) -> tuple[jsonschema.Draft202012Validator, list[dict]]:
+    """A validator for ``event``'s body as the OpenAPI document describes it, and its header parameters.
+
+    Stricter than the document on one point: an object may carry no property it does not
+    describe, so a field finlock adds without documenting it fails here.
+    """
+    document = APIClient().get("/api/schema/?format=json").json()
+    assert document["openapi"] == "3.1.0"
+    operation = document["webhooks"][event]["post"]
+
+    def closed(node):
+        if isinstance(node, dict):
+            node = {key: closed(value) for key, value in node.items()}
+            if "properties" in node and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+            return node
+        if isinstance(node, list):
+            return [closed(value) for value in node]
+        return node
+
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    root = {**body, "components": closed(document["components"])}
+    return jsonschema.Draft202012Validator(root, format_checker=jsonschema.FormatChecker()), operation["parameters"]
+
+
+def assert_as_documented(request: dict, event: str | None = None) -> None:
+    """``request`` (body and headers) is what the document says webhook ``event`` sends (default: the body's event)."""
+    event = event or json.loads(request["body"])["event"]
+    validator, headers = documented(event)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(json.loads(request["body"]))]
+    assert errors == [], (event, errors)
+    for header in headers:
+        value = request["headers"].get(header["name"].lower())
+        assert value is not None or not header["required"], (event, header["name"])
+        if value is not None:
+            problems = [e.message for e in jsonschema.Draft202012Validator(header["schema"]).iter_errors(value)]
+            assert problems == [], (event, header["name"], problems)
+
+
+def test_every_event_finlock_sends_is_described_in_the_openapi_document(
+    locked, provider_a, admin_a, endpoint, django_capture_on_commit_callbacks
+):
+    from tests.test_statement_import import HEADER, csv_line
+
+    _hook, secret = webhook_create(
+        provider=provider_a,
+        url=endpoint.url,
+        events=["payment.matched", "device.locked", "device.unlocked"],
+        actor=admin_a,
+    )
+    # payment.matched from one payment (the API, M-Pesa and the portal take this path) ...
+    with django_capture_on_commit_callbacks(execute=True):
+        pay(provider_a, "100.00", external_id="TX1")
+    # ... and from a statement's credits (the set-based path, its own payload builder), here a
+    # German bank's CSV export for a provider in EUR, with its own endpoint.
+    berlin = factories.ProviderFactory(slug="berlin", country="DE", currency="EUR", time_zone="Europe/Berlin")
+    _berlin_hook, berlin_secret = webhook_create(
+        provider=berlin, url=endpoint.url + "/berlin", events=["payment.matched"], actor=None
+    )
+    factories.make_contract(berlin, number="BP-0200", first_due_date=berlin.today())
+    statement = "\n".join([HEADER, csv_line("250,00", "Rate BP-0200", "E2E-1", berlin.today())]).encode("utf-8")
+    with django_capture_on_commit_callbacks(execute=True):
+        record = statement_import_create(provider=berlin, filename="s.csv", raw=statement, actor=None)
+        record = statement_import_run(import_id=record.pk)
+    assert record.summary["matched"] == 1, json.dumps(record.summary)
+    phone = factories.make_contract(provider_a, number="DLG-200", first_due_date=provider_a.today()).device
+    # device.locked and device.unlocked from a phone's acknowledgements.
+    lock = _set_state(phone, "locked")
+    with django_capture_on_commit_callbacks(execute=True):
+        device_ack(device=phone, seq=lock.seq, state="locked")
+    unlock = _set_state(phone, "released")
+    with django_capture_on_commit_callbacks(execute=True):
+        device_ack(device=phone, seq=unlock.seq, state="released")
+
+    sent = [(json.loads(r["body"])["event"], json.loads(r["body"])["data"].get("rule")) for r in endpoint.requests]
+    assert sent == [
+        ("payment.matched", "reference_exact"),
+        ("payment.matched", "reference_normalised"),
+        ("device.locked", None),
+        ("device.unlocked", None),
+    ]
+    assert json.loads(endpoint.requests[1]["body"])["data"]["channel"] == "bank_transfer"
+    for request in endpoint.requests:
+        assert received(request, berlin_secret if request["path"].endswith("/berlin") else secret)
+        assert_as_documented(request)
+
+
+def test_the_check_against_the_document_catches_an_undocumented_or_wrong_field(
+    locked, provider_a, admin_a, endpoint, django_capture_on_commit_callbacks
+):
+    """The control of the test above: it fails when a body strays from the document."""
+    webhook_create(provider=provider_a, url=endpoint.url, events=["payment.matched"], actor=admin_a)
+    with django_capture_on_commit_callbacks(execute=True):
+        pay(provider_a, "100.00")
+    (request,) = endpoint.requests
+    assert_as_documented(request)
+    document = json.loads(request["body"])
+    for data in ({**document["data"], "payer_name": "Nimal"}, {**document["data"], "amount": 100}):
+        with pytest.raises(AssertionError):
+            assert_as_documented({**request, "body": json.dumps({**document, "data": data}).encode()})
+    with pytest.raises(AssertionError):
+        assert_as_documented({**request, "headers": {**request["headers"], "webhook-id": "1"}})
 
 
 # --- failures, backoff, dead, retry -------------------------------------------------------------
@@ -266,7 +437,7 @@ def test_a_failing_endpoint_is_retried_with_growing_pauses_then_dead_then_retrie
     settings.DELIVERY_BACKOFF_BASE_SECONDS = 10
     settings.DELIVERY_MAX_ATTEMPTS = 4
     endpoint.answer(503)
-    webhook_create(provider=provider_a, url=endpoint.url, events=["payment.matched"], actor=admin_a)
+    _hook, secret = webhook_create(provider=provider_a, url=endpoint.url, events=["payment.matched"], actor=admin_a)
 
     before = timezone.now()
     with django_capture_on_commit_callbacks(execute=True):
@@ -294,7 +465,11 @@ def test_a_failing_endpoint_is_retried_with_growing_pauses_then_dead_then_retrie
     event.refresh_from_db()
     assert (event.status, event.attempts, event.next_attempt_at) == ("dead", 4, None)
     assert len(endpoint.requests) == 4
-    assert len({r["body"] for r in endpoint.requests}) == 1, "every retry sends the very same signed bytes"
+    assert len({r["body"] for r in endpoint.requests}) == 1, "every retry sends the very same bytes"
+    # One message to the receiver: every retry keeps its webhook-id (the receiver deduplicates on
+    # it) and is signed afresh, so each verifies on arrival however late the retry comes.
+    assert {r["headers"]["webhook-id"] for r in endpoint.requests} == {f"evt_{event.pk}"}
+    assert all(received(r, secret)["id"] == event.pk for r in endpoint.requests)
     assert webhook_events_redeliver_pending() == 0, "a dead event is not retried by itself"
 
     signed_in(client, admin_a)
@@ -312,6 +487,8 @@ def test_a_failing_endpoint_is_retried_with_growing_pauses_then_dead_then_retrie
     event.refresh_from_db()
     assert event.status == "delivered" and event.attempts == 1 and event.last_status_code == 200
     assert len(endpoint.requests) == 5
+    assert endpoint.requests[4]["headers"]["webhook-id"] == f"evt_{event.pk}", "the admin's retry too"
+    assert received(endpoint.requests[4], secret)["id"] == event.pk
     audit = AuditEvent.objects.get(action="webhook.event_retry")
     assert audit.actor_id == admin_a.pk and audit.organisation_id == provider_a.pk
     assert audit.before["attempts"] == 4 and audit.before["dead_at"] is not None
@@ -336,7 +513,7 @@ def test_a_redirect_is_a_failure_not_a_success(
 # --- the Webhooks page -------------------------------------------------------------------------
 
 
-def test_an_admin_creates_a_webhook_and_sees_its_secret_once(provider_a, admin_a, endpoint, client):
+def test_an_admin_creates_a_webhook_and_sees_its_secret_once_and_how_to_verify(provider_a, admin_a, endpoint, client):
     signed_in(client, admin_a)
 
     response = client.post(
@@ -347,10 +524,103 @@ def test_an_admin_creates_a_webhook_and_sees_its_secret_once(provider_a, admin_a
     hook = ProviderWebhook.objects.get()
     assert hook.provider == provider_a and hook.events == ["device.unlocked", "payment.matched"] and hook.enabled
     assert hook.secret in response.content.decode()
-    assert hook.secret not in client.get(reverse("portal:webhooks")).content.decode()
+    # A Standard Webhooks secret: whsec_ and the padded standard base64 of a 256-bit key.
+    assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{43}=", hook.secret)
+    assert len(base64.b64decode(hook.secret.removeprefix("whsec_"), validate=True)) == 32
+    assert not hook.secret_legacy
+    page = client.get(reverse("portal:webhooks")).content.decode()
+    assert hook.secret not in page
+    # The page says how to verify: the three headers and an off-the-shelf library.
+    for words in ("webhook-id", "webhook-timestamp", "webhook-signature", "pip install standardwebhooks"):
+        assert words in page, words
+    assert "Webhook(secret).verify(body, headers)" in page
+    assert reverse("api-docs") in page
     audit = AuditEvent.objects.get(action="webhook.create")
     assert audit.actor_id == admin_a.pk and "secret" not in audit.after
     assert hook.secret not in json.dumps(audit.after)
+    assert audit.after["secret_fingerprint"].startswith("sha256:")
+
+
+def test_an_admin_rotates_a_secret_and_both_sign_until_the_overlap_ends(
+    locked, provider_a, admin_a, endpoint, client, django_capture_on_commit_callbacks
+):
+    hook, old_secret = webhook_create(provider=provider_a, url=endpoint.url, events=["payment.matched"], actor=admin_a)
+    signed_in(client, admin_a)
+
+    response = client.post(reverse("portal:webhook_secret_rotate", args=[hook.pk]))
+
+    assert response.status_code == 200
+    hook.refresh_from_db()
+    new_secret = hook.secret
+    assert new_secret != old_secret and hook.previous_secret == old_secret
+    html = response.content.decode()
+    assert "Secret rotated" in html and new_secret in html and old_secret not in html
+    assert new_secret not in client.get(reverse("portal:webhooks")).content.decode(), "shown once"
+    audit = AuditEvent.objects.get(action="webhook.secret_rotate")
+    assert audit.actor_id == admin_a.pk and audit.organisation_id == provider_a.pk
+    assert audit.before["secret_fingerprint"] != audit.after["secret_fingerprint"]
+    assert audit.before["previous_secret_until"] is None and audit.after["previous_secret_until"]
+    assert old_secret not in json.dumps([audit.before, audit.after])
+    assert new_secret not in json.dumps([audit.before, audit.after])
+
+    # During the overlap a receiver holding either secret accepts the event.
+    with django_capture_on_commit_callbacks(execute=True):
+        pay(provider_a, "100.00", external_id="TX1")
+    during = endpoint.requests[-1]
+    assert len(during["headers"]["webhook-signature"].split(" ")) == 2
+    assert received(during, old_secret) == received(during, new_secret)
+
+    # Once it ends, the old secret signs nothing and is not kept.
+    ProviderWebhook.objects.filter(pk=hook.pk).update(previous_secret_until=timezone.now() - dt.timedelta(seconds=1))
+    webhook_events_redeliver_pending()
+    hook.refresh_from_db()
+    assert (hook.previous_secret, hook.previous_secret_until) == ("", None)
+    with django_capture_on_commit_callbacks(execute=True):
+        pay(provider_a, "100.00", external_id="TX2")
+    after = endpoint.requests[-1]
+    assert received(after, new_secret)["data"]["external_id"] == "TX2"
+    assert refused(after, old_secret) == "No matching signature found"
+
+
+def _migration(app: str):
+    """This branch's data migration to Standard Webhooks secrets, whatever number it gets when merged."""
+    (path,) = Path(django_apps.get_app_config(app).path, "migrations").glob("*_standard_webhooks.py")
+    spec = importlib.util.spec_from_file_location(f"{app}_standard_webhooks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_secret_from_before_standard_webhooks_keeps_its_key(
+    locked, provider_a, admin_a, endpoint, client, django_capture_on_commit_callbacks
+):
+    # What finlock issued before: "whsec_" and a urlsafe token (secrets.token_urlsafe(32)), the
+    # HMAC keyed with the string itself.
+    shown_then = "whsec_fwiIjmaafJmuzzwbFjIS8O-9ELVz-nFDxP_7e5ajY1k"
+    hook, _ = webhook_create(provider=provider_a, url=endpoint.url, events=["payment.matched"], actor=admin_a)
+    ProviderWebhook.objects.filter(pk=hook.pk).update(secret=shown_then)
+
+    _migration("portal").to_standard(django_apps, None)
+
+    hook.refresh_from_db()
+    assert hook.secret_legacy and hook.secret != shown_then
+    with django_capture_on_commit_callbacks(execute=True):
+        pay(provider_a, "16666.66")
+    # The receiver keeps the string it holds and hands the library its bytes: the key never changed.
+    assert received(endpoint.requests[0], shown_then.encode())["event"] == "payment.matched"
+    # Handed the string as a standard secret, the library derives another key (it skips the
+    # urlsafe characters): the reason the page tells legacy receivers to pass bytes, or rotate.
+    assert refused(endpoint.requests[0], shown_then) == "No matching signature found"
+    signed_in(client, admin_a)
+    assert "Webhook(secret.encode())" in client.get(reverse("portal:webhooks")).content.decode()
+    # Rotating gives it a standard secret.
+    rotated = client.post(reverse("portal:webhook_secret_rotate", args=[hook.pk]))
+    hook.refresh_from_db()
+    assert not hook.secret_legacy and hook.secret in rotated.content.decode()
+    # And the migration is reversible: the old code gets its string back.
+    ProviderWebhook.objects.filter(pk=hook.pk).update(secret_legacy=True, secret=hook.previous_secret)
+    _migration("portal").to_legacy(django_apps, None)
+    assert ProviderWebhook.objects.get(pk=hook.pk).secret == shown_then
 
 
 def test_the_page_refuses_bad_input_and_production_requires_https(provider_a, admin_a, client, settings):
@@ -384,12 +654,18 @@ def test_another_providers_admin_sees_nothing_and_an_agent_may_not_open_the_page
     event.refresh_from_db()
     assert event.dead_at is not None and not AuditEvent.objects.filter(action="webhook.event_retry").exists()
 
+    hook = ProviderWebhook.objects.get()
+    assert client.post(reverse("portal:webhook_secret_rotate", args=[hook.pk])).status_code == 404
+
     signed_in(client, agent_a)
     assert client.get(reverse("portal:webhooks")).status_code == 403
     assert (
         client.post(reverse("portal:webhooks"), {"url": endpoint.url, "events": ["payment.matched"]}).status_code == 403
     )
+    assert client.post(reverse("portal:webhook_secret_rotate", args=[hook.pk])).status_code == 403
     assert ProviderWebhook.objects.count() == 1
+    assert ProviderWebhook.objects.get().secret == hook.secret and not hook.previous_secret
+    assert not AuditEvent.objects.filter(action="webhook.secret_rotate").exists()
 
 
 # --- nothing configured -----------------------------------------------------------------------
@@ -403,3 +679,37 @@ def test_without_a_webhook_nothing_is_written_and_the_payment_path_pays_one_read
     assert not WebhookEvent.objects.exists()
     touching = [q["sql"] for q in queries.captured_queries if "webhook" in q["sql"].lower()]
     assert len(touching) == 1 and touching[0].lstrip().upper().startswith("SELECT"), touching
+
+
+# --- in the browser --------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_in_the_browser_an_admin_creates_a_webhook_reads_how_to_verify_and_rotates_its_secret(
+    browser, live_server, provider_a, admin_a, request
+):
+    from tests.conftest import browser_sign_in, shot
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    browser_sign_in(page, live_server.url, admin_a)
+    page.goto(f"{live_server.url}{reverse('portal:webhooks')}")
+    page.fill("input[name=url]", "https://erp.example.com/hooks/finlock")
+    page.get_by_label("payment.matched").check()
+    page.get_by_role("button", name="Create webhook").click()
+    page.wait_for_load_state()
+
+    created = page.locator("[role=status] code.secret").inner_text()
+    assert created == ProviderWebhook.objects.get().secret
+    assert page.get_by_role("heading", name="How to verify an event").is_visible()
+    assert "pip install standardwebhooks" in page.content()
+    shot(page, request, "created")
+
+    page.get_by_role("button", name="Rotate the secret of https://erp.example.com/hooks/finlock").click()
+    page.wait_for_load_state()
+    rotated = page.locator("[role=status] code.secret").inner_text()
+    hook = ProviderWebhook.objects.get()
+    assert page.get_by_role("heading", name="Secret rotated").is_visible()
+    assert rotated == hook.secret != created and hook.previous_secret == created
+    assert "The previous secret also signs until" in page.content()
+    shot(page, request, "rotated")

@@ -27,9 +27,23 @@ def test_typed_helpers_fail_fast_naming_the_variable(monkeypatch):
         env_url("X_URL", schemes=("postgres",))
 
 
+#: A deployment that starts: every key production requires, valid. Tests add or override.
+PRODUCTION = {
+    "DEBUG": "0",
+    "SECRET_KEY": "x" * 20 + "-production-secret-not-in-the-repo-" + "y" * 20,
+    "ALLOWED_HOSTS": "finlock.example.com",
+    "DEVICE_SIGNING_KEY": "k2026a:" + "A" * 43 + "=",
+    "AUDIT_HMAC_KEY": "audit2026a:" + "B" * 43 + "=",
+}
+
+
 def _manage(*args, env):
-    unset = {"DATABASE_URL", "DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DEVICE_SIGNING_KEY", "DEVICE_SIGNING_PUBLIC_KEYS"}
-    base = {k: v for k, v in os.environ.items() if k not in unset}
+    """``manage.py <args>`` in a process that sees only ``env`` (plus PATH and HOME), never the run's own settings.
+
+    Starting from an empty environment keeps the deployment under test apart from whatever the
+    test run exports (CI's DATABASE_URL, an anonymous MQTT_URL, ...).
+    """
+    base = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=base | env, capture_output=True, text=True, timeout=120
     )
@@ -46,11 +60,38 @@ def test_production_settings_pass_the_deploy_check(tmp_path):
             "SECRET_KEY": "x" * 20 + "-production-secret-not-in-the-repo-" + "y" * 20,
             "ALLOWED_HOSTS": "finlock.example.com",
             "DEVICE_SIGNING_KEY": "k2026a:" + "A" * 43 + "=",
+            "AUDIT_HMAC_KEY": "audit2026a:" + "B" * 43 + "=",
             "FINLOCK_VAR_DIR": str(tmp_path),
         },
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_production_without_an_audit_key_or_with_a_bad_one_refuses_to_start(tmp_path):
+    production = {
+        "DEBUG": "0",
+        "SECRET_KEY": "s" * 60,
+        "ALLOWED_HOSTS": "finlock.example.com",
+        "DEVICE_SIGNING_KEY": "k2026a:" + "A" * 43 + "=",
+        "FINLOCK_VAR_DIR": str(tmp_path),
+    }
+    result = _manage("check", env=production)
+    assert result.returncode != 0
+    assert "AUDIT_HMAC_KEY must be set when DEBUG is off" in result.stderr
+    assert not (tmp_path / "audit-hmac-key").exists()
+    for value, message in [
+        ("a1:c2hvcnQ=", "AUDIT_HMAC_KEY: the key 'a1' must decode to 32 bytes, not 5"),
+        ("a1:" + "B" * 43 + "=,a2:" + "C" * 43 + "=", "AUDIT_HMAC_KEY holds exactly one key"),
+    ]:
+        result = _manage("check", env=production | {"AUDIT_HMAC_KEY": value})
+        assert result.returncode != 0 and message in result.stderr
+    result = _manage(
+        "check",
+        env=production | {"AUDIT_HMAC_KEY": "a1:" + "B" * 43 + "=", "AUDIT_HMAC_RETIRED_KEYS": "a1:" + "C" * 43 + "="},
+    )
+    assert result.returncode != 0
+    assert "AUDIT_HMAC_RETIRED_KEYS must not list the current key id 'a1'" in result.stderr
 
 
 def test_production_without_a_secret_key_refuses_to_start(tmp_path):

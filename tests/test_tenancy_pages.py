@@ -37,6 +37,7 @@ OBJECT_FOR_PREFIX = {
     "settings/api-keys/": "api_key",
     "settings/staff/": "staff",
     "settings/webhooks/events/": "webhook_event",
+    "settings/webhooks/": "webhook",
     "devices/dead-letters/": "dead_letter",
     "devices/": "device",
     "contracts/statements/mappings/": "csv_mapping",
@@ -89,7 +90,9 @@ def objects_of_a(provider_a, admin_a, agent_a, technician):
     _key, _secret = api_key_create(provider=provider_a, name="erp", actor=admin_a)
     staff = staff_create(organisation=provider_a, username="a.newagent", role="agent", actor=admin_a)
     staff = staff[0] if isinstance(staff, tuple) else staff
-    webhook_create(provider=provider_a, url="https://erp.example.com/hook", events=["payment.matched"], actor=admin_a)
+    hook, _secret = webhook_create(
+        provider=provider_a, url="https://erp.example.com/hook", events=["payment.matched"], actor=admin_a
+    )
     (event,) = webhook_event_emit(provider=provider_a, event="payment.matched", payload={"x": 1})
     (command,) = device_states_apply(changes=[StateChange(device_id=device.pk, state="locked", reason="Overdue")])
     DeviceCommand.objects.filter(pk=command.pk).update(dead_at=timezone.now())  # a dead letter
@@ -102,6 +105,7 @@ def objects_of_a(provider_a, admin_a, agent_a, technician):
         "api_key": _key.pk,
         "staff": staff.pk,
         "webhook_event": event.pk,
+        "webhook": hook.pk,
         "dead_letter": command.pk,
         "device": device.pk,
         "csv_mapping": mapping.pk,

@@ -190,10 +190,11 @@ def _offline_line(prot) -> str:
 
 
 def _redacted(dump: dict) -> dict:
-    # The offline secret mints unlock codes and the credential impersonates the phone: a
-    # status dump (pasted into a support ticket) must show neither.
-    if (dump["agent"].get("enrolment") or {}).get("credential"):
-        dump["agent"]["enrolment"]["credential"] = "<hidden>"
+    # The offline secret mints unlock codes, the credential and the MQTT password impersonate
+    # the phone: a status dump (pasted into a support ticket) must show none of them.
+    for secret in ("credential", "mqtt_password"):
+        if (dump["agent"].get("enrolment") or {}).get(secret):
+            dump["agent"]["enrolment"][secret] = "<hidden>"
     if dump["protected"]["offline"].get("secret"):
         dump["protected"]["offline"]["secret"] = "<hidden>"
     return dump

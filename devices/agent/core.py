@@ -268,6 +268,7 @@ class Agent:
         server_url: str | None = None,
         mqtt_topic: str | None = None,
         offline: dict[str, Any] | None = None,
+        mqtt: dict[str, Any] | None = None,
     ) -> None:
         """Record who this phone is (what ``enroll`` does with the server's answer).
 
@@ -293,6 +294,7 @@ class Agent:
                 server_url=server_url,
                 mqtt_topic=mqtt_topic or topic_for(str(device)),
                 enrolled_at=format_time(now),
+                **_mqtt_account(mqtt),
             )
             note = _install_offline(prot, offline)
             append_log(st, {"at": format_time(now), "event": "enrolled", "device": str(device), "reason": note})
@@ -317,6 +319,7 @@ class Agent:
             server_url=server_url,
             mqtt_topic=answer.get("mqtt_topic"),
             offline=answer.get("offline"),
+            mqtt=answer.get("mqtt"),
         )
         return self.handle_envelope(answer["envelope"], source="enroll")
 
@@ -528,6 +531,13 @@ def _append_dedup(st: AgentState, entry: dict[str, Any]) -> None:
         last["last_at"] = entry["at"]
         return
     append_log(st, entry)
+
+
+def _mqtt_account(mqtt: Any) -> dict[str, str | None]:
+    """The phone's broker account from the enrolment answer; a malformed one is ignored (pull still works)."""
+    if isinstance(mqtt, dict) and isinstance(mqtt.get("username"), str) and isinstance(mqtt.get("password"), str):
+        return {"mqtt_username": mqtt["username"], "mqtt_password": mqtt["password"]}
+    return {"mqtt_username": None, "mqtt_password": None}
 
 
 def _install_offline(prot: ProtectedState, offline: dict[str, Any] | None) -> str:

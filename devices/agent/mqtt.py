@@ -58,13 +58,18 @@ class MqttListener:
         self.host, self.port, tls, username, password = parse_mqtt_url(url)
         self.subscribed = threading.Event()
         device = enrolment.device if enrolment else "unenrolled"
+        # The phone's own account from its enrolment, unless the URL names one. The broker
+        # binds that account to the client id = its username, so it is used as the client id.
+        self._own_account = not username and bool(enrolment and enrolment.mqtt_username)
+        client_id = f"finlock-agent-{device}-{uuid.uuid4().hex[:8]}"
+        if self._own_account:
+            username, password = enrolment.mqtt_username, enrolment.mqtt_password
+            client_id = username
+        self.client_id = client_id
         # A clean session: the retained message already carries the latest command, and
         # anything older that a persistent session would queue is stale by definition.
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"finlock-agent-{device}-{uuid.uuid4().hex[:8]}",
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
         )
         if username:
             self.client.username_pw_set(username, password)
@@ -107,6 +112,12 @@ class MqttListener:
         self.subscribed.clear()
         if reason_code.is_failure:
             logger.warning("MQTT connection lost (%s); reconnecting", reason_code)
+        if self._own_account:
+            # Enrolling again gives a new password and the broker ends the session that used the
+            # old one: reconnect with what the phone holds now.
+            enrolment = self.agent.state.enrolment
+            if enrolment is not None and enrolment.mqtt_username == self.client_id:
+                client.username_pw_set(enrolment.mqtt_username, enrolment.mqtt_password)
 
     def _on_message(self, client, userdata, message) -> None:
         if not message.payload:

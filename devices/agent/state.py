@@ -58,6 +58,9 @@ class Enrolment:
     server_url: str | None = None
     mqtt_topic: str | None = None
     enrolled_at: str | None = None
+    # The phone's own broker account from the enrolment answer (none on a broker without accounts).
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
 
 
 @dataclass

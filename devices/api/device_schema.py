@@ -19,6 +19,8 @@ DEVICE_SCHEMA_SETTINGS = {
     ),
     "SCHEMA_PATH_PREFIX": r"/api/device/v1",
     "PREPROCESSING_HOOKS": [],
+    # A phone receives no webhooks (those go to a provider's systems: the provider document).
+    "WEBHOOKS": [],
 }
 
 

@@ -42,12 +42,21 @@ class OfflineSerializer(serializers.Serializer):
     count = serializers.IntegerField(help_text="The server's token counter: resume from it after a reset.")
 
 
+class MqttAccountSerializer(serializers.Serializer):
+    username = serializers.CharField(help_text="The device's public id; connect with it as the MQTT client id too.")
+    password = serializers.CharField(help_text="Shown at enrolment only; enrolling again replaces it.")
+
+
 class EnrollAnswerSerializer(serializers.Serializer):
     device = serializers.UUIDField(help_text="The device's public id, used in the MQTT topic and every command.")
     credential = serializers.CharField(help_text="Send as Authorization: Device <credential>; shown once.")
     server_keys = serializers.DictField(child=serializers.CharField(), help_text="key_id → base64 Ed25519 public key.")
     offline = OfflineSerializer()
-    mqtt_topic = serializers.CharField()
+    mqtt_topic = serializers.CharField(help_text="The only topic this phone may subscribe to; it may publish nothing.")
+    mqtt = MqttAccountSerializer(
+        allow_null=True,
+        help_text="The phone's own MQTT account; null when the broker needs none (development).",
+    )
     envelope = EnvelopeSerializer()
 
 

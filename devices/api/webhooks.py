@@ -1,0 +1,96 @@
+"""What devices sends to a provider's systems, described for the OpenAPI document.
+
+* ``device.locked`` / ``device.unlocked``: provider events (``devices.services._emit_lock_webhook``);
+* ``gateway.command``: every signed command, POSTed to the provider's device-management
+  gateway when it has one (``devices.delivery.webhook_post``).
+
+A test holds every body finlock sends to these descriptions (tests/test_provider_webhooks.py,
+tests/test_delivery.py).
+"""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from devices.models import LockState
+from devices.protocol import PROTOCOL_VERSION
+from portal.api.webhook_schema import WebhookEventSerializer, event_name_field, webhook
+
+
+class DeviceStateDataSerializer(serializers.Serializer):
+    imei = serializers.RegexField(r"^[0-9]{15}$", help_text="The phone's IMEI.")
+    device = serializers.UUIDField(help_text="The device's public id (the MQTT topic's, and every command's).")
+    state = serializers.ChoiceField(choices=LockState.choices, help_text="The state the phone confirmed.")
+    previous_state = serializers.ChoiceField(
+        choices=LockState.choices,
+        allow_null=True,
+        help_text="The state the phone confirmed before; null if it never confirmed one.",
+    )
+    seq = serializers.IntegerField(min_value=1, help_text="The sequence number of the command the phone applied.")
+    at = serializers.DateTimeField(help_text="When finlock received the confirmation (UTC).")
+
+
+class DeviceLockedSerializer(WebhookEventSerializer):
+    """The body of ``device.locked``."""
+
+    event = event_name_field("device.locked")
+    data = DeviceStateDataSerializer()
+
+
+class DeviceUnlockedSerializer(WebhookEventSerializer):
+    """The body of ``device.unlocked``."""
+
+    event = event_name_field("device.unlocked")
+    data = DeviceStateDataSerializer()
+
+
+class CommandSerializer(serializers.Serializer):
+    """A lock-state command as signed (``devices.services.device_states_apply``; docs/lock-pipeline.md)."""
+
+    v = serializers.ChoiceField(choices=[PROTOCOL_VERSION], help_text="The protocol version.")
+    device = serializers.UUIDField(help_text="The device's public id.")
+    imei = serializers.RegexField(r"^[0-9]{15}$", help_text="The phone's IMEI.")
+    seq = serializers.IntegerField(min_value=1, help_text="Per device, rising; a phone applies each once.")
+    state = serializers.ChoiceField(choices=LockState.choices, help_text="The state the phone is to be in.")
+    reason = serializers.CharField(allow_blank=True, help_text="Why, in plain words.")
+    issued_at = serializers.DateTimeField(help_text="UTC, to the second.")
+    expires_at = serializers.DateTimeField(
+        allow_null=True, help_text="When a temporary unlock ends (UTC); null for any other state."
+    )
+    key_id = serializers.CharField(help_text="The server key that signed the command.")
+    screen = serializers.DictField(help_text="What the lock screen shows (docs/lock-pipeline.md).")
+    allowed_numbers = serializers.ListField(
+        child=serializers.CharField(), help_text="Numbers the phone may call while locked."
+    )
+
+
+class GatewayEnvelopeSerializer(serializers.Serializer):
+    """The body of ``gateway.command``: the signed envelope, exactly as a phone receives it."""
+
+    command = CommandSerializer()
+    signature = serializers.CharField(help_text="Base64 of the Ed25519 signature over the command's canonical form.")
+
+
+DEVICE_LOCKED = webhook(
+    "device.locked",
+    body=DeviceLockedSerializer,
+    summary="A phone confirmed its lock",
+    description="Sent when a phone acknowledges a lock command: what the owner now sees, not what the "
+    "server decided. A repeated acknowledgement sends nothing.",
+)
+DEVICE_UNLOCKED = webhook(
+    "device.unlocked",
+    body=DeviceUnlockedSerializer,
+    summary="A phone confirmed an unlock after a lock",
+    description="Sent when a locked phone acknowledges an unlock, a temporary unlock or its release "
+    "(`state`). A change between usable states sends nothing.",
+)
+GATEWAY_COMMAND = webhook(
+    "gateway.command",
+    body=GatewayEnvelopeSerializer,
+    summary="A signed lock-state command, to the provider's device gateway",
+    description="Only for a provider with a device-management gateway (configured by the operator): every "
+    "command for its phones, the same envelope a phone receives over MQTT and at check-in "
+    "(docs/lock-pipeline.md), signed with the gateway's secret; `webhook-id` is `cmd_<command id>`. "
+    "Only a device's latest command is sent; a phone applies a sequence number once.",
+)
