@@ -61,6 +61,30 @@ class Device(models.Model):
     device last acknowledged. They differ while a command is on its way.
     """
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "uid",
+        "imei",
+        "imei2",
+        "serial_number",
+        "maker",
+        "model",
+        "desired_state",
+        "desired_reason",
+        "desired_changed_at",
+        "reported_state",
+        "reported_at",
+        "last_checkin_at",
+        "command_seq",
+        "reported_seq",
+        "app_version",
+        "enrolled_at",
+        "offline_count",
+        "created_at",
+        "updated_at",
+    )
+
     provider = models.ForeignKey(
         Organisation,
         on_delete=models.PROTECT,
@@ -127,6 +151,9 @@ class Device(models.Model):
 class EnrollmentToken(models.Model):
     """A provider-issued secret a phone presents with its IMEI to enrol (only a digest is kept)."""
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = ("provider", "name", "created_at", "created_by", "expires_at", "revoked_at", "uses")
+
     provider = models.ForeignKey(
         Organisation,
         on_delete=models.CASCADE,
@@ -154,6 +181,23 @@ class DeviceCommand(models.Model):
     exact command that was signed (see docs/lock-pipeline.md), ``signature`` its Ed25519
     signature. Never edited after issue except for delivery bookkeeping.
     """
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "device",
+        "seq",
+        "state",
+        "reason",
+        "expires_at",
+        "key_id",
+        "issued_at",
+        "attempts",
+        "next_attempt_at",
+        "delivered_at",
+        "dead_at",
+        "last_error",
+        "acknowledged_at",
+    )
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="commands")
     seq = models.PositiveIntegerField()
@@ -220,6 +264,9 @@ class DeviceGateway(models.Model):
     gateway gets a generated secret (the operator hands it to the provider).
     """
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = ("provider", "url", "enabled")
+
     provider = models.OneToOneField(
         Organisation,
         on_delete=models.CASCADE,
@@ -249,6 +296,9 @@ class OfflineCodeKind(models.TextChoices):
 
 class OfflineCode(models.Model):
     """An OpenPAYGO Token issued for a phone that cannot reach the server: who asked, who approved, why."""
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = ("device", "kind", "days", "count", "reason", "requested_by", "approved_by", "issued_at")
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="offline_codes")
     kind = models.CharField(max_length=20, choices=OfflineCodeKind.choices)

@@ -962,6 +962,8 @@ def offline_code_issue(
                 "count": count,
                 "reason": code.reason,
                 "requested_by": requested_by.get_username(),
+                # The requester's id: the auditor's same-browser list (portal.selectors.APPROVAL_ACTIONS).
+                "requested_by_id": requested_by.pk,
                 "approved_by": approved_by.get_username(),
             },
         )

@@ -56,6 +56,9 @@ def _default_weekdays() -> list[int]:
 class Customer(models.Model):
     """The buyer of a financed phone. The national ID is never stored in clear."""
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = ("provider", "name", "phone", "preferred_language", "national_id_masked", "created_at")
+
     provider = models.ForeignKey(
         Organisation,
         on_delete=models.PROTECT,
@@ -139,6 +142,29 @@ class Contract(models.Model):
 
     The schedule (``installments``) always sums exactly to ``financed_amount``.
     """
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "number",
+        "number_key",
+        "device",
+        "customer",
+        "currency",
+        "cash_price",
+        "down_payment",
+        "financed_amount",
+        "installment_count",
+        "frequency",
+        "first_due_date",
+        "status",
+        "lock_state",
+        "lock_reason",
+        "lock_changed_at",
+        "arrears_cleared_at",
+        "created_at",
+        "updated_at",
+    )
 
     provider = models.ForeignKey(
         Organisation,
@@ -244,6 +270,20 @@ class LockPolicy(models.Model):
     The lock decision (``payments.decision``) reads it; every change is audited.
     """
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "grace_days",
+        "reminder_days_before",
+        "reminder_days_after",
+        "lock_start_hour",
+        "lock_end_hour",
+        "lock_weekdays",
+        "max_temp_unlock_hours",
+        "unlock_alert_minutes",
+        "updated_at",
+    )
+
     provider = models.OneToOneField(
         Organisation,
         on_delete=models.CASCADE,
@@ -324,6 +364,9 @@ class LockOverride(models.Model):
     Created only through services that record who asked and who approved.
     """
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = ("contract", "kind", "starts_at", "ends_at", "reason", "created_by", "lifted_at", "created_at")
+
     contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="overrides")
     kind = models.CharField(max_length=20, choices=OverrideKind.choices)
     starts_at = models.DateTimeField(default=timezone.now)
@@ -388,6 +431,20 @@ class LockScreenText(models.Model):
     The phone uses the customer's language, else the provider's default, else English.
     """
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "language",
+        "title",
+        "body",
+        "reminder_title",
+        "reminder_body",
+        "data_kept_notice",
+        "factory_reset_warning",
+        "offline_unlock_hint",
+        "updated_at",
+    )
+
     provider = models.ForeignKey(
         Organisation,
         on_delete=models.CASCADE,
@@ -422,6 +479,19 @@ class ChannelKind(models.TextChoices):
 
 class PaymentChannel(models.Model):
     """A way an owner can pay a provider, shown on the lock screen with the exact account and reference."""
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "kind",
+        "name",
+        "account",
+        "reference",
+        "instructions",
+        "short_code",
+        "position",
+        "active",
+    )
 
     provider = models.ForeignKey(
         Organisation,
@@ -478,6 +548,30 @@ class Payment(models.Model):
     A matched payment is allocated to its contract's installments, oldest first; anything
     beyond the schedule is held as credit. A reversal undoes the allocation.
     """
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "channel",
+        "external_id",
+        "amount",
+        "currency",
+        "reference",
+        "payer_phone",
+        "payer_name",
+        "received_at",
+        "source",
+        "status",
+        "contract",
+        "match_rule",
+        "match_confidence",
+        "verified_by",
+        "verified_at",
+        "reversed_at",
+        "reversal_reason",
+        "request_fields",
+        "created_at",
+    )
 
     provider = models.ForeignKey(
         Organisation,
@@ -654,6 +748,9 @@ class StatementLine(models.Model):
 
 class CsvColumnMapping(models.Model):
     """How to read one source's CSV export (separator, decimal comma, columns...), saved per provider."""
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = ("provider", "name", "mapping", "updated_at")
 
     provider = models.ForeignKey(
         Organisation,

@@ -5,35 +5,55 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db import transaction
 
+from portal.api.utils import client_ip
 from portal.services import audit_record, snapshot
 
 
 class AuditedAdmin(admin.ModelAdmin):
-    """Records create, change and delete with before and after."""
+    """Records create, change and delete with the real before and after.
+
+    What enters the trail is the model's ``audit_fields`` (or this admin's ``audit_fields``,
+    for a third party's model): an explicit allow-list, so a secret never does.
+
+    The before is read from the database before the form saves anything; the after is
+    taken once the many-to-many fields are saved too (``save_related`` runs after
+    ``save_model``), so a change of, say, a service centre's served providers shows.
+    Django's admin runs both in one transaction, and so does the event.
+    """
+
+    #: For a model that cannot declare ``audit_fields`` itself (another app's): the allow-list.
+    audit_fields: tuple[str, ...] | None = None
+
+    def _snapshot(self, obj) -> dict:
+        return snapshot(obj, self.audit_fields)
 
     def save_model(self, request, obj, form, change):
-        before = snapshot(type(obj).objects.get(pk=obj.pk)) if change and obj.pk else None
+        if change and obj.pk:
+            form._audit_before = self._snapshot(type(obj)._default_manager.get(pk=obj.pk))
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
         with transaction.atomic():
-            super().save_model(request, obj, form, change)
-            action = f"{obj._meta.model_name}.{'update' if change else 'create'}"
+            super().save_related(request, form, formsets, change)
+            obj = form.instance
             audit_record(
                 actor=request.user,
-                action=action,
+                action=f"{obj._meta.model_name}.{'update' if change else 'create'}",
                 obj=obj,
-                before=before,
-                after=snapshot(obj),
-                ip_address=request.META.get("REMOTE_ADDR"),
+                before=getattr(form, "_audit_before", None),
+                after=self._snapshot(obj),
+                ip_address=client_ip(request),
             )
 
     def delete_model(self, request, obj):
-        before = snapshot(obj)
+        before = self._snapshot(obj)
         with transaction.atomic():
             audit_record(
                 actor=request.user,
                 action=f"{obj._meta.model_name}.delete",
                 obj=obj,
                 before=before,
-                ip_address=request.META.get("REMOTE_ADDR"),
+                ip_address=client_ip(request),
             )
             super().delete_model(request, obj)
 

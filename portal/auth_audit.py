@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from portal.browsers import browser_digest, browser_id
 from portal.models import User
 from portal.services import audit_record
 
@@ -11,7 +12,12 @@ def _ip(request) -> str | None:
 
 
 def on_login(sender, request, user, **kwargs):
-    audit_record(actor=user, action="login", obj=user, organisation=user.organisation, ip_address=_ip(request))
+    # Which browser (a keyed digest of the sign-in page's cookie, never its value): for the
+    # auditor's list of approvals where requester and approver signed in from one browser.
+    after = {"browser": browser_digest(browser_id(request))} if request is not None else None
+    audit_record(
+        actor=user, action="login", obj=user, organisation=user.organisation, after=after, ip_address=_ip(request)
+    )
 
 
 def on_logout(sender, request, user, **kwargs):

@@ -44,6 +44,22 @@ class Organisation(models.Model):
     can look up those providers' devices (never their owners' finances).
     """
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "kind",
+        "name",
+        "slug",
+        "country",
+        "currency",
+        "time_zone",
+        "languages",
+        "hotline_numbers",
+        "support_email",
+        "website",
+        "served_providers",
+        "created_at",
+    )
+
     kind = models.CharField(max_length=20, choices=OrganisationKind.choices)
     name = models.CharField(max_length=120)
     slug = models.SlugField(max_length=60, unique=True)
@@ -138,6 +154,22 @@ class StaffManager(UserManager):
 class User(AbstractUser):
     """A staff member. Belongs to exactly one organisation, with one role in it."""
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "username",
+        "first_name",
+        "last_name",
+        "email",
+        "organisation",
+        "role",
+        "is_active",
+        "is_staff",
+        "is_superuser",
+        "groups",
+        "user_permissions",
+        "date_joined",
+    )
+
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="staff")
     role = models.CharField(max_length=20, choices=Role.choices)
 
@@ -174,6 +206,9 @@ class ApiKey(models.Model):
     when created. Keys look like ``fl_<prefix>_<secret>``; the prefix finds the
     row and is safe to show in lists and logs.
     """
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = ("provider", "name", "prefix", "created_at", "created_by", "last_used_at", "revoked_at")
 
     provider = models.ForeignKey(
         Organisation,
@@ -334,6 +369,18 @@ class ProviderWebhook(models.Model):
     subscribes to.
     """
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "url",
+        "events",
+        "enabled",
+        "secret_legacy",
+        "previous_secret_until",
+        "created_at",
+        "created_by",
+    )
+
     provider = models.ForeignKey(
         Organisation,
         on_delete=models.CASCADE,
@@ -394,6 +441,20 @@ class WebhookEvent(models.Model):
     ``dead_at`` is set; ``next_attempt_at`` is when it is due (set at creation, moved by
     the backoff after a failure).
     """
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "webhook",
+        "event",
+        "created_at",
+        "attempts",
+        "next_attempt_at",
+        "delivered_at",
+        "dead_at",
+        "last_error",
+        "last_status_code",
+    )
 
     provider = models.ForeignKey(
         Organisation,

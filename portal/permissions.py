@@ -114,10 +114,37 @@ class ApiClient:
         return f"api-key:{self.key.prefix}"
 
 
-def has_right(actor, right: Right) -> bool:
+#: Rights that show or change money or an owner's identity: amounts, payments, statements,
+#: contracts, customers' names, phone numbers and national ids (a case shows them once the caller
+#: is verified). Nobody in a service centre holds one, whatever their role.
+MONEY_AND_IDENTITY_RIGHTS = frozenset(
+    {
+        Right.VIEW_FINANCE,
+        Right.RECORD_PAYMENTS,
+        Right.VERIFY_PAYMENTS,
+        Right.IMPORT_STATEMENTS,
+        Right.MANAGE_CONTRACTS,
+        Right.MANAGE_CASES,
+    }
+)
+
+
+def rights_of(actor) -> frozenset[Right]:
+    """Every right the actor holds: its role's, less money and identity in a service centre.
+
+    The one place rights are computed. A service centre's staff (technicians, and its
+    auditors) work on phones, never on owners' finances or identities.
+    """
     if actor is None or not getattr(actor, "is_authenticated", False) or not getattr(actor, "is_active", False):
-        return False
-    return right in ROLE_RIGHTS.get(actor.role, frozenset())
+        return frozenset()
+    rights = ROLE_RIGHTS.get(actor.role, frozenset())
+    if rights & MONEY_AND_IDENTITY_RIGHTS and actor.organisation.kind == OrganisationKind.SERVICE_CENTER:
+        rights = rights - MONEY_AND_IDENTITY_RIGHTS
+    return rights
+
+
+def has_right(actor, right: Right) -> bool:
+    return right in rights_of(actor)
 
 
 def require(actor, right: Right) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
 from django.utils import timezone
@@ -30,9 +31,6 @@ log = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 
-# Field names whose values never enter the audit trail in clear.
-REDACTED_FIELDS = {"password", "digest", "national_id_digest", "key", "secret", "previous_secret"}
-
 
 def actor_label(actor) -> str:
     if actor is None:
@@ -42,16 +40,51 @@ def actor_label(actor) -> str:
     return str(actor)
 
 
+#: Every field list ``snapshot`` has used in this process, by (model label, requested fields):
+#: the resolved fields. A cache, and the record the test suite checks for secrets.
+AUDITED_FIELD_LISTS: dict[tuple[str, tuple[str, ...] | None], tuple[models.Field, ...]] = {}
+
+
+def audited_fields(model: type[models.Model], fields: Iterable[str] | None = None) -> tuple[models.Field, ...]:
+    """The fields of ``model`` that may enter the audit trail: an explicit allow-list, never a guess.
+
+    A model declares its list as ``audit_fields`` (names of concrete or many-to-many fields; a
+    secret — a password hash, a credential digest, an offline-code secret, a webhook secret —
+    is simply never listed). ``fields`` narrows it for one event; for a model that declares
+    no list, ``fields`` *is* the allow-list. Neither: ``ImproperlyConfigured`` (fail loudly).
+    """
+    requested = tuple(fields) if fields is not None else None
+    key = (model._meta.label, requested)
+    cached = AUDITED_FIELD_LISTS.get(key)
+    if cached is not None:
+        return cached
+    declared = getattr(model, "audit_fields", None)
+    if declared is None and requested is None:
+        raise ImproperlyConfigured(
+            f"{model._meta.label} declares no audit_fields: list the fields that may enter the audit trail "
+            f"(never a secret) on the model, or pass fields= to snapshot()"
+        )
+    if declared is not None and requested is not None and not set(requested) <= set(declared):
+        extra = sorted(set(requested) - set(declared))
+        raise ImproperlyConfigured(f"{model._meta.label}.audit_fields does not allow {', '.join(extra)}")
+    names = requested if requested is not None else tuple(declared)
+    try:
+        resolved = tuple(model._meta.get_field(name) for name in names)
+    except Exception as exc:  # FieldDoesNotExist: a typo must not silently drop a field
+        raise ImproperlyConfigured(f"{model._meta.label}: {exc}") from None
+    AUDITED_FIELD_LISTS[key] = resolved
+    return resolved
+
+
 def snapshot(obj: models.Model, fields: Iterable[str] | None = None) -> dict[str, Any]:
-    """A JSON-safe dict of an object's concrete fields (foreign keys as ids)."""
+    """A JSON-safe dict of the object's audited fields (``audited_fields``): foreign keys as ids,
+    many-to-many fields as a sorted list of ids (read from the database, so snapshot after saving them)."""
     data = {}
-    for field in obj._meta.concrete_fields:
-        if fields is not None and field.name not in fields:
-            continue
-        if field.name in REDACTED_FIELDS:
-            continue
-        value = getattr(obj, field.attname)
-        data[field.attname] = value
+    for field in audited_fields(type(obj), fields):
+        if field.many_to_many:
+            data[field.name] = sorted(getattr(obj, field.name).values_list("pk", flat=True)) if obj.pk else []
+        else:
+            data[field.attname] = getattr(obj, field.attname)
     return _json_safe(data)
 
 

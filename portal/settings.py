@@ -359,6 +359,8 @@ AXES_LOCKOUT_TEMPLATE = "portal/locked_out.html"
 AXES_ENABLED = env_bool("AXES_ENABLED", True)
 
 OTP_TOTP_ISSUER = "finlock"
+# The Django admin never shows an authenticator's key or QR code: whoever holds it passes two-factor.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
 # Four eyes (portal/four_eyes.py): account set-ups (create, set-password link, re-activation, role
 # change, a password set in the Django admin) of this many days link two accounts as possibly one person.

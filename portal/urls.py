@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+
+from portal.views import admin_login
 
 api_v1 = [
     path("", include("devices.api.urls")),
@@ -17,8 +18,9 @@ urlpatterns = [
     path("devices/", include("devices.urls")),
     path("contracts/", include("payments.urls")),
     path("locks/", include("payments.urls_locks")),
-    # The admin signs in through the portal, so django-axes and two-factor apply there too.
-    path("admin/login/", RedirectView.as_view(pattern_name="portal:login", query_string=True)),
+    # The admin signs in through the portal, so django-axes and two-factor apply there too;
+    # a signed-in user without staff access gets 403 instead of a redirect loop.
+    path("admin/login/", admin_login),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     # The people's side: agent console, cases, reviews and unlock requests, dashboards,

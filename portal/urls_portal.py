@@ -13,6 +13,7 @@ urlpatterns = [
     path("account/two-factor/", views.otp_setup, name="otp_setup"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("audit/", views.audit, name="audit"),
+    path("audit/same-browser/", views.audit_same_browser, name="audit_same_browser"),
     path("organisations/", views.organisations, name="organisations"),
     path("settings/", views.settings_page, name="settings"),
     path("settings/api-keys/new/", views.api_key_new, name="api_key_new"),

@@ -7,12 +7,14 @@ import base64
 import qrcode
 import qrcode.image.svg
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404
+from django.middleware.csrf import rotate_token
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
@@ -23,10 +25,11 @@ from django_otp import match_token
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.api.utils import client_ip
+from portal.browsers import browser_cookie_set
 from portal.forms import LoginForm, TokenForm, WebhookForm
 from portal.models import ApiKey, OrganisationKind, ProviderWebhook, User, WebhookEvent
 from portal.permissions import Right, require, scoped_get
-from portal.selectors import audit_events_for, organisations_overview
+from portal.selectors import audit_events_for, audit_provider_for, organisations_overview, same_browser_approvals
 from portal.services import (
     api_key_create,
     api_key_revoke,
@@ -47,6 +50,36 @@ class LoginView(auth_views.LoginView):
     template_name = "portal/login.html"
     authentication_form = LoginForm
     redirect_authenticated_user = True
+
+    def dispatch(self, request, *args, **kwargs):
+        response = super().dispatch(request, *args, **kwargs)
+        # Every visit of the sign-in page (re)sets the browser cookie the login event records.
+        browser_cookie_set(request, response)
+        return response
+
+
+def admin_login(request):
+    """``/admin/login/``: the admin signs in through the portal (django-axes, two-factor).
+
+    Django's admin sends a signed-in user without staff access here; sending them on to the
+    portal's sign-in page would bounce them straight back to ``/admin/`` for ever. They get
+    the 403 page instead; a staff user goes on to ``next``.
+    """
+    if not request.user.is_authenticated:
+        query = request.META.get("QUERY_STRING", "")
+        return redirect(reverse("portal:login") + (f"?{query}" if query else ""))
+    if not (request.user.is_active and request.user.is_staff):
+        raise PermissionDenied("This account has no access to the administration site.")
+    target = _next_url(request, "")
+    return redirect(target if target.startswith("/") else reverse("admin:index"))
+
+
+def _signed_in_with_second_factor(request, device) -> None:
+    """Mark the session verified and give it a new key: a session id seen before the second
+    factor (on a shared computer, in a log) must not carry the verified session."""
+    otp_login(request, device)
+    request.session.cycle_key()
+    rotate_token(request)
 
 
 _THROTTLED = "Too many wrong codes in a row: wait a few seconds, then enter the newest code."
@@ -76,7 +109,7 @@ def otp_verify(request):
             return render(request, "portal/otp_verify.html", {"form": form, "next": _next_url(request, "")})
         device = match_token(request.user, form.cleaned_data["token"])
         if device is not None:
-            otp_login(request, device)
+            _signed_in_with_second_factor(request, device)
             audit_record(
                 actor=request.user, action="login.2fa", obj=request.user, ip_address=request.META.get("REMOTE_ADDR")
             )
@@ -103,7 +136,7 @@ def otp_setup(request):
         if device.verify_token(form.cleaned_data["token"]):
             device.confirmed = True
             device.save(update_fields=["confirmed"])
-            otp_login(request, device)
+            _signed_in_with_second_factor(request, device)
             audit_record(
                 actor=request.user, action="2fa.enrol", obj=request.user, ip_address=request.META.get("REMOTE_ADDR")
             )
@@ -144,6 +177,25 @@ def audit(request):
         events = events.filter(action__startswith=action)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     return render(request, "portal/audit.html", {"page": page, "action": action})
+
+
+@login_required
+def audit_same_browser(request):
+    """For the auditor: approvals where requester and approver signed in from one browser (never refused)."""
+    require(request.user, Right.VIEW_AUDIT)
+    provider = audit_provider_for(request.user, request.GET.get("provider", ""))
+    approvals = same_browser_approvals(request.user, provider=provider)
+    page = Paginator(approvals, 50).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "portal/audit_same_browser.html",
+        {
+            "page": page,
+            "provider": provider,
+            "lookback_days": settings.FOUR_EYES_LOOKBACK_DAYS,
+            "many_providers": request.user.organisation.kind == OrganisationKind.PLATFORM,
+        },
+    )
 
 
 @login_required

@@ -61,8 +61,6 @@ DISABLED_NOTE = "The webhook was disabled; enable it and retry to send this even
 #: After a rotation every POST is signed with the old secret too for this long, so the
 #: receiver can switch to the new one without refusing (and so delaying) any event.
 SECRET_OVERLAP = timedelta(hours=24)
-#: The non-secret fields of an endpoint that its audit events show (never a secret).
-AUDITED_FIELDS = ("url", "events", "enabled", "secret_legacy", "previous_secret_until")
 
 
 def _audited(hook: ProviderWebhook) -> dict:
@@ -71,7 +69,7 @@ def _audited(hook: ProviderWebhook) -> dict:
     ``secret_fingerprint`` (the first 64 bits of SHA-256 over the key) shows a rotation as
     a real before and after without revealing anything usable about a 256-bit key.
     """
-    return {**snapshot(hook, AUDITED_FIELDS), "secret_fingerprint": webhook_secret_fingerprint(hook.secret)}
+    return {**snapshot(hook), "secret_fingerprint": webhook_secret_fingerprint(hook.secret)}
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,28 @@ class Case(models.Model):
     identity is verified (``identity_verified_at``), with which checks passed and by whom.
     """
 
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "device",
+        "contract",
+        "channel",
+        "category",
+        "summary",
+        "status",
+        "opened_by",
+        "opened_at",
+        "sla_due_at",
+        "assigned_to",
+        "identity_checks",
+        "identity_verified_by",
+        "identity_verified_at",
+        "resolution",
+        "resolution_note",
+        "resolved_by",
+        "resolved_at",
+    )
+
     provider = models.ForeignKey(
         Organisation,
         on_delete=models.PROTECT,
@@ -192,6 +214,29 @@ class UnlockRequest(models.Model):
     its signed command, a permanent release, or an offline code (shown once, never stored
     here). ``outcome`` says in words what the approval did.
     """
+
+    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "device",
+        "contract",
+        "case",
+        "kind",
+        "hours",
+        "offline_kind",
+        "days",
+        "reason",
+        "requested_by",
+        "requester_organisation",
+        "requested_at",
+        "status",
+        "decided_by",
+        "decided_at",
+        "decision_note",
+        "outcome",
+        "override",
+        "offline_code",
+    )
 
     provider = models.ForeignKey(
         Organisation,

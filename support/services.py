@@ -640,6 +640,8 @@ def unlock_request_approve(
                 "status": UnlockStatus.APPROVED,
                 "kind": unlock.kind,
                 "requested_by": unlock.requested_by.get_username(),
+                # The requester's id: the auditor's same-browser list (portal.selectors.APPROVAL_ACTIONS).
+                "requested_by_id": unlock.requested_by_id,
                 "note": note,
                 "outcome": outcome,
                 "override": override.pk if override else None,

@@ -19,6 +19,7 @@ from devices.models import Device
 from devices.selectors import devices_by_imei
 from payments.models import Contract, contract_number_key
 from payments.uploads import ACCEPTED
+from portal.four_eyes import four_eyes_refusal
 from portal.permissions import Right, has_right, require, scope, scoped_get
 from support import selectors, services
 from support.forms import (
@@ -343,13 +344,21 @@ def unlock_new(request):
 
 def _unlock_context(request, unlock, **extra) -> dict:
     user = request.user
+    can_decide = (
+        has_right(user, Right.APPROVE_UNLOCK)
+        and user.organisation_id == unlock.provider_id
+        and unlock.status == UnlockStatus.PENDING
+    )
+    own_request = unlock.requested_by_id == user.pk
     return {
         "unlock": unlock,
         "org": unlock.provider,
-        "can_decide": has_right(user, Right.APPROVE_UNLOCK)
-        and user.organisation_id == unlock.provider_id
-        and unlock.status == UnlockStatus.PENDING,
-        "own_request": unlock.requested_by_id == user.pk,
+        "can_decide": can_decide,
+        "own_request": own_request,
+        # Why four eyes would refuse this approver, shown instead of the Approve button.
+        "four_eyes_refusal": four_eyes_refusal(requester=unlock.requested_by, approver=user)
+        if can_decide and not own_request
+        else None,
         "show_finance": has_right(user, Right.VIEW_FINANCE),
         "form": extra.pop("form", None) or UnlockDecisionForm(),
         **extra,
@@ -381,8 +390,9 @@ def _decide_unlock(request, pk: int, approve: bool):
         messages.info(request, " ".join(exc.messages))
         return redirect("support:unlock", pk=unlock.pk)
     except PermissionDenied as exc:
-        messages.error(request, str(exc))
-        return redirect("support:unlock", pk=unlock.pk)
+        # Four eyes (or the requester themself): nothing changed; the approver reads why.
+        form.add_error(None, str(exc))
+        return render(request, "support/unlock_detail.html", _unlock_context(request, unlock, form=form), status=403)
     except ValidationError as exc:
         _form_errors(form, exc)
         return render(request, "support/unlock_detail.html", _unlock_context(request, unlock, form=form), status=400)
@@ -467,6 +477,8 @@ def review_new(request):
 
 def _review_context(request, review, form=None) -> dict:
     can_decide = selectors.can_review(request.user) and review.status == ReviewStatus.PENDING
+    # Granting an unlock approves the technician's request: four eyes applies (rejecting does not).
+    refusal = four_eyes_refusal(requester=review.submitted_by, approver=request.user) if can_decide else None
     show_finance = has_right(request.user, Right.VIEW_FINANCE)
     contract = services.device_latest_contract(review.device) if show_finance else None
     return {
@@ -478,6 +490,7 @@ def _review_context(request, review, form=None) -> dict:
         "contract": contract,
         "customer": contract.customer if contract else None,
         "can_decide": can_decide,
+        "four_eyes_refusal": refusal,
         "max_hours": services.max_temp_unlock_hours(review.provider) if can_decide else None,
         "form": form or (ReviewDecideForm() if can_decide else None),
     }
@@ -508,6 +521,12 @@ def review_decide(request, pk: int):
                 unlock_kind=data.get("unlock_kind") or "temporary",
                 hours=data.get("hours"),
                 ip_address=_ip(request),
+            )
+        except PermissionDenied as exc:
+            # Four eyes refused the unlock this decision would grant: nothing changed.
+            form.add_error(None, str(exc))
+            return render(
+                request, "support/review_detail.html", _review_context(request, review, form=form), status=403
             )
         except ValidationError as exc:
             _form_errors(form, exc)

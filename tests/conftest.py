@@ -7,6 +7,7 @@ machine they skip with the reason; with ``FINLOCK_REQUIRE_SERVICES=1`` (set by
 
 from __future__ import annotations
 
+import re
 import socket
 from urllib.parse import urlparse
 
@@ -90,6 +91,53 @@ def _transactional_flush_passes_the_audit_triggers(request):
     yield
     with connection.cursor() as cursor:
         cursor.execute("SET session_replication_role = replica")
+
+
+#: Every field known to hold a secret (a credential, its digest, key material, a one-time code).
+SECRET_FIELDS: dict[str, set[str]] = {
+    "portal.User": {"password"},
+    "portal.ApiKey": {"digest"},
+    "portal.ProviderWebhook": {"secret"},
+    "devices.Device": {"credential_digest", "offline_secret", "offline_starting_code"},
+    "devices.EnrollmentToken": {"digest"},
+    "devices.DeviceGateway": {"secret"},
+    "devices.OfflineCode": {"token"},
+    "payments.Customer": {"national_id_digest"},
+    "otp_totp.TOTPDevice": {"key"},
+    "axes.AccessLog": {"session_hash"},
+    "axes.AccessAttempt": {"post_data", "get_data"},
+    "axes.AccessFailureLog": {"post_data", "get_data"},
+}
+#: A second net for fields added later (a device key, a re-enrolment code, a gateway secret...):
+#: names that look secret must be reviewed before they may be audited.
+LOOKS_SECRET = re.compile(r"secret|digest|password|passkey|passphrase|token|credential|private|(^|_)key$|hash")
+REVIEWED_NOT_SECRET = {("devices.DeviceCommand", "key_id"), ("payments.Contract", "number_key")}
+
+
+def secrets_in(label: str, names) -> set[str]:
+    """The names in an audited field list that hold (or look like they hold) a secret."""
+    names = set(names)
+    found = names & SECRET_FIELDS.get(label, set())
+    found |= {n for n in names if LOOKS_SECRET.search(n) and (label, n) not in REVIEWED_NOT_SECRET}
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_enters_the_audit_trail():
+    """After every test: no field list ``snapshot`` used (``portal.services.AUDITED_FIELD_LISTS``) names a secret.
+
+    So a new model snapshotted with ``fields=`` somewhere, or a new secret field added to an
+    ``audit_fields`` list, fails the very test that exercised it.
+    """
+    yield
+    from portal.services import AUDITED_FIELD_LISTS
+
+    leaks = {
+        label: found
+        for (label, _requested), fields in list(AUDITED_FIELD_LISTS.items())
+        if (found := secrets_in(label, [f.name for f in fields]))
+    }
+    assert not leaks, f"secret-bearing fields would enter the audit trail: {leaks}"
 
 
 # --- tenants -----------------------------------------------------------------

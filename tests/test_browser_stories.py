@@ -185,3 +185,71 @@ def test_an_admin_edits_the_hotline_text_and_both_the_preview_and_the_next_lock_
     assert hotline in phone.render_html()  # the phone's 360x800 page (the terminal view wraps lines)
     latest = DeviceCommand.objects.filter(device_id=contract.device_id).latest("seq")
     assert latest.state == "locked" and hotline in latest.payload["screen"]["body"]
+
+
+def test_an_admin_who_makes_an_agent_account_cannot_approve_its_release_request(
+    browser, live_server, overdue_phone, admin_a, request
+):
+    """The security review's attack: one person, two accounts, one browser — refused, with the reason."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from payments.models import Contract
+    from support.models import UnlockRequest
+
+    contract, phone = overdue_phone
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+
+    # The admin adds an agent on the staff page and keeps its one-time set-password link.
+    browser_sign_in(page, live_server.url, admin_a)
+    page.goto(f"{live_server.url}/settings/staff/new/")
+    page.fill("input[name=username]", "a.puppet")
+    page.select_option("select[name=role]", "agent")
+    page.get_by_role("button", name="Add staff member").click()
+    link = page.inner_text("#set-password-link")
+    shot(page, request, "1-agent-created")
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/login/**")
+
+    # ...opens it, chooses the agent's password and signs in as the agent...
+    page.goto(link)
+    page.wait_for_selector("input[name=new_password1]")
+    page.fill("input[name=new_password1]", "puppet-passphrase-2026")
+    page.fill("input[name=new_password2]", "puppet-passphrase-2026")
+    page.get_by_role("button", name="Set password").click()
+    page.wait_for_url("**/login/**")
+    page.fill("input[name=username]", "a.puppet")
+    page.fill("input[name=password]", "puppet-passphrase-2026")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state()
+
+    # ...asks for a release of the defaulted phone...
+    page.goto(f"{live_server.url}/support/unlocks/new/?device={contract.device_id}")
+    page.check("input[name=kind][value=release]")
+    page.fill("textarea[name=reason]", "Customer paid everything in cash at the branch")
+    page.get_by_role("button", name="Send for approval").click()
+    page.wait_for_load_state()
+    pending = UnlockRequest.objects.get(device_id=contract.device_id)
+    assert pending.requested_by.username == "a.puppet" and pending.status == "pending"
+    shot(page, request, "2-release-requested")
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/login/**")
+
+    # ...and signs back in as admin to approve it: refused, with the reason, before and after clicking.
+    TOTPDevice.objects.filter(user=admin_a).update(last_t=-1)  # the authenticator shows a fresh code
+    browser_sign_in(page, live_server.url, admin_a)
+    page.goto(f"{live_server.url}/support/unlocks/{pending.pk}/")
+    notice = page.inner_text("#four-eyes")
+    assert "You cannot approve this request." in notice and "you created a.puppet on" in notice
+    assert page.get_by_role("button", name="Approve and apply now").count() == 0
+    shot(page, request, "3-approver-told-why")
+    # An attacker posts the approval anyway (the form still points at it): refused, nothing changes.
+    with page.expect_navigation():
+        page.evaluate("document.querySelector('form[action$=\"/approve/\"]').submit()")
+    assert "You set up the account of a.puppet" in page.inner_text("main")
+    shot(page, request, "4-approval-refused")
+    page.close()
+
+    assert UnlockRequest.objects.get(pk=pending.pk).status == "pending"
+    assert Contract.objects.get(pk=contract.pk).lock_state == "locked"
+    phone.checkin()
+    assert phone.view().state == "locked"  # nothing released

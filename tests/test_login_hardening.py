@@ -86,3 +86,49 @@ def test_pages_need_a_signed_in_user(client, path, db):
     response = client.get(path)
     assert response.status_code == 302
     assert "/login/" in response["Location"]
+
+
+def test_the_session_key_changes_when_the_second_factor_succeeds_and_the_old_one_is_dead(client, admin_a):
+    from django.test import Client
+
+    device = TOTPDevice.objects.create(user=admin_a, name="phone", confirmed=True)
+    client.post("/login/", {"username": "admin.a", "password": "correct-horse-battery"})
+    before = client.cookies[settings.SESSION_COOKIE_NAME].value
+    ok = client.post("/login/verify/", {"token": _code(device), "next": "/settings/"})
+    assert ok.status_code == 302 and ok["Location"] == "/settings/"
+    after = client.cookies[settings.SESSION_COOKIE_NAME].value
+    assert after != before
+    assert client.get("/settings/").status_code == 200  # the new key carries the verified session
+    stale = Client()
+    stale.cookies[settings.SESSION_COOKIE_NAME] = before
+    response = stale.get("/settings/")
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+
+
+def test_enrolling_an_authenticator_also_gives_the_session_a_new_key(client, admin_a):
+    client.post("/login/", {"username": "admin.a", "password": "correct-horse-battery"})
+    client.get("/account/two-factor/")
+    before = client.cookies[settings.SESSION_COOKIE_NAME].value
+    device = TOTPDevice.objects.get(user=admin_a, confirmed=False)
+    assert client.post("/account/two-factor/", {"token": _code(device)}).status_code == 302
+    assert client.cookies[settings.SESSION_COOKIE_NAME].value != before
+    assert client.get("/settings/").status_code == 200
+
+
+def test_the_admin_shows_a_signed_in_non_staff_user_the_403_page_not_a_redirect_loop(client, agent_a):
+    client.post("/login/", {"username": "agent.a", "password": "correct-horse-battery"})
+    response = client.get("/admin/", follow=True)
+    assert response.status_code == 403
+    assert len(response.redirect_chain) <= 1
+    assert client.get("/admin/login/?next=/admin/").status_code == 403
+
+
+def test_the_admin_still_sends_a_stranger_to_the_portal_sign_in_and_staff_through(client, operator):
+    response = client.get("/admin/", follow=True)
+    assert response.redirect_chain[-1][0].startswith("/login/?next=")
+    assert response.status_code == 200 and b"Sign in to finlock" in response.content
+    from tests.conftest import signed_in
+
+    signed_in(client, operator)
+    assert client.get("/admin/").status_code == 200
+    assert client.get("/admin/login/?next=/admin/portal/").headers["Location"] == "/admin/portal/"
