@@ -152,7 +152,8 @@ def main(argv=None) -> int:
     listener = Listener(os.environ["MQTT_URL"])
     env = dict(os.environ)
     worker = subprocess.Popen(
-        [str(REPO / ".venv/bin/celery"), "-A", "portal", "worker", "--concurrency", str(args.workers)]
+        # The commands worker as production runs it: the "celery" queue (imports have their own).
+        [str(REPO / ".venv/bin/celery"), "-A", "portal", "worker", "-Q", "celery", "--concurrency", str(args.workers)]
         + ["--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
         cwd=REPO,
         env=env,

@@ -782,9 +782,23 @@ class StatementImport(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Queueing and claiming (payments/imports.py): when a task for it last reached the broker
+    # (None: never, so the periodic job queues it), when a run last claimed it, and how many
+    # runs have claimed it (a run the worker lost is retried a bounded number of times).
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            # The periodic re-queue looks for waiting and running imports only.
+            models.Index(
+                fields=["status", "started_at"],
+                name="statement_import_unfinished",
+                condition=models.Q(status__in=["pending", "running"]),
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.filename} ({self.get_status_display()})"

@@ -1274,12 +1274,12 @@ def csv_mapping_problems(mapping) -> dict[str, list[str]]:
     dataclass's own ``check()`` runs last, so nothing it refuses can be saved.
     """
     import codecs
-    import re
 
     from django.core.exceptions import NON_FIELD_ERRORS
 
     from payments.models import CsvColumnMapping
     from payments.statements.types import StatementError, check_currency
+    from portal.patterns import compile_pattern, pattern_problem
 
     errors: dict[str, list[str]] = {}
 
@@ -1379,6 +1379,8 @@ def csv_mapping_problems(mapping) -> dict[str, list[str]]:
     if (mapping.opening_balance_label or mapping.closing_balance_label) and mapping.balance_label_column is None:
         add("balance_label_column", "Give the column that holds the balance labels, or leave the labels empty.")
 
+    # User-supplied patterns: checked and later run by one helper (portal.patterns, RE2), so a
+    # pattern that could stall a worker, or that RE2 cannot run, is refused here with the reason.
     for field, needs_group in (
         ("end_to_end_pattern", True),
         ("counterparty_account_pattern", True),
@@ -1387,16 +1389,14 @@ def csv_mapping_problems(mapping) -> dict[str, list[str]]:
         pattern = getattr(mapping, field)
         if pattern is None:
             continue
-        try:
-            compiled = re.compile(pattern)
-        except re.error as exc:
-            add(field, f"This is not a regular expression: {exc}.")
+        if problem := pattern_problem(pattern):
+            add(field, problem)
             continue
-        if needs_group and compiled.groups < 1:
+        if needs_group and compile_pattern(pattern).groups < 1:
             add(field, r"Put parentheses around the part to keep, e.g. EREF:\s*(\S+).")
     if not mapping.return_pattern:
         add("return_pattern", "Give the posting texts of returns (the default covers German banks).")
-    elif "return_pattern" not in errors and re.search(mapping.return_pattern, ""):
+    elif "return_pattern" not in errors and compile_pattern(mapping.return_pattern, ignore_case=True).search(""):
         # An empty posting text would match: every line would be taken for a return, never credited.
         add("return_pattern", "This matches an empty posting text, so every line would count as a return.")
 

@@ -1,4 +1,9 @@
-"""Celery tasks of the money side: thin, idempotent, safe to retry."""
+"""Celery tasks of the money side: thin, idempotent, safe to retry.
+
+Queues and time limits are set in one place, ``portal/settings.py`` (``CELERY_TASK_ROUTES``,
+``CELERY_TASK_ANNOTATIONS``): statement imports run on the ``imports`` queue, so a long
+import never holds up a device command.
+"""
 
 from celery import shared_task
 
@@ -20,7 +25,15 @@ def flag_unconfirmed_payments() -> int:
 
 @shared_task(name="payments.import_statement", ignore_result=True)
 def import_statement(import_id: int) -> dict:
-    """Import one uploaded statement (idempotent: a started or finished import is left alone)."""
+    """Import one uploaded statement to done or failed with the reason; a started or finished one is left alone."""
     from payments.imports import statement_import_run
 
     return statement_import_run(import_id=import_id).summary
+
+
+@shared_task(name="payments.requeue_imports", ignore_result=True)
+def requeue_imports() -> int:
+    """Queue again the imports that wait or whose run was lost (every 60 s from beat)."""
+    from payments.imports import statement_imports_requeue
+
+    return statement_imports_requeue()

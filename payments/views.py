@@ -786,9 +786,8 @@ def statement_list(request):
     from django.shortcuts import redirect
 
     from payments.forms import StatementUploadForm
-    from payments.imports import statement_import_create
+    from payments.imports import statement_import_create, statement_imports_enqueue
     from payments.models import StatementImport
-    from payments.tasks import import_statement
     from portal.permissions import Right, require
 
     require(request.user, Right.IMPORT_STATEMENTS)
@@ -810,8 +809,10 @@ def statement_list(request):
             for name, errors in exc.message_dict.items():
                 form.add_error(name if name in form.fields else None, errors)
         else:
-            transaction.on_commit(lambda: import_statement.delay(record.pk))
-            messages.success(request, f"{record.filename} is being imported.")
+            # Never fails the upload: with the broker down the import waits, stored, for the
+            # periodic re-queue; without a broker it runs here and ends done or failed.
+            transaction.on_commit(lambda: statement_imports_enqueue([record.pk]))
+            messages.success(request, f"{record.filename} is stored and queued for import.")
             return redirect("payments:statement", pk=record.pk)
     imports = StatementImport.objects.filter(provider=provider).select_related("created_by")[:50]
     return render(request, "payments/statement_list.html", {"form": form, "imports": imports})

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dj_database_url
 from csp.constants import NONE, SELF
+from kombu import Exchange, Queue
 
 from portal.env import (
     ImproperEnvironment,
@@ -197,6 +198,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 30.0,
         "options": {"expires": 25},
     },
+    # Statement imports whose task never reached the broker (it was down at upload), was lost
+    # with a restarted Redis, or whose worker died mid-import are queued again (payments/imports.py).
+    "payments.requeue-imports": {
+        "task": "payments.requeue_imports",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
     # Phones' broker accounts not yet in sync with their enrolment (devices/mqtt_accounts.py),
     # e.g. because Mosquitto was down when the phone enrolled. Does nothing without MQTT_PROVISION_URL.
     "devices.sync-mqtt-accounts": {
@@ -249,6 +257,47 @@ DELIVERY_BACKOFF_CAP_SECONDS = env_int("DELIVERY_BACKOFF_CAP_SECONDS", 3600, min
 DELIVERY_MAX_ATTEMPTS = env_int("DELIVERY_MAX_ATTEMPTS", 12, minimum=1)
 DELIVERY_WEBHOOK_TIMEOUT_SECONDS = env_int("DELIVERY_WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
 MQTT_PUBLISH_TIMEOUT_SECONDS = env_int("MQTT_PUBLISH_TIMEOUT_SECONDS", 10, minimum=1)
+
+# --- Task queues and time limits ----------------------------------------------
+# Two queues: "celery" for device commands, webhooks and the periodic jobs, "imports" for
+# statement imports only, so a long import can never hold up a lock or unlock. Production
+# runs one worker per queue (`celery -A portal worker -Q celery` and `... -Q imports`); a
+# worker started without -Q consumes both.
+# Each queue has its own exchange and routing key: a Queue given by name alone is bound to the
+# default exchange with the default key, and then every message lands in both queues.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = (
+    Queue("celery", Exchange("celery", type="direct"), routing_key="celery"),
+    Queue("imports", Exchange("imports", type="direct"), routing_key="imports"),
+)
+CELERY_TASK_ROUTES = {"payments.import_statement": {"queue": "imports"}}
+# Every task has a soft limit (it receives SoftTimeLimitExceeded and ends in a consistent
+# state) and a hard one (the worker kills the process). Enforced by the prefork pool, the
+# worker's default; `--pool solo` and `threads` ignore them.
+TASK_TIME_LIMIT_SECONDS = env_int("TASK_TIME_LIMIT_SECONDS", 120, minimum=1)
+CELERY_TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT_SECONDS
+CELERY_TASK_TIME_LIMIT = TASK_TIME_LIMIT_SECONDS + 30
+# One statement import; a 50 MiB file imports in about two minutes on the benchmark machine.
+# An import that reaches it ends "failed" with the reason; the lines stored before it are kept.
+STATEMENT_IMPORT_TIME_LIMIT_SECONDS = env_int("STATEMENT_IMPORT_TIME_LIMIT_SECONDS", 900, minimum=1)
+STATEMENT_IMPORT_HARD_LIMIT_SECONDS = STATEMENT_IMPORT_TIME_LIMIT_SECONDS + 60
+# A push may wait for MQTT and then for the provider's gateway: tighter than the default,
+# so a hung channel frees the worker soon; the command stays pending and is retried.
+_PUSH_LIMIT = MQTT_PUBLISH_TIMEOUT_SECONDS + DELIVERY_WEBHOOK_TIMEOUT_SECONDS + 20
+CELERY_TASK_ANNOTATIONS = {
+    "payments.import_statement": {
+        "soft_time_limit": STATEMENT_IMPORT_TIME_LIMIT_SECONDS,
+        "time_limit": STATEMENT_IMPORT_HARD_LIMIT_SECONDS,
+    },
+    # Looser: a million contracts take tens of seconds; each batch is its own transaction and
+    # the next sweep continues where a stopped one left off.
+    "payments.lock_sweep": {"soft_time_limit": 900, "time_limit": 960},
+    "devices.deliver_command": {"soft_time_limit": _PUSH_LIMIT, "time_limit": _PUSH_LIMIT + 15},
+    "portal.deliver_webhook_event": {
+        "soft_time_limit": DELIVERY_WEBHOOK_TIMEOUT_SECONDS + 20,
+        "time_limit": DELIVERY_WEBHOOK_TIMEOUT_SECONDS + 35,
+    },
+}
 
 # --- Device command signing (docs/lock-pipeline.md, "Keys and rotation") -----
 # DEVICE_SIGNING_KEY=<key_id>:<base64 32-byte Ed25519 seed> signs every command.

@@ -207,6 +207,12 @@ def test_a_tab_separated_export_is_typed_as_backslash_t(as_user, finance_a, prov
         ({"end_to_end_pattern": r"EREF:\s*\S+"}, "end_to_end_pattern", "Put parentheses around"),
         ({"return_pattern": "RETOUR|"}, "return_pattern", "matches an empty posting text"),
         ({"return_pattern": "(RETOUR"}, "return_pattern", "not a regular expression"),
+        # Patterns that could stall a worker, or that the linear-time engine cannot run.
+        ({"return_pattern": "^(a+)+$"}, "return_pattern", "A repeat inside a repeated group"),
+        ({"end_to_end_pattern": r"EREF:(\s*\S+)*"}, "end_to_end_pattern", "A repeat inside a repeated group"),
+        ({"end_to_end_pattern": r"(EREF)\1"}, "end_to_end_pattern", "Backreferences such as \\1 are not supported"),
+        ({"counterparty_account_pattern": r"(?=IBAN)(\S+)"}, "counterparty_account_pattern", "Lookahead"),
+        ({"counterparty_account_pattern": r"(?<=IBAN: )(\S+)"}, "counterparty_account_pattern", "Lookbehind"),
         ({"opening_balance_label": "Opening"}, "balance_label_column", "balance labels"),
         ({"date_column": ""}, "date_column", "This field is required"),
         ({"name": ""}, "name", "This field is required"),
@@ -397,3 +403,66 @@ def test_the_service_refuses_settings_the_parser_does_not_know(finance_a, provid
         )
     assert "exactly one character" in refused.value.message_dict["delimiter"][0]
     assert not CsvColumnMapping.objects.exists() and not AuditEvent.objects.filter(action__startswith="csv_mapping")
+
+
+# --- patterns run with a time limit -----------------------------------------------------------
+
+OLD_CSV = b"Date,Debit,Credit,Currency,Text,Kind\n" + b"".join(
+    b"2024-01-0%d,,25.00,KES,CONTRACT 4711,%s\n" % (day, b"a" * 26 + b"b") for day in (2, 3)
+)
+
+
+def saved_before_the_pattern_rules(provider, **patterns) -> CsvColumnMapping:
+    """A mapping stored before patterns were checked at save (so it never went through csv_mapping_save)."""
+    values = {**EQUITY, "name": "Old bank", "posting_text_column": "Kind", **patterns}
+    mapping = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(CsvMapping(**values)).items()}
+    return CsvColumnMapping.objects.create(provider=provider, name="Old bank", mapping=mapping)
+
+
+def test_a_catastrophic_pattern_saved_before_the_rules_costs_an_import_no_time(provider_a, finance_a):
+    """The reviewer's ^(a+)+$: seconds per line with a backtracking engine, nothing with RE2."""
+    import time
+
+    saved_before_the_pattern_rules(provider_a, return_pattern="^(a+)+$")
+    record = statement_import_create(
+        provider=provider_a, filename="old.csv", raw=OLD_CSV, actor=finance_a, csv_mapping="Old bank"
+    )
+    started = time.perf_counter()
+    record = statement_import_run(import_id=record.pk, actor=finance_a)
+    took = time.perf_counter() - started
+    assert record.status == "done" and record.summary["credits"] == 2, record.error
+    assert took < 1.0, f"two lines took {took:.1f} s"
+
+
+def test_a_pattern_the_safe_engine_cannot_run_fails_the_import_with_the_field_and_why(provider_a, finance_a):
+    saved_before_the_pattern_rules(provider_a, end_to_end_pattern=r"(?<=EREF: )(\S+)")
+    record = statement_import_create(
+        provider=provider_a, filename="old.csv", raw=OLD_CSV, actor=finance_a, csv_mapping="Old bank"
+    )
+    record = statement_import_run(import_id=record.pk, actor=finance_a)
+    assert record.status == "failed"
+    assert record.error == (
+        "CSV mapping 'Old bank': the end to end pattern cannot be used: lookbehind (?<=…) is not supported"
+    )
+    assert not record.lines.exists()
+
+
+def test_the_service_refuses_what_no_form_limits(finance_a, provider_a):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        csv_mapping_save(
+            provider=provider_a, name="Long", mapping={**EQUITY, "return_pattern": "R" * 501}, actor=finance_a
+        )
+    assert refused.value.message_dict == {
+        "return_pattern": ["The pattern has 501 characters; at most 500 are allowed."]
+    }
+    assert not CsvColumnMapping.objects.exists()
+
+
+def test_the_preview_of_a_catastrophic_pattern_is_refused_before_anything_runs(as_user, finance_a):
+    client = as_user(finance_a)
+    data = form_data({**EQUITY, "posting_text_column": "Kind"}, return_pattern="^(a+)+$")
+    page = client.post(NEW, {**data, "action": "preview", "sample": sample(OLD_CSV)})
+    assert page.status_code == 200 and page.context["preview"] is None
+    assert "A repeat inside a repeated group" in page.context["form"].errors["return_pattern"][0]

@@ -774,9 +774,14 @@ def worker_database_url() -> str:
 
 
 class Worker:
-    """``celery -A portal worker`` in its own process, on the test database and the private Redis."""
+    """``celery -A portal worker -Q <queues>`` in its own process, on the test database and the private Redis.
 
-    def __init__(self, broker_url: str, log_path, **env):
+    ``queues`` as the README runs them: ``celery`` (commands, webhooks, periodic jobs) or
+    ``imports`` (statement imports). ``pool="prefork"`` (one child) where a story needs the
+    time limits, which the solo pool ignores.
+    """
+
+    def __init__(self, broker_url: str, log_path, *, queues: str = "celery", pool: str = "solo", **env):
         self.log_path = log_path
         environment = os.environ | {
             "CELERY_BROKER_URL": broker_url,
@@ -784,8 +789,9 @@ class Worker:
             "PYTHONUNBUFFERED": "1",
         }
         environment |= {k: str(v) for k, v in env.items()}
+        pool_args = ["--pool", pool] + (["--concurrency", "1"] if pool == "prefork" else [])
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool", "solo", "--loglevel", "INFO"]
+            [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", queues, *pool_args, "--loglevel", "INFO"]
             + ["--without-gossip", "--without-mingle", "--hostname", f"deltest-{uuid.uuid4().hex[:6]}@%h"],
             cwd=settings.BASE_DIR,
             env=environment,
@@ -825,8 +831,8 @@ def start_worker(transactional_db, private_redis, tmp_path):
     """Start a worker on the private Redis; stopped before the test database is flushed."""
     workers = []
 
-    def start(**env):
-        worker = Worker(private_redis.url, tmp_path / f"worker{len(workers)}.log", **env)
+    def start(*, queues: str = "celery", pool: str = "solo", **env):
+        worker = Worker(private_redis.url, tmp_path / f"worker{len(workers)}.log", queues=queues, pool=pool, **env)
         workers.append(worker)
         return worker
 

@@ -19,5 +19,5 @@ def test_a_task_round_trips_through_a_real_worker_and_redis():
     from portal.celery import app, ping
 
     assert settings.CELERY_BROKER_URL.startswith("redis://")
-    with start_worker(app, perform_ping_check=False, pool="solo", loglevel="WARNING"):
+    with start_worker(app, queues=["celery"], perform_ping_check=False, pool="solo", loglevel="WARNING"):
         assert ping.apply_async(ignore_result=False).get(timeout=20) == "pong"

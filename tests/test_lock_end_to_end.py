@@ -90,7 +90,7 @@ def test_past_grace_the_sweep_locks_the_phone_over_mqtt_and_the_portal_sees_it_a
 
     listener = MqttListener(enrolled_phone, settings.MQTT_URL).start()
     try:
-        with start_worker(app, perform_ping_check=False, pool="solo", loglevel="WARNING"):
+        with start_worker(app, queues=["celery"], perform_ping_check=False, pool="solo", loglevel="WARNING"):
             report = lock_sweep(now=TUESDAY_MORNING)
             assert report.changed == {"locked": 1}
             wait_for(lambda: enrolled_phone.view().state == "locked", what="the phone to show the lock")

@@ -317,3 +317,214 @@ def test_another_providers_statement_import_is_404_in_the_api(berlin, api_b):
     record = statement_import_create(provider=berlin, filename="s.sta", raw=b":20:X\n", actor=None)
     assert api_b.get(f"/api/v1/statements/{record.pk}/").status_code == 404
     assert api_b.get("/api/v1/statements/").json()["results"] == []
+
+
+# --- every import ends done or failed with the reason ---------------------------------------------
+
+
+@pytest.fixture
+def celery_eager():
+    """No broker (the embedded default): a queued task runs in-process, as on a bare machine."""
+    from portal.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = before
+
+
+def camt_declaring(encoding: str) -> bytes:
+    return (
+        f'<?xml version="1.0" encoding="{encoding}"?>\n'
+        '<Document xmlns="urn:iso:std:iso:20022:tech:xsd:camt.053.001.04"><BkToCstmrStmt>'
+        "<Stmt><Id>1</Id></Stmt></BkToCstmrStmt></Document>\n"
+    ).encode("ascii")
+
+
+@pytest.mark.parametrize("encoding", ["UTF-7", "x-no-such-encoding", "UTF-32"])
+def test_a_camt_file_in_an_encoding_that_cannot_be_read_fails_with_the_reason(berlin, encoding):
+    record = statement_import_create(provider=berlin, filename="s.xml", raw=camt_declaring(encoding), actor=None)
+    record = statement_import_run(import_id=record.pk)
+    assert record.status == "failed" and record.finished_at is not None
+    assert record.error.startswith(f"the XML declares the encoding '{encoding}', which cannot be read")
+    assert "export the statement again as UTF-8" in record.error
+
+
+def test_an_unexpected_error_ends_the_import_failed_with_a_readable_reason_never_running(berlin, caplog):
+    from portal.models import AuditEvent
+
+    record = statement_import_create(provider=berlin, filename="s.sta", raw=b":20:X\n", actor=None)
+    record.file.storage.delete(record.file.name)  # the stored upload is lost (a disk replaced, a bad restore)
+    record = statement_import_run(import_id=record.pk)
+    assert record.status == "failed" and record.finished_at is not None
+    assert record.error == (
+        "The import stopped on an unexpected error (FileNotFoundError). Nothing was recorded. "
+        f"The operators have the details in the log (statement import {record.pk})."
+    )
+    assert "FileNotFoundError" in caplog.text  # the details, for the operators
+    event = AuditEvent.objects.get(action="statement.failed", object_id=str(record.pk))
+    assert event.after == {"error": record.error}
+    assert statement_import_run(import_id=record.pk).status == "failed"  # finished: left as it is
+
+
+def test_an_upload_that_cannot_be_read_shows_the_reason_in_the_portal_and_the_api_never_a_500(
+    berlin, client, celery_eager, django_capture_on_commit_callbacks
+):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from rest_framework.test import APIClient
+
+    from payments.models import StatementImport
+    from portal.services import api_key_create
+    from tests.conftest import signed_in
+    from tests.factories import UserFactory
+
+    portal = signed_in(client, UserFactory(username="finance.berlin", organisation=berlin, role="finance"))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = portal.post(
+            "/contracts/statements/", {"file": SimpleUploadedFile("utf7.xml", camt_declaring("UTF-7"))}
+        )
+    record = StatementImport.objects.get(filename="utf7.xml")
+    assert response.status_code == 302 and response["Location"] == f"/contracts/statements/{record.pk}/"
+    page = portal.get(response["Location"])
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert "The file could not be imported" in body and "the XML declares the encoding &#x27;UTF-7&#x27;" in body
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_create(provider=berlin, name='erp')[1]}")
+    with django_capture_on_commit_callbacks(execute=True):
+        upload = {"file": SimpleUploadedFile("utf7-api.xml", camt_declaring("UTF-7"))}
+        accepted = api.post("/api/v1/statements/", upload, format="multipart")
+    assert accepted.status_code == 202
+    followed = api.get(f"/api/v1/statements/{accepted.json()['id']}/").json()
+    assert followed["status"] == "failed" and "UTF-7" in followed["error"]
+
+
+# --- waiting and lost imports are queued again, and run once -----------------------------------
+
+
+def _upload(provider, name: str = "s.csv", e2e: str = "E2E-Q"):
+    raw = "\n".join([HEADER, csv_line("25,00", "Danke", e2e, provider.today())]).encode("utf-8")
+    return statement_import_create(provider=provider, filename=name, raw=raw, actor=None)
+
+
+def test_an_import_that_never_reached_the_broker_is_queued_by_the_periodic_job(berlin, celery_eager):
+    from payments.imports import statement_imports_requeue
+
+    record = _upload(berlin)  # stored; its task never reached a broker (queued_at is empty)
+    assert record.status == "pending" and record.queued_at is None
+
+    assert statement_imports_requeue() == 1
+    record.refresh_from_db()
+    assert record.status == "done" and record.attempts == 1 and record.summary["credits"] == 1
+    assert statement_imports_requeue() == 0  # nothing waits any more
+
+
+def test_a_queued_import_is_queued_again_only_when_its_task_may_be_lost(berlin, celery_eager):
+    from django.utils import timezone
+
+    from payments.imports import REQUEUE_PENDING_AFTER, statement_imports_requeue
+    from payments.models import StatementImport
+
+    record = _upload(berlin)
+    StatementImport.objects.filter(pk=record.pk).update(queued_at=timezone.now())  # its task is in the queue
+    assert statement_imports_requeue() == 0
+    later = timezone.now() + REQUEUE_PENDING_AFTER + dt.timedelta(seconds=1)  # a restarted Redis lost it
+    assert statement_imports_requeue(now=later) == 1
+    record.refresh_from_db()
+    assert record.status == "done"
+
+
+def test_an_import_whose_worker_died_is_run_again_once_and_a_live_one_is_left_alone(berlin, celery_eager, settings):
+    from django.utils import timezone
+
+    from payments.imports import statement_imports_requeue
+    from payments.models import StatementImport
+
+    now = timezone.now()
+    limit = dt.timedelta(seconds=settings.STATEMENT_IMPORT_HARD_LIMIT_SECONDS)
+    live, dead = _upload(berlin, "live.csv", "E2E-LIVE"), _upload(berlin, "dead.csv", "E2E-DEAD")
+    # Claimed by runs as the worker does: one just now, one before the hard limit (its worker was killed).
+    StatementImport.objects.filter(pk=live.pk).update(status="running", started_at=now, attempts=1)
+    StatementImport.objects.filter(pk=dead.pk).update(
+        status="running", started_at=now - limit - dt.timedelta(minutes=2), attempts=1
+    )
+
+    assert statement_import_run(import_id=live.pk).status == "running"  # a duplicate task: not run twice
+    assert statement_imports_requeue() == 1
+    live.refresh_from_db()
+    dead.refresh_from_db()
+    assert live.status == "running" and live.attempts == 1
+    assert dead.status == "done" and dead.attempts == 2
+    assert list(Payment.objects.filter(provider=berlin).values_list("external_id", flat=True)) == ["E2E-DEAD"]
+
+
+def test_an_import_left_running_for_good_by_the_old_code_ends_with_its_reason(berlin, celery_eager, settings):
+    """A UTF-7 camt file left its import "running" with no start recorded; the periodic job finishes it."""
+    from django.utils import timezone
+
+    from payments.imports import statement_imports_requeue
+    from payments.models import StatementImport
+
+    stuck = statement_import_create(provider=berlin, filename="utf7.xml", raw=camt_declaring("UTF-7"), actor=None)
+    fresh = _upload(berlin)  # uploaded just now and being run: not stuck, left alone
+    long_ago = timezone.now() - dt.timedelta(seconds=settings.STATEMENT_IMPORT_HARD_LIMIT_SECONDS + 600)
+    StatementImport.objects.filter(pk=stuck.pk).update(status="running", created_at=long_ago)
+    StatementImport.objects.filter(pk=fresh.pk).update(status="running")
+
+    assert statement_imports_requeue() == 1
+    stuck.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stuck.status == "failed" and "declares the encoding 'UTF-7'" in stuck.error
+    assert fresh.status == "running"
+
+
+def test_an_import_whose_runs_keep_dying_ends_failed_instead_of_looping(berlin, celery_eager, settings):
+    from django.utils import timezone
+
+    from payments.imports import MAX_ATTEMPTS, statement_imports_requeue
+    from payments.models import StatementImport
+    from portal.models import AuditEvent
+
+    record = _upload(berlin)
+    long_ago = timezone.now() - dt.timedelta(seconds=settings.STATEMENT_IMPORT_HARD_LIMIT_SECONDS + 600)
+    StatementImport.objects.filter(pk=record.pk).update(status="running", started_at=long_ago, attempts=MAX_ATTEMPTS)
+
+    assert statement_imports_requeue() == 0
+    record.refresh_from_db()
+    assert record.status == "failed" and record.finished_at is not None
+    assert record.error.startswith(f"The import was interrupted {MAX_ATTEMPTS} times without finishing")
+    assert AuditEvent.objects.filter(action="statement.failed", object_id=str(record.pk)).count() == 1
+    assert statement_import_run(import_id=record.pk).status == "failed"  # and no run takes it again
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_runs_of_the_same_import_at_once_import_it_once(berlin):
+    import threading
+
+    from django.db import connection
+
+    from portal.models import AuditEvent
+
+    record = _upload(berlin)
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def run():
+        try:
+            barrier.wait(5)
+            outcomes.append(statement_import_run(import_id=record.pk).status)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    record.refresh_from_db()
+    assert record.status == "done" and record.attempts == 1
+    assert sorted(outcomes) in (["done", "running"], ["done", "done"])  # the loser returns the record as it stood
+    assert AuditEvent.objects.filter(action="statement.import", object_id=str(record.pk)).count() == 1
+    assert Payment.objects.filter(provider=berlin).count() == 1

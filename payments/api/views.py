@@ -260,8 +260,7 @@ class StatementListCreateView(generics.ListCreateAPIView):
         },
     )
     def post(self, request, *args, **kwargs):
-        from payments.imports import statement_import_create
-        from payments.tasks import import_statement
+        from payments.imports import statement_import_create, statement_imports_enqueue
 
         form = StatementUploadSerializer(data=request.data)
         form.is_valid(raise_exception=True)
@@ -278,7 +277,8 @@ class StatementListCreateView(generics.ListCreateAPIView):
             )
         except DjangoValidationError as exc:
             raise ValidationError(exc.message_dict) from None
-        transaction.on_commit(lambda: import_statement.delay(record.pk))
+        # Never fails the upload: with the broker down the import waits, stored, for the periodic re-queue.
+        transaction.on_commit(lambda: statement_imports_enqueue([record.pk]))
         record.refresh_from_db()
         return Response(StatementImportSerializer(record).data, status=status.HTTP_202_ACCEPTED)
 

@@ -66,6 +66,7 @@ _RETURN_SUBFAMILIES = {"RRTN", "RPCR", "UPDD", "RVSL"}
 _BOOKED = {"BOOK", ""}
 _NOT_PROVIDED = {"", "NOTPROVIDED", "NONREF"}
 _ESR_TECHNICAL = re.compile(r"\?REJECT\?\d")
+_DECLARED_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*?\bencoding\s*=\s*["']([^"']{0,40})""")
 
 _PARSER = etree.XMLParser(
     resolve_entities=False,
@@ -97,6 +98,10 @@ def _parse_xml(raw: bytes) -> etree._Element:
     except ParseError as exc:
         line, column = exc.position
         raise StatementError(f"the XML is malformed or truncated at line {line}, column {column}: {exc}") from None
+    except (LookupError, ValueError) as exc:
+        # expat raises these, not a ParseError, for a declared encoding it cannot read:
+        # multi-byte ones (UTF-7, UTF-32) and names Python does not know.
+        raise StatementError(_encoding_refused(raw, exc)) from None
     try:
         root = etree.fromstring(raw, parser=_PARSER)
     except etree.XMLSyntaxError as exc:  # pragma: no cover - expat above is stricter
@@ -110,6 +115,15 @@ def _parse_xml(raw: bytes) -> etree._Element:
             element.tag = etree.QName(element).localname
     etree.cleanup_namespaces(root)
     return root
+
+
+def _encoding_refused(raw: bytes, exc: Exception) -> str:
+    found = _DECLARED_ENCODING.match(raw)
+    declared = found.group(1).decode("ascii", "replace") if found else "?"
+    return (
+        f"the XML declares the encoding {declared!r}, which cannot be read ({exc}); "
+        "camt files are UTF-8: export the statement again as UTF-8"
+    )
 
 
 def _text(element: etree._Element | None, path: str) -> str:

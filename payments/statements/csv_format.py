@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
+from portal.patterns import PatternError, compile_pattern
+
 from .types import (
     LineError,
     ParsedStatement,
@@ -297,11 +299,33 @@ def _unwrap(text: str, width: int) -> str:
     return out
 
 
-def _search(pattern: str | None, text: str) -> str:
-    if not pattern:
+def _search(pattern, text: str) -> str:
+    """Group 1 of a compiled mapping pattern's first match in ``text``, or ''."""
+    if pattern is None:
         return ""
-    match = re.search(pattern, text)
+    match = pattern.search(text)
     return clean_text(match.group(1)) if match else ""
+
+
+# The mapping's user-supplied patterns, and whether each runs without regard to case.
+_PATTERN_FIELDS = (("end_to_end_pattern", False), ("counterparty_account_pattern", False), ("return_pattern", True))
+
+
+def _compiled_patterns(mapping: CsvMapping) -> dict:
+    """The mapping's patterns compiled by ``portal.patterns`` (RE2: linear time); StatementError if one cannot run.
+
+    A mapping saved before a pattern rule existed can hold one that is refused now; the
+    import then fails with the field and the reason instead of running it.
+    """
+    compiled = {}
+    for field, ignore_case in _PATTERN_FIELDS:
+        pattern = getattr(mapping, field)
+        try:
+            compiled[field] = compile_pattern(pattern, ignore_case=ignore_case) if pattern else None
+        except PatternError as exc:
+            what = field.replace("_", " ")
+            raise StatementError(f"CSV mapping {mapping.name!r}: the {what} cannot be used: {exc}") from None
+    return compiled
 
 
 @dataclass
@@ -310,6 +334,7 @@ class _Context:
     index: dict[str, int]
     account: str
     width: int
+    patterns: dict
 
 
 def _cell(row: list[str], context: _Context, column: str | None) -> str:
@@ -373,10 +398,10 @@ def _row(row: list[str], context: _Context, line_no: int, raw: str) -> Statement
     reference = clean_text(purpose)
 
     end_to_end = clean_text(_cell(row, context, mapping.end_to_end_column)) or _search(
-        mapping.end_to_end_pattern, reference
+        context.patterns["end_to_end_pattern"], reference
     )
     counterparty_account = normalise_account(_cell(row, context, mapping.counterparty_account_column)) or (
-        normalise_account(_search(mapping.counterparty_account_pattern, reference))
+        normalise_account(_search(context.patterns["counterparty_account_pattern"], reference))
     )
     creditor_reference = next((ref for ref in _RF_RE.findall(reference.upper())), "")
     bank_reference = clean_text(_cell(row, context, mapping.bank_reference_column))
@@ -388,7 +413,7 @@ def _row(row: list[str], context: _Context, line_no: int, raw: str) -> Statement
         amount=to_money(amount, currency),
         currency=currency,
         direction=direction,
-        is_return=bool(re.search(mapping.return_pattern, posting_text, re.IGNORECASE)),
+        is_return=bool(context.patterns["return_pattern"] and context.patterns["return_pattern"].search(posting_text)),
         reference=reference,
         end_to_end_id="" if end_to_end.upper() in _NOT_PROVIDED else end_to_end,
         creditor_reference=creditor_reference,
@@ -410,6 +435,7 @@ def parse_csv(raw: bytes, mapping: CsvMapping | None = None) -> ParsedStatement:
     """Read a CSV export with ``mapping`` (detected from the header when None)."""
     mapping = mapping or detect_csv_mapping(raw)
     mapping.check()
+    patterns = _compiled_patterns(mapping)
     text = _decode(raw, mapping)
     physical = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     records = _records(text, mapping)
@@ -441,6 +467,7 @@ def parse_csv(raw: bytes, mapping: CsvMapping | None = None) -> ParsedStatement:
         {name: names.index(name) for name in names},
         normalise_account("/".join(account_parts)),
         len(names),
+        patterns,
     )
 
     lines: list[StatementLine] = []
