@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("payments", "0009_customer_name_trigram"),
+        ("payments", "0010_provisional_payments"),
         ("portal", "0003_provider_webhooks"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
