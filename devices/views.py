@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 from devices.delivery import command_retry, delivery_status, with_superseded
 from devices.models import DeliveryAttempt, Device, DeviceCommand, LockState
 from devices.selectors import devices_by_imei
+from portal.http import client_ip
 from portal.models import OrganisationKind
 from portal.permissions import Right, has_right, scoped_get, scoped_list
 
@@ -93,7 +94,7 @@ def dead_letter_retry(request, pk: int):
         pk=pk,
     )
     try:
-        command_retry(command=command, actor=request.user, ip_address=request.META.get("REMOTE_ADDR"))
+        command_retry(command=command, actor=request.user, ip_address=client_ip(request))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:

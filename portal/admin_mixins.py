@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db import transaction
 
+from portal.http import client_ip
 from portal.services import audit_record, snapshot
 
 
@@ -22,7 +23,7 @@ class AuditedAdmin(admin.ModelAdmin):
                 obj=obj,
                 before=before,
                 after=snapshot(obj),
-                ip_address=request.META.get("REMOTE_ADDR"),
+                ip_address=client_ip(request),
             )
 
     def delete_model(self, request, obj):
@@ -33,7 +34,7 @@ class AuditedAdmin(admin.ModelAdmin):
                 action=f"{obj._meta.model_name}.delete",
                 obj=obj,
                 before=before,
-                ip_address=request.META.get("REMOTE_ADDR"),
+                ip_address=client_ip(request),
             )
             super().delete_model(request, obj)
 

@@ -22,6 +22,7 @@ from portal.env import (
     env_int,
     env_keyed_bytes,
     env_list,
+    env_networks,
     env_rate,
     env_str,
     env_url,
@@ -56,6 +57,9 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if
 if not DEBUG and not ALLOWED_HOSTS:
     raise ImproperEnvironment("ALLOWED_HOSTS must be set when DEBUG is off")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the client's
+# address is read from it only when the request comes from one of them (portal/http.py client_ip).
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES", [])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -240,6 +244,8 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "portal/locked_out.html"
 AXES_ENABLED = env_bool("AXES_ENABLED", True)
+# The same client address as every other limit and the audit trail (TRUSTED_PROXIES).
+AXES_CLIENT_IP_CALLABLE = "portal.http.client_ip"
 
 OTP_TOTP_ISSUER = "finlock"
 

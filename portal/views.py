@@ -12,16 +12,16 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404
+from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from django_otp import login as otp_login
 from django_otp import match_token
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.forms import LoginForm, TokenForm, WebhookForm
+from portal.http import client_ip, next_url
 from portal.models import ApiKey, OrganisationKind, User, WebhookEvent
 from portal.permissions import Right, require, scoped_get
 from portal.selectors import audit_events_for, organisations_overview
@@ -46,6 +46,10 @@ class LoginView(auth_views.LoginView):
     authentication_form = LoginForm
     redirect_authenticated_user = True
 
+    def get_redirect_url(self):
+        """The ``next`` path if it is safe (``portal.http.next_url``), else "" for LOGIN_REDIRECT_URL."""
+        return next_url(self.request, default="")
+
 
 _THROTTLED = "Too many wrong codes in a row: wait a few seconds, then enter the newest code."
 
@@ -55,35 +59,24 @@ def _throttled(devices) -> bool:
     return any(not device.verify_is_allowed()[0] for device in devices)
 
 
-def _next_url(request, default="portal:home"):
-    target = request.POST.get("next") or request.GET.get("next")
-    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
-        return target
-    return default
-
-
 @login_required
 def otp_verify(request):
     """Second step of sign-in: the code from the user's authenticator app."""
     if request.user.is_verified():
-        return redirect(_next_url(request))
+        return HttpResponseRedirect(next_url(request))
     form = TokenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         if _throttled(TOTPDevice.objects.devices_for_user(request.user, confirmed=True)):
             form.add_error("token", _THROTTLED)
-            return render(request, "portal/otp_verify.html", {"form": form, "next": _next_url(request, "")})
+            return render(request, "portal/otp_verify.html", {"form": form, "next": next_url(request, default="")})
         device = match_token(request.user, form.cleaned_data["token"])
         if device is not None:
             otp_login(request, device)
-            audit_record(
-                actor=request.user, action="login.2fa", obj=request.user, ip_address=request.META.get("REMOTE_ADDR")
-            )
-            return redirect(_next_url(request))
-        audit_record(
-            actor=request.user, action="login.2fa_failed", obj=request.user, ip_address=request.META.get("REMOTE_ADDR")
-        )
+            audit_record(actor=request.user, action="login.2fa", obj=request.user, ip_address=client_ip(request))
+            return HttpResponseRedirect(next_url(request))
+        audit_record(actor=request.user, action="login.2fa_failed", obj=request.user, ip_address=client_ip(request))
         form.add_error("token", "That code is not right or has expired; wait for the next one and try again.")
-    return render(request, "portal/otp_verify.html", {"form": form, "next": _next_url(request, "")})
+    return render(request, "portal/otp_verify.html", {"form": form, "next": next_url(request, default="")})
 
 
 @login_required
@@ -102,9 +95,7 @@ def otp_setup(request):
             device.confirmed = True
             device.save(update_fields=["confirmed"])
             otp_login(request, device)
-            audit_record(
-                actor=request.user, action="2fa.enrol", obj=request.user, ip_address=request.META.get("REMOTE_ADDR")
-            )
+            audit_record(actor=request.user, action="2fa.enrol", obj=request.user, ip_address=client_ip(request))
             messages.success(request, "Two-factor authentication is on for your account.")
             return redirect("portal:home")
         form.add_error("token", "That code does not match; check the time on your phone and try again.")
@@ -182,7 +173,7 @@ class StaffRoleForm(forms.Form):
 
 
 def _ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
+    return client_ip(request)
 
 
 def _own(request, model, pk: int, *, field: str):
@@ -381,7 +372,7 @@ def webhooks(request):
                 url=form.cleaned_data["url"],
                 events=form.cleaned_data["events"],
                 actor=request.user,
-                ip_address=request.META.get("REMOTE_ADDR"),
+                ip_address=client_ip(request),
             )
         except ValidationError as exc:
             for field, errors in exc.message_dict.items():
@@ -414,7 +405,7 @@ def webhook_event_retry_view(request, pk: int):
     """Give a dead event a fresh set of attempts (audited as webhook.event_retry)."""
     event = scoped_get(WebhookEvent.objects.all(), request.user, Right.MANAGE_SETTINGS, pk=pk)
     try:
-        webhook_event_retry(event=event, actor=request.user, ip_address=request.META.get("REMOTE_ADDR"))
+        webhook_event_retry(event=event, actor=request.user, ip_address=client_ip(request))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:

@@ -1,3 +1,5 @@
-def client_ip(request) -> str | None:
-    """The caller's address as the server saw it (behind a proxy, REMOTE_ADDR is the proxy's)."""
-    return request.META.get("REMOTE_ADDR") or None
+"""Kept for the API modules' imports: the one client-address helper lives in ``portal.http``."""
+
+from portal.http import client_ip
+
+__all__ = ["client_ip"]
