@@ -382,11 +382,42 @@ PROOF_MAX_BYTES = env_int("PROOF_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
 # Tests and CI: FINLOCK_REQUIRE_SERVICES=1 turns a skipped service test into a failure.
 FINLOCK_REQUIRE_SERVICES = env_bool("FINLOCK_REQUIRE_SERVICES", False)
 
+# Every handler masks secrets (the M-Pesa callbacks' ?key=, API keys, device credentials,
+# enrolment tokens): portal/log_filters.py. gunicorn.conf.py does the same for gunicorn's logs.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "redact_secrets": {"()": "portal.log_filters.RedactSecrets"},
+        # A 4xx (PermissionDenied, a malformed request) logs its line, not a traceback.
+        "client_errors": {"()": "portal.log_filters.ClientErrorsWithoutTraceback"},
+    },
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "django.server": {
+            "()": "django.utils.log.ServerFormatter",
+            "format": "[{server_time}] {message}",
+            "style": "{",
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["client_errors", "redact_secrets"],
+        },
+        # runserver's access log (the request line, query string included).
+        "django.server": {
+            "class": "logging.StreamHandler",
+            "formatter": "django.server",
+            "filters": ["redact_secrets"],
+        },
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"axes": {"level": "WARNING"}},
+    "loggers": {
+        "axes": {"level": "WARNING"},
+        # Django's own handlers (console in DEBUG, mail_admins) replaced by ours, which redact.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
+    },
 }
