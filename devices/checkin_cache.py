@@ -58,8 +58,13 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.throttling import SimpleRateThrottle
 
 from devices.protocol import STATES
+from portal.cache import OutageLog
 
 log = logging.getLogger(__name__)
+# A Redis outage is logged when it starts and when it ends, not on every check-in.
+_outage = OutageLog(
+    "check-in cache: Redis", "check-ins are answered from the database and counted in this process's memory", logger=log
+)
 
 PREFIX = "finlock:checkin:v1:"  # the version changes with the record format: old records are ignored
 SEEN = PREFIX + "seen"  # hash: device id -> "<epoch ms>|<credential digest>|<app version>"
@@ -222,8 +227,8 @@ def rate_count(device_id: int) -> tuple[int, int, int] | None:
 
     The device API's throttle uses this when the cache is on, so that requests answered
     here and by the database path share one counter. None without Redis or when it
-    cannot be reached (the request is then let through: a rate limit must not take the
-    phones' check-ins down with Redis).
+    cannot be reached (the device API's throttle then counts in this process's memory: a
+    rate limit must not take the phones' check-ins down with Redis).
     """
     found = _client()
     if found is None:
@@ -238,8 +243,9 @@ def rate_count(device_id: int) -> tuple[int, int, int] | None:
         pipe.expire(key, window)
         count, _ok = pipe.execute()
     except Exception as exc:
-        log.warning("check-in cache: could not count a request of device %s (%s)", device_id, exc)
+        _outage.failed(exc)
         return None
+    _outage.answered()
     return count, limit, max(1, int(window - now % window))
 
 
@@ -329,6 +335,8 @@ def fill(device_id: int) -> None:
         pipe.set(f"{PREFIX}rec:{device_id}", record, ex=settings.CHECKIN_CACHE_SECONDS)
         pipe.set(f"{PREFIX}cred:{digest}", device_id, ex=settings.CHECKIN_CACHE_SECONDS)
         pipe.execute()
+    except redis_exceptions.RedisError as exc:
+        _outage.failed(exc)  # the next check-in takes the database path again; said once per outage
     except Exception as exc:
         log.warning("check-in cache: could not fill device %s (%s)", device_id, exc)
 
@@ -340,7 +348,7 @@ def _routine_body(raw: bytes) -> tuple[str, int, str] | None:
     """``(state, last_seq, app_version)`` of a well-formed check-in, else None (the full path validates)."""
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # the database path's parser answers 400 (portal/api/parsers.py)
         return None
     if not isinstance(body, dict):
         return None
@@ -475,8 +483,9 @@ def answer(request) -> HttpResponse | None:
     try:
         hit = _run_script(found[1], [f"{PREFIX}cred:{digest}"], [int(now * 1000), app_version, window_index, window])
     except Exception as exc:
-        log.warning("check-in cache: Redis unavailable (%s); answering from the database", exc)
+        _outage.failed(exc)
         return None
+    _outage.answered()
     if not hit:
         return None
     device_id, record, generation, count = hit

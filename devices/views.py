@@ -24,7 +24,7 @@ from devices.services import (
     enrollment_token_create,
     enrollment_token_revoke,
 )
-from portal.api.utils import client_ip
+from portal.http import client_ip
 from portal.models import OrganisationKind
 from portal.permissions import Right, has_right, require, scoped_get, scoped_list
 
@@ -138,7 +138,7 @@ def dead_letter_retry(request, pk: int):
         pk=pk,
     )
     try:
-        command_retry(command=command, actor=request.user, ip_address=request.META.get("REMOTE_ADDR"))
+        command_retry(command=command, actor=request.user, ip_address=client_ip(request))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:

@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 from payments.models import Contract, ContractStatus
 from payments.selectors import contract_position, contracts_with_totals, schedule_rows
 from payments.services import payment_channel_move, payment_channel_save, payment_channel_set_active
+from portal.http import client_ip
 from portal.permissions import Right, scoped_get, scoped_list
 
 
@@ -87,7 +88,7 @@ def lock_policy(request):
     if request.method == "POST" and form.is_valid():
         try:
             lock_policy_update(
-                provider=provider, actor=request.user, ip_address=request.META.get("REMOTE_ADDR"), **form.cleaned_data
+                provider=provider, actor=request.user, ip_address=client_ip(request), **form.cleaned_data
             )
         except ValidationError as exc:
             for name, errors in exc.message_dict.items():
@@ -403,7 +404,7 @@ def payment_channel_move_view(request, pk: int):
 
 
 def _ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
+    return client_ip(request)
 
 
 def _payment_for(request, pk: int, right: Right):
@@ -503,7 +504,6 @@ def payment_confirm_view(request, pk: int):
     from django.core.exceptions import PermissionDenied
 
     from payments.services import PaymentAlreadyVerified, payment_confirm
-    from portal.api.utils import client_ip
 
     payment = _payment_for(request, pk, Right.VERIFY_PAYMENTS)
     try:
@@ -803,7 +803,7 @@ def statement_list(request):
                 actor=request.user,
                 format=form.cleaned_data["format"] or None,
                 csv_mapping=form.cleaned_data["csv_mapping"],
-                ip_address=request.META.get("REMOTE_ADDR"),
+                ip_address=client_ip(request),
             )
         except ValidationError as exc:
             for name, errors in exc.message_dict.items():

@@ -44,7 +44,7 @@ from payments.models import ChannelKind, Contract, ContractStatus, Customer, Ins
 from payments.selectors import contract_position
 from payments.services import parse_phone
 from payments.sweep import decide_contract, policy_rules
-from portal.api.utils import client_ip
+from portal.http import client_ip
 from portal.models import Organisation, OrganisationKind
 
 # The languages of this page, each named in itself (an owner looks for their own script).

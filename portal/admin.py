@@ -10,7 +10,7 @@ from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin as BaseTOTPDeviceA
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.admin_mixins import AuditedAdmin, ReadOnlyAdmin
-from portal.api.utils import client_ip
+from portal.http import client_ip
 from portal.models import ApiKey, AuditEvent, Organisation, ProviderWebhook, User, WebhookEvent
 from portal.services import audit_record
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db import transaction
 
-from portal.api.utils import client_ip
+from portal.http import client_ip
 from portal.services import audit_record, snapshot
 
 

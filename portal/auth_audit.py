@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from portal.browsers import browser_digest, browser_id
+from portal.http import client_ip
 from portal.models import User
 from portal.services import audit_record
 
 
 def _ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR") if request is not None else None
+    return client_ip(request) if request is not None else None
 
 
 def on_login(sender, request, user, **kwargs):

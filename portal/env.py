@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 from urllib.parse import urlparse
@@ -140,3 +141,17 @@ def env_rate(name: str, default: str) -> str:
     if not _RATE.match(value):
         raise ImproperEnvironment(f"{name} must look like 120/min (per s, min, hour or day); got {value!r}")
     return value
+
+
+def env_networks(name: str, default: list[str] | None = None) -> list[str]:
+    """Comma-separated IP addresses or CIDR networks (``10.0.0.0/8,2001:db8::1``), each normalised."""
+    networks = []
+    for item in env_list(name, default):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ImproperEnvironment(
+                f"{name} must be comma-separated IP addresses or networks (10.0.0.5, 10.0.0.0/8, fd00::/8); "
+                f"got {item!r}"
+            ) from None
+    return networks

@@ -3,8 +3,13 @@ from django.contrib.auth.forms import AuthenticationForm
 
 
 class LoginForm(AuthenticationForm):
+    # max_length here, not only AuthenticationForm's widget attribute: Django sets that one after the
+    # field is built, so it validates nothing, and django-axes would then store an over-long username
+    # of a failed sign-in in its 255-character column (a 500 on PostgreSQL).
     username = forms.CharField(
-        label="Username", widget=forms.TextInput(attrs={"autofocus": True, "autocomplete": "username"})
+        label="Username",
+        max_length=150,
+        widget=forms.TextInput(attrs={"autofocus": True, "autocomplete": "username"}),
     )
 
 

@@ -23,6 +23,7 @@ from portal.env import (
     env_int,
     env_keyed_bytes,
     env_list,
+    env_networks,
     env_rate,
     env_str,
     env_url,
@@ -57,6 +58,9 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if
 if not DEBUG and not ALLOWED_HOSTS:
     raise ImproperEnvironment("ALLOWED_HOSTS must be set when DEBUG is off")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the client's
+# address is read from it only when the request comes from one of them (portal/http.py client_ip).
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES", [])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -87,6 +91,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before the CSRF check, which reads the form: NUL or an unreadable form body is 400, not 500.
+    "portal.middleware.InputGuardMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
@@ -134,7 +140,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Cache (rate limits, throttles) -----------------------------------------
 REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss"))
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # Rate limits only. While Redis is unavailable each process counts in its own memory
+    # (portal/cache.py): a cache outage never refuses a payment.
+    CACHES = {
+        "default": {
+            "BACKEND": "portal.cache.FailoverRedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"FAILOVER_RETRY_SECONDS": 5, "socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -365,6 +379,8 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "portal/locked_out.html"
 AXES_ENABLED = env_bool("AXES_ENABLED", True)
+# The same client address as every other limit and the audit trail (TRUSTED_PROXIES).
+AXES_CLIENT_IP_CALLABLE = "portal.http.client_ip"
 
 OTP_TOTP_ISSUER = "finlock"
 # The Django admin never shows an authenticator's key or QR code: whoever holds it passes two-factor.
@@ -447,7 +463,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {"api_key": env_str("API_RATE_LIMIT", "600/min")},
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "portal.api.parsers.JSONParser",  # bounded in size and depth
         "rest_framework.parsers.MultiPartParser",
     ],
     "EXCEPTION_HANDLER": "portal.api.exceptions.exception_handler",
@@ -511,11 +527,42 @@ PROOF_MAX_BYTES = env_int("PROOF_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
 # Tests and CI: FINLOCK_REQUIRE_SERVICES=1 turns a skipped service test into a failure.
 FINLOCK_REQUIRE_SERVICES = env_bool("FINLOCK_REQUIRE_SERVICES", False)
 
+# Every handler masks secrets (the M-Pesa callbacks' ?key=, API keys, device credentials,
+# enrolment tokens): portal/log_filters.py. gunicorn.conf.py does the same for gunicorn's logs.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "redact_secrets": {"()": "portal.log_filters.RedactSecrets"},
+        # A 4xx (PermissionDenied, a malformed request) logs its line, not a traceback.
+        "client_errors": {"()": "portal.log_filters.ClientErrorsWithoutTraceback"},
+    },
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "django.server": {
+            "()": "django.utils.log.ServerFormatter",
+            "format": "[{server_time}] {message}",
+            "style": "{",
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["client_errors", "redact_secrets"],
+        },
+        # runserver's access log (the request line, query string included).
+        "django.server": {
+            "class": "logging.StreamHandler",
+            "formatter": "django.server",
+            "filters": ["redact_secrets"],
+        },
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"axes": {"level": "WARNING"}},
+    "loggers": {
+        "axes": {"level": "WARNING"},
+        # Django's own handlers (console in DEBUG, mail_admins) replaced by ours, which redact.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
+    },
 }

@@ -13,20 +13,19 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404
+from django.http import Http404, HttpResponseRedirect
 from django.middleware.csrf import rotate_token
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from django_otp import login as otp_login
 from django_otp import match_token
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from portal.api.utils import client_ip
 from portal.browsers import browser_cookie_set
 from portal.forms import LoginForm, TokenForm, WebhookForm
+from portal.http import client_ip, next_url
 from portal.models import ApiKey, OrganisationKind, ProviderWebhook, User, WebhookEvent
 from portal.permissions import Right, require, scoped_get
 from portal.selectors import audit_events_for, audit_provider_for, organisations_overview, same_browser_approvals
@@ -51,6 +50,10 @@ class LoginView(auth_views.LoginView):
     authentication_form = LoginForm
     redirect_authenticated_user = True
 
+    def get_redirect_url(self):
+        """The ``next`` path if it is safe (``portal.http.next_url``), else "" for LOGIN_REDIRECT_URL."""
+        return next_url(self.request, default="")
+
     def dispatch(self, request, *args, **kwargs):
         response = super().dispatch(request, *args, **kwargs)
         # Every visit of the sign-in page (re)sets the browser cookie the login event records.
@@ -70,8 +73,7 @@ def admin_login(request):
         return redirect(reverse("portal:login") + (f"?{query}" if query else ""))
     if not (request.user.is_active and request.user.is_staff):
         raise PermissionDenied("This account has no access to the administration site.")
-    target = _next_url(request, "")
-    return redirect(target if target.startswith("/") else reverse("admin:index"))
+    return HttpResponseRedirect(next_url(request, default="admin:index"))
 
 
 def _signed_in_with_second_factor(request, device) -> None:
@@ -90,35 +92,24 @@ def _throttled(devices) -> bool:
     return any(not device.verify_is_allowed()[0] for device in devices)
 
 
-def _next_url(request, default="portal:home"):
-    target = request.POST.get("next") or request.GET.get("next")
-    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
-        return target
-    return default
-
-
 @login_required
 def otp_verify(request):
     """Second step of sign-in: the code from the user's authenticator app."""
     if request.user.is_verified():
-        return redirect(_next_url(request))
+        return HttpResponseRedirect(next_url(request))
     form = TokenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         if _throttled(TOTPDevice.objects.devices_for_user(request.user, confirmed=True)):
             form.add_error("token", _THROTTLED)
-            return render(request, "portal/otp_verify.html", {"form": form, "next": _next_url(request, "")})
+            return render(request, "portal/otp_verify.html", {"form": form, "next": next_url(request, default="")})
         device = match_token(request.user, form.cleaned_data["token"])
         if device is not None:
             _signed_in_with_second_factor(request, device)
-            audit_record(
-                actor=request.user, action="login.2fa", obj=request.user, ip_address=request.META.get("REMOTE_ADDR")
-            )
-            return redirect(_next_url(request))
-        audit_record(
-            actor=request.user, action="login.2fa_failed", obj=request.user, ip_address=request.META.get("REMOTE_ADDR")
-        )
+            audit_record(actor=request.user, action="login.2fa", obj=request.user, ip_address=client_ip(request))
+            return HttpResponseRedirect(next_url(request))
+        audit_record(actor=request.user, action="login.2fa_failed", obj=request.user, ip_address=client_ip(request))
         form.add_error("token", "That code is not right or has expired; wait for the next one and try again.")
-    return render(request, "portal/otp_verify.html", {"form": form, "next": _next_url(request, "")})
+    return render(request, "portal/otp_verify.html", {"form": form, "next": next_url(request, default="")})
 
 
 @login_required
@@ -137,9 +128,7 @@ def otp_setup(request):
             device.confirmed = True
             device.save(update_fields=["confirmed"])
             _signed_in_with_second_factor(request, device)
-            audit_record(
-                actor=request.user, action="2fa.enrol", obj=request.user, ip_address=request.META.get("REMOTE_ADDR")
-            )
+            audit_record(actor=request.user, action="2fa.enrol", obj=request.user, ip_address=client_ip(request))
             messages.success(request, "Two-factor authentication is on for your account.")
             return redirect("portal:home")
         form.add_error("token", "That code does not match; check the time on your phone and try again.")
@@ -236,7 +225,7 @@ class StaffRoleForm(forms.Form):
 
 
 def _ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
+    return client_ip(request)
 
 
 def _own(request, model, pk: int, *, field: str):

@@ -20,6 +20,7 @@ from devices.selectors import devices_by_imei
 from payments.models import Contract, contract_number_key
 from payments.uploads import ACCEPTED
 from portal.four_eyes import four_eyes_refusal
+from portal.http import client_ip
 from portal.permissions import Right, has_right, require, scope, scoped_get
 from support import selectors, services
 from support.forms import (
@@ -46,7 +47,7 @@ PAGE_SIZE = 50
 
 
 def _ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR")
+    return client_ip(request)
 
 
 def _form_errors(form, exc: ValidationError) -> None:

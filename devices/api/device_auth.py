@@ -13,7 +13,7 @@ from rest_framework.throttling import SimpleRateThrottle
 from devices import checkin_cache
 from devices.models import Device
 from devices.services import device_by_credential
-from portal.api.utils import client_ip
+from portal.http import client_ip
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,9 @@ class DeviceRateThrottle(SimpleRateThrottle):
             # One shared counter with the cached check-in path (Redis, per device and window).
             counted = checkin_cache.rate_count(device.pk)
             if counted is None:
-                return True
+                # Redis is unavailable: count through the cache, which then counts in this
+                # process's memory (portal/cache.py) rather than not at all.
+                return super().allow_request(request, view)
             count, limit, self._wait = counted
             return count <= limit
         return super().allow_request(request, view)

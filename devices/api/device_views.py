@@ -4,7 +4,6 @@ import functools
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -27,8 +26,9 @@ from devices.api.device_serializers import (
 )
 from devices.keys import public_keys
 from devices.services import device_ack, device_checkin, device_enroll, enrollment_challenge_issue
+from portal.api.parsers import JSONParser
 from portal.api.schema import ErrorSerializer
-from portal.api.utils import client_ip
+from portal.http import client_ip
 
 REFUSED = OpenApiResponse(
     ErrorSerializer, description="Invalid body, or enrolment refused: one answer for every refusal, revealing nothing."

@@ -18,7 +18,7 @@ from devices.selectors import devices_by_imei
 from devices.services import BulkUploadError, bulk_upload_check_size, device_bulk_upload, device_create
 from portal.api.pagination import NewestFirstPagination
 from portal.api.schema import ErrorSerializer
-from portal.api.utils import client_ip
+from portal.http import client_ip
 from portal.permissions import Right, scope
 
 

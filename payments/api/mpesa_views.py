@@ -8,17 +8,13 @@ refused, because URLs end up in proxies' and browsers' logs.
 
 from __future__ import annotations
 
-import codecs
-import json
 import logging
 from decimal import Decimal
 
-from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import exceptions, serializers
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -31,7 +27,8 @@ from payments.mpesa import (
 )
 from payments.services import PaymentConflict
 from portal.api.authentication import ApiKeyAuthentication
-from portal.api.utils import client_ip
+from portal.api.parsers import DecimalJSONParser
+from portal.http import client_ip
 from portal.permissions import Right
 
 log = logging.getLogger(__name__)
@@ -72,25 +69,6 @@ class DarajaKeyScheme(OpenApiAuthenticationExtension):
             "M-Pesa callbacks only (Daraja cannot send headers): "
             "`https://<host>/api/v1/c2b/confirmation/?key=<key>`.",
         }
-
-
-class DecimalJSONParser(JSONParser):
-    """JSON whose numbers become ``Decimal``: an amount sent as a bare number never passes through float.
-
-    Also turns nesting too deep to parse into a 400 (``json`` raises RecursionError,
-    which DRF's parser lets through as a 500).
-    """
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
-        try:
-            return json.load(codecs.getreader(encoding)(stream), parse_float=Decimal, parse_constant=_no_constant)
-        except (ValueError, RecursionError) as exc:
-            raise exceptions.ParseError(f"JSON parse error - {exc}") from None
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 @extend_schema_field(OpenApiTypes.STR)

@@ -7,7 +7,7 @@ from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from devices.models import Device
@@ -23,8 +23,9 @@ from payments.models import ChannelKind, Contract, ContractStatus, Payment, Paym
 from payments.selectors import contracts_with_totals
 from payments.services import PaymentConflict, contract_create, customer_create, payment_ingest
 from portal.api.pagination import NewestFirstPagination
+from portal.api.parsers import JSONParser
 from portal.api.schema import ErrorSerializer
-from portal.api.utils import client_ip
+from portal.http import client_ip
 from portal.permissions import Right, scope
 
 
