@@ -554,7 +554,6 @@ PERSONA_ROLES = ["technician", "agent", "finance", "auditor", "provider_admin", 
 
 def live_setup(provider_slug: str, base_url: str) -> dict:
     """Personas, one object of each kind, an API key and an enrolled phone in the live server's database."""
-    import requests
     from django.conf import settings
     from django.test import Client
 
@@ -563,6 +562,7 @@ def live_setup(provider_slug: str, base_url: str) -> dict:
     from portal.services import api_key_create
     from tests.conftest import signed_in
     from tests.factories import DeviceFactory, OrganisationFactory, UserFactory
+    from tests.phone import enrol_over_http
 
     provider = Organisation.objects.get(slug=provider_slug, kind=OrganisationKind.PROVIDER)
     center = provider.service_centers.first() or OrganisationFactory(kind="service_center", slug="hostile-centre")
@@ -584,17 +584,12 @@ def live_setup(provider_slug: str, base_url: str) -> dict:
     bearer = api_key_create(provider=provider, name=f"hostile {run}")[1]
     _token, secret = enrollment_token_create(provider=provider, name=f"hostile {run}", actor=None)
     phone = DeviceFactory(provider=provider)
-    enrolled = requests.post(
-        f"{base_url}/api/device/v1/enroll",
-        json={"imei": phone.imei, "enrollment_token": secret, "app_version": "hostile"},
-        timeout=30,
-    )
-    enrolled.raise_for_status()
+    enrolled = enrol_over_http(base_url, phone.imei, secret, app_version="hostile")
     return {
         "cookies": cookies,
         "objects": objects,
         "bearer": bearer,
-        "device": enrolled.json()["credential"],
+        "device": enrolled["credential"],
         "hints": hints_for(provider, phone, secret),
     }
 
@@ -654,7 +649,10 @@ def one_of_each(provider, *, admin, agent, technician) -> dict[str, int]:
     key, _secret = api_key_create(provider=provider, name=f"erp {run}", actor=admin)
     staff = staff_create(organisation=provider, username=f"hostile.staff.{run}", role="agent", actor=admin)
     staff = staff[0] if isinstance(staff, tuple) else staff
-    webhook_create(provider=provider, url="https://erp.example.com/hook", events=["payment.matched"], actor=admin)
+    hook = webhook_create(
+        provider=provider, url="https://erp.example.com/hook", events=["payment.matched"], actor=admin
+    )
+    hook = hook[0] if isinstance(hook, tuple) else hook
     (event,) = webhook_event_emit(provider=provider, event="payment.matched", payload={"x": 1})
     (command,) = device_states_apply(changes=[StateChange(device_id=device.pk, state="locked", reason="Overdue")])
     DeviceCommand.objects.filter(pk=command.pk).update(dead_at=timezone.now())
@@ -667,6 +665,7 @@ def one_of_each(provider, *, admin, agent, technician) -> dict[str, int]:
         "api_key": key.pk,
         "staff": staff.pk,
         "webhook_event": event.pk,
+        "webhook": hook.pk,
         "dead_letter": command.pk,
         "device": device.pk,
         "csv_mapping": mapping.pk,

@@ -19,6 +19,7 @@ import shutil
 
 import pytest
 import redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.test import Client
@@ -30,7 +31,7 @@ from devices.services import enrollment_token_create
 from payments.models import Payment
 from portal.api.throttling import ApiKeyRateThrottle
 from portal.services import api_key_create
-from tests.factories import DeviceFactory, make_contract
+from tests.factories import DeviceFactory, enrolment_body, make_contract
 from tests.samples import SAMPLES
 from tests.test_delivery import PrivateRedis, free_port, producer_broker, wait_for
 
@@ -166,9 +167,9 @@ def test_a_phones_check_ins_are_answered_and_still_counted_while_redis_is_down(
     settings.DEVICE_API_RATE = "3/min"
     _token, secret = enrollment_token_create(provider=provider_a, name="shop", actor=admin_a)
     phone = DeviceFactory(provider=provider_a)
-    enrolled = APIClient().post(
-        "/api/device/v1/enroll", {"imei": phone.imei, "enrollment_token": secret, "app_version": "1"}, format="json"
-    )
+    challenge = APIClient().post("/api/device/v1/enroll/challenge", {}, format="json").json()["challenge"]
+    body = enrolment_body(imei=phone.imei, token=secret, key=Ed25519PrivateKey.generate(), challenge=challenge)
+    enrolled = APIClient().post("/api/device/v1/enroll", body, format="json")
     assert enrolled.status_code == 201, enrolled.content
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Device {enrolled.json()['credential']}")

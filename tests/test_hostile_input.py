@@ -14,6 +14,7 @@ Stories:
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.test import Client
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -26,7 +27,7 @@ from portal.models import AuditEvent
 from portal.services import api_key_create
 from tests import hostile
 from tests.conftest import signed_in
-from tests.factories import DeviceFactory, make_contract
+from tests.factories import DeviceFactory, enrolment_body, make_contract
 
 pytestmark = pytest.mark.django_db
 
@@ -38,9 +39,9 @@ def phone(provider_a, admin_a):
     """An enrolled phone: its device client, and the enrolment secret."""
     _token, secret = enrollment_token_create(provider=provider_a, name="shop", actor=admin_a)
     device = DeviceFactory(provider=provider_a)
-    enrolled = APIClient().post(
-        "/api/device/v1/enroll", {"imei": device.imei, "enrollment_token": secret, "app_version": "1"}, format="json"
-    )
+    challenge = APIClient().post("/api/device/v1/enroll/challenge", {}, format="json").json()["challenge"]
+    body = enrolment_body(imei=device.imei, token=secret, key=Ed25519PrivateKey.generate(), challenge=challenge)
+    enrolled = APIClient().post("/api/device/v1/enroll", body, format="json")
     assert enrolled.status_code == 201, enrolled.content
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Device {enrolled.json()['credential']}")
