@@ -92,7 +92,7 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder, default=str))
 
 
-def _event_canonical(event: AuditEvent) -> bytes:
+def event_canonical(event: AuditEvent) -> bytes:
     """The canonical JSON of an event's content and ``prev_hash`` that its hash covers."""
     content = {
         "created_at": event.created_at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
@@ -118,7 +118,7 @@ def event_hash(event: AuditEvent) -> str:
     hashing (empty ``key_id``) the plain SHA-256 it was stored with. Raises
     ``UnknownAuditKey`` when the key id is not configured.
     """
-    canonical = _event_canonical(event)
+    canonical = event_canonical(event)
     if not event.key_id:
         return hashlib.sha256(canonical).hexdigest()
     return audit_keys.mac(event.key_id, canonical)

@@ -612,7 +612,11 @@ def hints_for(provider, device, enrollment_secret: str) -> dict[str, object]:
 
 
 def one_of_each(provider, *, admin, agent, technician) -> dict[str, int]:
-    """One object of each kind a portal route takes an id of (tests/test_tenancy_pages.py's kinds)."""
+    """One object of each kind a portal route takes an id of, made through the services.
+
+    Also the objects of tests/test_tenancy_pages.py; a fresh suffix per call, so a live database can
+    be given them again.
+    """
     from decimal import Decimal
 
     from django.core.files.uploadedfile import SimpleUploadedFile

@@ -1,7 +1,6 @@
 """An auditor must be able to trust the trail: every change and sign-in is there, and tampering is found."""
 
 import base64
-import datetime as dt
 import hashlib
 import io
 import json
@@ -26,6 +25,7 @@ from portal.services import (
     audit_record,
     audit_record_many,
     audit_verify_chain,
+    event_canonical,
     event_hash,
 )
 from tests.factories import make_imei
@@ -142,23 +142,9 @@ def test_concurrent_writers_keep_one_unbroken_chain(provider_a):
 
 
 def _plain_sha256(event) -> str:
-    """The trail's unkeyed hash as anyone reading the source can compute it (what an attacker recomputes)."""
-    content = {
-        "created_at": event.created_at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
-        "actor_id": event.actor_id,
-        "actor_label": event.actor_label,
-        "organisation_id": event.organisation_id,
-        "action": event.action,
-        "object_type": event.object_type,
-        "object_id": event.object_id,
-        "object_repr": event.object_repr,
-        "ip_address": event.ip_address,
-        "before": event.before,
-        "after": event.after,
-        "prev_hash": event.prev_hash,
-    }
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """The trail's unkeyed hash as anyone reading the source can compute it (what an attacker recomputes):
+    plain SHA-256 over the very bytes the keyed hash covers."""
+    return hashlib.sha256(event_canonical(event)).hexdigest()
 
 
 def _rewrite_from(victim_id: int, *, label: str, hasher, unkeyed: bool = False) -> str:

@@ -9,28 +9,14 @@ never a page, a redirect or a change.
 
 from __future__ import annotations
 
-import datetime as dt
-from decimal import Decimal
-
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import get_resolver
 from django.urls.resolvers import URLResolver
-from django.utils import timezone
 
-from devices.models import DeviceCommand
-from devices.services import StateChange, device_states_apply
-from payments.imports import statement_import_create
-from payments.models import CsvColumnMapping, PaymentChannel
-from payments.services import payment_ingest, proof_save
-from payments.uploads import proof_check
 from portal.models import AuditEvent
-from portal.services import api_key_create, staff_create
-from portal.webhooks import webhook_create, webhook_event_emit
-from support.services import case_open, proof_review_submit, unlock_request_create
+from tests import hostile
 from tests.conftest import signed_in
-from tests.factories import UserFactory, make_contract
-from tests.test_browser_stories import png_receipt
+from tests.factories import UserFactory
 
 # URL prefix (as walked from the root URLconf) -> which of provider A's objects its <pk> names.
 OBJECT_FOR_PREFIX = {
@@ -71,54 +57,8 @@ def pages_with_an_id():
 
 @pytest.fixture
 def objects_of_a(provider_a, admin_a, agent_a, technician):
-    """One of each kind of object provider A has, made through the services."""
-    contract = make_contract(provider_a, number="DLG-TEN-1")
-    device = contract.device
-    payment, _ = payment_ingest(
-        provider=provider_a,
-        channel="mobile_money",
-        external_id="TEN-1",
-        amount=Decimal("100.00"),
-        currency="LKR",
-        received_at=timezone.now() - dt.timedelta(hours=1),
-        reference="nothing",
-    )
-    proof = proof_save(payment=payment, checked=proof_check(SimpleUploadedFile("r.png", png_receipt())), actor=agent_a)
-    statement = statement_import_create(provider=provider_a, filename="s.sta", raw=b":20:X\n", actor=admin_a)
-    mapping = CsvColumnMapping.objects.create(provider=provider_a, name="Bank A", mapping={})
-    channel = PaymentChannel.objects.create(provider=provider_a, kind="bank_transfer", name="BoC", account="007")
-    _key, _secret = api_key_create(provider=provider_a, name="erp", actor=admin_a)
-    staff = staff_create(organisation=provider_a, username="a.newagent", role="agent", actor=admin_a)
-    staff = staff[0] if isinstance(staff, tuple) else staff
-    hook, _secret = webhook_create(
-        provider=provider_a, url="https://erp.example.com/hook", events=["payment.matched"], actor=admin_a
-    )
-    (event,) = webhook_event_emit(provider=provider_a, event="payment.matched", payload={"x": 1})
-    (command,) = device_states_apply(changes=[StateChange(device_id=device.pk, state="locked", reason="Overdue")])
-    DeviceCommand.objects.filter(pk=command.pk).update(dead_at=timezone.now())  # a dead letter
-    case = case_open(provider=provider_a, category="dispute", opened_by=agent_a, summary="Wrong amount", device=device)
-    review = proof_review_submit(
-        device=device, submitted_by=technician, receipts=[proof_check(SimpleUploadedFile("p.png", png_receipt()))]
-    )
-    unlock = unlock_request_create(device=device, kind="temporary", hours=2, requested_by=agent_a, reason="Hospital")
-    return {
-        "api_key": _key.pk,
-        "staff": staff.pk,
-        "webhook_event": event.pk,
-        "webhook": hook.pk,
-        "dead_letter": command.pk,
-        "device": device.pk,
-        "csv_mapping": mapping.pk,
-        "statement": statement.pk,
-        "proof": proof.pk,
-        "payment": payment.pk,
-        "contract": contract.pk,
-        "channel": channel.pk,
-        "case": case.pk,
-        "review_file": review.files.first().pk,
-        "review": review.pk,
-        "unlock": unlock.pk,
-    }
+    """One of each kind of object provider A has, made through the services (shared with the hostile corpus)."""
+    return hostile.one_of_each(provider_a, admin=admin_a, agent=agent_a, technician=technician)
 
 
 @pytest.fixture
