@@ -1111,15 +1111,7 @@ def device_offline_rekey(
     reason = (reason or "").strip()
     if not reason:
         raise ValidationError({"reason": ["Say why the phone needs a new offline-code key."]})
-    _require_in_scope(requested_by, device)
-    _require_in_scope(approved_by, device)
-    if not has_right(requested_by, Right.REQUEST_UNLOCK):
-        raise PermissionDenied("The requester's role does not allow requesting this.")
-    if not has_right(approved_by, Right.APPROVE_UNLOCK):
-        raise PermissionDenied("The approver's role does not allow approving this.")
-    if requested_by.pk == approved_by.pk:
-        raise PermissionDenied("A new offline-code key needs a second person to approve it.")
-    four_eyes_check(requester=requested_by, approver=approved_by)
+    _require_two_people(device, requested_by=requested_by, approved_by=approved_by, what="A new offline-code key")
     with transaction.atomic():
         locked = Device.objects.select_for_update().get(pk=device.pk)
         if locked.enrolled_at is None:
@@ -1296,6 +1288,19 @@ def _require_in_scope(user, device: Device) -> None:
         raise Http404("No such device.")
 
 
+def _require_two_people(device: Device, *, requested_by: User, approved_by: User, what: str) -> None:
+    """Both in scope of ``device``, each with their right, and two people (four eyes) — or refuse."""
+    _require_in_scope(requested_by, device)
+    _require_in_scope(approved_by, device)
+    if not has_right(requested_by, Right.REQUEST_UNLOCK):
+        raise PermissionDenied("The requester's role does not allow requesting this.")
+    if not has_right(approved_by, Right.APPROVE_UNLOCK):
+        raise PermissionDenied("The approver's role does not allow approving this.")
+    if requested_by.pk == approved_by.pk:
+        raise PermissionDenied(f"{what} needs a second person to approve it.")
+    four_eyes_check(requester=requested_by, approver=approved_by)
+
+
 def offline_code_issue(
     *,
     device: Device,
@@ -1342,15 +1347,7 @@ def offline_code_issue(
         token_type, value = TokenType.DISABLE_PAYG, None
     else:
         raise ValidationError({"kind": [f"One of {', '.join(OfflineCodeKind.values)}."]})
-    _require_in_scope(requested_by, device)
-    _require_in_scope(approved_by, device)
-    if not has_right(requested_by, Right.REQUEST_UNLOCK):
-        raise PermissionDenied("The requester's role does not allow requesting an unlock.")
-    if not has_right(approved_by, Right.APPROVE_UNLOCK):
-        raise PermissionDenied("The approver's role does not allow approving an unlock.")
-    if requested_by.pk == approved_by.pk:
-        raise PermissionDenied("An offline code needs a second person to approve it.")
-    four_eyes_check(requester=requested_by, approver=approved_by)
+    _require_two_people(device, requested_by=requested_by, approved_by=approved_by, what="An offline code")
     with transaction.atomic():
         # Race: two codes issued at once would read the same counter and produce
         # tokens for the same count, of which the phone accepts only one.
