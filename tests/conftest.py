@@ -8,6 +8,7 @@ machine they skip with the reason; with ``FINLOCK_REQUIRE_SERVICES=1`` (set by
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 from urllib.parse import urlparse
 
@@ -17,6 +18,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from tests import factories
+from tests.local_services import PrivateRedis, free_port
 
 
 def _reachable(url: str | None, default_port: int) -> bool:
@@ -332,3 +334,16 @@ def browser_sign_in(page, base_url: str, user, password: str = "browser-pass-202
 def shot(page, request, step: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}-{step}.png"), full_page=True)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of this test's own, which it may stop and start (outage stories)."""
+    if not shutil.which("redis-server"):
+        if settings.FINLOCK_REQUIRE_SERVICES:
+            pytest.fail("needs redis-server on PATH (FINLOCK_REQUIRE_SERVICES=1)")
+        pytest.skip("needs redis-server on PATH (apt-get install redis-server)")
+    server = PrivateRedis(free_port(), tmp_path / "redis.log")
+    server.start()
+    yield server
+    server.stop()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import shutil
 
 import pytest
 import redis
@@ -32,8 +31,9 @@ from payments.models import Payment
 from portal.api.throttling import ApiKeyRateThrottle
 from portal.services import api_key_create
 from tests.factories import DeviceFactory, enrolment_body, make_contract
+from tests.local_services import wait_for
 from tests.samples import SAMPLES
-from tests.test_delivery import PrivateRedis, free_port, producer_broker, wait_for
+from tests.test_delivery import producer_broker
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db]
 
@@ -41,18 +41,6 @@ PAYMENTS = "/api/v1/payments/"
 VALIDATION = "/api/v1/c2b/validation/"
 CONFIRMATION = "/api/v1/c2b/confirmation/"
 OUTAGE = "unavailable"
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    if not shutil.which("redis-server"):
-        if django_settings.FINLOCK_REQUIRE_SERVICES:
-            pytest.fail("needs redis-server on PATH (FINLOCK_REQUIRE_SERVICES=1)")
-        pytest.skip("needs redis-server on PATH (apt-get install redis-server)")
-    server = PrivateRedis(free_port(), tmp_path / "redis.log")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from portal.models import AuditEvent
 from portal.outbound import standard_webhook_headers
 from tests import factories
 from tests.conftest import signed_in
+from tests.local_services import wait_for
 from tests.test_provider_webhooks import assert_as_documented
 
 # A Standard Webhooks secret, as the admin's gateway form generates one (whsec_ + base64 of 32 bytes).
@@ -135,15 +135,6 @@ def celery_eager():
 def make_due(command: DeviceCommand) -> None:
     """Let the backoff pass (what waiting would do) so the next round is due now."""
     DeviceCommand.objects.filter(pk=command.pk).update(next_attempt_at=timezone.now() - dt.timedelta(seconds=1))
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 # --- MQTT --------------------------------------------------------------------------
@@ -700,45 +691,6 @@ def test_two_workers_never_push_the_same_command_at_once(provider_a, signing_key
 # --- Redis outage: a real worker process on a private Redis ---------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class PrivateRedis:
-    """A throw-away redis-server (no persistence) that the test can stop and start again."""
-
-    def __init__(self, port: int, log_path):
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            + ["--daemonize", "no"],
-            stdout=open(self.log_path, "a"),  # noqa: SIM115 - lives as long as the process
-            stderr=subprocess.STDOUT,
-        )
-        assert wait_for(self.answers, timeout=10), f"redis-server did not start on port {self.port}"
-
-    def answers(self) -> bool:
-        import redis
-
-        try:
-            return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5).ping()
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        assert wait_for(lambda: not self.answers(), timeout=5)
-
-
 @contextlib.contextmanager
 def producer_broker(url: str):
     """Point this process's Celery producer at ``url`` (what CELERY_BROKER_URL does at start-up)."""
@@ -812,18 +764,6 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    if not shutil.which("redis-server"):
-        if settings.FINLOCK_REQUIRE_SERVICES:
-            pytest.fail("needs redis-server on PATH (FINLOCK_REQUIRE_SERVICES=1)")
-        pytest.skip("needs redis-server on PATH (apt-get install redis-server)")
-    server = PrivateRedis(free_port(), tmp_path / "redis.log")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

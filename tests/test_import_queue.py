@@ -24,11 +24,11 @@ from payments.tasks import import_statement
 from portal.models import AuditEvent
 from tests import factories, test_delivery
 from tests.conftest import signed_in
-from tests.test_delivery import GATEWAY_SECRET, producer_broker, wait_for
+from tests.local_services import wait_for
+from tests.test_delivery import GATEWAY_SECRET, producer_broker
 from tests.test_statement_import import HEADER, csv_line
 
 # The delivery stories' fixtures: a private redis-server, real worker processes, the gateway.
-private_redis = test_delivery.private_redis
 start_worker = test_delivery.start_worker
 gateway_server = test_delivery.gateway_server
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 from django.conf import settings
 
-from tests.test_delivery import free_port, wait_for
+from tests.local_services import free_port, wait_for
 
 
 def _env(var_dir) -> dict[str, str]:

@@ -37,7 +37,7 @@ from devices.protocol import topic_for
 from devices.services import StateChange, device_states_apply, enrollment_challenge_issue, enrollment_token_create
 from portal.models import AuditEvent
 from tests.factories import DeviceFactory, enrolment_body
-from tests.test_delivery import free_port, wait_for
+from tests.local_services import free_port, wait_for
 from tests.test_settings import PRODUCTION, _manage
 
 REPO = Path(__file__).resolve().parent.parent
