@@ -112,9 +112,10 @@ def _import_line(*, record: StatementImport, provider, line, summary: dict, acto
         entry_external_id,
         entry_received_at,
         not_credited_note,
+        receipt_not_confirmed_note,
         statement_line_fields,
     )
-    from payments.services import PaymentConflict, payment_conflict_flag, payment_ingest
+    from payments.services import PaymentConflict, channel_record_refusal, payment_conflict_flag, payment_ingest
 
     if line.direction == "credit" and not line.is_return:
         summary["credits"] += 1
@@ -145,6 +146,7 @@ def _import_line(*, record: StatementImport, provider, line, summary: dict, acto
                         payer_name=line.counterparty_name,
                         source="statement",
                         actor=actor,
+                        carried_by=record.created_by,
                     )
             except ValidationError as exc:
                 stored.note = not_credited_note(exc)
@@ -155,7 +157,10 @@ def _import_line(*, record: StatementImport, provider, line, summary: dict, acto
                     payment_conflict_flag(conflict=exc, source="statement", actor=actor)
                 return
             stored.payment = payment
-            stored.save(update_fields=["payment"])
+            if payment.status == PaymentStatus.PROVISIONAL:
+                why = channel_record_refusal(recorded_by=payment.recorded_by, carried_by=record.created_by)
+                stored.note = receipt_not_confirmed_note(why) if why else ""
+            stored.save(update_fields=["payment", "note"])
             summary["matched" if payment.status != PaymentStatus.UNMATCHED else "unmatched"] += 1
     except IntegrityError:
         # This entry was imported before (same statement again, or overlapping statements).

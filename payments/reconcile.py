@@ -322,6 +322,7 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
         of_receipts = [c for c in credits if getattr(existing.get(c.external_id), "source", "") == PaymentSource.AGENT]
         receipt_contract = _receipt_contracts(provider, of_receipts)
         confirming: list[Payment] = []  # provisional payments this batch's lines confirm (step 5)
+        confirming_line: dict[int, str] = {}  # their lines' fingerprints
         conflicting: dict[int, tuple[Payment, dict]] = {}  # receipts whose bank record differs (flagged)
         new: list[_Credit] = []
         first_of: dict[str, _Credit] = {}
@@ -353,6 +354,7 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
                     # As line by line: a conflict seen first (an earlier line, or flagged before) blocks it.
                     if earlier.status == PaymentStatus.PROVISIONAL and earlier.pk not in conflicting:
                         confirming.append(earlier)
+                        confirming_line[earlier.pk] = credit.line.fingerprint
                 continue
             earlier_fields = earlier.request_fields if earlier is not None else None
             if earlier is None and credit.external_id in first_of:
@@ -397,6 +399,7 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
         # confirms. Its payment row is locked first (their order: payment, contract,
         # installments) and re-read: whoever comes second finds it no longer provisional.
         held = _lock_receipts(confirming, conflicting)
+        held = _independent_of_uploader(held, record=record, stored=stored, confirming_line=confirming_line)
         matched = [c for c in creatable if c.match]
         counts.unmatched += len(creatable) - len(matched)
         counts.matched += len(matched)
@@ -678,6 +681,35 @@ def _lock_receipts(confirming: list[Payment], conflicting: dict) -> list[dict]:
         for row in rows
         if row["pk"] in wanted and row["status"] == PaymentStatus.PROVISIONAL and row["flag"] != PaymentFlag.CONFLICT
     ]
+
+
+def _independent_of_uploader(held: list[dict], *, record, stored: dict, confirming_line: dict[int, str]) -> list[dict]:
+    """The receipts this statement may confirm: not its uploader's own, nor those of an account linked to them.
+
+    The others stay provisional (a second person confirms them); their lines say why.
+    """
+    from payments.services import channel_record_refusal
+    from portal.models import User
+
+    if not held or record.created_by_id is None:
+        return held
+    people = User.objects.in_bulk({record.created_by_id} | {row["recorded_by_id"] for row in held})
+    kept = []
+    for row in held:
+        why = channel_record_refusal(
+            recorded_by=people.get(row["recorded_by_id"]), carried_by=people.get(record.created_by_id)
+        )
+        if why is None:
+            kept.append(row)
+            continue
+        stored[confirming_line[row["pk"]]] = (receipt_not_confirmed_note(why), row["pk"])
+    return kept
+
+
+def receipt_not_confirmed_note(why: str) -> str:
+    """A statement line's note when it holds a receipt's transaction but may not confirm it (both import paths)."""
+    note = f"Does not confirm the receipt: {why} A second person confirms it on the payment's page."
+    return note[: StatementLine._meta.get_field("note").max_length]
 
 
 def _flag_conflicts(provider, conflicting: dict, *, now, actor, reason) -> None:

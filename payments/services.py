@@ -440,6 +440,7 @@ def payment_ingest(
     actor=None,
     ip_address: str | None = None,
     auto_match: bool = True,
+    carried_by=None,
 ):
     """Record a payment exactly once, match it to a contract and allocate it; returns ``(payment, created)``.
 
@@ -457,7 +458,9 @@ def payment_ingest(
     it when amount and currency agree (the agent typed the time and reference from the
     receipt, so those may differ) and it names no other contract: the held part is allocated
     and the lock decided at once, exactly once. One that differs raises ``PaymentConflict``
-    and flags the payment to finance; nothing is credited twice.
+    and flags the payment to finance; nothing is credited twice. ``carried_by`` is the person
+    who brought the record in (a statement's uploader): their own receipts, or those of an
+    account linked to theirs, are not confirmed by it (``channel_record_refusal``).
     """
     from payments.models import Payment, PaymentSource
 
@@ -523,6 +526,7 @@ def payment_ingest(
                     auto_match=auto_match,
                     actor=actor,
                     ip_address=ip_address,
+                    carried_by=carried_by,
                 )
             else:
                 differences = {
@@ -602,6 +606,7 @@ def _channel_record_arrived(
     auto_match: bool,
     actor,
     ip_address: str | None,
+    carried_by=None,
 ) -> PaymentConflict | None:
     """The channel's own record of a payment an agent recorded from a receipt: confirm it, or say how it differs.
 
@@ -636,9 +641,27 @@ def _channel_record_arrived(
                 actor=actor,
                 ip_address=ip_address,
             )
-        else:
+        elif channel_record_refusal(recorded_by=payment.recorded_by, carried_by=carried_by) is None:
             _payment_confirm(payment=payment, via=source, actor=actor, ip_address=ip_address)
+        # Otherwise the receipt stays provisional: a second person confirms it on the payments queue.
     return None
+
+
+def channel_record_refusal(*, recorded_by, carried_by) -> str | None:
+    """Why a channel record a *person* brought in may not confirm a receipt; None if it may.
+
+    A statement is the channel's own record only when it is independent of the receipt: the
+    officer who recorded a receipt and then uploads a statement (or a file they made) holding
+    the same transaction id would confirm their own entry. So a statement uploaded by the
+    recorder, or by an account four eyes links to theirs, confirms nothing; records that no
+    person carries (an API payment of the provider's systems, an M-Pesa callback) confirm.
+    """
+    from portal.four_eyes import four_eyes_refusal
+    from portal.models import User
+
+    if not isinstance(carried_by, User) or not isinstance(recorded_by, User):
+        return None
+    return four_eyes_refusal(requester=recorded_by, approver=carried_by)
 
 
 def _said_by(source: str) -> str:

@@ -442,12 +442,13 @@ def _berlin():
     return provider, agent
 
 
-def _bank_statement(provider, *rows) -> str:
+def _bank_statement(provider, *rows, uploaded_by=None) -> str:
+    """A CSV statement with these (amount, purpose, end-to-end id) rows, imported as the task does."""
     from payments.imports import statement_import_create, statement_import_run
     from tests.test_statement_import import HEADER, csv_line
 
     raw = "\n".join([HEADER, *(csv_line(amount, purpose, e2e, provider.today()) for amount, purpose, e2e in rows)])
-    record_ = statement_import_create(provider=provider, filename="s.csv", raw=raw.encode("utf-8"), actor=None)
+    record_ = statement_import_create(provider=provider, filename="s.csv", raw=raw.encode("utf-8"), actor=uploaded_by)
     return statement_import_run(import_id=record_.pk)
 
 
@@ -483,6 +484,48 @@ def test_the_bank_statement_line_with_the_same_transaction_id_confirms_it(db, im
 
     again = _bank_statement(provider, ("50000,00", "Rate BP 77", "E2E-77"))
     assert again.summary["duplicates"] == 1 and paid(contract) == Decimal("50120.00")
+
+
+def test_a_finance_officer_cannot_confirm_their_own_receipt_with_a_statement_they_upload(db, import_path):
+    """Security review: one officer recorded an invented receipt, then uploaded a statement "confirming" it."""
+    provider, _agent = _berlin()
+    officer = UserFactory(username="finance.berlin", organisation=provider, role="finance")
+    contract = overdue(provider, days=40, number="BP-0091")
+    payment = record(officer, contract, "50000.00", txid="SELF-91", channel="bank_transfer")
+    assert payment.held_amount == Decimal("47500.00") and phone(contract) == "locked"
+
+    imported = _bank_statement(provider, ("50000,00", "Rate BP 91", "SELF-91"), uploaded_by=officer)
+    payment.refresh_from_db()
+    assert (payment.status, payment.held_amount) == ("provisional", Decimal("47500.00"))
+    assert paid(contract) == Decimal("2500.00") and phone(contract) == "locked"
+    line = StatementLine.objects.get(statement_import=imported, end_to_end_id="SELF-91")
+    assert line.payment_id == payment.pk and line.note.startswith("Does not confirm the receipt: You asked for this")
+    assert not AuditEvent.objects.filter(action="payment.channel_confirm").exists()
+
+    # An account the officer set up is the officer too (four eyes), even as the uploader.
+    from portal.services import staff_create
+
+    second = staff_create(organisation=provider, username="finance.helper", role="finance", actor=officer)
+    second = second[0] if isinstance(second, tuple) else second
+    other = record(
+        officer, overdue(provider, days=40, number="BP-0092"), "30000.00", txid="SELF-92", channel="bank_transfer"
+    )
+    _bank_statement(provider, ("30000,00", "Rate BP 92", "SELF-92"), uploaded_by=second)
+    other.refresh_from_db()
+    assert other.status == "provisional"
+
+    # A colleague's upload of the bank's file is the independent record: it confirms.
+    colleague = UserFactory(username="finance.colleague", organisation=provider, role="finance")
+    third = record(
+        officer, overdue(provider, days=40, number="BP-0093"), "20000.00", txid="SELF-93", channel="bank_transfer"
+    )
+    _bank_statement(provider, ("20000,00", "Rate BP 93", "SELF-93"), uploaded_by=colleague)
+    third.refresh_from_db()
+    assert (third.status, third.confirmed_via, third.held_amount) == ("verified", "statement", 0)
+    # The lines seen before stay as they were: a second person confirms those receipts on their page.
+    _bank_statement(provider, ("50000,00", "Rate BP 91", "SELF-91"), uploaded_by=colleague)
+    payment.refresh_from_db()
+    assert payment.status == "provisional"
 
 
 def test_batches_and_line_by_line_treat_receipts_alike(db, monkeypatch):
