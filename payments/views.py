@@ -701,7 +701,11 @@ def contract_verify_payment(request, pk: int):
     record_form = RecordFromProofForm(
         request.POST if action == "record" else None,
         request.FILES or None,
-        initial={"transaction_id": transaction_id, "received_at": timezone.localtime(timezone.now(), provider.zone)},
+        # The widget shows an aware value in the active zone (UTC): give it the provider's wall-clock time.
+        initial={
+            "transaction_id": transaction_id,
+            "received_at": timezone.localtime(timezone.now(), provider.zone).replace(tzinfo=None),
+        },
     )
 
     if action == "verify" and verify_form.is_valid():

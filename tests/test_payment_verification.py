@@ -146,3 +146,15 @@ def test_a_proof_is_404_for_another_provider_and_403_for_a_technician(
     client.logout()
     signed_in(client, technician)
     assert client.get(reverse("payments:proof", args=[proof.pk])).status_code == 403
+
+
+def test_the_receipt_form_starts_at_the_providers_local_time_and_keeps_it(locked, provider_a, agent_a, as_user):
+    """Review: the form said "local time" but started at UTC, so an agent accepting it recorded Colombo
+    payments 5.5 hours early."""
+    client = as_user(agent_a)
+    url = reverse("payments:verify_payment", args=[locked.pk])
+    before = timezone.localtime(timezone.now(), provider_a.zone)
+    html = client.get(url, {"transaction_id": "QK7NEW01"}).content.decode()  # not received yet: record it
+    after = timezone.localtime(timezone.now(), provider_a.zone)
+    shown = {f'value="{moment:%Y-%m-%dT%H:%M}"' for moment in (before, after)}
+    assert any(value in html for value in shown), html
