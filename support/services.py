@@ -619,13 +619,13 @@ def unlock_request_approve(
             )
             apply_decisions([contract.pk], now=now, actor=approver)
             contract.refresh_from_db(fields=["lock_state"])
+            # The approver reads the end in the provider's zone, with its offset (as the console shows it).
+            until = f"{ends_at.astimezone(device.provider.zone):%d %b %Y %H:%M %z}"
             if contract.lock_state == LockState.TEMP_UNLOCKED:
-                outcome = (
-                    f"Temporarily unlocked until {ends_at:%Y-%m-%d %H:%M} UTC; then the lock policy applies again."
-                )
+                outcome = f"Temporarily unlocked until {until}; then the lock policy applies again."
             else:
                 outcome = (
-                    f"Override in place until {ends_at:%Y-%m-%d %H:%M} UTC; the contract does not lock the phone now "
+                    f"Override in place until {until}; the contract does not lock the phone now "
                     f"({contract.get_lock_state_display().lower()}), so no command was needed."
                 )
         elif unlock.kind == UnlockKind.RELEASE:
