@@ -354,7 +354,9 @@ def webhook_secret_rotate(
 
     The old secret keeps signing alongside the new one for ``SECRET_OVERLAP`` (Standard
     Webhooks sends one signature per secret), so a receiver still holding it accepts
-    every event until it switches. Rotating a legacy secret is how an endpoint gets a
+    every event until it switches. Rotating again during that overlap keeps the secret from
+    before the first rotation signing (the overlap restarts) and drops the one in between,
+    which no receiver was given time to install. Rotating a legacy secret is how an endpoint gets a
     standard one. Audited as ``webhook.secret_rotate`` (when the old secret stops
     signing; never a secret).
     """
@@ -366,7 +368,12 @@ def webhook_secret_rotate(
         locked = ProviderWebhook.objects.select_for_update().get(pk=webhook.pk)
         before = _audited(locked)
         secret = webhook_secret_generate()
-        locked.previous_secret = locked.secret
+        in_overlap = bool(locked.previous_secret) and (locked.previous_secret_until or now) > now
+        if not in_overlap:
+            locked.previous_secret = locked.secret
+        # else: rotating again while the last rotation's overlap runs (a reload of the page, a
+        # second click). The receiver most likely still holds the secret from before that
+        # rotation: it keeps signing, and the never-installed secret in between is dropped.
         locked.previous_secret_until = now + SECRET_OVERLAP
         locked.secret = secret
         locked.secret_legacy = False

@@ -539,6 +539,29 @@ def test_an_admin_creates_a_webhook_and_sees_its_secret_once_and_how_to_verify(p
     assert audit.after["secret_fingerprint"].startswith("sha256:")
 
 
+def test_rotating_twice_in_the_overlap_keeps_the_secret_the_receiver_holds(
+    locked, provider_a, admin_a, endpoint, client, django_capture_on_commit_callbacks
+):
+    """Review: a reload of the "Secret rotated" page rotated again and the receiver's secret stopped at once."""
+    hook, installed = webhook_create(provider=provider_a, url=endpoint.url, events=["payment.matched"], actor=admin_a)
+    signed_in(client, admin_a)
+    client.post(reverse("portal:webhook_secret_rotate", args=[hook.pk]))
+    hook.refresh_from_db()
+    never_installed = hook.secret
+
+    second = client.post(reverse("portal:webhook_secret_rotate", args=[hook.pk]))
+
+    hook.refresh_from_db()
+    assert hook.secret not in (installed, never_installed) and hook.secret in second.content.decode()
+    assert hook.previous_secret == installed
+    with django_capture_on_commit_callbacks(execute=True):
+        pay(provider_a, "100.00", external_id="TX-ROT")
+    delivery = endpoint.requests[-1]
+    assert received(delivery, installed)["data"]["external_id"] == "TX-ROT"
+    assert received(delivery, hook.secret)["data"]["external_id"] == "TX-ROT"
+    assert refused(delivery, never_installed) == "No matching signature found"
+
+
 def test_an_admin_rotates_a_secret_and_both_sign_until_the_overlap_ends(
     locked, provider_a, admin_a, endpoint, client, django_capture_on_commit_callbacks
 ):
