@@ -121,6 +121,9 @@ def test_the_admin_shows_a_signed_in_non_staff_user_the_403_page_not_a_redirect_
     assert response.status_code == 403
     assert len(response.redirect_chain) <= 1
     assert client.get("/admin/login/?next=/admin/").status_code == 403
+    # The 403 page is finlock's own, with the way back (review: a bare "403 Forbidden" had none).
+    html = response.content.decode()
+    assert "You cannot do this" in html and 'href="/"' in html and "Sign out" in html
 
 
 def test_the_admin_still_sends_a_stranger_to_the_portal_sign_in_and_staff_through(client, operator):
