@@ -40,6 +40,7 @@ from support.models import (
     CaseCategory,
     CaseStatus,
     ReviewStatus,
+    UnlockKind,
     UnlockStatus,
 )
 
@@ -315,7 +316,10 @@ def unlock_new(request):
         case = selectors.case_for(request.user, int(case_id))
         device = case.device or device  # a case's unlock is for the case's phone, whatever ?device= says
     max_hours = services.max_temp_unlock_hours(device.provider) if device else None
-    form = UnlockRequestForm(request.POST or None, max_hours=max_hours, initial={"imei": device.imei if device else ""})
+    initial = {"imei": device.imei if device else ""}
+    if request.GET.get("kind") in UnlockKind.values:  # a link for one kind ("Ask for a new offline-code key")
+        initial["kind"] = request.GET["kind"]
+    form = UnlockRequestForm(request.POST or None, max_hours=max_hours, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         if device is None:

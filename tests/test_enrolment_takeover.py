@@ -33,6 +33,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
+from django.urls import reverse
 from django.utils import timezone
 from openpaygo import TokenType
 from rest_framework.test import APIClient
@@ -408,3 +409,14 @@ def test_the_worked_example_in_the_protocol_page_is_exactly_what_is_signed():
         == b"finlock-enroll-v1\n" + row["`challenge`"].encode() + b"\n351234560000648\n" + row["`device_key`"].encode()
     )
     assert base64.b64encode(key.sign(message)).decode() == row["`signature`"]  # Ed25519 is deterministic
+
+
+def test_the_device_pages_link_opens_the_request_form_on_a_new_offline_code_key(real_phone, admin_a, as_user):
+    """Review: the link opened the form on "Temporary unlock", which then asked "How many hours?"."""
+    client = as_user(admin_a)
+    page = client.get(reverse("devices:detail", args=[real_phone.device.pk])).content.decode()
+    link = f"{reverse('support:unlock_new')}?device={real_phone.device.pk}&amp;kind=rekey"
+    assert link in page
+    form = client.get(link.replace("&amp;", "&")).content.decode()
+    assert re.search(r'<input[^>]*value="rekey"[^>]*checked', form), "the key request is chosen"
+    assert not re.search(r'<input[^>]*value="temporary"[^>]*checked', form)
