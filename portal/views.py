@@ -9,6 +9,7 @@ import qrcode.image.svg
 from django import forms
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import logout as auth_logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -209,11 +210,12 @@ class StaffCreateForm(forms.Form):
     first_name = forms.CharField(max_length=150, required=False)
     last_name = forms.CharField(max_length=150, required=False)
     email = forms.EmailField(required=False)
-    role = forms.ChoiceField()
+    role = forms.ChoiceField(error_messages={"required": "Choose the role this person needs, and no more."})
 
     def __init__(self, *args, organisation, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["role"].choices = staff_roles_for(organisation)
+        # No role is preselected: an admin account is never made by not looking at the field.
+        self.fields["role"].choices = [("", "Choose a role…"), *staff_roles_for(organisation)]
 
 
 class StaffRoleForm(forms.Form):
@@ -394,7 +396,12 @@ class SetPasswordView(auth_views.PasswordResetConfirmView):
     def form_valid(self, form):
         staff_password_set(user=self.user, password=form.cleaned_data["new_password1"], ip_address=_ip(self.request))
         del self.request.session[auth_views.INTERNAL_RESET_SESSION_TOKEN]
-        messages.success(self.request, "Your password is set. Sign in with it.")
+        signed_in = self.request.user
+        if signed_in.is_authenticated and signed_in.pk != self.user.pk:
+            # Someone else's link opened in this browser (an admin trying it): never leave the
+            # browser signed in as one person right after choosing another's password.
+            auth_logout(self.request)
+        messages.success(self.request, f"The password of {self.user.get_username()} is set. Sign in with it.")
         return redirect(self.success_url)
 
 

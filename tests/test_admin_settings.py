@@ -444,3 +444,32 @@ def test_chromium_draws_the_agents_lock_screen_inside_the_360_by_800_frame(brows
     assert frame.inner_text("h1") == "Framed for Dialog Finance"  # the unsaved text, drawn by the agent's page
     shot(page, request, "preview")
     context.close()
+
+
+def test_an_admin_who_opens_an_agents_link_sees_whose_it_is_and_is_signed_out_after_setting_it(as_user, admin_a):
+    """Review: the page said "Choose your password" under the admin's name and left the admin signed in."""
+    client = as_user(admin_a)
+    response = client.post("/settings/staff/new/", {"username": "kamala", "role": "agent"})
+    link = re.search(r'id="set-password-link">http://testserver([^<]+)<', response.content.decode()).group(1)
+
+    form_page = client.get(link, follow=True)
+    html = form_page.content.decode()
+    assert "Choose your password · kamala" in html
+    assert "You are signed in as admin.a, but this link is for <strong>kamala</strong>" in html
+    done = client.post(
+        form_page.redirect_chain[-1][0],
+        {"new_password1": "sapphire-lagoon-42", "new_password2": "sapphire-lagoon-42"},
+        follow=True,
+    )
+    assert "The password of kamala is set. Sign in with it." in done.content.decode()
+    assert client.get("/settings/").status_code == 302, "the admin's session ended"
+
+
+def test_adding_staff_preselects_no_role(as_user, admin_a):
+    """Review: the form started on "Provider admin", so a hurried admin made admins."""
+    client = as_user(admin_a)
+    html = client.get("/settings/staff/new/").content.decode()
+    assert re.search(r'<option value="" selected>Choose a role…</option>', html)
+    refused = client.post("/settings/staff/new/", {"username": "hurried"})
+    assert "Choose the role this person needs" in refused.content.decode()
+    assert not User.objects.filter(username="hurried").exists()
