@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db.models import (
     BigIntegerField,
+    Case,
     CharField,
     Count,
     Exists,
@@ -12,6 +13,8 @@ from django.db.models import (
     Q,
     QuerySet,
     Subquery,
+    Value,
+    When,
 )
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
@@ -25,6 +28,12 @@ from portal.permissions import Right, require
 #: the approver as its actor and the requester's user id in ``after[APPROVAL_REQUESTER_KEY]`` (its
 #: username in ``after["requested_by"]``). Add an approval here when you add one to finlock.
 APPROVAL_ACTIONS: tuple[str, ...] = ("unlock_request.approve", "device.offline_code", "payment.confirm")
+#: What each approval is, in the auditor's words.
+APPROVAL_LABELS: dict[str, str] = {
+    "unlock_request.approve": "Unlock request approved",
+    "device.offline_code": "Offline code issued",
+    "payment.confirm": "Payment from a receipt confirmed",
+}
 APPROVAL_REQUESTER_KEY = "requested_by_id"
 
 #: Object types of the money side (contracts, customers, payments, statements): never shown to a
@@ -116,6 +125,11 @@ def same_browser_approvals(actor, *, provider: Organisation | None = None) -> Qu
     )
     return (
         listed.annotate(
+            approval=Case(
+                *(When(action=action, then=Value(label)) for action, label in APPROVAL_LABELS.items()),
+                default=F("action"),
+                output_field=CharField(),
+            ),
             approver_login_at=Subquery(approver_login.values("created_at")[:1]),
             requester_name=Coalesce(
                 Subquery(User.objects.filter(pk=OuterRef("requester_id")).values("username")[:1]),
