@@ -937,6 +937,7 @@ def load_demo(*, devices: int = DEFAULT_DEVICES, seed: int = DEFAULT_SEED, now=N
                 load.situations[plan.situation] += 1
             _write_history(rows, Device=Device, Customer=Customer, Contract=Contract, Installment=Installment)
             _issue_commands(provider, [contract.pk for _plan, _device, _customer, contract in rows], now=now)
+            _enrol_some(provider, [device for _plan, device, _customer, _contract in rows])
             _unmatched_payments(provider, spec, now=now, seed=seed)
             audit_record(
                 actor=None,
@@ -947,6 +948,39 @@ def load_demo(*, devices: int = DEFAULT_DEVICES, seed: int = DEFAULT_SEED, now=N
             )
         load.created = len(rows)
     return loads
+
+
+#: How many of each provider's demo phones have enrolled, one in every ENROLLED_EVERY.
+ENROLLED_EVERY = 20
+
+
+def _enrol_some(provider, devices: list) -> None:
+    """Enrol a few phones through the real enrolment (a demo token, a fresh challenge, a device key).
+
+    So the device pages show what an enrolled phone has: offline codes, a re-enrolment code,
+    a new offline-code key. Their device keys are thrown away, as a phone that lost its
+    storage would: re-enrolling one needs a re-enrolment code from its page.
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from devices.keys import public_key_b64
+    from devices.protocol import b64, enrollment_message
+    from devices.services import device_enroll, enrollment_challenge_issue, enrollment_token_create
+
+    _token, secret = enrollment_token_create(provider=provider, name="Demo shop", shop="Demo", actor=None)
+    for device in devices[::ENROLLED_EVERY]:
+        key = Ed25519PrivateKey.generate()
+        device_key = public_key_b64(key)
+        challenge = enrollment_challenge_issue()["challenge"]
+        message = enrollment_message(challenge=challenge, imei=device.imei, device_key=device_key)
+        device_enroll(
+            imei=device.imei,
+            token_secret=secret,
+            device_key=device_key,
+            challenge=challenge,
+            signature=b64(key.sign(message)),
+            app_version="demo",
+        )
 
 
 def _unmatched_payments(provider, spec, *, now, seed: int) -> None:
