@@ -84,6 +84,7 @@ def statement_import_create(
             format=format or "",
             csv_mapping=csv_mapping,
             created_by=actor if getattr(actor, "pk", None) else None,
+            api_key=getattr(actor, "key", None) if not getattr(actor, "pk", None) else None,
         )
         record.file.save(name, ContentFile(raw), save=True)
         audit_record(
@@ -146,7 +147,7 @@ def _import_line(*, record: StatementImport, provider, line, summary: dict, acto
                         payer_name=line.counterparty_name,
                         source="statement",
                         actor=actor,
-                        carried_by=record.created_by,
+                        carried_by=record.carried_by,
                     )
             except ValidationError as exc:
                 stored.note = not_credited_note(exc)
@@ -156,12 +157,20 @@ def _import_line(*, record: StatementImport, provider, line, summary: dict, acto
                     # payment_ingest flagged it inside the savepoint just rolled back: again, to keep it.
                     payment_conflict_flag(conflict=exc, source="statement", actor=actor)
                 return
-            stored.payment = payment
-            if payment.status == PaymentStatus.PROVISIONAL:
-                why = channel_record_refusal(recorded_by=payment.recorded_by, carried_by=record.created_by)
-                stored.note = receipt_not_confirmed_note(why) if why else ""
+            refused = payment.status == PaymentStatus.PROVISIONAL and channel_record_refusal(
+                recorded_by=payment.recorded_by, carried_by=record.carried_by
+            )
+            if refused:
+                # Not linked (as in a batch): an independent statement may still confirm the receipt.
+                stored.note = receipt_not_confirmed_note(payment.pk)
+            else:
+                stored.payment = payment
+            # Raises IntegrityError (a duplicate, counted below) when the payment has its line already.
             stored.save(update_fields=["payment", "note"])
-            summary["matched" if payment.status != PaymentStatus.UNMATCHED else "unmatched"] += 1
+            if refused:
+                summary["not_credited"] += 1
+            else:
+                summary["matched" if payment.status != PaymentStatus.UNMATCHED else "unmatched"] += 1
     except IntegrityError:
         # This entry was imported before (same statement again, or overlapping statements).
         summary["duplicates"] += 1

@@ -780,6 +780,8 @@ class StatementImport(models.Model):
     summary = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    # Uploaded through the API: with which key (its creator answers for what it uploads).
+    api_key = models.ForeignKey("portal.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     # Queueing and claiming (payments/imports.py): when a task for it last reached the broker
@@ -802,6 +804,13 @@ class StatementImport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.filename} ({self.get_status_display()})"
+
+    @property
+    def carried_by(self):
+        """The person who brought this statement in: the uploader, or the creator of the API key used."""
+        if self.created_by_id is not None:
+            return self.created_by
+        return self.api_key.created_by if self.api_key_id is not None else None
 
     @property
     def progress_percent(self) -> int:

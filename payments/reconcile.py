@@ -399,7 +399,9 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
         # confirms. Its payment row is locked first (their order: payment, contract,
         # installments) and re-read: whoever comes second finds it no longer provisional.
         held = _lock_receipts(confirming, conflicting)
-        held = _independent_of_uploader(held, record=record, stored=stored, confirming_line=confirming_line)
+        held, refused = _independent_of_uploader(held, record=record, stored=stored, confirming_line=confirming_line)
+        counts.matched -= refused
+        counts.not_credited += refused
         matched = [c for c in creatable if c.match]
         counts.unmatched += len(creatable) - len(matched)
         counts.matched += len(matched)
@@ -683,33 +685,42 @@ def _lock_receipts(confirming: list[Payment], conflicting: dict) -> list[dict]:
     ]
 
 
-def _independent_of_uploader(held: list[dict], *, record, stored: dict, confirming_line: dict[int, str]) -> list[dict]:
-    """The receipts this statement may confirm: not its uploader's own, nor those of an account linked to them.
+def _independent_of_uploader(
+    held: list[dict], *, record, stored: dict, confirming_line: dict[int, str]
+) -> tuple[list[dict], int]:
+    """The receipts this statement may confirm (not its uploader's own, nor those of an account linked
+    to them), and how many it may not.
 
     The others stay provisional (a second person confirms them); their lines say why.
     """
     from payments.services import channel_record_refusal
     from portal.models import User
 
-    if not held or record.created_by_id is None:
-        return held
-    people = User.objects.in_bulk({record.created_by_id} | {row["recorded_by_id"] for row in held})
+    carrier = record.carried_by if held else None
+    if carrier is None:
+        return held, 0
+    recorders = User.objects.in_bulk({row["recorded_by_id"] for row in held})
     kept = []
     for row in held:
-        why = channel_record_refusal(
-            recorded_by=people.get(row["recorded_by_id"]), carried_by=people.get(record.created_by_id)
-        )
+        why = channel_record_refusal(recorded_by=recorders.get(row["recorded_by_id"]), carried_by=carrier)
         if why is None:
             kept.append(row)
             continue
-        stored[confirming_line[row["pk"]]] = (receipt_not_confirmed_note(why), row["pk"])
-    return kept
+        # Not linked to the payment: the bank's own statement, uploaded by someone independent,
+        # must still be able to link and confirm it later.
+        stored[confirming_line[row["pk"]]] = (receipt_not_confirmed_note(row["pk"]), None)
+    return kept, len(held) - len(kept)
 
 
-def receipt_not_confirmed_note(why: str) -> str:
-    """A statement line's note when it holds a receipt's transaction but may not confirm it (both import paths)."""
-    note = f"Does not confirm the receipt: {why} A second person confirms it on the payment's page."
-    return note[: StatementLine._meta.get_field("note").max_length]
+def receipt_not_confirmed_note(payment_id: int) -> str:
+    """A statement line's note when it holds a receipt's transaction but may not confirm it (both import paths).
+
+    Neutral on purpose: every finance officer reads it; who set up whom is the auditor's business.
+    """
+    return (
+        f"Not credited: payment #{payment_id}, a receipt recorded by this statement's uploader or by an account "
+        "linked to theirs (four eyes). A second person confirms it on the payment's page."
+    )
 
 
 def _flag_conflicts(provider, conflicting: dict, *, now, actor, reason) -> None:

@@ -37,6 +37,7 @@ from portal.models import AuditEvent, User
 SETUP_ACTIONS: dict[str, str] = {
     "staff.create": "created",
     "staff.password_link": "sent a set-password link to",
+    "staff.password_set": "chose the password (with the link) of",
     "staff.activate": "re-activated",
     "staff.role_change": "changed the role of",
     "user.create": "created (Django admin)",

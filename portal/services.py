@@ -832,12 +832,21 @@ def staff_password_link(*, user: User, actor, ip_address: str | None = None) -> 
     return staff_password_link_token(user)
 
 
-def staff_password_set(*, user: User, password: str, ip_address: str | None = None) -> User:
-    """The staff member sets their password through a set-password link; audited as ``staff.password_set``."""
+def staff_password_set(*, user: User, password: str, actor: User | None = None, ip_address: str | None = None) -> User:
+    """A password chosen through ``user``'s set-password link; audited as ``staff.password_set``.
+
+    ``actor`` is whoever was signed in when the link was used, if that is someone other than
+    ``user``: they chose the password, so four eyes links the two accounts
+    (``portal.four_eyes.SETUP_ACTIONS``). Otherwise the staff member set their own.
+    """
     with transaction.atomic():
         user.set_password(password)
         user.save(update_fields=["password"])
         audit_record(
-            actor=user, action="staff.password_set", obj=user, organisation=user.organisation, ip_address=ip_address
+            actor=actor or user,
+            action="staff.password_set",
+            obj=user,
+            organisation=user.organisation,
+            ip_address=ip_address,
         )
     return user

@@ -27,5 +27,10 @@ urlpatterns = [
     path("account/set-password/<uidb64>/<token>/", views.SetPasswordView.as_view(), name="set_password"),
     path("settings/webhooks/", views.webhooks, name="webhooks"),
     path("settings/webhooks/<int:pk>/rotate/", views.webhook_secret_rotate_view, name="webhook_secret_rotate"),
+    path(
+        "settings/webhooks/<int:pk>/end-overlap/",
+        views.webhook_secret_overlap_end_view,
+        name="webhook_secret_overlap_end",
+    ),
     path("settings/webhooks/events/<int:pk>/retry/", views.webhook_event_retry_view, name="webhook_event_retry"),
 ]

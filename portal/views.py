@@ -43,7 +43,12 @@ from portal.services import (
     staff_set_active,
 )
 from portal.shell import panels_for
-from portal.webhooks import webhook_create, webhook_event_retry, webhook_secret_rotate
+from portal.webhooks import (
+    webhook_create,
+    webhook_event_retry,
+    webhook_secret_overlap_end,
+    webhook_secret_rotate,
+)
 
 
 class LoginView(auth_views.LoginView):
@@ -394,10 +399,13 @@ class SetPasswordView(auth_views.PasswordResetConfirmView):
         return user if user is not None and user.is_active else None
 
     def form_valid(self, form):
-        staff_password_set(user=self.user, password=form.cleaned_data["new_password1"], ip_address=_ip(self.request))
-        del self.request.session[auth_views.INTERNAL_RESET_SESSION_TOKEN]
         signed_in = self.request.user
-        if signed_in.is_authenticated and signed_in.pk != self.user.pk:
+        other = signed_in if signed_in.is_authenticated and signed_in.pk != self.user.pk else None
+        staff_password_set(
+            user=self.user, password=form.cleaned_data["new_password1"], actor=other, ip_address=_ip(self.request)
+        )
+        del self.request.session[auth_views.INTERNAL_RESET_SESSION_TOKEN]
+        if other is not None:
             # Someone else's link opened in this browser (an admin trying it): never leave the
             # browser signed in as one person right after choosing another's password.
             auth_logout(self.request)
@@ -470,9 +478,23 @@ def webhook_secret_rotate_view(request, pk: int):
     """Give an endpoint a new secret, shown once on this answer (audited as webhook.secret_rotate)."""
     provider = _webhook_provider(request.user)
     hook = scoped_get(ProviderWebhook.objects.all(), request.user, Right.MANAGE_SETTINGS, pk=pk)
-    hook, secret = webhook_secret_rotate(webhook=hook, actor=request.user, ip_address=client_ip(request))
+    try:
+        hook, secret = webhook_secret_rotate(webhook=hook, actor=request.user, ip_address=client_ip(request))
+    except ValidationError as exc:  # still in the last rotation's overlap (a reload, a second click)
+        messages.error(request, " ".join(exc.messages))
+        return redirect("portal:webhooks")
     # Rendered, not redirected, for the same reason as a new endpoint's secret.
     return _webhooks_page(request, provider, form=WebhookForm(), new_hook=hook, new_secret=secret, rotated=True)
+
+
+@login_required
+@require_POST
+def webhook_secret_overlap_end_view(request, pk: int):
+    """Stop an endpoint's previous secret signing now (audited as webhook.secret_overlap_end)."""
+    hook = scoped_get(ProviderWebhook.objects.all(), request.user, Right.MANAGE_SETTINGS, pk=pk)
+    webhook_secret_overlap_end(webhook=hook, actor=request.user, ip_address=client_ip(request))
+    messages.success(request, f"The previous secret of {hook.url} signs nothing any more.")
+    return redirect("portal:webhooks")
 
 
 @login_required

@@ -69,7 +69,12 @@ def _audited(hook: ProviderWebhook) -> dict:
     ``secret_fingerprint`` (the first 64 bits of SHA-256 over the key) shows a rotation as
     a real before and after without revealing anything usable about a 256-bit key.
     """
-    return {**snapshot(hook), "secret_fingerprint": webhook_secret_fingerprint(hook.secret)}
+    previous = webhook_secret_fingerprint(hook.previous_secret) if hook.previous_secret else None
+    return {
+        **snapshot(hook),
+        "secret_fingerprint": webhook_secret_fingerprint(hook.secret),
+        "previous_secret_fingerprint": previous,
+    }
 
 
 @dataclass(frozen=True)
@@ -354,26 +359,30 @@ def webhook_secret_rotate(
 
     The old secret keeps signing alongside the new one for ``SECRET_OVERLAP`` (Standard
     Webhooks sends one signature per secret), so a receiver still holding it accepts
-    every event until it switches. Rotating again during that overlap keeps the secret from
-    before the first rotation signing (the overlap restarts) and drops the one in between,
-    which no receiver was given time to install. Rotating a legacy secret is how an endpoint gets a
-    standard one. Audited as ``webhook.secret_rotate`` (when the old secret stops
-    signing; never a secret).
+    every event until it switches. Rotating a legacy secret is how an endpoint gets a
+    standard one. Audited as ``webhook.secret_rotate`` (which secret signs, which one
+    keeps signing and until when; never a secret).
+
+    While that overlap runs, rotating again is refused (``ValidationError``): it would have
+    to drop either the secret the receiver holds or the one it is switching to, and a
+    reload of the page must change nothing. After a leak, end the overlap first
+    (:func:`webhook_secret_overlap_end`), which stops the old secret at once.
     """
     now = timezone.now()
     with transaction.atomic():
         # Race prevented: two admins rotating at once would each keep "the previous secret"
         # of a row the other already changed, and one of the secrets shown would never
-        # sign anything. The row lock orders them; the second rotates the first's secret.
+        # sign anything. The row lock orders them; the second finds the overlap running.
         locked = ProviderWebhook.objects.select_for_update().get(pk=webhook.pk)
+        if locked.previous_secret and locked.previous_secret_until and locked.previous_secret_until > now:
+            raise ValidationError(
+                "The last rotation is still in its overlap: the old secret signs too until "
+                f"{locked.previous_secret_until.astimezone(locked.provider.zone):%d %b %Y %H:%M %z}. "
+                "Rotate again after that, or stop the old secret now (if it leaked) and then rotate."
+            )
         before = _audited(locked)
         secret = webhook_secret_generate()
-        in_overlap = bool(locked.previous_secret) and (locked.previous_secret_until or now) > now
-        if not in_overlap:
-            locked.previous_secret = locked.secret
-        # else: rotating again while the last rotation's overlap runs (a reload of the page, a
-        # second click). The receiver most likely still holds the secret from before that
-        # rotation: it keeps signing, and the never-installed secret in between is dropped.
+        locked.previous_secret = locked.secret
         locked.previous_secret_until = now + SECRET_OVERLAP
         locked.secret = secret
         locked.secret_legacy = False
@@ -387,6 +396,30 @@ def webhook_secret_rotate(
             ip_address=ip_address,
         )
     return locked, secret
+
+
+def webhook_secret_overlap_end(*, webhook: ProviderWebhook, actor, ip_address: str | None = None) -> ProviderWebhook:
+    """Stop the previous secret signing now (it leaked, or the receiver has switched); audited.
+
+    Changes nothing when no previous secret signs. Audited as ``webhook.secret_overlap_end``.
+    """
+    with transaction.atomic():
+        # Race prevented: a rotation at the same moment; the row lock orders them.
+        locked = ProviderWebhook.objects.select_for_update().get(pk=webhook.pk)
+        if not locked.previous_secret:
+            return locked
+        before = _audited(locked)
+        locked.previous_secret, locked.previous_secret_until = "", None
+        locked.save(update_fields=["previous_secret", "previous_secret_until"])
+        audit_record(
+            actor=actor,
+            action="webhook.secret_overlap_end",
+            obj=locked,
+            before=before,
+            after=_audited(locked),
+            ip_address=ip_address,
+        )
+    return locked
 
 
 _RETRY_FIELDS = ("attempts", "next_attempt_at", "dead_at", "last_error", "last_status_code")

@@ -348,3 +348,23 @@ def test_a_reviewer_linked_to_the_technician_reads_why_and_granting_changes_noth
     assert ProofReview.objects.get(pk=review.pk).status == ReviewStatus.PENDING
     assert not UnlockRequest.objects.exists()
     assert Contract.objects.get(pk=overdue.pk).lock_state != "released"
+
+
+def test_whoever_chooses_a_password_with_anothers_link_is_linked_to_that_account(org, admin_a, as_user):
+    """Review: a signed-in colleague who used an agent's set-password link left no link in the trail."""
+    from django.urls import reverse
+
+    agent = create(org, admin_a, "a.linked")
+    colleague = UserFactory(username="admin.colleague", organisation=org, role="provider_admin")
+    assert four_eyes_refusal(requester=agent, approver=colleague) is None  # set up independently so far
+    uid, token = staff_password_link(user=agent, actor=admin_a)
+    client = as_user(colleague)
+    form = client.get(reverse("portal:set_password", kwargs={"uidb64": uid, "token": token}), follow=True)
+    client.post(
+        form.redirect_chain[-1][0], {"new_password1": "river-otter-2026!", "new_password2": "river-otter-2026!"}
+    )
+
+    agent.refresh_from_db()
+    assert agent.check_password("river-otter-2026!")
+    reason = four_eyes_refusal(requester=agent, approver=colleague)
+    assert "you chose the password (with the link) of a.linked" in reason

@@ -539,27 +539,40 @@ def test_an_admin_creates_a_webhook_and_sees_its_secret_once_and_how_to_verify(p
     assert audit.after["secret_fingerprint"].startswith("sha256:")
 
 
-def test_rotating_twice_in_the_overlap_keeps_the_secret_the_receiver_holds(
+def test_a_second_rotation_in_the_overlap_is_refused_and_a_leaked_secret_is_stopped_at_once(
     locked, provider_a, admin_a, endpoint, client, django_capture_on_commit_callbacks
 ):
-    """Review: a reload of the "Secret rotated" page rotated again and the receiver's secret stopped at once."""
-    hook, installed = webhook_create(provider=provider_a, url=endpoint.url, events=["payment.matched"], actor=admin_a)
+    """Reviews: a reload of the "Secret rotated" page rotated again and cut the receiver off; rotating
+    again and again must not keep a leaked secret alive either."""
+    hook, leaked = webhook_create(provider=provider_a, url=endpoint.url, events=["payment.matched"], actor=admin_a)
     signed_in(client, admin_a)
     client.post(reverse("portal:webhook_secret_rotate", args=[hook.pk]))
     hook.refresh_from_db()
-    never_installed = hook.secret
+    installed, until = hook.secret, hook.previous_secret_until
 
-    second = client.post(reverse("portal:webhook_secret_rotate", args=[hook.pk]))
+    again = client.post(reverse("portal:webhook_secret_rotate", args=[hook.pk]), follow=True)
 
+    assert "The last rotation is still in its overlap" in again.content.decode()
     hook.refresh_from_db()
-    assert hook.secret not in (installed, never_installed) and hook.secret in second.content.decode()
-    assert hook.previous_secret == installed
+    assert (hook.secret, hook.previous_secret, hook.previous_secret_until) == (installed, leaked, until)
+    assert AuditEvent.objects.filter(action="webhook.secret_rotate").count() == 1
+
+    # The old secret leaked: the admin stops it at once; from then on only the new one signs.
+    page = client.get(reverse("portal:webhooks")).content.decode()
+    assert "Stop the previous secret now" in page
+    client.post(reverse("portal:webhook_secret_overlap_end", args=[hook.pk]))
+    hook.refresh_from_db()
+    assert (hook.previous_secret, hook.previous_secret_until) == ("", None)
+    event = AuditEvent.objects.get(action="webhook.secret_overlap_end")
+    assert event.actor_id == admin_a.pk and event.before["previous_secret_fingerprint"].startswith("sha256:")
+    assert event.after["previous_secret_fingerprint"] is None and leaked not in json.dumps(event.before)
     with django_capture_on_commit_callbacks(execute=True):
-        pay(provider_a, "100.00", external_id="TX-ROT")
+        pay(provider_a, "100.00", external_id="TX-LEAK")
     delivery = endpoint.requests[-1]
-    assert received(delivery, installed)["data"]["external_id"] == "TX-ROT"
-    assert received(delivery, hook.secret)["data"]["external_id"] == "TX-ROT"
-    assert refused(delivery, never_installed) == "No matching signature found"
+    assert received(delivery, installed)["data"]["external_id"] == "TX-LEAK"
+    assert refused(delivery, leaked) == "No matching signature found"
+    # And the endpoint can be rotated again.
+    assert client.post(reverse("portal:webhook_secret_rotate", args=[hook.pk])).status_code == 200
 
 
 def test_an_admin_rotates_a_secret_and_both_sign_until_the_overlap_ends(

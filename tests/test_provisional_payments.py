@@ -499,7 +499,9 @@ def test_a_finance_officer_cannot_confirm_their_own_receipt_with_a_statement_the
     assert (payment.status, payment.held_amount) == ("provisional", Decimal("47500.00"))
     assert paid(contract) == Decimal("2500.00") and phone(contract) == "locked"
     line = StatementLine.objects.get(statement_import=imported, end_to_end_id="SELF-91")
-    assert line.payment_id == payment.pk and line.note.startswith("Does not confirm the receipt: You asked for this")
+    # Neutral for every reader; not linked, so the bank's own statement can still confirm it.
+    assert line.payment_id is None and line.note.startswith(f"Not credited: payment #{payment.pk}, a receipt recorded")
+    assert (imported.summary["matched"], imported.summary["not_credited"]) == (0, 1)
     assert not AuditEvent.objects.filter(action="payment.channel_confirm").exists()
 
     # An account the officer set up is the officer too (four eyes), even as the uploader.
@@ -522,10 +524,39 @@ def test_a_finance_officer_cannot_confirm_their_own_receipt_with_a_statement_the
     _bank_statement(provider, ("20000,00", "Rate BP 93", "SELF-93"), uploaded_by=colleague)
     third.refresh_from_db()
     assert (third.status, third.confirmed_via, third.held_amount) == ("verified", "statement", 0)
-    # The lines seen before stay as they were: a second person confirms those receipts on their page.
-    _bank_statement(provider, ("50000,00", "Rate BP 91", "SELF-91"), uploaded_by=colleague)
+    # The officer's own upload does not stop the bank's statement (another entry of the same
+    # transaction) from confirming the receipt when a colleague uploads it.
+    bank = _bank_statement(provider, ("50000,00", "Transfer BP-0091 from the bank", "SELF-91"), uploaded_by=colleague)
     payment.refresh_from_db()
-    assert payment.status == "provisional"
+    assert (payment.status, payment.confirmed_via) == ("verified", "statement")
+    assert StatementLine.objects.get(statement_import=bank).payment_id == payment.pk
+
+
+def test_a_statement_uploaded_with_a_key_answers_for_the_keys_creator(db, client, django_capture_on_commit_callbacks):
+    """Review: an API upload skipped the check; a key's creator answers for what it uploads."""
+    from portal.services import api_key_create
+    from tests.test_statement_import import HEADER, csv_line
+
+    provider, _agent = _berlin()
+    admin = UserFactory(username="admin.berlin", organisation=provider, role="provider_admin")
+    officer = UserFactory(username="finance.berlin", organisation=provider, role="finance")
+    payment = record(
+        officer, overdue(provider, days=40, number="BP-0094"), "50000.00", txid="KEY-94", channel="bank_transfer"
+    )
+    for creator, expected in ((officer, "provisional"), (admin, "verified")):
+        _key, secret = api_key_create(provider=provider, name=f"erp {creator.username}", actor=creator)
+        raw = "\n".join([HEADER, csv_line("50000,00", f"BP-0094 via {creator.username}", "KEY-94", provider.today())])
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        with django_capture_on_commit_callbacks(execute=True):  # the import task runs after the upload commits
+            response = client.post(
+                "/api/v1/statements/",
+                {"file": SimpleUploadedFile("s.csv", raw.encode())},
+                HTTP_AUTHORIZATION=f"Bearer {secret}",
+            )
+        assert response.status_code in (201, 202), response.content
+        payment.refresh_from_db()
+        assert payment.status == expected, creator.username
 
 
 def test_batches_and_line_by_line_treat_receipts_alike(db, monkeypatch):
