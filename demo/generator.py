@@ -965,9 +965,14 @@ def _enrol_some(provider, devices: list) -> None:
 
     from devices.keys import public_key_b64
     from devices.protocol import b64, enrollment_message
-    from devices.services import device_enroll, enrollment_challenge_issue, enrollment_token_create
+    from devices.services import (
+        device_enroll,
+        enrollment_challenge_issue,
+        enrollment_token_create,
+        enrollment_token_revoke,
+    )
 
-    _token, secret = enrollment_token_create(provider=provider, name="Demo shop", shop="Demo", actor=None)
+    token, secret = enrollment_token_create(provider=provider, name="Demo shop", shop="Demo", actor=None)
     for device in devices[::ENROLLED_EVERY]:
         key = Ed25519PrivateKey.generate()
         device_key = public_key_b64(key)
@@ -981,6 +986,8 @@ def _enrol_some(provider, devices: list) -> None:
             signature=b64(key.sign(message)),
             app_version="demo",
         )
+    # Its secret was never shown to anyone: it enrols nothing more.
+    enrollment_token_revoke(token=token, actor=None)
 
 
 def _unmatched_payments(provider, spec, *, now, seed: int) -> None:
