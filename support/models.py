@@ -289,7 +289,7 @@ class UnlockRequest(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.get_kind_display()} #{self.pk} for {self.device_id}"
+        return f"{self.get_kind_display()} #{self.pk} for the phone {self.device.imei}"
 
     @property
     def kind_label(self) -> str:
@@ -361,7 +361,7 @@ class ProofReview(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"Proof review #{self.pk} for {self.device_id}"
+        return f"Proof review #{self.pk} for the phone {self.device.imei}"
 
 
 class ProofFileKind(models.TextChoices):
