@@ -653,8 +653,10 @@ def channel_record_refusal(*, recorded_by, carried_by) -> str | None:
     A statement is the channel's own record only when it is independent of the receipt: the
     officer who recorded a receipt and then uploads a statement (or a file they made) holding
     the same transaction id would confirm their own entry. So a statement uploaded by the
-    recorder, or by an account four eyes links to theirs, confirms nothing; records that no
-    person carries (an API payment of the provider's systems, an M-Pesa callback) confirm.
+    recorder, or by an account four eyes links to theirs, confirms nothing (uploaded with an
+    API key, it is carried by the key's creator). Records no person carries — a payment the
+    provider's systems post, an M-Pesa callback, a file imported from the server's shell —
+    confirm.
     """
     from portal.four_eyes import four_eyes_refusal
     from portal.models import User
