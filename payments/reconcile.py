@@ -699,11 +699,12 @@ def _independent_of_uploader(
     carrier = record.carried_by if held else None
     if carrier is None:
         return held, 0
+    # One four-eyes check per person who recorded receipts here, not per receipt.
     recorders = User.objects.in_bulk({row["recorded_by_id"] for row in held})
+    refused_by = {pk: channel_record_refusal(recorded_by=user, carried_by=carrier) for pk, user in recorders.items()}
     kept = []
     for row in held:
-        why = channel_record_refusal(recorded_by=recorders.get(row["recorded_by_id"]), carried_by=carrier)
-        if why is None:
+        if refused_by.get(row["recorded_by_id"]) is None:
             kept.append(row)
             continue
         # Not linked to the payment: the bank's own statement, uploaded by someone independent,

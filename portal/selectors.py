@@ -26,14 +26,14 @@ from portal.permissions import Right, require
 
 #: Audit actions by which a second person approved what a first one asked for. Each such event has
 #: the approver as its actor and the requester's user id in ``after[APPROVAL_REQUESTER_KEY]`` (its
-#: username in ``after["requested_by"]``). Add an approval here when you add one to finlock.
-APPROVAL_ACTIONS: tuple[str, ...] = ("unlock_request.approve", "device.offline_code", "payment.confirm")
-#: What each approval is, in the auditor's words.
+#: username in ``after["requested_by"]``). Add an approval here, with what it is in the auditor's
+#: words, when you add one to finlock.
 APPROVAL_LABELS: dict[str, str] = {
     "unlock_request.approve": "Unlock request approved",
     "device.offline_code": "Offline code issued",
     "payment.confirm": "Payment from a receipt confirmed",
 }
+APPROVAL_ACTIONS: tuple[str, ...] = tuple(APPROVAL_LABELS)
 APPROVAL_REQUESTER_KEY = "requested_by_id"
 
 #: Object types of the money side (contracts, customers, payments, statements): never shown to a

@@ -49,6 +49,7 @@ from portal.outbound import (
     webhook_secret_generate,
 )
 from portal.services import audit_record, snapshot
+from portal.templatetags.finlock import local
 
 logger = logging.getLogger(__name__)
 
@@ -377,7 +378,7 @@ def webhook_secret_rotate(
         if locked.previous_secret and locked.previous_secret_until and locked.previous_secret_until > now:
             raise ValidationError(
                 "The last rotation is still in its overlap: the old secret signs too until "
-                f"{locked.previous_secret_until.astimezone(locked.provider.zone):%d %b %Y %H:%M %z}. "
+                f"{local(locked.previous_secret_until, locked.provider)}. "
                 "Rotate again after that, or stop the old secret now (if it leaked) and then rotate."
             )
         before = _audited(locked)

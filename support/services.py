@@ -24,6 +24,7 @@ from portal.four_eyes import four_eyes_check
 from portal.models import Organisation, OrganisationKind, User
 from portal.permissions import ROLE_RIGHTS, Right, has_right, require, visible_provider_ids
 from portal.services import audit_record, snapshot
+from portal.templatetags.finlock import local
 from support.models import (
     IDENTITY_CHECKS,
     Case,
@@ -619,8 +620,8 @@ def unlock_request_approve(
             )
             apply_decisions([contract.pk], now=now, actor=approver)
             contract.refresh_from_db(fields=["lock_state"])
-            # The approver reads the end in the provider's zone, with its offset (as the console shows it).
-            until = f"{ends_at.astimezone(device.provider.zone):%d %b %Y %H:%M %z}"
+            # The approver reads the end in the provider's zone, as every page shows a time.
+            until = local(ends_at, device.provider)
             if contract.lock_state == LockState.TEMP_UNLOCKED:
                 outcome = f"Temporarily unlocked until {until}; then the lock policy applies again."
             else:
