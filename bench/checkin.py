@@ -215,7 +215,7 @@ def measure(args, server_env: dict, credentials: list[str]) -> tuple[float, floa
     server = subprocess.Popen(
         [
             str(REPO / ".venv/bin/gunicorn"),
-            "portal.wsgi:application",
+            "config.wsgi:application",
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
     else:
         server_env.pop("REDIS_URL", None)
     os.environ.update({k: v for k, v in server_env.items() if k != "DEBUG"})
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     sys.path.insert(0, str(REPO))
     import django
 

@@ -216,7 +216,7 @@ def main(argv=None) -> int:
             "FINLOCK_VAR_DIR": scratch,
         }
     )
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     sys.path.insert(0, str(REPO))
     import django
 

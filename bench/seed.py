@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def setup_django(database_url: str) -> None:
     """Point Django at ``database_url`` and set it up, as manage.py would."""
     os.environ["DATABASE_URL"] = database_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     import django

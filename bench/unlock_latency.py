@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     if not (os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL")):
         print("bench/unlock_latency.py needs REDIS_URL (the Celery broker)", file=sys.stderr)
         return 2
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     sys.path.insert(0, str(REPO))
     import django
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     env = dict(os.environ)
     worker = subprocess.Popen(
         # The commands worker as production runs it: the "celery" queue (imports have their own).
-        [str(REPO / ".venv/bin/celery"), "-A", "portal", "worker", "-Q", "celery", "--concurrency", str(args.workers)]
+        [str(REPO / ".venv/bin/celery"), "-A", "config", "worker", "-Q", "celery", "--concurrency", str(args.workers)]
         + ["--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
         cwd=REPO,
         env=env,

@@ -1,7 +1,7 @@
 """The server's Ed25519 key that signs device commands, and the public keys phones trust.
 
 Configured by ``DEVICE_SIGNING_KEY`` (current) and ``DEVICE_SIGNING_PUBLIC_KEYS``
-(retired), read and validated in ``portal.settings``. Without configuration (development
+(retired), read and validated in ``config.settings``. Without configuration (development
 only: settings refuse to start with ``DEBUG=0``) a key is generated once into
 ``<FINLOCK_VAR_DIR>/device-signing-key`` so commands stay verifiable across restarts.
 """

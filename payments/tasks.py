@@ -1,6 +1,6 @@
 """Celery tasks of the money side: thin, idempotent, safe to retry.
 
-Queues and time limits are set in one place, ``portal/settings.py`` (``CELERY_TASK_ROUTES``,
+Queues and time limits are set in one place, ``config/settings.py`` (``CELERY_TASK_ROUTES``,
 ``CELERY_TASK_ANNOTATIONS``): statement imports run on the ``imports`` queue, so a long
 import never holds up a device command.
 """

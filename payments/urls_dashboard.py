@@ -1,4 +1,4 @@
-"""URLs of the dashboard pages (wired in portal/urls.py)."""
+"""URLs of the dashboard pages (wired in config/urls.py)."""
 
 from django.urls import path
 

@@ -1,4 +1,4 @@
-"""URLs of the selfservice pages (wired in portal/urls.py at /my-phone/): public, no login."""
+"""URLs of the selfservice pages (wired in config/urls.py at /my-phone/): public, no login."""
 
 from django.urls import path
 

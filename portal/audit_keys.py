@@ -1,6 +1,6 @@
 """The secret keys that make the audit trail's hashes and checkpoints unforgeable by the database.
 
-``AUDIT_HMAC_KEY`` (``<key_id>:<base64 32 bytes>``, read and validated in ``portal.settings``)
+``AUDIT_HMAC_KEY`` (``<key_id>:<base64 32 bytes>``, read and validated in ``config.settings``)
 keys every new event's hash (HMAC-SHA256), the signature of the chain head row and the
 signature of every checkpoint written outside the database. Keys of earlier rotations stay
 in ``AUDIT_HMAC_RETIRED_KEYS`` so the events they keyed still verify. The keys live only in

@@ -1,7 +1,7 @@
 """Celery tasks of the portal: thin wrappers, the work is in ``portal.webhooks`` and ``portal.services``.
 
 Periodic jobs are scheduled in one place only: ``CELERY_BEAT_SCHEDULE`` in
-``portal/settings.py``.
+``config/settings.py``.
 """
 
 from __future__ import annotations

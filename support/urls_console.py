@@ -1,4 +1,4 @@
-"""URLs of the console pages (wired in portal/urls.py at ``console/``)."""
+"""URLs of the console pages (wired in config/urls.py at ``console/``)."""
 
 from django.urls import path
 

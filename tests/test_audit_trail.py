@@ -187,7 +187,7 @@ def _head_signed_by_key_holder() -> None:
 @pytest.fixture
 def celery_eager():
     """Run queued tasks in-process even when the run has a broker but no worker."""
-    from portal.celery import app
+    from config.celery import app
 
     before = app.conf.task_always_eager
     app.conf.task_always_eager = True
@@ -444,7 +444,7 @@ def test_checkpoints_come_every_n_events_and_from_the_periodic_job_and_verify_fr
 
     job = settings.CELERY_BEAT_SCHEDULE["portal.audit-checkpoint"]
     assert job["schedule"] == settings.AUDIT_CHECKPOINT_MINUTES * 60
-    from portal.celery import app
+    from config.celery import app
 
     task = app.tasks[job["task"]]
     assert task.apply().get() is None  # nothing new since the last checkpoint: nothing written

@@ -45,7 +45,7 @@ OUTAGE = "unavailable"
 
 @pytest.fixture
 def redis_cache(private_redis, settings):
-    """The production cache configuration (portal/settings.py), pointed at the private Redis; so are the
+    """The production cache configuration (config/settings.py), pointed at the private Redis; so are the
     check-in cache and the task producer."""
     settings.CACHES = {"default": {**django_settings.CACHES["default"], "LOCATION": private_redis.url}}
     settings.REDIS_URL = private_redis.url

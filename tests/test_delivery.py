@@ -124,7 +124,7 @@ def celery_eager():
     Needed where a story queues work while the run has a real broker but no worker:
     the task would otherwise wait in Redis for a worker that never comes.
     """
-    from portal.celery import app
+    from config.celery import app
 
     before = app.conf.task_always_eager
     app.conf.task_always_eager = True
@@ -694,7 +694,7 @@ def test_two_workers_never_push_the_same_command_at_once(provider_a, signing_key
 @contextlib.contextmanager
 def producer_broker(url: str):
     """Point this process's Celery producer at ``url`` (what CELERY_BROKER_URL does at start-up)."""
-    from portal.celery import app
+    from config.celery import app
 
     def reset(*, close: bool):
         # Only the private pool is closed: kombu keeps pools in a global registry keyed by
@@ -726,7 +726,7 @@ def worker_database_url() -> str:
 
 
 class Worker:
-    """``celery -A portal worker -Q <queues>`` in its own process, on the test database and the private Redis.
+    """``celery -A config worker -Q <queues>`` in its own process, on the test database and the private Redis.
 
     ``queues`` as the README runs them: ``celery`` (commands, webhooks, periodic jobs) or
     ``imports`` (statement imports). ``pool="prefork"`` (one child) where a story needs the
@@ -743,7 +743,7 @@ class Worker:
         environment |= {k: str(v) for k, v in env.items()}
         pool_args = ["--pool", pool] + (["--concurrency", "1"] if pool == "prefork" else [])
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", queues, *pool_args, "--loglevel", "INFO"]
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, *pool_args, "--loglevel", "INFO"]
             + ["--without-gossip", "--without-mingle", "--hostname", f"deltest-{uuid.uuid4().hex[:6]}@%h"],
             cwd=settings.BASE_DIR,
             env=environment,

@@ -62,7 +62,7 @@ def status_of(record: StatementImport) -> str:
 
 
 def test_every_task_has_a_soft_and_a_hard_time_limit():
-    from portal.celery import app
+    from config.celery import app
 
     app.loader.import_default_modules()  # every app's tasks module, as a worker loads them
     ours = [task for name, task in app.tasks.items() if not name.startswith("celery.")]
@@ -85,7 +85,7 @@ def test_imports_have_their_own_limit_and_a_push_a_tighter_one(settings):
 
 
 def test_statement_imports_go_to_their_own_queue_and_nothing_else_does():
-    from portal.celery import app
+    from config.celery import app
 
     app.loader.import_default_modules()
     queues = {name: app.amqp.router.route({}, name)["queue"] for name in app.tasks if not name.startswith("celery.")}
@@ -97,7 +97,7 @@ def test_statement_imports_go_to_their_own_queue_and_nothing_else_does():
 
 
 def test_the_periodic_job_that_requeues_imports_is_scheduled(settings):
-    from portal.celery import app
+    from config.celery import app
 
     app.loader.import_default_modules()
     jobs = {entry["task"]: entry for entry in settings.CELERY_BEAT_SCHEDULE.values()}

@@ -7,7 +7,7 @@ from django.conf import settings
 def test_without_a_broker_tasks_run_in_process(settings):
     if settings.CELERY_BROKER_URL:
         pytest.skip("a broker is configured in this run; the embedded default is covered on a bare machine")
-    from portal.celery import ping
+    from config.celery import ping
 
     assert ping.delay().get() == "pong"
 
@@ -16,7 +16,7 @@ def test_without_a_broker_tasks_run_in_process(settings):
 def test_a_task_round_trips_through_a_real_worker_and_redis():
     from celery.contrib.testing.worker import start_worker
 
-    from portal.celery import app, ping
+    from config.celery import app, ping
 
     assert settings.CELERY_BROKER_URL.startswith("redis://")
     with start_worker(app, queues=["celery"], perform_ping_check=False, pool="solo", loglevel="WARNING"):

@@ -86,7 +86,7 @@ def test_past_grace_the_sweep_locks_the_phone_over_mqtt_and_the_portal_sees_it_a
 ):
     from celery.contrib.testing.worker import start_worker
 
-    from portal.celery import app
+    from config.celery import app
 
     listener = MqttListener(enrolled_phone, settings.MQTT_URL).start()
     try:

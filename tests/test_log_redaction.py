@@ -110,7 +110,7 @@ def test_gunicorn_with_its_access_log_on_logs_the_callbacks_with_the_key_masked(
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-    command = [gunicorn, "portal.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+    command = [gunicorn, "config.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
     server = _serve([*command, "--access-logfile", "-", "--error-logfile", "-"], env, log_path)
     try:
         _hit_with_the_key(f"http://127.0.0.1:{port}", key)

@@ -59,7 +59,7 @@ def test_an_mpesa_payment_of_the_arrears_unlocks_the_phone_over_mqtt_at_once(
 ):
     from celery.contrib.testing.worker import start_worker
 
-    from portal.celery import app
+    from config.celery import app
 
     _key, api_key = api_key_create(provider=provider_b, name="daraja")
     device_id = overdue_contract.device_id

@@ -203,7 +203,7 @@ class DjangoTransport:
 @pytest.fixture
 def celery_eager():
     """Tasks queued after commit run in-process: this story has a real broker run but no worker."""
-    from portal.celery import app
+    from config.celery import app
 
     before = app.conf.task_always_eager
     app.conf.task_always_eager = True

@@ -114,7 +114,7 @@ def celery_eager():
     With a real broker (CI sets REDIS_URL) but no worker, a task would wait in Redis for a
     worker that never comes.
     """
-    from portal.celery import app
+    from config.celery import app
 
     before = app.conf.task_always_eager
     app.conf.task_always_eager = True

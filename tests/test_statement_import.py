@@ -325,7 +325,7 @@ def test_another_providers_statement_import_is_404_in_the_api(berlin, api_b):
 @pytest.fixture
 def celery_eager():
     """No broker (the embedded default): a queued task runs in-process, as on a bare machine."""
-    from portal.celery import app
+    from config.celery import app
 
     before = app.conf.task_always_eager
     app.conf.task_always_eager = True

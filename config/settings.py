@@ -104,8 +104,8 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
-ROOT_URLCONF = "portal.urls"
-WSGI_APPLICATION = "portal.wsgi.application"
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
 
 TEMPLATES = [
     {
@@ -275,7 +275,7 @@ MQTT_PUBLISH_TIMEOUT_SECONDS = env_int("MQTT_PUBLISH_TIMEOUT_SECONDS", 10, minim
 # --- Task queues and time limits ----------------------------------------------
 # Two queues: "celery" for device commands, webhooks and the periodic jobs, "imports" for
 # statement imports only, so a long import can never hold up a lock or unlock. Production
-# runs one worker per queue (`celery -A portal worker -Q celery` and `... -Q imports`); a
+# runs one worker per queue (`celery -A config worker -Q celery` and `... -Q imports`); a
 # worker started without -Q consumes both.
 # Each queue has its own exchange and routing key: a Queue given by name alone is bound to the
 # default exchange with the default key, and then every message lands in both queues.
