@@ -226,7 +226,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
-    # A signed checkpoint of the audit chain head outside the database (portal/services.py).
+    # A signed checkpoint of the audit chain head outside the database (portal/audit.py).
     "portal.audit-checkpoint": {
         "task": "portal.audit_checkpoint",
         "schedule": AUDIT_CHECKPOINT_MINUTES * 60.0,

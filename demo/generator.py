@@ -770,8 +770,8 @@ def ensure_organisations(*, actor=None) -> dict[str, object]:
     from django.core.exceptions import ValidationError
     from django.db import transaction
 
+    from portal.audit import audit_record, snapshot
     from portal.models import Organisation
-    from portal.services import audit_record, snapshot
 
     wanted = [{"slug": s.slug, **s.organisation_fields()} for s in PROVIDERS] + [SERVICE_CENTER, PLATFORM]
     result: dict[str, Organisation] = {}
@@ -827,7 +827,7 @@ DEMO_SHORT_CODES = {"M-PESA Paybill": "522533"}
 def _ensure_payment_channels(provider, *, actor=None) -> None:
     """The provider's payment channels, created once (an admin's later edits are kept)."""
     from payments.models import PaymentChannel
-    from portal.services import audit_record, snapshot
+    from portal.audit import audit_record, snapshot
 
     if PaymentChannel.objects.filter(provider=provider).exists():
         return
@@ -880,7 +880,7 @@ def load_demo(*, devices: int = DEFAULT_DEVICES, seed: int = DEFAULT_SEED, now=N
     from devices.services import device_create
     from payments.models import Contract, Customer, Installment
     from payments.services import contract_create, contract_set_status, customer_create
-    from portal.services import audit_record
+    from portal.audit import audit_record
 
     if devices < MIN_DEVICES:
         raise ValueError(f"The demo needs at least {MIN_DEVICES} devices to show every situation for each provider.")
@@ -1304,7 +1304,7 @@ def load_people_side(*, users: dict, now=None) -> int:
     from django.utils import timezone
 
     from payments.models import Contract
-    from payments.uploads import proof_check
+    from portal.uploads import proof_check
     from support.models import Case
     from support.services import case_assign, case_open, proof_review_submit, unlock_request_create
 

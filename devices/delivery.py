@@ -61,11 +61,11 @@ from django.utils import timezone
 
 from devices.models import Channel, DeliveryAttempt, DeviceCommand, DeviceGateway
 from devices.protocol import topic_for
+from portal.audit import audit_record, snapshot
 
 # Backoff, signature, redirect refusal and broker errors are shared with the provider webhooks
 # (portal.webhooks), so they live in the bottom layer; still importable from here.
 from portal.outbound import BROKER_ERRORS, backoff_seconds, opener, standard_webhook_headers
-from portal.services import audit_record, snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ class Device(models.Model):
     device last acknowledged. They differ while a command is on its way.
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "provider",
         "uid",
@@ -171,7 +171,7 @@ class EnrollmentToken(models.Model):
     ``max_uses`` caps the first enrolments it may perform (``uses``).
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "provider",
         "name",
@@ -231,7 +231,7 @@ class DeviceCommand(models.Model):
     signature. Never edited after issue except for delivery bookkeeping.
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "device",
         "seq",
@@ -313,7 +313,7 @@ class DeviceGateway(models.Model):
     gateway gets a generated secret (the operator hands it to the provider).
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = ("provider", "url", "enabled")
 
     provider = models.OneToOneField(
@@ -346,7 +346,7 @@ class OfflineCodeKind(models.TextChoices):
 class OfflineCode(models.Model):
     """An OpenPAYGO Token issued for a phone that cannot reach the server: who asked, who approved, why."""
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = ("device", "kind", "days", "count", "reason", "requested_by", "approved_by", "issued_at")
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="offline_codes")

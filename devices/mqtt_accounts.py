@@ -51,8 +51,8 @@ from django.utils import timezone
 
 from devices.models import Device, MqttAccount
 from devices.protocol import topic_for
+from portal.audit import AuditEntry, audit_record, audit_record_many
 from portal.outbound import BROKER_ERRORS
-from portal.services import AuditEntry, audit_record, audit_record_many
 
 logger = logging.getLogger(__name__)
 

@@ -45,10 +45,10 @@ from devices.protocol import (
     topic_for,
     unb64,
 )
+from portal.audit import AuditEntry, audit_record, audit_record_many, snapshot
 from portal.four_eyes import four_eyes_check
 from portal.models import Organisation, OrganisationKind, User
 from portal.permissions import Right, has_right, visible_provider_ids
-from portal.services import AuditEntry, audit_record, audit_record_many, snapshot
 
 log = logging.getLogger(__name__)
 

@@ -108,12 +108,12 @@ def _proof_field(required: bool) -> forms.FileField:
 
 
 class _ProofMixin:
-    """Checks the receipt by content (payments.uploads.proof_check) and keeps the result in ``checked``."""
+    """Checks the receipt by content (portal.uploads.proof_check) and keeps the result in ``checked``."""
 
     def clean_receipt(self):
         from django.core.exceptions import ValidationError
 
-        from payments.uploads import proof_check
+        from portal.uploads import proof_check
 
         upload = self.cleaned_data.get("receipt")
         if not upload:

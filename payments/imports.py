@@ -33,9 +33,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from payments.models import CsvColumnMapping, ImportStatus, PaymentStatus, StatementImport, StatementLine
+from portal.audit import AuditEntry, audit_record, audit_record_many
 from portal.models import Organisation
 from portal.outbound import BROKER_ERRORS
-from portal.services import AuditEntry, audit_record, audit_record_many
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ def _default_weekdays() -> list[int]:
 class Customer(models.Model):
     """The buyer of a financed phone. The national ID is never stored in clear."""
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = ("provider", "name", "phone", "preferred_language", "national_id_masked", "created_at")
 
     provider = models.ForeignKey(
@@ -143,7 +143,7 @@ class Contract(models.Model):
     The schedule (``installments``) always sums exactly to ``financed_amount``.
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "provider",
         "number",
@@ -270,7 +270,7 @@ class LockPolicy(models.Model):
     The lock decision (``payments.decision``) reads it; every change is audited.
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "provider",
         "grace_days",
@@ -392,7 +392,7 @@ class LockOverride(models.Model):
     Created only through services that record who asked and who approved.
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = ("contract", "kind", "starts_at", "ends_at", "reason", "created_by", "lifted_at", "created_at")
 
     contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="overrides")
@@ -459,7 +459,7 @@ class LockScreenText(models.Model):
     The phone uses the customer's language, else the provider's default, else English.
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "provider",
         "language",
@@ -508,7 +508,7 @@ class ChannelKind(models.TextChoices):
 class PaymentChannel(models.Model):
     """A way an owner can pay a provider, shown on the lock screen with the exact account and reference."""
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "provider",
         "kind",
@@ -601,7 +601,7 @@ class Payment(models.Model):
     confirms it; one no channel confirms in time, or whose channel record differs, is flagged.
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "provider",
         "channel",
@@ -854,7 +854,7 @@ class StatementLine(models.Model):
 class CsvColumnMapping(models.Model):
     """How to read one source's CSV export (separator, decimal comma, columns...), saved per provider."""
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = ("provider", "name", "mapping", "updated_at")
 
     provider = models.ForeignKey(

@@ -57,7 +57,7 @@ from payments.models import (
     contract_number_key,
     reference_number_keys,
 )
-from portal.services import AuditEntry, audit_record, audit_record_many
+from portal.audit import AuditEntry, audit_record, audit_record_many
 
 CHANNEL = "bank_transfer"
 NOT_CREDITED_DEBIT = "Debit or return: shown, never credited."

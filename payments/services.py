@@ -27,9 +27,9 @@ from payments.models import (
     reference_number_keys,
 )
 from payments.money import has_valid_precision, minor_units, quantum, split_evenly
-from payments.uploads import CheckedProof
+from portal.audit import AuditEntry, audit_record, audit_record_many, snapshot
 from portal.models import Organisation
-from portal.services import AuditEntry, audit_record, audit_record_many, snapshot
+from portal.uploads import CheckedProof
 
 # Longest schedule we accept: ten years of weekly installments.
 MAX_INSTALLMENTS = 520
@@ -1549,7 +1549,7 @@ def payment_channel_save(*, provider, actor, channel=None, ip_address: str | Non
     from django.db.models import Max
 
     from payments.models import ChannelKind, PaymentChannel
-    from portal.services import audit_record, snapshot
+    from portal.audit import audit_record, snapshot
 
     unknown = sorted(set(fields) - {"kind", "name", "account", "reference", "instructions", "short_code"})
     if unknown:
@@ -1584,7 +1584,7 @@ def payment_channel_set_active(*, channel, active: bool, actor, ip_address: str 
     from django.db import transaction
 
     from payments.models import PaymentChannel
-    from portal.services import audit_record
+    from portal.audit import audit_record
 
     with transaction.atomic():
         channel = PaymentChannel.objects.select_for_update().get(pk=channel.pk)
@@ -1611,7 +1611,7 @@ def payment_channel_move(*, channel, up: bool, actor, ip_address: str | None = N
     from django.db import transaction
 
     from payments.models import PaymentChannel
-    from portal.services import audit_record
+    from portal.audit import audit_record
 
     with transaction.atomic():
         rows = list(

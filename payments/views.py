@@ -608,10 +608,8 @@ def payment_reverse_view(request, pk: int):
 @login_required
 def payment_proof_download(request, pk: int):
     """A stored proof, only for VIEW_FINANCE in the provider's scope; always a download, never rendered inline."""
-    from django.http import FileResponse, Http404
-
     from payments.models import PaymentProof
-    from payments.uploads import ACCEPTED
+    from portal.uploads import private_file_response
 
     proof = scoped_get(
         PaymentProof.objects.select_related("payment"),
@@ -620,21 +618,9 @@ def payment_proof_download(request, pk: int):
         provider_field="payment__provider",
         pk=pk,
     )
-    try:
-        handle = proof.file.open("rb")
-    except (FileNotFoundError, ValueError):
-        raise Http404("The proof file is missing.") from None
-    extension = ACCEPTED.get(proof.content_type, "bin")
-    response = FileResponse(
-        handle,
-        as_attachment=True,
-        filename=f"proof-{proof.payment.external_id}-{proof.pk}.{extension}",
-        content_type=proof.content_type if proof.content_type in ACCEPTED else "application/octet-stream",
+    return private_file_response(
+        proof.file, filename_stem=f"proof-{proof.payment.external_id}-{proof.pk}", content_type=proof.content_type
     )
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    response["Cache-Control"] = "private, no-store"
-    return response
 
 
 def _verify_existing(request, contract, form) -> bool:

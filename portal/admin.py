@@ -10,9 +10,9 @@ from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin as BaseTOTPDeviceA
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.admin_mixins import AuditedAdmin, ReadOnlyAdmin
+from portal.audit import audit_record
 from portal.http import client_ip
 from portal.models import ApiKey, AuditEvent, Organisation, ProviderWebhook, User, WebhookEvent
-from portal.services import audit_record
 
 admin.site.site_header = "finlock administration"
 admin.site.site_title = "finlock"

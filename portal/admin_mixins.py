@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db import transaction
 
+from portal.audit import audit_record, snapshot
 from portal.http import client_ip
-from portal.services import audit_record, snapshot
 
 
 class AuditedAdmin(admin.ModelAdmin):

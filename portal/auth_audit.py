@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from portal.audit import audit_record
 from portal.browsers import browser_digest, browser_id
 from portal.http import client_ip
 from portal.models import User
-from portal.services import audit_record
 
 
 def _ip(request) -> str | None:

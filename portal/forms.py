@@ -1,5 +1,8 @@
+from __future__ import annotations
+
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import ValidationError
 
 
 class LoginForm(AuthenticationForm):
@@ -53,3 +56,15 @@ class WebhookForm(forms.Form):
         if not url.lower().startswith("https://") and not settings.DEBUG:
             raise forms.ValidationError("Use an https:// address.")
         return url
+
+
+def form_errors_from(form: forms.BaseForm, exc: ValidationError) -> None:
+    """Put a service's ``ValidationError`` on the form: per field where the form has that field, else on top.
+
+    Services validate (one home per rule); views only show what they say, through this.
+    """
+    if hasattr(exc, "error_dict"):
+        for name, errors in exc.message_dict.items():
+            form.add_error(name if name in form.fields else None, errors)
+    else:
+        form.add_error(None, exc.messages)

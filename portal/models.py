@@ -44,7 +44,7 @@ class Organisation(models.Model):
     can look up those providers' devices (never their owners' finances).
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "kind",
         "name",
@@ -154,7 +154,7 @@ class StaffManager(UserManager):
 class User(AbstractUser):
     """A staff member. Belongs to exactly one organisation, with one role in it."""
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "username",
         "first_name",
@@ -207,7 +207,7 @@ class ApiKey(models.Model):
     row and is safe to show in lists and logs.
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = ("provider", "name", "prefix", "created_at", "created_by", "last_used_at", "revoked_at")
 
     provider = models.ForeignKey(
@@ -369,7 +369,7 @@ class ProviderWebhook(models.Model):
     subscribes to.
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "provider",
         "url",
@@ -442,7 +442,7 @@ class WebhookEvent(models.Model):
     the backoff after a failure).
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "provider",
         "webhook",

@@ -1,4 +1,4 @@
-"""Celery tasks of the portal: thin wrappers, the work is in ``portal.webhooks`` and ``portal.services``.
+"""Celery tasks of the portal: thin wrappers, the work is in ``portal.webhooks`` and ``portal.audit``.
 
 Periodic jobs are scheduled in one place only: ``CELERY_BEAT_SCHEDULE`` in
 ``config/settings.py``.
@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from celery.exceptions import Retry
 
-from portal import services, webhooks
+from portal import audit, webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -50,5 +50,5 @@ def audit_checkpoint() -> int | None:
 
     Idempotent: nothing is written when the newest checkpoint already covers the head.
     """
-    checkpoint = services.audit_checkpoint_write()
+    checkpoint = audit.audit_checkpoint_write()
     return checkpoint.event_id if checkpoint else None

@@ -24,6 +24,7 @@ from django_otp import login as otp_login
 from django_otp import match_token
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from portal.audit import audit_record
 from portal.browsers import browser_cookie_set
 from portal.forms import LoginForm, TokenForm, WebhookForm
 from portal.http import client_ip, next_url
@@ -34,7 +35,6 @@ from portal.services import (
     api_key_create,
     api_key_revoke,
     api_key_rotate,
-    audit_record,
     staff_create,
     staff_password_link,
     staff_password_set,

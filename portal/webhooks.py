@@ -39,6 +39,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.utils import timezone
 
+from portal.audit import audit_record, snapshot
 from portal.models import Organisation, OrganisationKind, ProviderWebhook, User, WebhookEvent, WebhookEventName
 from portal.outbound import (
     BROKER_ERRORS,
@@ -48,7 +49,6 @@ from portal.outbound import (
     webhook_secret_fingerprint,
     webhook_secret_generate,
 )
-from portal.services import audit_record, snapshot
 from portal.templatetags.finlock import local
 
 logger = logging.getLogger(__name__)

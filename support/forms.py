@@ -104,14 +104,14 @@ class MultipleFileInput(forms.FileInput):
 
 
 class MultipleProofField(forms.FileField):
-    """Several files in one field, each checked by content and size (``payments.uploads.proof_check``)."""
+    """Several files in one field, each checked by content and size (``portal.uploads.proof_check``)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("widget", MultipleFileInput(attrs={"accept": "image/jpeg,image/png,image/webp,.pdf"}))
         super().__init__(*args, **kwargs)
 
     def clean(self, data, initial=None):
-        from payments.uploads import proof_check
+        from portal.uploads import proof_check
 
         uploads = [d for d in (data if isinstance(data, list | tuple) else [data]) if d]
         if not uploads:

@@ -85,7 +85,7 @@ class Case(models.Model):
     identity is verified (``identity_verified_at``), with which checks passed and by whom.
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "provider",
         "device",
@@ -218,7 +218,7 @@ class UnlockRequest(models.Model):
     what the approval did.
     """
 
-    #: What may enter the audit trail (portal.services.snapshot): an explicit list, never a secret.
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
     audit_fields = (
         "provider",
         "device",

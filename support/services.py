@@ -19,12 +19,12 @@ from django.utils import timezone
 
 from devices.models import Device, LockState, OfflineCodeKind
 from payments.models import Contract, ContractStatus, LockOverride, LockPolicy, OverrideKind
-from payments.uploads import CheckedProof
+from portal.audit import audit_record, snapshot
 from portal.four_eyes import four_eyes_check
 from portal.models import Organisation, OrganisationKind, User
 from portal.permissions import ROLE_RIGHTS, Right, has_right, require, visible_provider_ids
-from portal.services import audit_record, snapshot
 from portal.templatetags.finlock import local
+from portal.uploads import CheckedProof
 from support.models import (
     IDENTITY_CHECKS,
     Case,
@@ -734,7 +734,7 @@ def proof_review_submit(
 ) -> ProofReview:
     """A service-center technician submits proof of purchase (and ID) for a device, for the provider to review.
 
-    The files were checked by content and size (``payments.uploads.proof_check``); they are
+    The files were checked by content and size (``portal.uploads.proof_check``); they are
     stored privately under names we choose. If anything fails, no row and no file remain.
     """
     _require_provider_in_scope(submitted_by, device.provider_id)

@@ -11,17 +11,16 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from devices.models import Device
 from devices.selectors import devices_by_imei
 from payments.models import Contract, contract_number_key
-from payments.uploads import ACCEPTED
 from portal.four_eyes import four_eyes_refusal
 from portal.http import client_ip
 from portal.permissions import Right, has_right, require, scope, scoped_get
+from portal.uploads import private_file_response
 from support import selectors, services
 from support.forms import (
     AssignForm,
@@ -545,18 +544,6 @@ def review_decide(request, pk: int):
 def review_file(request, pk: int):
     """A stored proof file, for the uploading service center and the provider's reviewers; always a download."""
     proof = selectors.review_file_for(request.user, pk)
-    try:
-        handle = proof.file.open("rb")
-    except (FileNotFoundError, ValueError):
-        raise Http404("The file is missing.") from None
-    extension = ACCEPTED.get(proof.content_type, "bin")
-    response = FileResponse(
-        handle,
-        as_attachment=True,
-        filename=f"review-{proof.review_id}-{proof.kind}-{proof.pk}.{extension}",
-        content_type=proof.content_type if proof.content_type in ACCEPTED else "application/octet-stream",
+    return private_file_response(
+        proof.file, filename_stem=f"review-{proof.review_id}-{proof.kind}-{proof.pk}", content_type=proof.content_type
     )
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    response["Cache-Control"] = "private, no-store"
-    return response

@@ -139,7 +139,7 @@ def _no_secret_enters_the_audit_trail():
     ``audit_fields`` list, fails the very test that exercised it.
     """
     yield
-    from portal.services import AUDITED_FIELD_LISTS
+    from portal.audit import AUDITED_FIELD_LISTS
 
     leaks = {
         label: found

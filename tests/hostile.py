@@ -627,8 +627,8 @@ def one_of_each(provider, *, admin, agent, technician) -> dict[str, int]:
     from payments.imports import statement_import_create
     from payments.models import CsvColumnMapping, PaymentChannel
     from payments.services import payment_ingest, proof_save
-    from payments.uploads import proof_check
     from portal.services import api_key_create, staff_create
+    from portal.uploads import proof_check
     from portal.webhooks import webhook_create, webhook_event_emit
     from support.services import case_open, proof_review_submit, unlock_request_create
     from tests.factories import make_contract

@@ -44,7 +44,7 @@ def test_a_change_in_the_admin_is_audited_with_before_and_after(operator_client,
 
 
 def test_audit_events_cannot_be_edited_in_the_admin(operator_client, agent_a):
-    from portal.services import audit_record
+    from portal.audit import audit_record
 
     event = audit_record(actor=agent_a, action="test")
     assert operator_client.post(f"/admin/portal/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403

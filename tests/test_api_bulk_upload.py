@@ -21,8 +21,8 @@ from django.db import connection
 from stdnum import luhn
 
 from devices.models import Device
+from portal.audit import audit_verify_chain
 from portal.models import AuditEvent
-from portal.services import audit_verify_chain
 from tests.factories import DeviceFactory, make_imei
 
 BULK = "/api/v1/devices/bulk/"

@@ -19,8 +19,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from devices.models import Device
+from portal.audit import audit_verify_chain
 from portal.models import ApiKey, AuditEvent
-from portal.services import audit_verify_chain
 from tests.factories import DeviceFactory, make_imei
 
 DEVICES = "/api/v1/devices/"

@@ -22,8 +22,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from devices.services import enrollment_token_create
 from portal.admin_mixins import AuditedAdmin, ReadOnlyAdmin
+from portal.audit import AUDITED_FIELD_LISTS, snapshot
 from portal.models import AuditEvent, Organisation
-from portal.services import AUDITED_FIELD_LISTS, snapshot
 from tests.conftest import secrets_in
 from tests.factories import DeviceFactory, OrganisationFactory, UserFactory, enrol_device
 

@@ -18,8 +18,7 @@ from django.utils import timezone
 
 from devices.services import device_create, device_update
 from portal import audit_keys
-from portal.models import AuditChainHead, AuditEvent
-from portal.services import (
+from portal.audit import (
     AuditEntry,
     audit_checkpoints_read,
     audit_record,
@@ -28,6 +27,7 @@ from portal.services import (
     event_canonical,
     event_hash,
 )
+from portal.models import AuditChainHead, AuditEvent
 from tests.factories import make_imei
 
 

@@ -27,8 +27,8 @@ from django.utils import timezone
 from devices.models import Device
 from payments.models import Installment, LockPolicy, Payment, PaymentAllocation, StatementLine
 from payments.services import lock_sweep, payment_ingest, payment_record_from_proof
-from payments.uploads import proof_check
 from portal.models import AuditEvent
+from portal.uploads import proof_check
 from tests.factories import CustomerFactory, ProviderFactory, UserFactory, make_contract
 
 # The review's image: 69 bytes that start like a PNG.

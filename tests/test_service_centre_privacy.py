@@ -21,9 +21,9 @@ from django.utils import timezone
 
 from payments.models import Customer
 from payments.services import payment_ingest
+from portal.audit import audit_record
 from portal.models import ROLES_BY_KIND, OrganisationKind
 from portal.permissions import MONEY_AND_IDENTITY_RIGHTS, ROLE_RIGHTS, Right, has_right, rights_of
-from portal.services import audit_record
 from support.services import unlock_request_create
 from tests.factories import UserFactory, make_contract
 

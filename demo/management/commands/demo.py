@@ -21,8 +21,9 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from demo import generator
 from demo.management.commands.totp_code import DEMO_DEVICE_NAME
+from portal.audit import audit_record, snapshot
 from portal.models import ApiKey, Organisation, User
-from portal.services import api_key_create, audit_record, snapshot
+from portal.services import api_key_create
 
 
 @dataclass(frozen=True)

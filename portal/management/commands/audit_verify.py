@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from portal.services import CheckpointError, audit_checkpoints_read, audit_verify_chain
+from portal.audit import CheckpointError, audit_checkpoints_read, audit_verify_chain
 
 
 class Command(BaseCommand):

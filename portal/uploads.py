@@ -1,10 +1,10 @@
-"""Payment proofs: checking an uploaded receipt by its content (storing it is ``payments.services.proof_save``).
+"""Uploaded proofs (receipts, proofs of purchase): checked by content and size, served only as private downloads.
 
 A proof is accepted only when its first bytes say JPEG, PNG, WebP or PDF. The file name
 and the browser's content type are never trusted: an executable renamed ``receipt.jpg``
 or an SVG (which can carry script) is refused with a message the agent can read out.
 Files go to the private ``MEDIA_ROOT`` (never under static) with their SHA-256, and are
-only ever served as attachments (``payments.views.payment_proof_download``).
+only ever served as attachments, through ``private_file_response``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db.models.fields.files import FieldFile
+from django.http import FileResponse, Http404
 
 # What we accept: content type → file extension we store it under.
 ACCEPTED = {
@@ -108,3 +110,27 @@ def proof_check(upload) -> CheckedProof:
     return CheckedProof(
         upload=upload, content_type=content_type, extension=ACCEPTED[content_type], size=size, sha256=digest.hexdigest()
     )
+
+
+def private_file_response(stored: FieldFile, *, filename_stem: str, content_type: str) -> FileResponse:
+    """A stored upload as a download that no browser renders: the one way proofs leave the server.
+
+    Always an attachment, typed by what the content check found (anything else is
+    ``application/octet-stream``), with ``nosniff``, a sandboxing CSP and no caching. A file
+    missing from storage is a 404, never a 500.
+    """
+    try:
+        handle = stored.open("rb")
+    except (FileNotFoundError, ValueError):
+        raise Http404("The file is missing.") from None
+    extension = ACCEPTED.get(content_type, "bin")
+    response = FileResponse(
+        handle,
+        as_attachment=True,
+        filename=f"{filename_stem}.{extension}",
+        content_type=content_type if content_type in ACCEPTED else "application/octet-stream",
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Cache-Control"] = "private, no-store"
+    return response
