@@ -65,7 +65,8 @@ from portal.audit import audit_record, snapshot
 
 # Backoff, signature, redirect refusal and broker errors are shared with the provider webhooks
 # (portal.webhooks), so they live in the bottom layer; still importable from here.
-from portal.outbound import BROKER_ERRORS, backoff_seconds, opener, standard_webhook_headers
+from portal.outbound import backoff_seconds, opener, standard_webhook_headers
+from portal.queue import enqueue_each
 
 logger = logging.getLogger(__name__)
 
@@ -365,33 +366,12 @@ def command_deliver(*, command_id: int) -> Outcome:
 
 
 def commands_enqueue(command_ids: Iterable[int]) -> int:
-    """Queue delivery tasks for ``command_ids``; return how many were queued.
+    """Queue delivery tasks for ``command_ids`` (for ``transaction.on_commit``); return how many were queued.
 
     Never raises for a broker outage: the commands are durable rows, so a failed enqueue
     only delays them until ``commands_redeliver_pending`` runs after the broker is back.
-    The first broker error ends the batch, because each further try would wait for the
-    same dead broker again (about a second each with kombu's publish retries). For use in
-    ``transaction.on_commit`` by whoever issues commands.
     """
-    from devices.tasks import deliver_command
-
-    queued = 0
-    ids = list(command_ids)
-    for command_id in ids:
-        try:
-            deliver_command.delay(command_id)
-        except BROKER_ERRORS as exc:
-            logger.warning(
-                "deliver: broker unavailable (%s); %s command(s) stay pending for the periodic redelivery",
-                exc,
-                len(ids) - queued,
-            )
-            break
-        except Exception:
-            # Eager mode runs the task right here; its bug must not stop the other commands.
-            logger.exception("deliver: delivering command %s in-process failed", command_id)
-        queued += 1
-    return queued
+    return len(enqueue_each("devices.deliver_command", command_ids, what="command"))
 
 
 def pending_commands(now: datetime) -> QuerySet[DeviceCommand]:

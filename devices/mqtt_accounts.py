@@ -52,7 +52,7 @@ from django.utils import timezone
 from devices.models import Device, MqttAccount
 from devices.protocol import topic_for
 from portal.audit import AuditEntry, audit_record, audit_record_many
-from portal.outbound import BROKER_ERRORS
+from portal.queue import enqueue_each
 
 logger = logging.getLogger(__name__)
 
@@ -109,21 +109,7 @@ def account_for_enrolment(*, device: Device) -> dict | None:
 
 def accounts_enqueue(device_ids: Iterable[int]) -> int:
     """Queue one sync task per device; never raises (the periodic job catches up on anything missed)."""
-    from devices.tasks import sync_mqtt_account
-
-    queued = 0
-    for device_id in device_ids:
-        try:
-            sync_mqtt_account.delay(device_id)
-        except BROKER_ERRORS as exc:
-            logger.warning("mqtt accounts: task broker unavailable (%s); the periodic sync will do it", exc)
-            break
-        except Exception:
-            # Eager mode runs the task here, right after the enrolment committed: a bug must not
-            # turn the phone's successful enrolment into a 500.
-            logger.exception("mqtt accounts: syncing the account of device %s in-process failed", device_id)
-        queued += 1
-    return queued
+    return len(enqueue_each("devices.sync_mqtt_account", device_ids, what="device"))
 
 
 # --- the broker's control API ----------------------------------------------------------

@@ -20,11 +20,11 @@ from django.db.models.functions import Left
 from django.http import Http404
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
-from kombu.exceptions import OperationalError
 from openpaygo import TokenType, generate_token
 from openpaygo.token_shared import OpenPAYGOTokenShared
 
 from devices import checkin_cache, mqtt_accounts
+from devices.delivery import commands_enqueue
 from devices.keys import current_signer, public_keys
 from devices.models import (
     Device,
@@ -491,42 +491,14 @@ def device_states_apply(*, changes: list[StateChange], actor=None) -> list[Devic
 
 
 def _enqueue_delivery(command_ids: list[int]) -> None:
-    """Hand committed commands to the push workers (``devices.tasks.deliver_command``).
+    """Hand committed commands to the push workers (``devices.deliver_command``).
 
     Never raises: the caller's change is committed already. Nothing is lost when this
     fails: every command is an outbox row with ``next_attempt_at`` set, so the periodic
     redelivery job picks it up once the broker is back, and the phone's check-in (pull)
     serves it meanwhile.
     """
-    try:
-        from devices import tasks
-    except ImportError:
-        # No push delivery in this build: check-in (pull) still serves every command.
-        log.debug("devices.tasks is not available; %d command(s) left to pull", len(command_ids))
-        return
-    try:
-        from devices.delivery import commands_enqueue
-    except ImportError:
-        commands_enqueue = None
-    if commands_enqueue is not None:
-        # Stops at the first broker error instead of waiting it out once per command.
-        try:
-            commands_enqueue(command_ids)
-        except Exception as exc:
-            log.warning("Could not queue %d command(s) (%s); the redelivery job will", len(command_ids), exc)
-        return
-    for position, command_id in enumerate(command_ids):
-        try:
-            tasks.deliver_command.delay(command_id)
-        except OperationalError as exc:
-            # The broker is down: stop rather than wait out a connection timeout once
-            # per remaining command; the redelivery job sends them all.
-            log.warning(
-                "Broker unavailable (%s); %d command(s) left for the redelivery job", exc, len(command_ids) - position
-            )
-            return
-        except Exception as exc:
-            log.warning("Could not queue delivery of command %s (%s); the redelivery job will", command_id, exc)
+    commands_enqueue(command_ids)
 
 
 def _latest_command(device_id: int) -> DeviceCommand | None:

@@ -35,7 +35,7 @@ from django.utils import timezone
 from payments.models import CsvColumnMapping, ImportStatus, PaymentStatus, StatementImport, StatementLine
 from portal.audit import AuditEntry, audit_record, audit_record_many
 from portal.models import Organisation
-from portal.outbound import BROKER_ERRORS
+from portal.queue import enqueue_each
 
 log = logging.getLogger(__name__)
 
@@ -349,24 +349,7 @@ def statement_imports_enqueue(import_ids: Iterable[int]) -> int:
     batch (each further try would wait for the same dead broker). Without a broker (eager
     mode) the import runs right here and ends done or failed.
     """
-    from payments.tasks import import_statement
-
-    ids = list(import_ids)
-    queued: list[int] = []
-    for import_id in ids:
-        try:
-            import_statement.delay(import_id)
-        except BROKER_ERRORS as exc:
-            log.warning(
-                "statements: broker unavailable (%s); %s import(s) stay pending for the periodic re-queue",
-                exc,
-                len(ids) - len(queued),
-            )
-            break
-        except Exception:
-            # Eager mode runs the task here; statement_import_run ends it failed with the reason.
-            log.exception("statements: importing %s in-process failed", import_id)
-        queued.append(import_id)
+    queued = enqueue_each("payments.import_statement", import_ids, what="import")
     if queued:
         StatementImport.objects.filter(pk__in=queued, status=ImportStatus.PENDING).update(queued_at=timezone.now())
     return len(queued)

@@ -27,6 +27,7 @@ from django.utils import timezone
 from portal import audit_keys
 from portal.audit_keys import UnknownAuditKey
 from portal.models import AuditChainHead, AuditEvent, Organisation, User
+from portal.queue import registered_task
 from portal.types import Actor
 
 log = logging.getLogger(__name__)
@@ -264,10 +265,8 @@ def audit_record_many(*, actor, entries: list[AuditEntry], ip_address: str | Non
 
 def _enqueue_checkpoint() -> None:
     """Ask a worker for a checkpoint (every ``AUDIT_CHECKPOINT_EVENTS``); the periodic job covers a failure."""
-    from portal.tasks import audit_checkpoint
-
     try:
-        audit_checkpoint.apply_async(retry=False)
+        registered_task("portal.audit_checkpoint").apply_async(retry=False)
     except Exception as exc:  # broker down: the audited change is committed; beat checkpoints later
         log.warning("audit: could not queue a checkpoint (%s); the periodic job will write one", exc)
 

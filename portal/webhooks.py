@@ -42,13 +42,13 @@ from django.utils import timezone
 from portal.audit import audit_record, snapshot
 from portal.models import Organisation, OrganisationKind, ProviderWebhook, User, WebhookEvent, WebhookEventName
 from portal.outbound import (
-    BROKER_ERRORS,
     PushError,
     backoff_seconds,
     signed_post,
     webhook_secret_fingerprint,
     webhook_secret_generate,
 )
+from portal.queue import enqueue_each
 from portal.templatetags.finlock import local
 
 logger = logging.getLogger(__name__)
@@ -172,32 +172,12 @@ def webhook_events_emit(*, provider: Organisation | int, event: str, payloads: l
 
 
 def webhook_events_enqueue(event_ids: list[int]) -> int:
-    """Queue delivery tasks for ``event_ids``; return how many were queued.
+    """Queue delivery tasks for ``event_ids`` (for ``transaction.on_commit``); return how many were queued.
 
     Never raises for a broker outage: the events are durable rows, so a failed enqueue
-    only delays them until ``webhook_events_redeliver_pending`` runs after the broker is
-    back. The first broker error ends the batch (each further try would wait for the same
-    dead broker again).
+    only delays them until ``webhook_events_redeliver_pending`` runs after the broker is back.
     """
-    from portal.tasks import deliver_webhook_event
-
-    queued = 0
-    for event_id in event_ids:
-        try:
-            deliver_webhook_event.delay(event_id)
-        except BROKER_ERRORS as exc:
-            logger.warning(
-                "webhooks: broker unavailable (%s); %s event(s) stay pending for the periodic redelivery",
-                exc,
-                len(event_ids) - queued,
-            )
-            break
-        except Exception:
-            # Eager mode runs the task right here; its bug must not stop the other events
-            # nor fail the request that already committed the change.
-            logger.exception("webhooks: delivering event %s in-process failed", event_id)
-        queued += 1
-    return queued
+    return len(enqueue_each("portal.deliver_webhook_event", event_ids, what="event"))
 
 
 # --- delivering ---------------------------------------------------------------
