@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     from django.utils import timezone
 
     from payments.models import Contract
-    from payments.services import lock_sweep
+    from payments.locks.services import lock_sweep
 
     call_command("migrate", verbosity=0)
     have = Contract.objects.filter(number__contains="-B").count()

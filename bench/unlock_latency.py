@@ -117,7 +117,9 @@ def main(argv=None) -> int:
     from devices.models import Device
     from devices.protocol import topic_for
     from payments.models import Contract, LockPolicy
-    from payments.services import customer_create, lock_sweep, payment_ingest
+    from payments.contracts.services import customer_create
+    from payments.locks.services import lock_sweep
+    from payments.ledger.services import payment_ingest
 
     call_command("migrate", verbosity=0)
     provider = ensure_organisations()["dialog"]
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
     run = uuid.uuid4().hex[:6].upper()
     print(f"creating {args.payments} locked contracts (run {run})", flush=True)
     from bench.checkin import _imei
-    from payments.services import contract_create
+    from payments.contracts.services import contract_create
 
     first_due = provider.today() - dt.timedelta(days=40)
     contracts = []

@@ -32,7 +32,8 @@ from decimal import Decimal
 from enum import StrEnum
 
 from devices.models import LockState
-from payments.decision import Line, Overrides, Rules, decide
+from payments.locks.decision import Line, Overrides, decide
+from payments.models import Rules
 from payments.models import contract_number_key, nth_due_date
 from payments.money import split_evenly
 
@@ -879,7 +880,7 @@ def load_demo(*, devices: int = DEFAULT_DEVICES, seed: int = DEFAULT_SEED, now=N
     from devices.models import Device
     from devices.services import device_create
     from payments.models import Contract, Customer, Installment
-    from payments.services import contract_create, contract_set_status, customer_create
+    from payments.contracts.services import contract_create, contract_set_status, customer_create
     from portal.audit import audit_record
 
     if devices < MIN_DEVICES:
@@ -992,7 +993,7 @@ def _enrol_some(provider, devices: list) -> None:
 
 def _unmatched_payments(provider, spec, *, now, seed: int) -> None:
     """A few payments whose reference names no contract: the finance officer's queue is never empty in a demo."""
-    from payments.services import payment_ingest
+    from payments.ledger.services import payment_ingest
 
     rng = random.Random(seed + 7)
     references = ["school fees", "phone", "installment nov", "", "for my brother's phone"]
@@ -1020,9 +1021,9 @@ def _issue_commands(provider, contract_ids: list[int], *, now) -> None:
 
     from devices.models import Device
     from devices.services import StateChange, device_states_apply
-    from payments.lockscreen import ProviderScreenData, screen_build
+    from payments.locks.screen import ProviderScreenData, screen_build
     from payments.models import Contract
-    from payments.sweep import decide_contract, policy_rules
+    from payments.locks.sweep import decide_contract, policy_rules
 
     data, rules = ProviderScreenData.load(provider), policy_rules(provider)
     changes = []

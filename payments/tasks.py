@@ -7,26 +7,27 @@ import never holds up a device command.
 
 from celery import shared_task
 
-from payments import services
+from payments.ledger.services import payments_flag_unconfirmed
+from payments.locks.services import lock_sweep as lock_sweep_run
+from payments.statements.imports import statement_import_run, statement_imports_requeue
 
 
 @shared_task(name="payments.lock_sweep", ignore_result=True)
 def lock_sweep() -> dict:
     """The periodic sweep. Idempotent: a second run right after the first changes nothing."""
-    report = services.lock_sweep()
+    report = lock_sweep_run()
     return {"evaluated": report.evaluated, "changed": report.changed}
 
 
 @shared_task(name="payments.flag_unconfirmed_payments", ignore_result=True, soft_time_limit=240, time_limit=300)
 def flag_unconfirmed_payments() -> int:
     """Flag to finance the receipts no channel confirmed in time (idempotent: flagged ones are left alone)."""
-    return services.payments_flag_unconfirmed()
+    return payments_flag_unconfirmed()
 
 
 @shared_task(name="payments.import_statement", ignore_result=True)
 def import_statement(import_id: int) -> dict:
     """Import one uploaded statement to done or failed with the reason; a started or finished one is left alone."""
-    from payments.imports import statement_import_run
 
     return statement_import_run(import_id=import_id).summary
 
@@ -34,6 +35,5 @@ def import_statement(import_id: int) -> dict:
 @shared_task(name="payments.requeue_imports", ignore_result=True)
 def requeue_imports() -> int:
     """Queue again the imports that wait or whose run was lost (every 60 s from beat)."""
-    from payments.imports import statement_imports_requeue
 
     return statement_imports_requeue()

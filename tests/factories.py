@@ -90,7 +90,7 @@ def local_mobile(country: str) -> str:
 
 def make_contract(provider, *, number=None, device=None, customer=None, actor=None, **overrides):
     """An active contract with its schedule, created through ``contract_create``."""
-    from payments.services import contract_create
+    from payments.contracts.services import contract_create
 
     device = device or DeviceFactory(provider=provider)
     customer = customer or CustomerFactory(provider=provider, phone=local_mobile(provider.country))

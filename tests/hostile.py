@@ -624,9 +624,10 @@ def one_of_each(provider, *, admin, agent, technician) -> dict[str, int]:
 
     from devices.models import DeviceCommand
     from devices.services import StateChange, device_states_apply
-    from payments.imports import statement_import_create
+    from payments.statements.imports import statement_import_create
     from payments.models import CsvColumnMapping, PaymentChannel
-    from payments.services import payment_ingest, proof_save
+    from payments.ledger.services import payment_ingest
+    from payments.ledger.verify import proof_save
     from portal.services import api_key_create, staff_create
     from portal.uploads import proof_check
     from portal.webhooks import webhook_create, webhook_event_emit

@@ -57,7 +57,7 @@ def test_every_model_has_an_admin_page_that_opens_and_records_written_by_service
     from django.apps import apps
     from django.contrib import admin
 
-    from payments.services import lock_sweep
+    from payments.locks.services import lock_sweep
 
     make_contract(provider_a, number="DLG-9")
     lock_sweep()  # commands, attempts: rows in every list

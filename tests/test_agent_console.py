@@ -19,7 +19,8 @@ from django.utils import timezone
 
 from devices.models import DeliveryAttempt, Device
 from payments.models import LockPolicy
-from payments.services import lock_sweep, payment_ingest
+from payments.locks.services import lock_sweep
+from payments.ledger.services import payment_ingest
 from tests.factories import CustomerFactory, DeviceFactory, make_command, make_contract, make_imei
 
 SEARCH = reverse("console:search")

@@ -270,7 +270,7 @@ def test_the_list_costs_the_same_queries_for_2_or_25_contracts(api_a, provider_a
 
 
 def test_the_list_filters_by_status(api_a, provider_a):
-    from payments.services import contract_set_status
+    from payments.contracts.services import contract_set_status
 
     active = make_contract(provider_a, number="DLG-A")
     cancelled = make_contract(provider_a, number="DLG-C")

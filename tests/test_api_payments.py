@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from devices.models import Device
 from payments.models import LockPolicy, Payment
-from payments.services import lock_sweep
+from payments.locks.services import lock_sweep
 from tests.factories import make_contract
 
 URL = "/api/v1/payments/"

@@ -16,7 +16,7 @@ from devices.agent.client import HttpTransport
 from devices.models import Device, DeviceCommand
 from devices.services import enrollment_token_create
 from payments.models import LockPolicy, PaymentChannel
-from payments.services import lock_sweep
+from payments.locks.services import lock_sweep
 from tests.conftest import browser_sign_in, shot
 from tests.factories import make_contract
 

@@ -23,7 +23,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from payments.services import payment_ingest
+from payments.ledger.services import payment_ingest
 from portal.models import AuditEvent
 from support.models import SLA_HOURS, Case, CaseEvent
 from support.services import case_assign, case_open, case_resolve, case_verify_identity

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from payments.models import Installment, nth_due_date
 from payments.money import split_evenly
-from payments.selectors import contract_position
+from payments.contracts.selectors import contract_position
 from tests.factories import DeviceFactory, make_contract
 
 

@@ -12,12 +12,12 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from payments.forms import CsvMappingForm
-from payments.imports import statement_import_create, statement_import_run
+from payments.statements.forms import CsvMappingForm
+from payments.statements.imports import statement_import_create, statement_import_run
 from payments.models import CsvColumnMapping
-from payments.services import csv_mapping_save
-from payments.statements.csv_format import KNOWN_MAPPINGS, CsvMapping
-from payments.statements.detect import parse_statement
+from payments.statements.mappings import csv_mapping_save
+from payments.statements.parsers.csv_format import KNOWN_MAPPINGS, CsvMapping
+from payments.statements.parsers.detect import parse_statement
 from portal.models import AuditEvent
 from tests import factories
 from tests.samples import SAMPLES

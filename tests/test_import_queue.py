@@ -18,7 +18,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from devices import delivery
 from devices.models import DeviceCommand, DeviceGateway
-from payments.imports import CREDIT_BATCH, statement_import_create
+from payments.statements.imports import CREDIT_BATCH, statement_import_create
 from payments.models import LockPolicy, Payment, StatementImport, StatementLine
 from payments.tasks import import_statement
 from portal.models import AuditEvent
@@ -238,7 +238,7 @@ def test_statements_uploaded_while_the_broker_is_down_are_imported_once_when_it_
         # Redis comes back empty; the periodic job queues both (a run while the producer is
         # still reconnecting queues nothing and the next run tries again).
         private_redis.start()
-        from payments.imports import statement_imports_requeue
+        from payments.statements.imports import statement_imports_requeue
 
         assert wait_for(lambda: statement_imports_requeue() == 2, timeout=20, interval=1)
         assert wait_for(

@@ -7,7 +7,8 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from payments.decision import Line, Overrides, Rules, decide
+from payments.locks.decision import Line, Overrides, decide
+from payments.models import Rules
 
 COLOMBO = zoneinfo.ZoneInfo("Asia/Colombo")
 NAIROBI = zoneinfo.ZoneInfo("Africa/Nairobi")

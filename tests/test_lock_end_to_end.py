@@ -24,7 +24,7 @@ from devices.models import Device
 from devices.protocol import topic_for
 from devices.services import device_reenrollment_code_issue, enrollment_token_create, offline_code_issue
 from payments.models import PaymentChannel
-from payments.services import lock_sweep
+from payments.locks.services import lock_sweep
 from support.services import unlock_request_approve, unlock_request_create
 from tests.conftest import signed_in
 from tests.factories import UserFactory, make_contract

@@ -4,7 +4,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from payments.models import LockPolicy, LockScreenText, validate_lock_screen_text
-from payments.services import lock_policy_update
+from payments.locks.services import lock_policy_update
 from portal.models import AuditEvent
 
 GOOD = {

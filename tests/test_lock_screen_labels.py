@@ -20,7 +20,7 @@ from devices.keys import public_keys
 from devices.models import DeviceCommand
 from payments import lockscreen
 from payments.models import PaymentChannel
-from payments.services import lock_sweep
+from payments.locks.services import lock_sweep
 from tests.factories import CustomerFactory, make_contract
 from tests.test_agent import lock_screen
 

@@ -4,7 +4,7 @@ import datetime as dt
 
 from devices.models import DeviceCommand
 from payments.models import LockScreenText
-from payments.services import lock_sweep
+from payments.locks.services import lock_sweep
 from portal.models import AuditEvent
 from tests.factories import CustomerFactory, make_contract
 

@@ -22,8 +22,8 @@ from devices.models import Device
 from devices.protocol import topic_for
 from devices.services import enrollment_token_create
 from payments.models import LockPolicy, Payment
-from payments.mpesa import DARAJA_TIME_ZONE
-from payments.services import lock_sweep
+from payments.ledger.mpesa import DARAJA_TIME_ZONE
+from payments.locks.services import lock_sweep
 from portal.services import api_key_create
 from tests.factories import make_contract
 from tests.samples import SAMPLES as SHARED_SAMPLES

@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from devices.models import Device
 from payments.models import LockPolicy, Payment
-from payments.services import lock_sweep, payment_ingest
+from payments.locks.services import lock_sweep
+from payments.ledger.services import payment_ingest
 from portal.models import AuditEvent
 from tests.factories import make_contract
 

@@ -9,7 +9,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from payments.models import LockPolicy, Payment, PaymentProof
-from payments.services import lock_sweep, payment_ingest
+from payments.locks.services import lock_sweep
+from payments.ledger.services import payment_ingest
 from tests.factories import UserFactory, make_contract
 
 RECEIVED = timezone.now() - dt.timedelta(hours=1)

@@ -11,15 +11,10 @@ from django.utils import timezone
 
 from devices.models import Device, DeviceCommand
 from payments.models import Contract, Installment, LockPolicy, Payment, PaymentAllocation
-from payments.services import (
-    PaymentAlreadyVerified,
-    PaymentConflict,
-    lock_sweep,
-    payment_ingest,
-    payment_match_manual,
-    payment_reverse,
-    payment_verify,
-)
+from payments.ledger.errors import PaymentAlreadyVerified, PaymentConflict
+from payments.ledger.services import payment_ingest
+from payments.locks.services import lock_sweep
+from payments.ledger.verify import payment_match_manual, payment_reverse, payment_verify
 from portal.models import AuditEvent
 from tests.factories import CustomerFactory, make_contract
 

@@ -20,7 +20,7 @@ def _post(provider_id: int, items: list[tuple[str, str]], received, results) -> 
     """One process of the provider's gateway: posts its share of payments, in its own order."""
     from django.db import connection as child_connection
 
-    from payments.services import payment_ingest
+    from payments.ledger.services import payment_ingest
     from portal.models import Organisation
 
     child_connection.close()  # never share the parent's socket

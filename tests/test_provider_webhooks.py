@@ -43,9 +43,10 @@ from rest_framework.test import APIClient
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from devices.services import StateChange, device_ack, device_states_apply, enrollment_token_create
-from payments.imports import statement_import_create, statement_import_run
+from payments.statements.imports import statement_import_create, statement_import_run
 from payments.models import LockPolicy
-from payments.services import lock_sweep, payment_ingest
+from payments.locks.services import lock_sweep
+from payments.ledger.services import payment_ingest
 from portal.models import AuditEvent, ProviderWebhook, WebhookEvent
 from portal.outbound import standard_webhook_headers
 from portal.webhooks import webhook_create, webhook_events_redeliver_pending

@@ -26,7 +26,9 @@ from django.utils import timezone
 
 from devices.models import Device
 from payments.models import Installment, LockPolicy, Payment, PaymentAllocation, StatementLine
-from payments.services import lock_sweep, payment_ingest, payment_record_from_proof
+from payments.locks.services import lock_sweep
+from payments.ledger.services import payment_ingest
+from payments.ledger.verify import payment_record_from_proof
 from portal.models import AuditEvent
 from portal.uploads import proof_check
 from tests.factories import CustomerFactory, ProviderFactory, UserFactory, make_contract
@@ -210,7 +212,7 @@ def test_a_receipt_for_the_last_installment_never_releases_the_phone_until_confi
     contract.refresh_from_db()
     assert (contract.status, contract.lock_state) == ("active", "unlocked")  # paid, but not released for good
 
-    from payments.services import payment_confirm
+    from payments.ledger.confirm import payment_confirm
 
     payment_confirm(payment=payment, actor=finance_a)
     contract.refresh_from_db()
@@ -226,7 +228,7 @@ def test_a_receipt_for_the_last_installment_never_releases_the_phone_until_confi
     ],
 )
 def test_the_limit_is_the_providers_own_setting(two_behind, provider_a, admin_a, agent_a, policy, credited):
-    from payments.services import lock_policy_update
+    from payments.locks.services import lock_policy_update
 
     lock_policy_update(provider=provider_a, actor=admin_a, **policy)
     event = AuditEvent.objects.get(action="lock_policy.change")
@@ -318,7 +320,7 @@ def test_another_agent_with_the_customer_on_the_line_confirms_it_from_the_verify
 
 
 def test_the_agent_who_recorded_it_cannot_confirm_it_and_is_told_why(two_behind, agent_a, as_user):
-    from payments.services import payment_confirm
+    from payments.ledger.confirm import payment_confirm
 
     payment = record(agent_a, two_behind, "50000.00")
     with pytest.raises(PermissionDenied, match="four eyes"):
@@ -338,7 +340,7 @@ def test_the_agent_who_recorded_it_cannot_confirm_it_and_is_told_why(two_behind,
 
 def test_an_account_linked_by_four_eyes_cannot_confirm(two_behind, admin_a, finance_a):
     """One admin set up both the recording agent and the confirming finance officer: one person could hold both."""
-    from payments.services import payment_confirm
+    from payments.ledger.confirm import payment_confirm
     from portal.services import staff_create
 
     front, _link = staff_create(organisation=admin_a.organisation, username="a.front", role="agent", actor=admin_a)
@@ -356,7 +358,7 @@ def test_a_confirmation_from_the_recorders_browser_is_listed_for_the_auditor(
     """Not refused (a call centre shares computers) but listed: two accounts of one person look like this."""
     from django.test import Client
 
-    from payments.services import payment_confirm
+    from payments.ledger.confirm import payment_confirm
     from tests.test_same_browser import URL, sign_in
 
     colleague = UserFactory(username="agent.a2", organisation=provider_a, role="agent")
@@ -407,7 +409,7 @@ def test_the_providers_api_posting_the_same_transaction_confirms_it_once(two_beh
 def test_the_mpesa_confirmation_with_the_same_trans_id_confirms_it_once(provider_b, agent_b):
     from rest_framework.test import APIClient
 
-    from payments.mpesa import DARAJA_TIME_ZONE
+    from payments.ledger.mpesa import DARAJA_TIME_ZONE
     from portal.services import api_key_create
 
     contract = overdue(provider_b, days=40, number="JPC-777")
@@ -444,7 +446,7 @@ def _berlin():
 
 def _bank_statement(provider, *rows, uploaded_by=None) -> str:
     """A CSV statement with these (amount, purpose, end-to-end id) rows, imported as the task does."""
-    from payments.imports import statement_import_create, statement_import_run
+    from payments.statements.imports import statement_import_create, statement_import_run
     from tests.test_statement_import import HEADER, csv_line
 
     raw = "\n".join([HEADER, *(csv_line(amount, purpose, e2e, provider.today()) for amount, purpose, e2e in rows)])
@@ -454,16 +456,16 @@ def _bank_statement(provider, *rows, uploaded_by=None) -> str:
 
 @pytest.fixture(params=["set-based", "line by line"])
 def import_path(request, monkeypatch):
-    """Both ways a statement is credited: in batches (payments/reconcile.py) and the one-by-one fallback."""
+    """Both ways a statement is credited: in batches (payments/statements/reconcile.py) and the one-by-one fallback."""
     if request.param == "line by line":
         from django.db import IntegrityError
 
-        import payments.reconcile
+        import payments.statements.imports
 
         def refuse(**kwargs):
             raise IntegrityError("force the line-by-line path")
 
-        monkeypatch.setattr(payments.reconcile, "statement_lines_credit", refuse)
+        monkeypatch.setattr(payments.statements.imports, "statement_lines_credit", refuse)
     return request.param
 
 
@@ -534,7 +536,7 @@ def test_a_finance_officer_cannot_confirm_their_own_receipt_with_a_statement_the
 
 def test_a_statement_uploaded_with_a_key_answers_for_the_keys_creator(db, client):
     """Review: an API upload skipped the check; a key's creator answers for what it uploads."""
-    from payments.imports import statement_import_run
+    from payments.statements.imports import statement_import_run
     from portal.services import api_key_create
     from tests.test_statement_import import HEADER, csv_line
 
@@ -566,7 +568,7 @@ def test_batches_and_line_by_line_treat_receipts_alike(db, monkeypatch):
     """Receipts confirmed, in conflict (amount, another contract), seen twice or not at all: the same both ways."""
     from django.db import IntegrityError
 
-    import payments.reconcile
+    import payments.statements.imports
 
     def outcome(provider):
         return {
@@ -601,7 +603,7 @@ def test_batches_and_line_by_line_treat_receipts_alike(db, monkeypatch):
             record(agent, contract, amount, txid=txid, channel="bank_transfer")
         if slug == "single":
             monkeypatch.setattr(
-                payments.reconcile, "statement_lines_credit", lambda **kw: (_ for _ in ()).throw(IntegrityError())
+                payments.statements.imports, "statement_lines_credit", lambda **kw: (_ for _ in ()).throw(IntegrityError())
             )
         summary = _bank_statement(
             provider,
@@ -631,7 +633,7 @@ def test_batches_and_line_by_line_treat_receipts_alike(db, monkeypatch):
 def test_a_channel_record_with_another_amount_is_a_conflict_flagged_to_finance(
     two_behind, agent_a, finance_a, api_a, as_user
 ):
-    from payments.services import payment_confirm
+    from payments.ledger.confirm import payment_confirm
 
     payment = record(agent_a, two_behind, "50000.00", txid="FT-9")
     body = {
@@ -693,7 +695,8 @@ def test_a_conflicting_statement_line_is_not_credited_and_flags_the_receipt(db, 
 def test_a_receipt_no_channel_confirms_in_10_days_is_flagged_to_finance_once(
     two_behind, provider_a, agent_a, finance_a, as_user
 ):
-    from payments.services import payment_confirm, payments_flag_unconfirmed
+    from payments.ledger.confirm import payment_confirm
+    from payments.ledger.services import payments_flag_unconfirmed
     from payments.tasks import flag_unconfirmed_payments
 
     old = record(agent_a, two_behind, "50000.00", txid="OLD-1")
@@ -721,7 +724,8 @@ def test_a_receipt_no_channel_confirms_in_10_days_is_flagged_to_finance_once(
 
 
 def test_each_provider_sets_its_own_number_of_days(two_behind, provider_a, admin_a, agent_a):
-    from payments.services import lock_policy_update, payments_flag_unconfirmed
+    from payments.locks.services import lock_policy_update
+    from payments.ledger.services import payments_flag_unconfirmed
 
     lock_policy_update(provider=provider_a, actor=admin_a, provisional_confirm_days=14)
     payment = record(agent_a, two_behind, "50000.00")
@@ -734,7 +738,7 @@ def test_each_provider_sets_its_own_number_of_days(two_behind, provider_a, admin
 
 
 def test_reversing_a_provisional_payment_releases_the_held_part_and_relocks(one_behind, agent_a, finance_a):
-    from payments.services import payment_reverse
+    from payments.ledger.verify import payment_reverse
 
     payment = record(agent_a, one_behind, "50000.00")
     assert phone(one_behind) == "unlocked"
@@ -747,7 +751,7 @@ def test_reversing_a_provisional_payment_releases_the_held_part_and_relocks(one_
     assert event.after["held_released"] == "47500.00"
     # Reversed money is settled: no channel record or person can confirm it any more.
     with pytest.raises(ValidationError, match="reversed payment has nothing to confirm"):
-        from payments.services import payment_confirm
+        from payments.ledger.confirm import payment_confirm
 
         payment_confirm(payment=payment, actor=finance_a)
 

@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from devices.models import normalise_imei
 from devices.services import device_create
 from payments.models import Customer
-from payments.services import customer_create
+from payments.contracts.services import customer_create
 from portal.models import AuditEvent
 
 

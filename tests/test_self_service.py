@@ -18,7 +18,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from devices.models import Device
-from payments.lockscreen import DEFAULT_TEXTS
+from payments.locks.screen import DEFAULT_TEXTS
 from payments.models import Contract, Installment, PaymentChannel
 from payments.money import format_money
 from payments.views_selfservice import RATE_LIMIT_TRIES

@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from payments.models import Customer
-from payments.services import payment_ingest
+from payments.ledger.services import payment_ingest
 from portal.audit import audit_record
 from portal.models import ROLES_BY_KIND, OrganisationKind
 from portal.permissions import MONEY_AND_IDENTITY_RIGHTS, ROLE_RIGHTS, Right, has_right, rights_of

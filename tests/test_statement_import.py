@@ -10,9 +10,9 @@ import pytest
 from django.core.management import call_command
 
 from devices.models import Device
-from payments.imports import statement_import_create, statement_import_run
+from payments.statements.imports import statement_import_create, statement_import_run
 from payments.models import LockPolicy, Payment, StatementLine
-from payments.services import lock_sweep
+from payments.locks.services import lock_sweep
 from tests.factories import CustomerFactory, ProviderFactory, make_contract
 from tests.samples import SAMPLES  # noqa: E402
 
@@ -91,7 +91,7 @@ def test_a_file_that_cannot_be_read_fails_with_the_reason_and_changes_nothing(be
     "path", sorted(str(p.relative_to(SAMPLES)) for d in ("mt940", "camt", "csv") for p in (SAMPLES / d).glob("*.*"))
 )
 def test_every_sample_imports_with_no_unexplained_row(db, path):
-    from payments.statements.detect import parse_statement
+    from payments.statements.parsers.detect import parse_statement
 
     raw = (SAMPLES / path).read_bytes()
     parsed = parse_statement(raw, Path(path).name)
@@ -224,7 +224,7 @@ def test_batches_credit_exactly_as_one_payment_at_a_time(db, monkeypatch):
     """The same statement imported set-based and line by line (payment_ingest) ends the same."""
     from django.db import IntegrityError
 
-    import payments.reconcile
+    import payments.statements.imports
 
     batched, one_by_one = _berlin_twin("batched"), _berlin_twin("one-by-one")
     lock_sweep()
@@ -240,7 +240,7 @@ def test_batches_credit_exactly_as_one_payment_at_a_time(db, monkeypatch):
     def refuse(**kwargs):
         raise IntegrityError("force the line-by-line path")
 
-    monkeypatch.setattr(payments.reconcile, "statement_lines_credit", refuse)
+    monkeypatch.setattr(payments.statements.imports, "statement_lines_credit", refuse)
     single = run(one_by_one)
 
     summary = {k: v for k, v in first.summary.items() if k != "error_lines"}
@@ -261,8 +261,8 @@ def test_a_camt_file_on_one_line_is_credited_in_batches_all_the_same(db, monkeyp
     """Every entry of a minified camt file starts on line 1: the batch must not mix them up."""
     import re
 
-    import payments.imports
-    from payments.statements.detect import parse_statement
+    import payments.statements.imports
+    from payments.statements.parsers.detect import parse_statement
 
     raw = re.sub(rb">\s+<", b"><", (SAMPLES / "camt/ch_postfinance_camt053_v04.xml").read_bytes())
     parsed = parse_statement(raw, "one-line.xml")
@@ -272,7 +272,7 @@ def test_a_camt_file_on_one_line_is_credited_in_batches_all_the_same(db, monkeyp
     def no_fallback(**kwargs):
         raise AssertionError("the batch fell back to line-by-line import")
 
-    monkeypatch.setattr(payments.imports, "_import_line", no_fallback)
+    monkeypatch.setattr(payments.statements.imports, "_import_line", no_fallback)
     record = statement_import_run(
         import_id=statement_import_create(provider=provider, filename="one-line.xml", raw=raw, actor=None).pk
     )
@@ -409,7 +409,7 @@ def _upload(provider, name: str = "s.csv", e2e: str = "E2E-Q"):
 
 
 def test_an_import_that_never_reached_the_broker_is_queued_by_the_periodic_job(berlin, celery_eager):
-    from payments.imports import statement_imports_requeue
+    from payments.statements.imports import statement_imports_requeue
 
     record = _upload(berlin)  # stored; its task never reached a broker (queued_at is empty)
     assert record.status == "pending" and record.queued_at is None
@@ -423,7 +423,7 @@ def test_an_import_that_never_reached_the_broker_is_queued_by_the_periodic_job(b
 def test_a_queued_import_is_queued_again_only_when_its_task_may_be_lost(berlin, celery_eager):
     from django.utils import timezone
 
-    from payments.imports import REQUEUE_PENDING_AFTER, statement_imports_requeue
+    from payments.statements.imports import REQUEUE_PENDING_AFTER, statement_imports_requeue
     from payments.models import StatementImport
 
     record = _upload(berlin)
@@ -438,7 +438,7 @@ def test_a_queued_import_is_queued_again_only_when_its_task_may_be_lost(berlin, 
 def test_an_import_whose_worker_died_is_run_again_once_and_a_live_one_is_left_alone(berlin, celery_eager, settings):
     from django.utils import timezone
 
-    from payments.imports import statement_imports_requeue
+    from payments.statements.imports import statement_imports_requeue
     from payments.models import StatementImport
 
     now = timezone.now()
@@ -463,7 +463,7 @@ def test_an_import_left_running_for_good_by_the_old_code_ends_with_its_reason(be
     """A UTF-7 camt file left its import "running" with no start recorded; the periodic job finishes it."""
     from django.utils import timezone
 
-    from payments.imports import statement_imports_requeue
+    from payments.statements.imports import statement_imports_requeue
     from payments.models import StatementImport
 
     stuck = statement_import_create(provider=berlin, filename="utf7.xml", raw=camt_declaring("UTF-7"), actor=None)
@@ -482,7 +482,7 @@ def test_an_import_left_running_for_good_by_the_old_code_ends_with_its_reason(be
 def test_an_import_whose_runs_keep_dying_ends_failed_instead_of_looping(berlin, celery_eager, settings):
     from django.utils import timezone
 
-    from payments.imports import MAX_ATTEMPTS, statement_imports_requeue
+    from payments.statements.imports import MAX_ATTEMPTS, statement_imports_requeue
     from payments.models import StatementImport
     from portal.models import AuditEvent
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from payments.statements.csv_format import KNOWN_MAPPINGS, CsvMapping, detect_csv_mapping, parse_csv
-from payments.statements.detect import detect_format, parse_statement
-from payments.statements.types import StatementError
+from payments.statements.parsers.csv_format import KNOWN_MAPPINGS, CsvMapping, detect_csv_mapping, parse_csv
+from payments.statements.parsers.detect import detect_format, parse_statement
+from payments.statements.parsers.types import StatementError
 from tests.samples import SAMPLES  # noqa: E402  (kept beside the other imports' users)
 
 pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"sample files not found at {SAMPLES}")
@@ -819,7 +819,7 @@ def test_csv_mapping_must_name_one_amount_layout():
 
 
 def test_oversized_file_is_refused(monkeypatch):
-    monkeypatch.setattr("payments.statements.detect.MAX_STATEMENT_BYTES", 10)
+    monkeypatch.setattr("payments.statements.parsers.detect.MAX_STATEMENT_BYTES", 10)
     with pytest.raises(StatementError, match="are refused"):
         parse_statement(MT940_OK, "x.sta")
 

@@ -41,7 +41,7 @@ def test_an_agent_reads_own_devices_and_contracts_and_never_another_providers(as
 def test_a_technician_sees_lock_state_and_whom_to_call_but_no_finances(as_user, technician, world, provider_a):
     import datetime as dt
 
-    from payments.services import lock_sweep
+    from payments.locks.services import lock_sweep
 
     lock_sweep(now=dt.datetime(2026, 2, 17, 4, 30, tzinfo=dt.UTC))  # DLG-1 is past grace: locked
     client = as_user(technician)

@@ -27,7 +27,7 @@ from devices.models import Device, DeviceCommand
 from devices.protocol import verify
 from devices.services import enrollment_token_create
 from payments.models import Contract, LockOverride
-from payments.services import lock_policy_update, lock_sweep
+from payments.locks.services import lock_policy_update, lock_sweep
 from portal.models import AuditEvent
 from support.models import UnlockRequest
 from support.services import (

@@ -1,0 +1,58 @@
+"""Staff pages for contracts and their schedules."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.shortcuts import render
+
+from payments.contracts.selectors import contract_payments, contract_position, contracts_with_totals, schedule_rows
+from payments.models import Contract, ContractStatus
+from portal.permissions import Right, has_right, scoped_get, scoped_list
+
+
+@login_required
+def contract_list(request):
+    contracts = scoped_list(
+        Contract.objects.select_related("device", "customer", "provider"), request.user, Right.VIEW_FINANCE
+    )
+    q = request.GET.get("q", "").strip()
+    status = request.GET.get("status", "")
+    device = request.GET.get("device", "")
+    if q:
+        contracts = contracts.filter(Q(number__iexact=q) | Q(customer__name__icontains=q) | Q(device__imei=q))
+    if status in ContractStatus.values:
+        contracts = contracts.filter(status=status)
+    if device.isdigit():
+        contracts = contracts.filter(device_id=int(device))
+    contracts = contracts_with_totals(contracts, today=request.user.organisation.today()).order_by("-id")
+    page = Paginator(contracts, 50).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "payments/contract_list.html",
+        {"page": page, "q": q, "status": status, "statuses": ContractStatus.choices},
+    )
+
+
+@login_required
+def contract_detail(request, pk: int):
+    contract = scoped_get(
+        Contract.objects.select_related("device", "customer", "provider"), request.user, Right.VIEW_FINANCE, pk=pk
+    )
+    today = contract.provider.today()
+    rows = schedule_rows(contract, today=today)
+    position = contract_position(contract, today=today, installments=[r["installment"] for r in rows])
+
+    return render(
+        request,
+        "payments/contract_detail.html",
+        {
+            "contract": contract,
+            "rows": rows,
+            "position": position,
+            "today": today,
+            "payments": contract_payments(contract),
+            "can_verify": has_right(request.user, Right.VERIFY_PAYMENTS),
+        },
+    )

@@ -1,0 +1,287 @@
+"""What the lock decision reads besides the schedule: the provider's lock policy, overrides, and lock-screen wording."""
+
+from __future__ import annotations
+
+import datetime as dt
+import string
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from payments.models.contracts import MONEY, Contract
+from portal.models import Organisation, OrganisationKind
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The parts of a provider's lock policy the lock decision (``payments.locks.decision``) reads: a plain value."""
+
+    grace_days: int = 3
+    reminder_days_before: int = 3
+    lock_start_hour: int = 9  # local time, inclusive
+    lock_end_hour: int = 17  # local time, exclusive
+    lock_weekdays: frozenset[int] = frozenset({0, 1, 2, 3, 4})  # Monday = 0
+
+    def lock_may_start(self, local: dt.datetime) -> bool:
+        """A lock may start only in working hours on allowed weekdays: no phone goes dark at midnight."""
+        return local.weekday() in self.lock_weekdays and self.lock_start_hour <= local.hour < self.lock_end_hour
+
+
+def _default_reminders_before() -> list[int]:
+    return [3, 1]
+
+
+def _default_reminders_after() -> list[int]:
+    return [1, 2]
+
+
+def _default_weekdays() -> list[int]:
+    return [0, 1, 2, 3, 4, 5]
+
+
+def _validate_day_list(value) -> None:
+    if not isinstance(value, list) or not all(isinstance(d, int) and 0 <= d <= 60 for d in value):
+        raise ValidationError(_("A list of whole days between 0 and 60, e.g. [3, 1]."))
+
+
+def _validate_weekdays(value) -> None:
+    if not isinstance(value, list) or not value or not all(isinstance(d, int) and 0 <= d <= 6 for d in value):
+        raise ValidationError(_("At least one weekday, as numbers 0 (Monday) to 6 (Sunday)."))
+
+
+class LockPolicy(models.Model):
+    """A provider's rules for reminders and locks, edited by its admin.
+
+    The lock decision (``payments.decision``) reads it; every change is audited.
+    """
+
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "grace_days",
+        "reminder_days_before",
+        "reminder_days_after",
+        "lock_start_hour",
+        "lock_end_hour",
+        "lock_weekdays",
+        "max_temp_unlock_hours",
+        "unlock_alert_minutes",
+        "provisional_installments",
+        "provisional_max_amount",
+        "provisional_confirm_days",
+        "updated_at",
+    )
+
+    provider = models.OneToOneField(
+        Organisation,
+        on_delete=models.CASCADE,
+        related_name="lock_policy",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+    )
+    grace_days = models.PositiveSmallIntegerField(
+        default=3, validators=[MaxValueValidator(60)], help_text=_("Days after a due date before a lock.")
+    )
+    reminder_days_before = models.JSONField(
+        default=_default_reminders_before,
+        validators=[_validate_day_list],
+        help_text=_("Days before a due date on which the owner is reminded, e.g. [3, 1]."),
+    )
+    reminder_days_after = models.JSONField(
+        default=_default_reminders_after,
+        validators=[_validate_day_list],
+        help_text=_("Days after a due date on which the reminder repeats, e.g. [1, 2]."),
+    )
+    lock_start_hour = models.PositiveSmallIntegerField(
+        default=9, validators=[MaxValueValidator(23)], help_text=_("Local hour from which a lock may start.")
+    )
+    lock_end_hour = models.PositiveSmallIntegerField(
+        default=17, validators=[MaxValueValidator(24)], help_text=_("Local hour from which no lock may start.")
+    )
+    lock_weekdays = models.JSONField(
+        default=_default_weekdays,
+        validators=[_validate_weekdays],
+        help_text=_("Weekdays on which a lock may start: 0 = Monday … 6 = Sunday."),
+    )
+    max_temp_unlock_hours = models.PositiveSmallIntegerField(
+        default=72, validators=[MinValueValidator(1), MaxValueValidator(24 * 30)]
+    )
+    unlock_alert_minutes = models.PositiveSmallIntegerField(
+        default=15,
+        validators=[MinValueValidator(1)],
+        help_text=_("Flag a device whose unlock is not acknowledged this long after the arrears were cleared."),
+    )
+    # Payments an agent records from a customer's receipt alone (payments.services.payment_record_from_proof).
+    provisional_installments = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MaxValueValidator(12)],
+        help_text=_(
+            "A payment recorded from a receipt alone credits at once at most what is still due on the contract's "
+            "this many oldest unpaid installments, for all its unconfirmed receipts together (0: nothing until "
+            "confirmed). The rest is held until a second person or the channel's own record confirms it."
+        ),
+    )
+    provisional_max_amount = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text=_("Optional: never more than this amount (in the provider's currency) at once from receipts alone."),
+    )
+    provisional_confirm_days = models.PositiveSmallIntegerField(
+        default=7,
+        validators=[MinValueValidator(1), MaxValueValidator(90)],
+        help_text=_(
+            "A payment recorded from a receipt that no channel has confirmed after this many days is flagged "
+            "to finance."
+        ),
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "lock policies"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(lock_start_hour__lt=models.F("lock_end_hour")), name="lock_window_not_empty"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Lock policy of {self.provider}"
+
+    def clean(self) -> None:
+        start, end = self.lock_start_hour, self.lock_end_hour
+        if start is not None and end is not None and start >= end:
+            raise ValidationError({"lock_end_hour": _("Must be later than the start hour.")})
+
+    def rules(self):
+        """The policy as the pure decision reads it."""
+        return Rules(
+            grace_days=self.grace_days,
+            reminder_days_before=max(self.reminder_days_before, default=0),
+            lock_start_hour=self.lock_start_hour,
+            lock_end_hour=self.lock_end_hour,
+            lock_weekdays=frozenset(self.lock_weekdays),
+        )
+
+
+class OverrideKind(models.TextChoices):
+    TEMP_UNLOCK = "temp_unlock", _("Temporary unlock")
+    DISPUTE_HOLD = "dispute_hold", _("Dispute hold")
+
+
+class LockOverride(models.Model):
+    """An exception to the policy for one contract: a temporary unlock or a dispute hold.
+
+    Created only through services that record who asked and who approved.
+    """
+
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
+    audit_fields = ("contract", "kind", "starts_at", "ends_at", "reason", "created_by", "lifted_at", "created_at")
+
+    contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="overrides")
+    kind = models.CharField(max_length=20, choices=OverrideKind.choices)
+    starts_at = models.DateTimeField(default=timezone.now)
+    ends_at = models.DateTimeField(null=True, blank=True, help_text=_("Empty: until lifted (dispute hold only)."))
+    reason = models.CharField(max_length=300)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        indexes = [models.Index(fields=["contract", "kind"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind="dispute_hold") | Q(ends_at__isnull=False), name="temp_unlock_has_an_end"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.contract_id}"
+
+
+# Placeholders a lock-screen template may use; anything else is rejected when saved.
+LOCK_SCREEN_PLACEHOLDERS = {
+    "provider": _("the provider's name"),
+    "amount": _("the amount overdue with its currency, e.g. LKR 12,500.00"),
+    "currency": _("the currency code, e.g. LKR"),
+    "overdue_since": _("the due date of the oldest unpaid installment"),
+    "contract": _("the contract number"),
+    "imei": _("the phone's IMEI"),
+    "hotline": _("the provider's main hotline number"),
+}
+
+
+def template_placeholders(text: str) -> set[str]:
+    """The ``{name}`` placeholders in ``text``; raises ValueError on a malformed brace."""
+
+    return {name for _lit, name, _spec, _conv in string.Formatter().parse(text) if name is not None}
+
+
+def validate_lock_screen_text(text: str) -> None:
+    """Reject unknown or malformed placeholders with a message that lists the allowed ones."""
+    allowed = ", ".join("{" + p + "}" for p in LOCK_SCREEN_PLACEHOLDERS)
+    try:
+        names = template_placeholders(text)
+    except ValueError:
+        raise ValidationError(
+            _("A brace is not closed or not matched; use {{ and }} for a literal brace. Allowed: %(allowed)s"),
+            params={"allowed": allowed},
+        ) from None
+    unknown = sorted(n for n in names if n not in LOCK_SCREEN_PLACEHOLDERS)
+    if unknown:
+        raise ValidationError(
+            _("Unknown placeholder %(names)s. Allowed: %(allowed)s"),
+            params={"names": ", ".join("{" + (n or "") + "}" for n in unknown), "allowed": allowed},
+        )
+
+
+class LockScreenText(models.Model):
+    """What the phone shows, per provider and language, edited by the provider's admin.
+
+    The phone uses the customer's language, else the provider's default, else English.
+    """
+
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
+    audit_fields = (
+        "provider",
+        "language",
+        "title",
+        "body",
+        "reminder_title",
+        "reminder_body",
+        "data_kept_notice",
+        "factory_reset_warning",
+        "offline_unlock_hint",
+        "updated_at",
+    )
+
+    provider = models.ForeignKey(
+        Organisation,
+        on_delete=models.CASCADE,
+        related_name="lock_screen_texts",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+    )
+    language = models.CharField(max_length=8)
+    title = models.CharField(max_length=120, validators=[validate_lock_screen_text])
+    body = models.TextField(max_length=1500, validators=[validate_lock_screen_text])
+    reminder_title = models.CharField(max_length=120, validators=[validate_lock_screen_text])
+    reminder_body = models.TextField(max_length=1500, validators=[validate_lock_screen_text])
+    data_kept_notice = models.CharField(max_length=300)
+    factory_reset_warning = models.CharField(max_length=300)
+    offline_unlock_hint = models.CharField(max_length=300)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "language"], name="one_lock_screen_text_per_language")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} ({self.language})"
