@@ -1,6 +1,6 @@
 from django.urls import path, register_converter
 
-from payments.api import mpesa_views, views
+from payments.api import contracts, mpesa, payments, statements
 
 
 class ContractNumberConverter:
@@ -22,17 +22,17 @@ class ContractNumberConverter:
 register_converter(ContractNumberConverter, "contract_number")
 
 urlpatterns = [
-    path("payments/", views.PaymentListCreateView.as_view(), name="api-payments"),
-    path("payments/<int:pk>/", views.PaymentDetailView.as_view(), name="api-payment"),
-    path("contracts/", views.ContractListCreateView.as_view(), name="api-contracts"),
-    path("statements/", views.StatementListCreateView.as_view(), name="api-statements"),
-    path("statements/<int:pk>/", views.StatementDetailView.as_view(), name="api-statement"),
-    # Safaricom Daraja C2B callbacks (payments/api/mpesa_views.py).
+    path("payments/", payments.PaymentListCreateView.as_view(), name="api-payments"),
+    path("payments/<int:pk>/", payments.PaymentDetailView.as_view(), name="api-payment"),
+    path("contracts/", contracts.ContractListCreateView.as_view(), name="api-contracts"),
+    path("statements/", statements.StatementListCreateView.as_view(), name="api-statements"),
+    path("statements/<int:pk>/", statements.StatementDetailView.as_view(), name="api-statement"),
+    # Safaricom Daraja C2B callbacks (payments/api/mpesa.py).
     # Safaricom refuses to register callback URLs containing words such as "mpesa" or
     # "safaricom", hence the neutral /c2b/ paths.
-    path("c2b/validation/", mpesa_views.C2BValidationView.as_view(), name="api-mpesa-c2b-validation"),
-    path("c2b/confirmation/", mpesa_views.C2BConfirmationView.as_view(), name="api-mpesa-c2b-confirmation"),
+    path("c2b/validation/", mpesa.C2BValidationView.as_view(), name="api-mpesa-c2b-validation"),
+    path("c2b/confirmation/", mpesa.C2BConfirmationView.as_view(), name="api-mpesa-c2b-confirmation"),
     # Providers' own contract numbers often contain slashes (DLG/2026/7), so the
     # number takes the rest of the path: any sub-resource must be routed above this line.
-    path("contracts/<contract_number:number>/", views.ContractDetailView.as_view(), name="api-contract"),
+    path("contracts/<contract_number:number>/", contracts.ContractDetailView.as_view(), name="api-contract"),
 ]

@@ -27,7 +27,11 @@ class PaymentMatchedDataSerializer(serializers.Serializer):
     payment = serializers.IntegerField(help_text="The payment's id in the provider API (`/api/v1/payments/{id}/`).")
     external_id = serializers.CharField(help_text="The channel's transaction id.")
     channel = serializers.ChoiceField(choices=ChannelKind.choices)
-    amount = serializers.DecimalField(**MONEY, help_text="In `currency`, as a decimal string.")
+    amount = serializers.DecimalField(
+        max_digits=MONEY["max_digits"],
+        decimal_places=MONEY["decimal_places"],
+        help_text="In `currency`, as a decimal string.",
+    )
     currency = serializers.CharField(min_length=3, max_length=3, help_text="ISO 4217, the provider's currency.")
     contract = serializers.CharField(help_text="The contract number the payment was matched to.")
     rule = serializers.ChoiceField(choices=MATCH_RULES, help_text="How the payment found its contract.")
@@ -38,7 +42,7 @@ class PaymentMatchedSerializer(WebhookEventSerializer):
     """The body of ``payment.matched``."""
 
     event = event_name_field("payment.matched")
-    data = PaymentMatchedDataSerializer()
+    data = PaymentMatchedDataSerializer()  # type: ignore[assignment]  # the event's field "data", not Serializer.data
 
 
 PAYMENT_MATCHED = webhook(

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 from decimal import Decimal
+from typing import Any, NoReturn
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import exceptions, serializers
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from payments.api.base import api_client
 from payments.mpesa import (
     DARAJA_FIELDS,
     C2BTransaction,
@@ -29,7 +32,8 @@ from payments.services import PaymentConflict
 from portal.api.authentication import ApiKeyAuthentication
 from portal.api.parsers import DecimalJSONParser
 from portal.http import client_ip
-from portal.permissions import Right
+from portal.models import ApiKey
+from portal.permissions import ApiClient, Right
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,7 @@ class DarajaKeyAuthentication(ApiKeyAuthentication):
 
     query_param = "key"
 
-    def authenticate(self, request):
+    def authenticate(self, request: Request) -> tuple[ApiClient, ApiKey] | None:
         token = request.query_params.get(self.query_param)
         if token is None:
             return None
@@ -60,7 +64,7 @@ class DarajaKeyScheme(OpenApiAuthenticationExtension):
     target_class = DarajaKeyAuthentication
     name = "DarajaCallbackKey"
 
-    def get_security_definition(self, auto_schema):
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
         return {
             "type": "apiKey",
             "in": "query",
@@ -86,13 +90,13 @@ class DarajaText(serializers.Field):
         "blank": "This field may not be blank.",
     }
 
-    def __init__(self, *, allow_blank: bool = True, **kwargs):
+    def __init__(self, *, allow_blank: bool = True, **kwargs: Any) -> None:
         self.allow_blank = allow_blank
         if not kwargs.get("required", True):
             kwargs.setdefault("default", "")
         super().__init__(**kwargs)
 
-    def to_internal_value(self, data):
+    def to_internal_value(self, data: Any) -> str:
         if isinstance(data, bool) or not isinstance(data, str | int | Decimal):
             self.fail("invalid")
         text = str(data)
@@ -104,7 +108,7 @@ class DarajaText(serializers.Field):
             self.fail("blank")
         return text
 
-    def to_representation(self, value):
+    def to_representation(self, value: str) -> str:
         return value
 
 
@@ -167,7 +171,7 @@ class _DarajaView(APIView):
     parser_classes = [DecimalJSONParser]
     required_rights = {"POST": Right.RECORD_PAYMENTS}
 
-    def permission_denied(self, request, message=None, code=None):
+    def permission_denied(self, request: Request, message: str | None = None, code: str | None = None) -> NoReturn:
         if request.authenticators and not request.successful_authenticator:
             # Name both ways of sending the key; the API-wide message only knows the header.
             raise exceptions.AuthenticationFailed(
@@ -196,11 +200,11 @@ class C2BValidationView(_DarajaView):
         request=C2BValidationSerializer,
         responses={200: ValidationAnswerSerializer},
     )
-    def post(self, request, *args, **kwargs):
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         form = C2BValidationSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         transaction = form.transaction()
-        provider = request.user.organisation
+        provider = api_client(request).organisation
         result = validation_decision(provider=provider, transaction=transaction)
         # The key is in this request's URL: log ids only, never the URL.
         log.info("M-Pesa validation %r for %s: %s", transaction.trans_id, provider.slug, result.name)
@@ -230,14 +234,15 @@ class C2BConfirmationView(_DarajaView):
             ),
         },
     )
-    def post(self, request, *args, **kwargs):
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         form = C2BConfirmationSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         transaction = form.transaction()
-        provider = request.user.organisation
+        client = api_client(request)
+        provider = client.organisation
         try:
             payment, created = mpesa_confirmation_ingest(
-                provider=provider, transaction=transaction, actor=request.user, ip_address=client_ip(request)
+                provider=provider, transaction=transaction, actor=client, ip_address=client_ip(request)
             )
         except PaymentConflict as conflict:
             # Field names only: the values are the payer's phone and money, not for a log line.
