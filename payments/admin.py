@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.http import HttpRequest
 
 from payments.models import (
     Contract,
@@ -33,7 +34,7 @@ class InstallmentInline(admin.TabularInline):
     readonly_fields = ["number", "due_date", "amount_due", "amount_paid"]
     can_delete = False
 
-    def has_add_permission(self, request, obj=None):
+    def has_add_permission(self, request: HttpRequest, obj: Contract | None = None) -> bool:
         return False
 
 
@@ -47,7 +48,7 @@ class ContractAdmin(AuditedAdmin):
     inlines = [InstallmentInline]
     readonly_fields = ["currency", "financed_amount", "installment_count", "frequency", "first_due_date"]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         # Contracts are created through the API or services so the schedule is generated with them.
         return False
 
@@ -77,11 +78,11 @@ class LockOverrideAdmin(AuditedAdmin):
     search_fields = ["=contract__number"]
     raw_id_fields = ["contract"]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         # Overrides are granted through the approval flow (requested by one person, approved by another).
         return False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: LockOverride | None = None) -> bool:
         return False
 
 

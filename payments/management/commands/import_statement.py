@@ -6,9 +6,10 @@ duplicates, errors, matched and unmatched.
 
 import json
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from payments.imports import statement_import_create, statement_import_run
 from portal.models import Organisation, OrganisationKind
@@ -17,13 +18,13 @@ from portal.models import Organisation, OrganisationKind
 class Command(BaseCommand):
     help = "Import a bank statement (MT940, camt.053/054, CSV) or mobile-money report for a provider."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", type=Path)
         parser.add_argument("--provider", required=True, help="provider slug")
         parser.add_argument("--format", choices=["mt940", "camt053", "camt054", "camt052", "csv"], default=None)
         parser.add_argument("--mapping", default="", help="name of a saved CSV column mapping")
 
-    def handle(self, *args, file: Path, provider: str, format, mapping, **options):
+    def handle(self, *args: Any, file: Path, provider: str, format: str | None, mapping: str, **options: Any) -> None:
         org = Organisation.objects.filter(slug=provider, kind=OrganisationKind.PROVIDER).first()
         if org is None:
             raise CommandError(f"No provider with slug {provider!r}.")
