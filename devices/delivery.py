@@ -16,7 +16,10 @@ docs/lock-pipeline.md and keeps the bookkeeping on the row:
 Every channel try is a ``DeliveryAttempt`` row. A command is delivered when every
 applicable channel has accepted it once (a channel that already succeeded is not
 re-sent on a retry); otherwise it is retried with exponential backoff and jitter and,
-after ``DELIVERY_MAX_ATTEMPTS`` failed rounds, dead-lettered for staff to retry.
+after ``DELIVERY_MAX_ATTEMPTS`` failed rounds, dead-lettered for staff to retry. That
+bookkeeping (claim, backoff, redelivery, dead letters, retry) is the one outbox's,
+``portal.outbox``, shared with the provider webhooks; this module adds what is the
+commands' own: the channels, supersession and per-device serialisation.
 
 Decisions worth knowing (the portal shows the outcome of each):
 
@@ -41,32 +44,47 @@ Decisions worth knowing (the portal shows the outcome of each):
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import unquote, urlparse
 
+import paho.mqtt.client as mqtt
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
+from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.models import Channel, DeliveryAttempt, DeviceCommand, DeviceGateway
 from devices.protocol import topic_for
-from portal.audit import audit_record, snapshot
+from portal.outbound import PushError, backoff_seconds, signed_post
+from portal.outbox import ERROR_LIMIT, OutboxTable, Outcome
+from portal.types import Actor
 
-# Backoff, signature, redirect refusal and broker errors are shared with the provider webhooks
-# (portal.webhooks), so they live in the bottom layer; still importable from here.
-from portal.outbound import backoff_seconds, opener, standard_webhook_headers
-from portal.queue import enqueue_each
+__all__ = [
+    "COMMANDS",
+    "NO_CHANNEL_NOTE",
+    "SUPERSEDED_PREFIX",
+    "DeliveryError",
+    "Outcome",
+    "backoff_seconds",
+    "command_deliver",
+    "command_retry",
+    "commands_enqueue",
+    "commands_redeliver_pending",
+    "delivery_status",
+    "envelope_bytes",
+    "gateway_message_id",
+    "mqtt_publish",
+    "pending_commands",
+    "webhook_post",
+    "with_superseded",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,31 +95,23 @@ NO_CHANNEL_NOTE = (
     "No push channel configured (MQTT_URL unset and no enabled provider gateway); "
     "the phone receives this command at check-in."
 )
-#: A task arriving this early before ``next_attempt_at`` still counts as due (clocks of workers differ a little).
-DUE_TOLERANCE = timedelta(seconds=2)
 #: Namespace of the per-device advisory lock (an arbitrary constant that no other lock in finlock uses).
 _ADVISORY_NAMESPACE = 0x0F1C_0DE1
-#: Errors stored on an attempt are cut to this length (a gateway could answer with a whole HTML page).
-_ERROR_LIMIT = 1000
+
+#: The commands' outbox table: claim, backoff, redelivery, dead letters and retry are ``portal.outbox``'s.
+COMMANDS: OutboxTable[DeviceCommand] = OutboxTable(
+    model=DeviceCommand,
+    task_name="devices.deliver_command",
+    what="command",
+    log_prefix="deliver",
+    redeliver_log_prefix="redeliver",
+    claim_related=("device",),
+    unscheduled_is_due=True,
+)
 
 
 class DeliveryError(Exception):
     """One channel refused or could not take a command; the message is shown to staff."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one delivery run did.
-
-    ``status`` is one of ``delivered``, ``retry``, ``dead``, ``superseded``,
-    ``no_channel``, ``busy`` (another worker holds the command), ``not_due``
-    (a duplicate task arrived before the next attempt is due), ``closed``
-    (already delivered or dead) and ``missing`` (no such command).
-    ``retry_in`` is the backoff in seconds when the status is ``retry``.
-    """
-
-    status: str
-    retry_in: float | None = None
 
 
 # --- the wire ------------------------------------------------------------------
@@ -125,9 +135,6 @@ def mqtt_publish(*, url: str, topic: str, payload: bytes, timeout: float) -> Non
     worker, leaving an older command retained. A connection that lives exactly as long
     as one publish cannot do that, and it needs no care around Celery's forked workers.
     """
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     parsed = urlparse(url)
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
@@ -141,9 +148,9 @@ def mqtt_publish(*, url: str, topic: str, payload: bytes, timeout: float) -> Non
         client.tls_set()
     client.connect_timeout = timeout
     connected = threading.Event()
-    answer: dict = {}
+    answer: dict[str, Any] = {}
 
-    def on_connect(_client, _userdata, _flags, reason_code, _properties):
+    def on_connect(_client: object, _userdata: object, _flags: object, reason_code: Any, _properties: object) -> None:
         answer["reason"] = reason_code
         connected.set()
 
@@ -176,40 +183,26 @@ def gateway_message_id(command_id: int) -> str:
 
 
 def webhook_post(*, gateway: DeviceGateway, body: bytes, command_id: int, timeout: float) -> None:
-    """POST the envelope to the provider's gateway, Standard Webhooks-signed; 2xx or ``DeliveryError``."""
-    if urlparse(gateway.url).scheme not in ("http", "https"):
-        raise DeliveryError(f"gateway URL must be http or https, not {gateway.url!r}")
+    """POST the envelope to the provider's gateway, Standard Webhooks-signed; 2xx or ``DeliveryError``.
+
+    Through ``portal.outbound.signed_post``, the one guarded poster: https-only in production,
+    no private, loopback or link-local destination, no redirects, a timeout.
+    """
     try:
-        signature = standard_webhook_headers(
-            signing_secrets=[gateway.secret], msg_id=gateway_message_id(command_id), body=body
+        signed_post(
+            url=gateway.url,
+            body=body,
+            signing_secrets=[gateway.secret],
+            msg_id=gateway_message_id(command_id),
+            headers={},
+            timeout=timeout,
+            receiver="gateway",
+            user_agent="finlock-delivery/1",
         )
+    except PushError as exc:
+        raise DeliveryError(str(exc)) from exc
     except ValueError as exc:  # a secret that is no whsec_ secret (the admin form refuses one)
         raise DeliveryError(f"the gateway's secret cannot sign: {exc}") from exc
-    request = urllib.request.Request(  # noqa: S310 - scheme checked above
-        gateway.url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "finlock-delivery/1", **signature},
-    )
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        detail = _snippet(exc)
-        raise DeliveryError(f"gateway answered HTTP {exc.code}{': ' + detail if detail else ''}") from exc
-    except urllib.error.URLError as exc:
-        raise DeliveryError(f"gateway unreachable: {exc.reason}") from exc
-    except (http.client.HTTPException, OSError) as exc:  # TimeoutError, ConnectionResetError, bad status line
-        raise DeliveryError(f"gateway unreachable: {type(exc).__name__}: {exc}") from exc
-    if not 200 <= status < 300:
-        raise DeliveryError(f"gateway answered HTTP {status}")
-
-
-def _snippet(response) -> str:
-    try:
-        return response.read(300).decode("utf-8", "replace").strip()
-    except Exception:  # the body is a courtesy for staff reading the error; never fail on it
-        return ""
 
 
 # --- delivering one command ----------------------------------------------------
@@ -233,7 +226,7 @@ def _serialise_device(device_id: int) -> None:
 
 
 def _channels_for(command: DeviceCommand) -> tuple[list[str], DeviceGateway | None]:
-    channels = []
+    channels: list[str] = []
     if settings.MQTT_URL:
         channels.append(Channel.MQTT)
     gateway = DeviceGateway.objects.filter(provider_id=command.device.provider_id, enabled=True).first()
@@ -245,15 +238,64 @@ def _channels_for(command: DeviceCommand) -> tuple[list[str], DeviceGateway | No
 def _push(channel: str, command: DeviceCommand, body: bytes, gateway: DeviceGateway | None) -> None:
     if channel == Channel.MQTT:
         mqtt_publish(
-            url=settings.MQTT_URL,
+            url=settings.MQTT_URL or "",
             topic=topic_for(str(command.device.uid)),
             payload=body,
             timeout=settings.MQTT_PUBLISH_TIMEOUT_SECONDS,
         )
     else:
+        assert gateway is not None  # the webhook channel exists only with an enabled gateway
         webhook_post(
             gateway=gateway, body=body, command_id=command.pk, timeout=settings.DELIVERY_WEBHOOK_TIMEOUT_SECONDS
         )
+
+
+def _close_if_superseded(command: DeviceCommand) -> bool:
+    """Close ``command`` without pushing it when the device has a newer one (see the module doc)."""
+    newer = (
+        DeviceCommand.objects.filter(device_id=command.device_id, seq__gt=command.seq)
+        .order_by("-seq")
+        .values_list("seq", flat=True)
+        .first()
+    )
+    if newer is None:
+        return False
+    command.delivered_at = timezone.now()
+    command.next_attempt_at = None
+    command.last_error = f"{SUPERSEDED_PREFIX}{newer}: not pushed any more (the phone gets #{newer} instead)."
+    command.save(update_fields=["delivered_at", "next_attempt_at", "last_error"])
+    logger.info("deliver: command %s (#%s) superseded by #%s", command.pk, command.seq, newer)
+    return True
+
+
+def _push_round(command: DeviceCommand, channels: list[str], gateway: DeviceGateway | None) -> list[str]:
+    """Push on every channel that has not taken the command yet; record each try; return the errors."""
+    already = set(DeliveryAttempt.objects.filter(command=command, ok=True).values_list("channel", flat=True))
+    body = envelope_bytes(command)
+    errors: list[str] = []
+    attempts = []
+    for channel in (c for c in channels if c not in already):
+        try:
+            _push(channel, command, body, gateway)
+            error = ""
+        except DeliveryError as exc:
+            error = str(exc)
+        except Exception as exc:
+            # A bug or an unexpected library error must not lose the bookkeeping: it is
+            # recorded like any failure (and retried, then dead-lettered where staff see it).
+            logger.exception("deliver: unexpected error pushing command %s via %s", command.pk, channel)
+            error = f"{type(exc).__name__}: {exc}"
+        attempts.append(
+            DeliveryAttempt(
+                command=command, channel=channel, at=timezone.now(), ok=not error, error=error[:ERROR_LIMIT]
+            )
+        )
+        if error:
+            errors.append(f"{Channel(channel).label}: {error}"[:ERROR_LIMIT])
+    DeliveryAttempt.objects.bulk_create(attempts)
+    if attempts:  # a round that pushed nothing (every channel took it before) is not an attempt
+        command.attempts += 1
+    return errors
 
 
 def command_deliver(*, command_id: int) -> Outcome:
@@ -263,103 +305,20 @@ def command_deliver(*, command_id: int) -> Outcome:
     a delivered, dead, superseded, locked or not-yet-due command is left alone.
     """
     with transaction.atomic():
-        # Race prevented: the same command can be queued twice (the on-commit task and
-        # the periodic redelivery, or a broker redelivering an unacknowledged task), and
-        # two workers would push it twice at once and both count the attempt. The row
-        # lock makes one worker own the command for the whole push; SKIP LOCKED makes the
-        # other return at once instead of waiting to push it again. OF self: lock only
-        # the command, not the device and provider rows joined in.
-        command = (
-            DeviceCommand.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("device")
-            .filter(pk=command_id)
-            .first()
-        )
-        if command is None:
-            if DeviceCommand.objects.filter(pk=command_id).exists():
-                return Outcome("busy")
-            logger.warning("deliver: command %s does not exist", command_id)
-            return Outcome("missing")
-        if command.delivered_at is not None or command.dead_at is not None:
-            return Outcome("closed")
-        now = timezone.now()
-        if command.next_attempt_at is not None and command.next_attempt_at > now + DUE_TOLERANCE:
-            # A duplicate task (redelivery, broker re-queue) arriving before the backoff is over.
-            return Outcome("not_due")
-
+        claimed = COMMANDS.claim(command_id)
+        if isinstance(claimed, Outcome):
+            return claimed
+        command = claimed
         _serialise_device(command.device_id)
-        newer = (
-            DeviceCommand.objects.filter(device_id=command.device_id, seq__gt=command.seq)
-            .order_by("-seq")
-            .values_list("seq", flat=True)
-            .first()
-        )
-        if newer is not None:
-            command.delivered_at = now
-            command.next_attempt_at = None
-            command.last_error = f"{SUPERSEDED_PREFIX}{newer}: not pushed any more (the phone gets #{newer} instead)."
-            command.save(update_fields=["delivered_at", "next_attempt_at", "last_error"])
-            logger.info("deliver: command %s (#%s) superseded by #%s", command.pk, command.seq, newer)
+        if _close_if_superseded(command):
             return Outcome("superseded")
-
         channels, gateway = _channels_for(command)
         if not channels:
-            command.next_attempt_at = now + timedelta(seconds=settings.DELIVERY_BACKOFF_CAP_SECONDS)
-            command.last_error = NO_CHANNEL_NOTE
-            command.save(update_fields=["next_attempt_at", "last_error"])
+            wait = timedelta(seconds=settings.DELIVERY_BACKOFF_CAP_SECONDS)
+            COMMANDS.park(command, note=NO_CHANNEL_NOTE, dead=False, wait=wait)
             return Outcome("no_channel")
-
-        already = set(DeliveryAttempt.objects.filter(command=command, ok=True).values_list("channel", flat=True))
-        body = envelope_bytes(command)
-        errors: list[str] = []
-        attempts = []
-        for channel in (c for c in channels if c not in already):
-            try:
-                _push(channel, command, body, gateway)
-                error = ""
-            except DeliveryError as exc:
-                error = str(exc)
-            except Exception as exc:
-                # A bug or an unexpected library error must not lose the bookkeeping: it is
-                # recorded like any failure (and retried, then dead-lettered where staff see it).
-                logger.exception("deliver: unexpected error pushing command %s via %s", command.pk, channel)
-                error = f"{type(exc).__name__}: {exc}"
-            attempts.append(
-                DeliveryAttempt(
-                    command=command, channel=channel, at=timezone.now(), ok=not error, error=error[:_ERROR_LIMIT]
-                )
-            )
-            if error:
-                errors.append(f"{Channel(channel).label}: {error}"[:_ERROR_LIMIT])
-        DeliveryAttempt.objects.bulk_create(attempts)
-
-        finished = timezone.now()
-        fields = ["attempts", "next_attempt_at", "last_error"]
-        if attempts:  # a round that pushed nothing (every channel took it before) is not an attempt
-            command.attempts += 1
-        if not errors:
-            command.delivered_at = finished
-            command.next_attempt_at = None
-            command.last_error = ""
-            command.save(update_fields=[*fields, "delivered_at"])
-            return Outcome("delivered")
-        command.last_error = "\n".join(errors)
-        if command.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
-            command.dead_at = finished
-            command.next_attempt_at = None
-            command.save(update_fields=[*fields, "dead_at"])
-            logger.warning(
-                "deliver: command %s (#%s) dead after %s attempts: %s",
-                command.pk,
-                command.seq,
-                command.attempts,
-                command.last_error,
-            )
-            return Outcome("dead")
-        delay = backoff_seconds(command.attempts)
-        command.next_attempt_at = finished + timedelta(seconds=delay)
-        command.save(update_fields=fields)
-        return Outcome("retry", retry_in=delay)
+        errors = _push_round(command, channels, gateway)
+        return COMMANDS.settle(command, error="\n".join(errors), label=f"command {command.pk} (#{command.seq})")
 
 
 # --- queueing ------------------------------------------------------------------
@@ -371,35 +330,17 @@ def commands_enqueue(command_ids: Iterable[int]) -> int:
     Never raises for a broker outage: the commands are durable rows, so a failed enqueue
     only delays them until ``commands_redeliver_pending`` runs after the broker is back.
     """
-    return len(enqueue_each("devices.deliver_command", command_ids, what="command"))
+    return COMMANDS.enqueue(command_ids)
 
 
 def pending_commands(now: datetime) -> QuerySet[DeviceCommand]:
     """Commands that still have to be pushed and are due: never tried, or past their backoff."""
-    return DeviceCommand.objects.filter(delivered_at__isnull=True, dead_at__isnull=True).filter(
-        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
-    )
+    return COMMANDS.pending(now)
 
 
 def commands_redeliver_pending(*, now: datetime | None = None, limit: int = 1000) -> int:
-    """Re-queue every due, undelivered command (the periodic job); return how many were queued.
-
-    This is what makes an outage lose nothing: a command whose task never reached the
-    broker, was dropped with a restarted Redis, or whose retry could not be scheduled is
-    still a pending row, and is picked up here. One indexed query, oldest due first;
-    ``limit`` bounds one run, the next run continues.
-    """
-    now = now or timezone.now()
-    ids = list(
-        pending_commands(now)
-        .order_by(F("next_attempt_at").asc(nulls_first=True), "id")
-        .values_list("id", flat=True)[:limit]
-    )
-    if not ids:
-        return 0
-    queued = commands_enqueue(ids)
-    logger.info("redeliver: %s of %s due command(s) queued", queued, len(ids))
-    return queued
+    """Re-queue every due, undelivered command (the periodic job, ``portal.outbox``); return how many were queued."""
+    return COMMANDS.redeliver_pending(now=now, limit=limit)
 
 
 # --- dead letters --------------------------------------------------------------
@@ -411,40 +352,28 @@ def with_superseded(qs: QuerySet[DeviceCommand]) -> QuerySet[DeviceCommand]:
     return qs.annotate(superseded=Exists(newer))
 
 
-_RETRY_FIELDS = ("attempts", "next_attempt_at", "dead_at", "last_error")
+def _newer_exists(command: DeviceCommand) -> str | None:
+    if DeviceCommand.objects.filter(device_id=command.device_id, seq__gt=command.seq).exists():
+        return "A newer command exists for this device; it is the one the phone needs."
+    return None
 
 
-def command_retry(*, command: DeviceCommand, actor, ip_address: str | None = None) -> DeviceCommand:
-    """Give a dead-lettered command a fresh set of attempts and queue it now; audited.
+def command_retry(*, command: DeviceCommand, actor: Actor, ip_address: str | None = None) -> DeviceCommand:
+    """Give a dead-lettered command a fresh set of attempts and queue it now; audited as ``device.command_retry``.
 
     Refused (``ValidationError``) unless the command is dead and still the device's
     latest: an older command would only be closed as superseded.
     """
-    with transaction.atomic():
-        locked = (
-            DeviceCommand.objects.select_for_update(of=("self",)).select_related("device__provider").get(pk=command.pk)
-        )
-        if locked.dead_at is None:
-            raise ValidationError("This command is not in the dead letters (it was delivered or retried already).")
-        if DeviceCommand.objects.filter(device_id=locked.device_id, seq__gt=locked.seq).exists():
-            raise ValidationError("A newer command exists for this device; it is the one the phone needs.")
-        before = snapshot(locked, _RETRY_FIELDS)
-        locked.attempts = 0
-        locked.dead_at = None
-        locked.next_attempt_at = timezone.now()
-        locked.last_error = ""
-        locked.save(update_fields=list(_RETRY_FIELDS))
-        audit_record(
-            actor=actor,
-            action="device.command_retry",
-            obj=locked,
-            organisation=locked.device.provider,
-            before=before,
-            after=snapshot(locked, _RETRY_FIELDS),
-            ip_address=ip_address,
-        )
-        transaction.on_commit(lambda: commands_enqueue([locked.pk]))
-    return locked
+    return COMMANDS.retry_dead(
+        command,
+        actor=actor,
+        action="device.command_retry",
+        not_dead="This command is not in the dead letters (it was delivered or retried already).",
+        ip_address=ip_address,
+        related=("device__provider",),
+        refuse=_newer_exists,
+        organisation=lambda locked: locked.device.provider,
+    )
 
 
 def delivery_status(command: DeviceCommand) -> str:

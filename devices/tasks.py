@@ -6,34 +6,22 @@ Periodic jobs are scheduled in one place only: ``CELERY_BEAT_SCHEDULE`` in
 
 from __future__ import annotations
 
-import logging
 
 from celery import shared_task
-from celery.exceptions import Retry
+from celery.app.task import Task
 
 from devices import delivery, mqtt_accounts, services
-
-logger = logging.getLogger(__name__)
+from portal.outbox import retry_later
 
 
 @shared_task(bind=True, name="devices.deliver_command", max_retries=None, ignore_result=True)
-def deliver_command(self, command_id: int) -> str:
+def deliver_command(self: Task, command_id: int) -> str:
     """Push one command (``devices.delivery.command_deliver``); on a transient failure retry after the backoff.
 
-    The retry is an optimisation for latency: the row already holds ``next_attempt_at``,
-    so if the retry cannot be queued (broker down) the periodic redelivery picks the
-    command up anyway. The attempt limit is the row's, hence ``max_retries=None``.
+    The attempt limit is the row's (``portal.outbox``), hence ``max_retries=None``.
     """
     outcome = delivery.command_deliver(command_id=command_id)
-    if outcome.status == "retry" and not self.request.is_eager:
-        # In eager mode (no broker) Celery would re-run the task at once, ignoring the
-        # countdown; the command simply waits for its next_attempt_at instead.
-        try:
-            self.retry(countdown=outcome.retry_in, throw=True)
-        except Retry:
-            raise
-        except Exception as exc:  # broker gone between the push and the retry: the row remembers
-            logger.warning("deliver: could not schedule the retry of command %s (%s)", command_id, exc)
+    retry_later(self, outcome, log_prefix="deliver", what="command", row_id=command_id)
     return outcome.status
 
 

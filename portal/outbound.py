@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from urllib.parse import urlparse
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
 #: Enqueueing failed because the broker is unreachable (kombu wraps redis and amqp errors in OperationalError).
@@ -100,8 +101,6 @@ def webhook_secret_fingerprint(secret: str) -> str:
 
 def validate_webhook_secret(value: str) -> None:
     """Django validator: ``whsec_`` and the padded base64 of 24 to 64 bytes (Standard Webhooks)."""
-    from django.core.exceptions import ValidationError
-
     try:
         key = webhook_secret_key(value)
     except ValueError as exc:
@@ -197,13 +196,24 @@ def check_public_destination(url: str) -> None:
 
 
 def signed_post(
-    *, url: str, body: bytes, signing_secrets: Sequence[str], msg_id: str, headers: dict[str, str], timeout: float
+    *,
+    url: str,
+    body: bytes,
+    signing_secrets: Sequence[str],
+    msg_id: str,
+    headers: dict[str, str],
+    timeout: float,
+    receiver: str = "endpoint",
+    user_agent: str = "finlock-webhooks/1",
 ) -> int:
     """POST ``body`` signed the Standard Webhooks way (see the module doc); the 2xx status, or ``PushError``.
 
-    ``msg_id`` is the ``webhook-id``: pass the same one on every retry of a message.
-    Redirects are not followed (a 3xx is a failure), and with ``DEBUG`` off only https
-    to a public address is allowed.
+    The one guarded poster: every outbound HTTP call of finlock goes through it. ``msg_id`` is
+    the ``webhook-id``: pass the same one on every retry of a message. Redirects are not
+    followed (a 3xx is a failure), and with ``DEBUG`` off only https to a public address is
+    allowed (tests that post to a local stand-in turn ``DEBUG`` on). ``receiver`` names the
+    other side in error messages ("endpoint", "gateway"). A secret that cannot sign is a
+    ``ValueError`` (a configuration problem, not a failed push).
     """
     scheme = urlparse(url).scheme
     if scheme not in ("http", "https") or (scheme == "http" and not settings.DEBUG):
@@ -215,21 +225,21 @@ def signed_post(
         method="POST",
         headers={
             "Content-Type": "application/json",
-            "User-Agent": "finlock-webhooks/1",
+            "User-Agent": user_agent,
             **headers,
             **standard_webhook_headers(signing_secrets=signing_secrets, msg_id=msg_id, body=body),
         },
     )
     try:
         with opener.open(request, timeout=timeout) as response:
-            status = response.status
+            status = int(response.status)
     except urllib.error.HTTPError as exc:
         detail = _snippet(exc)
-        raise PushError(f"endpoint answered HTTP {exc.code}{': ' + detail if detail else ''}", exc.code) from exc
+        raise PushError(f"{receiver} answered HTTP {exc.code}{': ' + detail if detail else ''}", exc.code) from exc
     except urllib.error.URLError as exc:
-        raise PushError(f"endpoint unreachable: {exc.reason}") from exc
+        raise PushError(f"{receiver} unreachable: {exc.reason}") from exc
     except (http.client.HTTPException, OSError) as exc:  # TimeoutError, ConnectionResetError, bad status line
-        raise PushError(f"endpoint unreachable: {type(exc).__name__}: {exc}") from exc
+        raise PushError(f"{receiver} unreachable: {type(exc).__name__}: {exc}") from exc
     if not 200 <= status < 300:
-        raise PushError(f"endpoint answered HTTP {status}", status)
+        raise PushError(f"{receiver} answered HTTP {status}", status)
     return status

@@ -6,34 +6,22 @@ Periodic jobs are scheduled in one place only: ``CELERY_BEAT_SCHEDULE`` in
 
 from __future__ import annotations
 
-import logging
 
 from celery import shared_task
-from celery.exceptions import Retry
+from celery.app.task import Task
 
 from portal import audit, webhooks
-
-logger = logging.getLogger(__name__)
+from portal.outbox import retry_later
 
 
 @shared_task(bind=True, name="portal.deliver_webhook_event", max_retries=None, ignore_result=True)
-def deliver_webhook_event(self, event_id: int) -> str:
+def deliver_webhook_event(self: Task, event_id: int) -> str:
     """POST one provider event (``portal.webhooks.webhook_event_deliver``); on failure retry after the backoff.
 
-    The retry is an optimisation for latency: the row already holds ``next_attempt_at``,
-    so if the retry cannot be queued (broker down) the periodic redelivery picks the event
-    up anyway. The attempt limit is the row's, hence ``max_retries=None``.
+    The attempt limit is the row's (``portal.outbox``), hence ``max_retries=None``.
     """
     outcome = webhooks.webhook_event_deliver(event_id=event_id)
-    if outcome.status == "retry" and not self.request.is_eager:
-        # In eager mode (no broker) Celery would re-run the task at once, ignoring the
-        # countdown; the event simply waits for its next_attempt_at instead.
-        try:
-            self.retry(countdown=outcome.retry_in, throw=True)
-        except Retry:
-            raise
-        except Exception as exc:  # broker gone between the POST and the retry: the row remembers
-            logger.warning("webhooks: could not schedule the retry of event %s (%s)", event_id, exc)
+    retry_later(self, outcome, log_prefix="webhooks", what="event", row_id=event_id)
     return outcome.status
 
 

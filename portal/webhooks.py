@@ -30,41 +30,48 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from portal.audit import audit_record, snapshot
 from portal.models import Organisation, OrganisationKind, ProviderWebhook, User, WebhookEvent, WebhookEventName
 from portal.outbound import (
     PushError,
-    backoff_seconds,
     signed_post,
     webhook_secret_fingerprint,
     webhook_secret_generate,
 )
-from portal.queue import enqueue_each
+from portal.outbox import ERROR_LIMIT, OutboxTable, Outcome
 from portal.templatetags.finlock import local
+from portal.types import Actor
 
 logger = logging.getLogger(__name__)
 
-#: A task arriving this early before ``next_attempt_at`` still counts as due (clocks of workers differ a little).
-DUE_TOLERANCE = timedelta(seconds=2)
-#: ``last_error`` is cut to this length (an endpoint could answer with a whole HTML page).
-_ERROR_LIMIT = 1000
 #: ``last_error`` of an event whose endpoint was disabled before it could be delivered.
 DISABLED_NOTE = "The webhook was disabled; enable it and retry to send this event."
 #: After a rotation every POST is signed with the old secret too for this long, so the
 #: receiver can switch to the new one without refusing (and so delaying) any event.
 SECRET_OVERLAP = timedelta(hours=24)
 
+#: The events' outbox table: claim, backoff, redelivery, dead letters and retry are ``portal.outbox``'s.
+EVENTS: OutboxTable[WebhookEvent] = OutboxTable(
+    model=WebhookEvent,
+    task_name="portal.deliver_webhook_event",
+    what="event",
+    log_prefix="webhooks",
+    redeliver_log_prefix="webhooks",
+    claim_related=("webhook",),
+)
 
-def _audited(hook: ProviderWebhook) -> dict:
+
+def _audited(hook: ProviderWebhook) -> dict[str, Any]:
     """What the audit trail keeps of an endpoint: its non-secret fields and which secret it has.
 
     ``secret_fingerprint`` (the first 64 bits of SHA-256 over the key) shows a rotation as
@@ -76,15 +83,6 @@ def _audited(hook: ProviderWebhook) -> dict:
         "secret_fingerprint": webhook_secret_fingerprint(hook.secret),
         "previous_secret_fingerprint": previous,
     }
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one delivery run did: ``delivered``, ``retry`` (with ``retry_in`` seconds), ``dead``,
-    ``busy`` (another worker holds the event), ``not_due``, ``closed`` or ``missing``."""
-
-    status: str
-    retry_in: float | None = None
 
 
 # --- emitting -----------------------------------------------------------------
@@ -177,7 +175,7 @@ def webhook_events_enqueue(event_ids: list[int]) -> int:
     Never raises for a broker outage: the events are durable rows, so a failed enqueue
     only delays them until ``webhook_events_redeliver_pending`` runs after the broker is back.
     """
-    return len(enqueue_each("portal.deliver_webhook_event", event_ids, what="event"))
+    return EVENTS.enqueue(event_ids)
 
 
 # --- delivering ---------------------------------------------------------------
@@ -198,110 +196,64 @@ def webhook_event_body(event: WebhookEvent) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
+def _post(event: WebhookEvent, now: dt.datetime) -> tuple[int | None, str]:
+    """POST ``event`` to its endpoint once; the status code (when it answered) and the error ("" if 2xx)."""
+    hook = event.webhook
+    try:
+        status_code = signed_post(
+            url=hook.url,
+            body=webhook_event_body(event),
+            signing_secrets=hook.signing_secrets(now),
+            msg_id=webhook_message_id(event),
+            headers={"X-Finlock-Event": event.event},
+            timeout=settings.DELIVERY_WEBHOOK_TIMEOUT_SECONDS,
+        )
+    except PushError as exc:
+        return exc.status_code, str(exc)
+    except Exception as exc:
+        # A bug or an unexpected library error must not lose the bookkeeping: recorded
+        # like any failure (retried, then dead where the admin sees it).
+        logger.exception("webhooks: unexpected error posting event %s", event.pk)
+        return None, f"{type(exc).__name__}: {exc}"
+    return status_code, ""
+
+
 def webhook_event_deliver(*, event_id: int) -> Outcome:
     """POST one event to its endpoint and record the outcome on the row.
 
     Safe to call any number of times for the same event, concurrently or late: a
-    delivered, dead, locked or not-yet-due event is left alone.
+    delivered, dead, locked or not-yet-due event is left alone (``portal.outbox``).
     """
     with transaction.atomic():
-        # Race prevented: the same event can be queued twice (the on-commit task and the
-        # periodic redelivery, or a broker redelivering an unacknowledged task); two
-        # workers would POST it twice at once and both count the attempt. The row lock
-        # makes one worker own the event for the whole POST; SKIP LOCKED makes the other
-        # return at once. OF self: lock only the event, not the joined endpoint row, so
-        # creating events for that endpoint never waits behind a slow POST.
-        event = (
-            WebhookEvent.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("webhook")
-            .filter(pk=event_id)
-            .first()
-        )
-        if event is None:
-            if WebhookEvent.objects.filter(pk=event_id).exists():
-                return Outcome("busy")
-            logger.warning("webhooks: event %s does not exist", event_id)
-            return Outcome("missing")
-        if event.delivered_at is not None or event.dead_at is not None:
-            return Outcome("closed")
-        now = timezone.now()
-        if event.next_attempt_at is not None and event.next_attempt_at > now + DUE_TOLERANCE:
-            # A duplicate task arriving before the backoff is over.
-            return Outcome("not_due")
-        fields = ["attempts", "next_attempt_at", "last_error", "last_status_code"]
-        hook = event.webhook
-        if not hook.enabled:
+        claimed = EVENTS.claim(event_id)
+        if isinstance(claimed, Outcome):
+            return claimed
+        event = claimed
+        if not event.webhook.enabled:
             # Not an attempt: nothing was sent. Parked where the admin sees it.
-            event.dead_at = now
-            event.next_attempt_at = None
-            event.last_error = DISABLED_NOTE
-            event.save(update_fields=[*fields, "dead_at"])
+            EVENTS.park(event, note=DISABLED_NOTE, dead=True)
             return Outcome("dead")
-
-        status_code = None
-        error = ""
-        try:
-            status_code = signed_post(
-                url=hook.url,
-                body=webhook_event_body(event),
-                signing_secrets=hook.signing_secrets(now),
-                msg_id=webhook_message_id(event),
-                headers={"X-Finlock-Event": event.event},
-                timeout=settings.DELIVERY_WEBHOOK_TIMEOUT_SECONDS,
-            )
-        except PushError as exc:
-            status_code, error = exc.status_code, str(exc)
-        except Exception as exc:
-            # A bug or an unexpected library error must not lose the bookkeeping: recorded
-            # like any failure (retried, then dead where the admin sees it).
-            logger.exception("webhooks: unexpected error posting event %s", event.pk)
-            error = f"{type(exc).__name__}: {exc}"
-
-        finished = timezone.now()
+        status_code, error = _post(event, timezone.now())
         event.attempts += 1
         event.last_status_code = status_code
-        event.last_error = error[:_ERROR_LIMIT]
-        if not error:
-            event.delivered_at = finished
-            event.next_attempt_at = None
-            event.save(update_fields=[*fields, "delivered_at"])
-            return Outcome("delivered")
-        if event.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
-            event.dead_at = finished
-            event.next_attempt_at = None
-            event.save(update_fields=[*fields, "dead_at"])
-            logger.warning("webhooks: event %s dead after %s attempts: %s", event.pk, event.attempts, error)
-            return Outcome("dead")
-        delay = backoff_seconds(event.attempts)
-        event.next_attempt_at = finished + timedelta(seconds=delay)
-        event.save(update_fields=fields)
-        return Outcome("retry", retry_in=delay)
+        return EVENTS.settle(
+            event, error=error[:ERROR_LIMIT], label=f"event {event.pk}", extra_fields=["last_status_code"]
+        )
 
 
-def pending_webhook_events(now: dt.datetime):
+def pending_webhook_events(now: dt.datetime) -> QuerySet[WebhookEvent]:
     """Events still to be sent whose next attempt is due (served by the partial index)."""
-    return WebhookEvent.objects.filter(delivered_at__isnull=True, dead_at__isnull=True, next_attempt_at__lte=now)
+    return EVENTS.pending(now)
 
 
 def webhook_events_redeliver_pending(*, now: dt.datetime | None = None, limit: int = 1000) -> int:
-    """Re-queue every due, undelivered event (the periodic job); return how many were queued.
-
-    This is what makes a broker or endpoint outage lose nothing: an event whose task never
-    reached the broker, was dropped with a restarted Redis, or whose retry could not be
-    scheduled is still a pending row, and is picked up here. Oldest due first; ``limit``
-    bounds one run, the next run continues.
-    """
+    """Re-queue every due, undelivered event (the periodic job, ``portal.outbox``); return how many were queued."""
     now = now or timezone.now()
     # Housekeeping: a rotated secret past its overlap signs nothing any more; do not keep it.
     ProviderWebhook.objects.filter(previous_secret_until__lte=now).update(
         previous_secret="", previous_secret_until=None
     )
-    ids = list(pending_webhook_events(now).order_by("next_attempt_at", "id").values_list("id", flat=True)[:limit])
-    if not ids:
-        return 0
-    queued = webhook_events_enqueue(ids)
-    logger.info("webhooks: %s of %s due event(s) queued", queued, len(ids))
-    return queued
+    return EVENTS.redeliver_pending(now=now, limit=limit)
 
 
 # --- managing endpoints ---------------------------------------------------------
@@ -403,35 +355,16 @@ def webhook_secret_overlap_end(*, webhook: ProviderWebhook, actor, ip_address: s
     return locked
 
 
-_RETRY_FIELDS = ("attempts", "next_attempt_at", "dead_at", "last_error", "last_status_code")
-
-
-def webhook_event_retry(*, event: WebhookEvent, actor, ip_address: str | None = None) -> WebhookEvent:
+def webhook_event_retry(*, event: WebhookEvent, actor: Actor, ip_address: str | None = None) -> WebhookEvent:
     """Give a dead event a fresh set of attempts and queue it now; audited as ``webhook.event_retry``.
 
     ``ValidationError`` unless the event is dead.
     """
-    with transaction.atomic():
-        # Race prevented: two admins pressing Retry at once, or a retry racing a worker
-        # that is still finishing the last attempt; the row lock orders them and the
-        # second sees the event no longer dead.
-        locked = WebhookEvent.objects.select_for_update().get(pk=event.pk)
-        if locked.dead_at is None:
-            raise ValidationError("This event is not dead (it was delivered or retried already).")
-        before = snapshot(locked, _RETRY_FIELDS)
-        locked.attempts = 0
-        locked.dead_at = None
-        locked.next_attempt_at = timezone.now()
-        locked.last_error = ""
-        locked.last_status_code = None
-        locked.save(update_fields=list(_RETRY_FIELDS))
-        audit_record(
-            actor=actor,
-            action="webhook.event_retry",
-            obj=locked,
-            before=before,
-            after=snapshot(locked, _RETRY_FIELDS),
-            ip_address=ip_address,
-        )
-        transaction.on_commit(lambda: webhook_events_enqueue([locked.pk]))
-    return locked
+    return EVENTS.retry_dead(
+        event,
+        actor=actor,
+        action="webhook.event_retry",
+        not_dead="This event is not dead (it was delivered or retried already).",
+        ip_address=ip_address,
+        also_reset={"last_status_code": None},
+    )

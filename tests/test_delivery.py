@@ -90,7 +90,10 @@ class FakeGateway:
 
 
 @pytest.fixture
-def gateway_server():
+def gateway_server(settings):
+    # The stand-in listens on plain http on 127.0.0.1, which finlock allows only with DEBUG on
+    # (pytest-django turns DEBUG off; production requires https to a public address).
+    settings.DEBUG = True
     server = FakeGateway()
     yield server
     server.close()
@@ -568,7 +571,10 @@ def test_the_periodic_job_queues_due_commands_in_order_and_delivers_only_the_lat
     assert delivery.commands_redeliver_pending() == 0
 
 
-def test_an_unreachable_gateway_is_a_failed_attempt_with_the_reason(device_a, signing_key, provider_a, no_mqtt):
+def test_an_unreachable_gateway_is_a_failed_attempt_with_the_reason(
+    device_a, signing_key, provider_a, no_mqtt, settings
+):
+    settings.DEBUG = True  # plain http to 127.0.0.1, as for the gateway stand-in
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -860,3 +866,17 @@ def test_a_failed_push_is_retried_by_the_task_itself_after_the_backoff(
     succeeded = command.delivery_attempts.get(ok=True)
     # The second push came after the jittered backoff of round 1 (0.5 to 1.5 times 1 s).
     assert (succeeded.at - failed.at).total_seconds() >= 0.5
+
+
+def test_the_gateway_post_is_guarded_like_every_outbound_call(device_a, signing_key, provider_a, no_mqtt, settings):
+    """Production (DEBUG off): https only, and never to a private, loopback or link-local address."""
+    settings.DEBUG = False
+    gateway = DeviceGateway.objects.create(provider=provider_a, url="http://gateway.example.com/hook")
+    command = factories.make_command(device_a, private_key=signing_key)
+    assert delivery.command_deliver(command_id=command.pk).status == "retry"
+    assert "must be https" in command.delivery_attempts.get().error
+
+    DeviceGateway.objects.filter(pk=gateway.pk).update(url="https://127.0.0.1:9/hook")
+    make_due(command)
+    assert delivery.command_deliver(command_id=command.pk).status == "retry"
+    assert "non-public address" in command.delivery_attempts.order_by("-id").first().error
