@@ -33,8 +33,7 @@ from enum import StrEnum
 
 from devices.models import LockState
 from payments.locks.decision import Line, Overrides, decide
-from payments.models import Rules
-from payments.models import contract_number_key, nth_due_date
+from payments.models import Rules, contract_number_key, nth_due_date
 from payments.money import split_evenly
 
 DEFAULT_SEED = 2026
@@ -878,9 +877,9 @@ def load_demo(*, devices: int = DEFAULT_DEVICES, seed: int = DEFAULT_SEED, now=N
     from django.utils import timezone
 
     from devices.models import Device
-    from devices.services import device_create
-    from payments.models import Contract, Customer, Installment
+    from devices.services.registry import device_create
     from payments.contracts.services import contract_create, contract_set_status, customer_create
+    from payments.models import Contract, Customer, Installment
     from portal.audit import audit_record
 
     if devices < MIN_DEVICES:
@@ -966,12 +965,8 @@ def _enrol_some(provider, devices: list) -> None:
 
     from devices.keys import public_key_b64
     from devices.protocol import b64, enrollment_message
-    from devices.services import (
-        device_enroll,
-        enrollment_challenge_issue,
-        enrollment_token_create,
-        enrollment_token_revoke,
-    )
+    from devices.services.enrolment import device_enroll, enrollment_challenge_issue
+    from devices.services.tokens import enrollment_token_create, enrollment_token_revoke
 
     token, secret = enrollment_token_create(provider=provider, name="Demo shop", shop="Demo", actor=None)
     for device in devices[::ENROLLED_EVERY]:
@@ -1020,10 +1015,10 @@ def _issue_commands(provider, contract_ids: list[int], *, now) -> None:
     from django.db.models import F
 
     from devices.models import Device
-    from devices.services import StateChange, device_states_apply
+    from devices.services.commands import StateChange, device_states_apply
     from payments.locks.screen import ProviderScreenData, screen_build
+    from payments.locks.selectors import decide_contract, policy_rules
     from payments.models import Contract
-    from payments.locks.sweep import decide_contract, policy_rules
 
     data, rules = ProviderScreenData.load(provider), policy_rules(provider)
     changes = []

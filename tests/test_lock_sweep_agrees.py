@@ -12,8 +12,9 @@ import pytest
 from django.db.models import Prefetch
 
 from devices.models import Device
+from payments.locks.selectors import decide_contract
+from payments.locks.sweep import annotate_desired_state
 from payments.models import Contract, Customer, Installment, LockOverride, LockPolicy
-from payments.locks.sweep import annotate_desired_state, decide_contract
 from tests.factories import make_imei
 
 STATES = ["unlocked", "reminder", "locked", "temp_unlocked"]

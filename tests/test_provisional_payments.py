@@ -25,10 +25,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from devices.models import Device
-from payments.models import Installment, LockPolicy, Payment, PaymentAllocation, StatementLine
-from payments.locks.services import lock_sweep
 from payments.ledger.services import payment_ingest
 from payments.ledger.verify import payment_record_from_proof
+from payments.locks.services import lock_sweep
+from payments.models import Installment, LockPolicy, Payment, PaymentAllocation, StatementLine
 from portal.models import AuditEvent
 from portal.uploads import proof_check
 from tests.factories import CustomerFactory, ProviderFactory, UserFactory, make_contract
@@ -603,7 +603,9 @@ def test_batches_and_line_by_line_treat_receipts_alike(db, monkeypatch):
             record(agent, contract, amount, txid=txid, channel="bank_transfer")
         if slug == "single":
             monkeypatch.setattr(
-                payments.statements.imports, "statement_lines_credit", lambda **kw: (_ for _ in ()).throw(IntegrityError())
+                payments.statements.imports,
+                "statement_lines_credit",
+                lambda **kw: (_ for _ in ()).throw(IntegrityError()),
             )
         summary = _bank_statement(
             provider,
@@ -724,8 +726,8 @@ def test_a_receipt_no_channel_confirms_in_10_days_is_flagged_to_finance_once(
 
 
 def test_each_provider_sets_its_own_number_of_days(two_behind, provider_a, admin_a, agent_a):
-    from payments.locks.services import lock_policy_update
     from payments.ledger.services import payments_flag_unconfirmed
+    from payments.locks.services import lock_policy_update
 
     lock_policy_update(provider=provider_a, actor=admin_a, provisional_confirm_days=14)
     payment = record(agent_a, two_behind, "50000.00")

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from payments.contracts.services import contract_set_status
 from payments.ledger.errors import PaymentAlreadyVerified
-from payments.locks.sweep import apply_decisions
+from payments.locks.services import contracts_lock_evaluate
 from payments.models import (
     Contract,
     ContractStatus,
@@ -178,7 +178,7 @@ def _payment_apply(*, payment, contract: Contract, rule: str, confidence: int, a
     if contract.status == ContractStatus.ACTIVE and _paid_in_full(contract):
         contract_set_status(contract=contract, status=ContractStatus.PAID_OFF, actor=actor)
     # Unlock at once: the decision and the signed command are written in this transaction.
-    apply_decisions([contract.pk], now=now, actor=actor)
+    contracts_lock_evaluate(contract_ids=[contract.pk], now=now, actor=actor)
 
 
 def _payment_confirm(*, payment, via: str, actor, ip_address: str | None = None) -> bool:
@@ -233,7 +233,7 @@ def _payment_confirm(*, payment, via: str, actor, ip_address: str | None = None)
     _payment_matched_webhook(payment=locked, contract=contract, rule=locked.match_rule)
     if contract.status == ContractStatus.ACTIVE and _paid_in_full(contract):
         contract_set_status(contract=contract, status=ContractStatus.PAID_OFF, actor=actor)
-    apply_decisions([contract.pk], now=now, actor=actor)
+    contracts_lock_evaluate(contract_ids=[contract.pk], now=now, actor=actor)
     return True
 
 

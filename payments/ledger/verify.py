@@ -14,7 +14,7 @@ from payments.contracts.services import contract_set_status
 from payments.ledger.confirm import _payment_apply, payment_confirm
 from payments.ledger.errors import PaymentAlreadyRecorded, PaymentAlreadyVerified, WrongContract
 from payments.ledger.services import payment_ingest
-from payments.locks.sweep import apply_decisions
+from payments.locks.services import contracts_lock_evaluate
 from payments.models import (
     Contract,
     ContractStatus,
@@ -125,7 +125,7 @@ def payment_reverse(*, payment, actor, reason: str, ip_address: str | None = Non
         if contract is not None:
             if contract.status == ContractStatus.PAID_OFF:
                 contract_set_status(contract=contract, status=ContractStatus.ACTIVE, actor=actor)
-            apply_decisions([contract.pk], now=now, actor=actor)
+            contracts_lock_evaluate(contract_ids=[contract.pk], now=now, actor=actor)
         payment.refresh_from_db()
     return payment
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext_noop
 
+from devices.models import Device
 from payments.locks.decision import Decision
 from payments.models import Contract, LockScreenText, PaymentChannel
 from payments.money import format_money
@@ -225,9 +227,25 @@ def _fill(text: str, values: dict[str, str]) -> str:
     return text.format_map(values)
 
 
+def _contacts(data: ProviderScreenData, language: str, text: dict[str, str]) -> dict[str, Any]:
+    """What every screen carries whatever the state: who to call, the fallbacks, the notices, the labels."""
+    provider = data.provider
+    return {
+        "hotline_numbers": list(provider.hotline_numbers),
+        "support_email": provider.support_email,
+        "website": provider.website,
+        "service_centers": data.service_centers,
+        "fallback": data.fallback,
+        "data_kept_notice": text["data_kept_notice"],
+        "factory_reset_warning": text["factory_reset_warning"],
+        "offline_unlock_hint": text["offline_unlock_hint"],
+        "labels": data.labels_for(language),
+    }
+
+
 def screen_build(
     *, data: ProviderScreenData, contract: Contract, decision: Decision, language: str | None = None
-) -> dict:
+) -> dict[str, Any]:
     """The ``screen`` object of a command: strings only (amounts as decimal strings), never floats.
 
     ``language`` (the owner's choice on the self-service page) replaces the customer's preferred one.
@@ -267,13 +285,28 @@ def screen_build(
             }
             for ch in data.channels
         ],
-        "hotline_numbers": list(provider.hotline_numbers),
-        "support_email": provider.support_email,
-        "website": provider.website,
-        "service_centers": data.service_centers,
-        "fallback": data.fallback,
-        "data_kept_notice": text["data_kept_notice"],
-        "factory_reset_warning": text["factory_reset_warning"],
-        "offline_unlock_hint": text["offline_unlock_hint"],
-        "labels": data.labels_for(language),
+        **_contacts(data, language, text),
+    }
+
+
+def screen_without_contract(*, data: ProviderScreenData, device: Device) -> dict[str, Any]:
+    """The ``screen`` of a release for a phone that has no contract (a retail unit locked by mistake).
+
+    The same keys as ``screen_build`` (a phone reads one shape), with nothing owed and no title or body.
+    """
+    provider = data.provider
+    language, text = data.text_for(provider.default_language)
+    return {
+        "language": language,
+        "title": "",
+        "body": "",
+        "provider": {"name": provider.name},
+        "amount_overdue": "0",
+        "currency": provider.currency,
+        "amount_overdue_display": "",
+        "overdue_since": None,
+        "contract_number": "",
+        "imei": device.imei,
+        "payment_channels": [],
+        **_contacts(data, language, text),
     }

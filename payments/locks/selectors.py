@@ -1,24 +1,26 @@
-"""Reads of lock state: contracts paid up but still locked."""
+"""Reads of lock state: the decision for one contract now (without writing it), the policy as the decision
+reads it, and contracts paid up but still locked."""
 
 from __future__ import annotations
 
-import datetime as _dt
+import datetime as dt
 
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from payments.models import Contract, LockPolicy
+from payments.locks.decision import Decision, Line, Overrides, decide
+from payments.models import Contract, LockPolicy, OverrideKind, Rules
 from portal.models import Organisation
 from portal.permissions import Right, scoped_list
+from portal.types import Actor
 
 
-def paid_still_locked(actor, *, now=None) -> QuerySet[Contract]:
+def paid_still_locked(actor: Actor, *, now: dt.datetime | None = None) -> QuerySet[Contract]:
     """Contracts whose arrears were cleared but whose phone has not acknowledged the unlock in time.
 
     "In time" is each provider's ``unlock_alert_minutes``. The most common owner complaint:
     "I paid and my phone is still locked".
     """
-
     now = now or timezone.now()
     contracts = scoped_list(Contract.objects.all(), actor, Right.VIEW_FINANCE)
     provider_ids = contracts.values("provider_id").distinct()
@@ -27,11 +29,40 @@ def paid_still_locked(actor, *, now=None) -> QuerySet[Contract]:
     )
     late = Q(pk__in=[])
     for provider_id in Organisation.objects.filter(pk__in=provider_ids).values_list("pk", flat=True):
-        cutoff = now - _dt.timedelta(minutes=minutes.get(provider_id, 15))
+        cutoff = now - dt.timedelta(minutes=minutes.get(provider_id, 15))
         late |= Q(provider_id=provider_id, arrears_cleared_at__lte=cutoff)
     return (
         contracts.filter(late, lock_state__in=["unlocked", "reminder", "released"])
         .filter(Q(device__reported_state="locked") | ~Q(device__reported_state=F("device__desired_state")))
         .select_related("device", "customer", "provider")
         .order_by("arrears_cleared_at")
+    )
+
+
+def policy_rules(provider: Organisation) -> Rules:
+    """The provider's policy as the decision reads it (defaults until the admin saves one)."""
+    try:
+        return provider.lock_policy.rules()
+    except LockPolicy.DoesNotExist:
+        return LockPolicy(provider=provider).rules()
+
+
+def decide_contract(contract: Contract, *, rules: Rules, now: dt.datetime) -> Decision:
+    """The pure decision for a loaded contract (installments and overrides prefetched)."""
+    lines = [Line(i.due_date, i.amount_due, i.amount_paid) for i in contract.installments.all()]
+    live = [o for o in contract.overrides.all() if o.lifted_at is None and o.starts_at <= now]
+    live = [o for o in live if o.ends_at is None or o.ends_at > now]
+    temp = [o.ends_at for o in live if o.kind == OverrideKind.TEMP_UNLOCK]
+    overrides = Overrides(
+        temp_unlock_until=max(temp) if temp else None,
+        dispute_hold=any(o.kind == OverrideKind.DISPUTE_HOLD for o in live),
+    )
+    return decide(
+        status=contract.status,
+        lines=lines,
+        rules=rules,
+        overrides=overrides,
+        now=now,
+        zone=contract.provider.zone,
+        current=contract.lock_state,
     )

@@ -1,7 +1,7 @@
 """The lock sweep: every active contract against its policy and the clock, in set-based SQL.
 
 One query per provider finds the contracts whose desired state changes (the state
-expression below mirrors ``payments.decision.decide``, and a test proves they agree on
+expression below mirrors ``payments.locks.decision.decide``, and a test proves they agree on
 thousands of generated cases). Only those contracts are then locked, re-decided with the
 pure function on fresh rows and written, with their signed device commands, in one
 transaction per batch.
@@ -32,10 +32,11 @@ from django.utils import timezone
 
 from devices.models import LockState
 from devices.services import StateChange, device_states_apply
-from payments.locks.decision import Decision, Line, Overrides, decide
 from payments.locks.screen import ProviderScreenData, screen_build
-from payments.models import Contract, ContractStatus, Installment, LockOverride, LockPolicy, OverrideKind, Rules
+from payments.locks.selectors import decide_contract, policy_rules
+from payments.models import Contract, ContractStatus, Installment, LockOverride, OverrideKind, Rules
 from portal.models import Organisation, OrganisationKind
+from portal.types import Actor
 
 LIVE_STATUSES = (ContractStatus.ACTIVE, ContractStatus.DEFAULTED)
 FINAL_STATUSES = (ContractStatus.PAID_OFF, ContractStatus.CANCELLED)
@@ -51,14 +52,6 @@ class SweepReport:
     @property
     def total_changed(self) -> int:
         return sum(self.changed.values())
-
-
-def policy_rules(provider: Organisation) -> Rules:
-    """The provider's policy as the decision reads it (defaults until the admin saves one)."""
-    try:
-        return provider.lock_policy.rules()
-    except LockPolicy.DoesNotExist:
-        return LockPolicy(provider=provider).rules()
 
 
 def _active_overrides(now: dt.datetime):
@@ -123,31 +116,11 @@ def changed_contract_ids(provider: Organisation, *, now: dt.datetime) -> tuple[i
     return evaluated, sorted(changed + settled)
 
 
-def decide_contract(contract: Contract, *, rules: Rules, now: dt.datetime) -> Decision:
-    """The pure decision for a loaded contract (installments and overrides prefetched)."""
-    lines = [Line(i.due_date, i.amount_due, i.amount_paid) for i in contract.installments.all()]
-    live = [o for o in contract.overrides.all() if o.lifted_at is None and o.starts_at <= now]
-    live = [o for o in live if o.ends_at is None or o.ends_at > now]
-    temp = [o.ends_at for o in live if o.kind == OverrideKind.TEMP_UNLOCK]
-    overrides = Overrides(
-        temp_unlock_until=max(temp) if temp else None,
-        dispute_hold=any(o.kind == OverrideKind.DISPUTE_HOLD for o in live),
-    )
-    return decide(
-        status=contract.status,
-        lines=lines,
-        rules=rules,
-        overrides=overrides,
-        now=now,
-        zone=contract.provider.zone,
-        current=contract.lock_state,
-    )
-
-
-def apply_decisions(contract_ids: Iterable[int], *, now: dt.datetime, actor=None) -> dict[str, int]:
+def apply_decisions(contract_ids: Iterable[int], *, now: dt.datetime, actor: Actor = None) -> dict[str, int]:
     """Lock the contracts, decide again on fresh rows, and write every change with its signed command.
 
-    Returns ``{new_state: count}``. Runs in one transaction.
+    Returns ``{new_state: count}``. Runs in one transaction. Private to the lock package: everyone
+    else calls ``payments.locks.services`` (import-linter protects this module).
     """
 
     changed: dict[str, int] = {}
@@ -206,7 +179,7 @@ def apply_decisions(contract_ids: Iterable[int], *, now: dt.datetime, actor=None
     return changed
 
 
-def run_sweep(*, now: dt.datetime | None = None, batch_size: int = 1000, actor=None) -> SweepReport:
+def run_sweep(*, now: dt.datetime | None = None, batch_size: int = 1000, actor: Actor = None) -> SweepReport:
     """Evaluate every live contract of every provider; write only the changes, in batches."""
     now = now or timezone.now()
     report = SweepReport()

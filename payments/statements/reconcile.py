@@ -46,7 +46,7 @@ from devices.models import LockState
 from payments.ledger.errors import PaymentConflict
 from payments.ledger.matching import contracts_match_many
 from payments.ledger.services import _check_payment_input, _payment_request_fields, conflict_reason
-from payments.locks.sweep import apply_decisions
+from payments.locks.services import contracts_lock_evaluate
 from payments.models import (
     Contract,
     ContractStatus,
@@ -585,5 +585,5 @@ def statement_lines_credit(*, record, provider, lines: list, actor=None) -> Batc
         settled = (LockState.UNLOCKED, LockState.RELEASED)
         to_decide = [pk for pk in contract_ids if locked[pk].lock_state not in settled or pk in paid_off_ids]
         if to_decide:
-            apply_decisions(to_decide, now=now, actor=actor)
+            contracts_lock_evaluate(contract_ids=to_decide, now=now, actor=actor)
     return counts
