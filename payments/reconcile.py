@@ -2,7 +2,6 @@
 
 from payments.ledger.matching import (
     contracts_match_many as contracts_match_many,
-    _IMEI as _IMEI,
 )
 from payments.statements.reconcile import (
     CHANNEL as CHANNEL,

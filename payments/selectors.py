@@ -15,9 +15,6 @@ from payments.contracts.selectors import (
 from payments.locks.selectors import (
     paid_still_locked as paid_still_locked,
 )
-from payments.ledger.matching import (
-    _reference_keys as _reference_keys,
-)
 from payments.ledger.selectors import (
     SUGGESTION_LIMIT as SUGGESTION_LIMIT,
     _AMOUNT_WINDOW as _AMOUNT_WINDOW,

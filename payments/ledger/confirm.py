@@ -1,4 +1,5 @@
-"""Applying a payment to its contract: allocation to installments, the provisional limit, confirmation by a second person or the channel's own record."""
+"""Applying a payment to its contract: allocation to installments, the provisional limit, and confirmation
+by a second person or by the channel's own record."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Why a payment could not be taken or changed: the exceptions the ledger's services raise and views and the API turn into answers."""
+"""Why a payment could not be taken or changed: the exceptions the ledger's services raise, which views and the
+API turn into answers."""
 
 from __future__ import annotations
 

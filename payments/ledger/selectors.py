@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import phonenumbers
 from django.db.models import Count, Q, QuerySet
 
-from payments.ledger.matching import _reference_keys
-from payments.models import Contract, ContractStatus, Installment, Payment, PaymentStatus
+from payments.ledger.matching import reference_prefix_key
+from payments.models import Contract, ContractStatus, Installment, Payment, PaymentStatus, reference_number_keys
 from portal.models import AuditEvent
 from portal.permissions import Right, scoped_list
 
@@ -117,7 +117,7 @@ def payments_suggestions(payments) -> dict[int, list[Suggestion]]:
         hits[payment.pk].setdefault(contract_id, set()).add(reason)
 
     # 1. References: exact keys (number_key is indexed) and the whole reference as a prefix.
-    keys_of = {p.pk: _reference_keys(p.reference) for p in unmatched}
+    keys_of = {p.pk: (reference_number_keys(p.reference), reference_prefix_key(p.reference)) for p in unmatched}
     all_keys = set().union(*(k for k, _w in keys_of.values()))
     prefixes = {w for _k, w in keys_of.values() if w}
     query = Q(number_key__in=all_keys) if all_keys else Q(pk__in=[])
