@@ -78,13 +78,9 @@ def enrol_devices(count: int) -> list[str]:
     from demo.generator import ensure_organisations
     from devices.models import Device
     from devices.protocol import b64, enrollment_message
-    from devices.services import (
-        StateChange,
-        device_enroll,
-        device_states_apply,
-        enrollment_challenge_issue,
-        enrollment_token_create,
-    )
+    from devices.services.commands import StateChange, device_states_apply
+    from devices.services.enrolment import device_enroll, enrollment_challenge_issue
+    from devices.services.tokens import enrollment_token_create
 
     provider = ensure_organisations()["dialog"]
     _token, secret = enrollment_token_create(provider=provider, name="bench", actor=None)

@@ -123,7 +123,7 @@ def give_story(contract, *, payments: int, commands: int) -> None:
     from django.utils import timezone
 
     from devices.models import DeviceCommand
-    from devices.services import StateChange, device_states_apply
+    from devices.services.commands import StateChange, device_states_apply
     from payments.models import Payment
     from payments.ledger.services import payment_ingest
 

@@ -9,7 +9,7 @@ credential's digest, counts the request against the device's rate limit and note
 check-in time in a buffer that :func:`checkins_flush` writes to the database every few
 seconds (set-based). Anything unusual (no record, a stale one, a body the fast path does
 not fully understand, a phone reporting a sequence newer than the record) falls through
-to the database path in ``devices.services.device_checkin``, which then refills the record.
+to the database path in ``devices.services.checkin.device_checkin``, which then refills the record.
 
 Correctness rests on a per-device *generation* counter:
 
@@ -72,7 +72,7 @@ SEEN_FLUSHING = PREFIX + "seen:flushing"
 FLUSH_LOCK = PREFIX + "flush-lock"
 GENERATION_SECONDS = 86_400
 GENERATION_SEQUENCE = PREFIX + "genseq"  # never expires: see _BUMP
-CREDENTIAL_PREFIX = "fld_"  # devices.services.CREDENTIAL_PREFIX (kept here to avoid a cycle)
+CREDENTIAL_PREFIX = "fld_"  # devices.services.credentials.CREDENTIAL_PREFIX (kept here to avoid a cycle)
 MAX_SEQ = 2_000_000_000  # devices.api.device_serializers.MAX_SEQ
 APP_VERSION_LENGTH = 40
 FLUSH_BATCH = 10_000

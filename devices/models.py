@@ -19,6 +19,15 @@ from portal.models import Organisation, OrganisationKind
 from portal.outbound import validate_webhook_secret, webhook_secret_generate
 
 
+def max_length(model: type[models.Model], name: str) -> int:
+    """The ``max_length`` of a character field of ``model`` (inputs are cut or checked against it)."""
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field) and field.max_length is not None, (
+        f"{model.__name__}.{name} has no max_length"
+    )
+    return int(field.max_length)
+
+
 def normalise_imei(value: str) -> str:
     """Validate an IMEI (15 digits with a Luhn check digit) and return its digits.
 

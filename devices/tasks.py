@@ -6,11 +6,11 @@ Periodic jobs are scheduled in one place only: ``CELERY_BEAT_SCHEDULE`` in
 
 from __future__ import annotations
 
-
 from celery import shared_task
 from celery.app.task import Task
 
-from devices import delivery, mqtt_accounts, services
+from devices import delivery, mqtt_accounts
+from devices.services.checkin import device_checkins_flush
 from portal.outbox import retry_later
 
 
@@ -34,7 +34,7 @@ def redeliver_pending() -> int:
 @shared_task(name="devices.flush_checkins", ignore_result=True)
 def flush_checkins() -> int:
     """Write buffered check-in times to the devices (every ``CHECKIN_FLUSH_SECONDS`` from beat)."""
-    return services.device_checkins_flush()
+    return device_checkins_flush()
 
 
 @shared_task(name="devices.sync_mqtt_account", ignore_result=True, soft_time_limit=60, time_limit=90)

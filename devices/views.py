@@ -18,12 +18,9 @@ from devices.delivery import command_retry, delivery_status, with_superseded
 from devices.forms import EnrollmentTokenForm
 from devices.models import DeliveryAttempt, Device, DeviceCommand, EnrollmentToken, LockState
 from devices.selectors import device_last_refused_enrolment, devices_by_imei, enrollment_tokens_of
-from devices.services import (
-    device_key_fingerprint,
-    device_reenrollment_code_issue,
-    enrollment_token_create,
-    enrollment_token_revoke,
-)
+from devices.services.credentials import device_key_fingerprint
+from devices.services.enrolment import device_reenrollment_code_issue
+from devices.services.tokens import enrollment_token_create, enrollment_token_revoke
 from portal.http import client_ip
 from portal.models import OrganisationKind
 from portal.permissions import Right, has_right, require, scoped_get, scoped_list

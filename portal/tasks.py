@@ -6,7 +6,6 @@ Periodic jobs are scheduled in one place only: ``CELERY_BEAT_SCHEDULE`` in
 
 from __future__ import annotations
 
-
 from celery import shared_task
 from celery.app.task import Task
 

@@ -179,7 +179,7 @@ def enrolment_body(
 
 def enrol_device(imei: str, token: str, *, key: Ed25519PrivateKey | None = None, code: str = "", app_version="1.0"):
     """Enrol through the service as a phone with device ``key`` (a fresh one if None) would; returns the Enrollment."""
-    from devices.services import device_enroll, enrollment_challenge_issue
+    from devices.services.enrolment import device_enroll, enrollment_challenge_issue
 
     body = enrolment_body(
         imei=imei,

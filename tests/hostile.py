@@ -557,7 +557,7 @@ def live_setup(provider_slug: str, base_url: str) -> dict:
     from django.conf import settings
     from django.test import Client
 
-    from devices.services import enrollment_token_create
+    from devices.services.tokens import enrollment_token_create
     from portal.models import Organisation, OrganisationKind
     from portal.services import api_key_create
     from tests.conftest import signed_in
@@ -623,7 +623,7 @@ def one_of_each(provider, *, admin, agent, technician) -> dict[str, int]:
     from django.utils import timezone
 
     from devices.models import DeviceCommand
-    from devices.services import StateChange, device_states_apply
+    from devices.services.commands import StateChange, device_states_apply
     from payments.statements.imports import statement_import_create
     from payments.models import CsvColumnMapping, PaymentChannel
     from payments.ledger.services import payment_ingest

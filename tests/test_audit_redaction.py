@@ -20,7 +20,7 @@ from django.apps import apps
 from django.contrib import admin
 from django.core.exceptions import ImproperlyConfigured
 
-from devices.services import enrollment_token_create
+from devices.services.tokens import enrollment_token_create
 from portal.admin_mixins import AuditedAdmin, ReadOnlyAdmin
 from portal.audit import AUDITED_FIELD_LISTS, snapshot
 from portal.models import AuditEvent, Organisation

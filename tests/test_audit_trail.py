@@ -16,7 +16,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from devices.services import device_create, device_update
+from devices.services.registry import device_create, device_update
 from portal import audit_keys
 from portal.audit import (
     AuditEntry,

@@ -14,7 +14,7 @@ import pytest
 from devices.agent import Agent
 from devices.agent.client import HttpTransport
 from devices.models import Device, DeviceCommand
-from devices.services import enrollment_token_create
+from devices.services.tokens import enrollment_token_create
 from payments.models import LockPolicy, PaymentChannel
 from payments.locks.services import lock_sweep
 from tests.conftest import browser_sign_in, shot

@@ -26,7 +26,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from devices import checkin_cache
-from devices.services import enrollment_token_create
+from devices.services.tokens import enrollment_token_create
 from payments.models import Payment
 from portal.api.throttling import ApiKeyRateThrottle
 from portal.services import api_key_create

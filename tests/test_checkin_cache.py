@@ -24,13 +24,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from devices import checkin_cache, protocol
-from devices.services import (
-    StateChange,
-    device_checkins_flush,
-    device_states_apply,
-    enrollment_challenge_issue,
-    enrollment_token_create,
-)
+from devices.services.checkin import device_checkins_flush
+from devices.services.commands import StateChange, device_states_apply
+from devices.services.enrolment import enrollment_challenge_issue
+from devices.services.tokens import enrollment_token_create
 from tests.factories import DeviceFactory, enrolment_body
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db]

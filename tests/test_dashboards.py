@@ -212,7 +212,7 @@ def test_a_relock_ends_the_search_for_the_unlock(provider_a, key):
 
 def test_the_real_pipeline_payment_unlock_and_ack_is_measured(as_user, finance_a, provider_a):
     """A payment clears the arrears (payment_ingest), the phone acknowledges the unlock (device_ack)."""
-    from devices.services import device_ack
+    from devices.services.checkin import device_ack
 
     LockPolicy.objects.create(provider=provider_a, lock_start_hour=0, lock_end_hour=24, lock_weekdays=list(range(7)))
     contract = make_contract(provider_a, number="DLG-100", first_due_date=provider_a.today() - dt.timedelta(days=40))

@@ -361,7 +361,7 @@ def test_the_gateway_gets_the_signed_envelope_and_failures_back_off_exponentiall
 def test_a_command_as_the_server_issues_it_reaches_the_gateway_as_documented(
     device_a, gateway_server, with_gateway, no_mqtt
 ):
-    from devices.services import StateChange, device_states_apply
+    from devices.services.commands import StateChange, device_states_apply
 
     until = timezone.now() + dt.timedelta(hours=2)
     (command,) = device_states_apply(

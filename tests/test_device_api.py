@@ -40,12 +40,9 @@ from schemathesis.core import NotSet
 
 from devices import protocol
 from devices.models import DeviceCommand, EnrollmentToken
-from devices.services import (
-    StateChange,
-    device_states_apply,
-    enrollment_challenge_issue,
-    enrollment_token_create,
-)
+from devices.services.commands import StateChange, device_states_apply
+from devices.services.enrolment import enrollment_challenge_issue
+from devices.services.tokens import enrollment_token_create
 from portal.models import AuditEvent
 from tests.factories import DeviceFactory, device_key_b64, enrolment_body, make_imei
 

@@ -27,7 +27,7 @@ from django.utils import timezone
 from devices import protocol
 from devices.keys import public_keys
 from devices.models import Device, DeviceCommand
-from devices.services import StateChange, device_current_envelope, device_states_apply
+from devices.services.commands import StateChange, device_current_envelope, device_states_apply
 from portal.audit import audit_verify_chain
 from portal.models import AuditEvent
 from tests.factories import DeviceFactory

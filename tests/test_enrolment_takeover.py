@@ -42,12 +42,9 @@ from devices.agent.offline import apply_code
 from devices.agent.state import OfflineState
 from devices.models import Device
 from devices.protocol import enrollment_message
-from devices.services import (
-    device_reenrollment_code_issue,
-    enrollment_challenge_issue,
-    enrollment_token_create,
-    offline_code_issue,
-)
+from devices.services.enrolment import device_reenrollment_code_issue, enrollment_challenge_issue
+from devices.services.offline import offline_code_issue
+from devices.services.tokens import enrollment_token_create
 from portal.models import AuditEvent
 from portal.services import staff_create
 from support.services import unlock_request_approve, unlock_request_create
@@ -372,7 +369,7 @@ def test_a_new_offline_code_key_needs_two_people_and_reaches_the_phone_once(real
 
 
 def test_a_rekey_service_call_by_one_person_is_refused(real_phone, admin_a):
-    from devices.services import device_offline_rekey
+    from devices.services.offline import device_offline_rekey
 
     with pytest.raises(PermissionDenied, match="second person"):
         device_offline_rekey(device=real_phone.device, requested_by=admin_a, approved_by=admin_a, reason="lost")

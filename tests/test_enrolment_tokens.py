@@ -23,7 +23,8 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from devices.models import Device, EnrollmentToken
-from devices.services import EnrollmentRefused, enrollment_token_create, enrollment_token_revoke
+from devices.services.enrolment import EnrollmentRefused
+from devices.services.tokens import enrollment_token_create, enrollment_token_revoke
 from portal.models import AuditEvent
 from tests.conftest import signed_in
 from tests.factories import DeviceFactory, UserFactory, enrol_device

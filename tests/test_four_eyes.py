@@ -191,7 +191,7 @@ def test_an_operator_who_set_both_passwords_in_the_admin_links_the_two_accounts(
 
 @pytest.fixture
 def enrolled_phone(provider_a):
-    from devices.services import enrollment_token_create
+    from devices.services.tokens import enrollment_token_create
     from tests.factories import DeviceFactory, enrol_device
 
     device = DeviceFactory(provider=provider_a)
@@ -206,7 +206,7 @@ def test_an_offline_code_is_refused_between_linked_accounts_and_nothing_is_issue
     org, admin_a, enrolled_phone, direction
 ):
     from devices.models import Device, OfflineCode
-    from devices.services import offline_code_issue
+    from devices.services.offline import offline_code_issue
 
     other = create(org, admin_a, "a.made", role="agent" if direction == "approver_made_requester" else "provider_admin")
     requester, approver = (other, admin_a) if direction == "approver_made_requester" else (admin_a, other)

@@ -20,7 +20,7 @@ from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
 
-from devices.services import enrollment_token_create
+from devices.services.tokens import enrollment_token_create
 from payments.models import Payment
 from portal.api.throttling import ApiKeyRateThrottle
 from portal.models import AuditEvent

@@ -22,7 +22,9 @@ from devices.agent.client import ApiError, HttpTransport
 from devices.agent.mqtt import MqttListener, parse_mqtt_url
 from devices.models import Device
 from devices.protocol import topic_for
-from devices.services import device_reenrollment_code_issue, enrollment_token_create, offline_code_issue
+from devices.services.enrolment import device_reenrollment_code_issue
+from devices.services.offline import offline_code_issue
+from devices.services.tokens import enrollment_token_create
 from payments.models import PaymentChannel
 from payments.locks.services import lock_sweep
 from support.services import unlock_request_approve, unlock_request_create

@@ -20,7 +20,7 @@ from devices.agent.client import HttpTransport
 from devices.agent.mqtt import MqttListener
 from devices.models import Device
 from devices.protocol import topic_for
-from devices.services import enrollment_token_create
+from devices.services.tokens import enrollment_token_create
 from payments.models import LockPolicy, Payment
 from payments.ledger.mpesa import DARAJA_TIME_ZONE
 from payments.locks.services import lock_sweep

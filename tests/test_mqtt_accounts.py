@@ -34,7 +34,9 @@ from devices.agent.__main__ import main as agent_main
 from devices.agent.mqtt import MqttListener
 from devices.models import Device, DeviceCommand, MqttAccount
 from devices.protocol import topic_for
-from devices.services import StateChange, device_states_apply, enrollment_challenge_issue, enrollment_token_create
+from devices.services.commands import StateChange, device_states_apply
+from devices.services.enrolment import enrollment_challenge_issue
+from devices.services.tokens import enrollment_token_create
 from portal.models import AuditEvent
 from tests.factories import DeviceFactory, enrolment_body
 from tests.local_services import free_port, wait_for

@@ -22,7 +22,8 @@ from django.http import Http404
 from openpaygo import TokenType
 
 from devices.models import Device, OfflineCode
-from devices.services import enrollment_token_create, offline_code_issue
+from devices.services.offline import offline_code_issue
+from devices.services.tokens import enrollment_token_create
 from portal.models import AuditEvent
 from tests.factories import DeviceFactory, enrol_device
 

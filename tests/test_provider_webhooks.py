@@ -42,7 +42,9 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from devices.services import StateChange, device_ack, device_states_apply, enrollment_token_create
+from devices.services.checkin import device_ack
+from devices.services.commands import StateChange, device_states_apply
+from devices.services.tokens import enrollment_token_create
 from payments.statements.imports import statement_import_create, statement_import_run
 from payments.models import LockPolicy
 from payments.locks.services import lock_sweep

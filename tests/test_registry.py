@@ -4,7 +4,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from devices.models import normalise_imei
-from devices.services import device_create
+from devices.services.registry import device_create
 from payments.models import Customer
 from payments.contracts.services import customer_create
 from portal.models import AuditEvent

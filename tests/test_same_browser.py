@@ -125,7 +125,8 @@ def test_approvals_from_one_browser_go_through_and_the_auditor_sees_them(
 
 
 def test_the_offline_code_approval_is_listed_too(provider_a, agent_a, agent_a2, auditor_a, as_user):
-    from devices.services import enrollment_token_create, offline_code_issue
+    from devices.services.offline import offline_code_issue
+    from devices.services.tokens import enrollment_token_create
 
     shared = Client()
     sign_in(shared, agent_a)

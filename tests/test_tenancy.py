@@ -4,7 +4,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from devices.services import device_create
+from devices.services.registry import device_create
 from tests.factories import DeviceFactory, make_contract, make_imei
 
 

@@ -25,7 +25,7 @@ from django.urls import reverse
 from devices.keys import public_keys
 from devices.models import Device, DeviceCommand
 from devices.protocol import verify
-from devices.services import enrollment_token_create
+from devices.services.tokens import enrollment_token_create
 from payments.models import Contract, LockOverride
 from payments.locks.services import lock_policy_update, lock_sweep
 from portal.models import AuditEvent

@@ -12,7 +12,7 @@ from rest_framework.throttling import SimpleRateThrottle
 
 from devices import checkin_cache
 from devices.models import Device
-from devices.services import device_by_credential
+from devices.services.credentials import device_by_credential
 from portal.http import client_ip
 
 

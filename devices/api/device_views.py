@@ -1,4 +1,5 @@
-"""The device API (``/api/device/v1/``): what phones call. The work is in ``devices.services``."""
+"""The device API (``/api/device/v1/``): what phones call. The work is in ``devices.services``
+(``enrolment`` and ``checkin``)."""
 
 import functools
 
@@ -25,7 +26,8 @@ from devices.api.device_serializers import (
     EnrollSerializer,
 )
 from devices.keys import public_keys
-from devices.services import device_ack, device_checkin, device_enroll, enrollment_challenge_issue
+from devices.services.checkin import device_ack, device_checkin
+from devices.services.enrolment import device_enroll, enrollment_challenge_issue
 from portal.api.parsers import JSONParser
 from portal.api.schema import ErrorSerializer
 from portal.http import client_ip

@@ -15,7 +15,7 @@ from devices.api.serializers import (
 )
 from devices.models import Device, LockState
 from devices.selectors import devices_by_imei
-from devices.services import BulkUploadError, bulk_upload_check_size, device_bulk_upload, device_create
+from devices.services.registry import BulkUploadError, bulk_upload_check_size, device_bulk_upload, device_create
 from portal.api.pagination import NewestFirstPagination
 from portal.api.schema import ErrorSerializer
 from portal.http import client_ip

@@ -1,6 +1,6 @@
 """What devices sends to a provider's systems, described for the OpenAPI document.
 
-* ``device.locked`` / ``device.unlocked``: provider events (``devices.services._emit_lock_webhook``);
+* ``device.locked`` / ``device.unlocked``: provider events (``devices.services.checkin._emit_lock_webhook``);
 * ``gateway.command``: every signed command, POSTed to the provider's device-management
   gateway when it has one (``devices.delivery.webhook_post``).
 
@@ -45,7 +45,7 @@ class DeviceUnlockedSerializer(WebhookEventSerializer):
 
 
 class CommandSerializer(serializers.Serializer):
-    """A lock-state command as signed (``devices.services.device_states_apply``; docs/lock-pipeline.md)."""
+    """A lock-state command as signed (``devices.services.commands.device_states_apply``; docs/lock-pipeline.md)."""
 
     v = serializers.ChoiceField(choices=[PROTOCOL_VERSION], help_text="The protocol version.")
     device = serializers.UUIDField(help_text="The device's public id.")

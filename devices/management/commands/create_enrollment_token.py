@@ -4,7 +4,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from devices.services import enrollment_token_create
+from devices.services.tokens import enrollment_token_create
 from portal.models import Organisation, OrganisationKind
 
 

@@ -1,0 +1,291 @@
+"""Lock-state commands: desired state in, signed commands out (the outbox rows; docs/lock-pipeline.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.db import transaction
+from django.db.models import OuterRef, Subquery
+from django.db.models.functions import Left
+from django.utils import timezone
+
+from devices import checkin_cache
+from devices.delivery import commands_enqueue
+from devices.keys import current_signer
+from devices.models import (
+    Device,
+    DeviceCommand,
+    LockState,
+    max_length,
+)
+from devices.protocol import (
+    PROTOCOL_VERSION,
+    STATES,
+    sign,
+)
+from portal.audit import AuditEntry, audit_record_many
+from portal.types import Actor
+
+# Ids per SELECT ... FOR UPDATE and rows per bulk write: well under every backend's
+# limit on query parameters, and few enough round trips for 10,000 changes at once.
+LOCK_BATCH = 5000
+WRITE_BATCH = 1000
+REASON_LENGTH = max_length(Device, "desired_reason")
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One change of a device's desired lock state, with what the phone shows for it.
+
+    ``screen`` and ``allowed_numbers`` travel inside the signed command as they are, so
+    they may hold only strings, integers, booleans, None, lists and dicts (amounts as
+    decimal strings): every implementation must produce the same canonical bytes.
+    ``expires_at`` is required for ``temp_unlocked`` and refused for any other state.
+    """
+
+    device_id: int
+    state: str
+    reason: str = ""
+    screen: dict[str, Any] = field(default_factory=dict)
+    allowed_numbers: list[str] = field(default_factory=list)
+    expires_at: dt.datetime | None = None
+
+
+def _wire_time(value: dt.datetime) -> str:
+    """ISO 8601 UTC with a ``Z``, to the second: the form every command carries."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_wire_value(value: object, where: str) -> None:
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_wire_value(item, f"{where}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: key {key!r} is not a string")
+            _check_wire_value(item, f"{where}.{key}")
+        return
+    # Floats print differently across languages and Decimals are not JSON at all:
+    # either would break the signature on the phone (amounts are decimal strings).
+    raise ValueError(f"{where} is a {type(value).__name__}; a command holds only str, int, bool, None, list, dict")
+
+
+def _check_change(change: StateChange) -> None:
+    if change.state not in STATES:
+        raise ValueError(f"device {change.device_id}: unknown state {change.state!r}")
+    if (change.state == LockState.TEMP_UNLOCKED) != (change.expires_at is not None):
+        raise ValueError(f"device {change.device_id}: expires_at is required for temp_unlocked and only for it")
+    if change.expires_at is not None and timezone.is_naive(change.expires_at):
+        raise ValueError(f"device {change.device_id}: expires_at must be timezone-aware")
+    if not isinstance(change.screen, dict):
+        raise ValueError(f"device {change.device_id}: screen must be a dict")
+    if not isinstance(change.allowed_numbers, list | tuple) or not all(
+        isinstance(n, str) for n in change.allowed_numbers
+    ):
+        raise ValueError(f"device {change.device_id}: allowed_numbers must be a list of strings")
+    _check_wire_value(change.screen, "screen")
+
+
+def device_states_apply(*, changes: list[StateChange], actor: Actor | str = None) -> list[DeviceCommand]:
+    """Record desired lock states and issue one signed command per change (the outbox).
+
+    All in one transaction, the caller's if there is one: the devices' rows are
+    locked, each change takes the device's next sequence number, the command is
+    built exactly as docs/lock-pipeline.md specifies and signed with the current
+    key, and every change is audited (``device.state``, before and after). Several
+    changes for one device are applied in the given order, each with its own seq.
+    Set-based: a fixed number of queries per batch of rows, so 10,000 changes take
+    seconds. Delivery (push) is queued only once the transaction commits; until a
+    worker delivers it, the command is served by the phone's check-in (pull). ``actor`` may
+    also be a text naming a non-person (``"device <uid>"`` when a check-in re-issues a state).
+    """
+    if not changes:
+        return []
+    for change in changes:
+        _check_change(change)
+    key_id, private_key = current_signer()
+    now = timezone.now()
+    signing = _Signing(key_id=key_id, private_key=private_key, now=now, issued_at=now.replace(microsecond=0))
+    ids = sorted({change.device_id for change in changes})
+    with transaction.atomic():
+        devices = _lock_devices(ids)
+        commands: list[DeviceCommand] = []
+        entries: list[AuditEntry] = []
+        for change in changes:
+            command, entry = _issue(change, devices[change.device_id], signing)
+            commands.append(command)
+            entries.append(entry)
+        DeviceCommand.objects.bulk_create(commands, batch_size=WRITE_BATCH)
+        _mirror_newest_commands(ids, now)
+        if commands[0].pk is None:  # backends without RETURNING: fetch the ids
+            _fetch_command_ids(commands, ids, signing.issued_at)
+        audit_record_many(actor=actor, entries=entries)
+        command_ids = [command.pk for command in commands]
+        transaction.on_commit(lambda: _enqueue_delivery(command_ids))
+        # A phone checking in must be answered this new command, not a cached older one.
+        checkin_cache.invalidate_on_commit(ids)
+    return commands
+
+
+@dataclass(frozen=True)
+class _Signing:
+    """What every command of one ``device_states_apply`` call shares: the key and the times."""
+
+    key_id: str
+    private_key: Ed25519PrivateKey
+    now: dt.datetime
+    issued_at: dt.datetime
+
+
+def _lock_devices(ids: list[int]) -> dict[int, Device]:
+    """The devices' rows, locked for this transaction; ``Device.DoesNotExist`` naming any missing id."""
+    devices: dict[int, Device] = {}
+    for start in range(0, len(ids), LOCK_BATCH):
+        # Race: the sweep and a verified payment changing the same device at once
+        # would both read command_seq and issue the same seq; the row locks
+        # serialise them, and taking them in id order prevents deadlocks.
+        batch = Device.objects.select_for_update().filter(pk__in=ids[start : start + LOCK_BATCH]).order_by("id")
+        devices.update((device.pk, device) for device in batch)
+    missing = [pk for pk in ids if pk not in devices]
+    if missing:
+        raise Device.DoesNotExist(f"No device with id {', '.join(map(str, missing[:10]))}")
+    return devices
+
+
+def _issue(change: StateChange, device: Device, signing: _Signing) -> tuple[DeviceCommand, AuditEntry]:
+    """Apply ``change`` to the locked ``device`` in memory; its signed command (unsaved) and audit entry."""
+    before = {"state": device.desired_state, "reason": device.desired_reason, "seq": device.command_seq}
+    reason = change.reason[: DeviceCommand._meta.get_field("reason").max_length]
+    expires_at = change.expires_at.replace(microsecond=0) if change.expires_at else None
+    device.command_seq += 1
+    device.desired_state = change.state
+    device.desired_reason = reason[:REASON_LENGTH]
+    device.desired_changed_at = signing.now
+    device.updated_at = signing.now
+    payload = {
+        "v": PROTOCOL_VERSION,
+        "device": str(device.uid),
+        "imei": device.imei,
+        "seq": device.command_seq,
+        "state": change.state,
+        "reason": reason,
+        "issued_at": _wire_time(signing.issued_at),
+        "expires_at": _wire_time(expires_at) if expires_at else None,
+        "key_id": signing.key_id,
+        "screen": change.screen,
+        "allowed_numbers": list(change.allowed_numbers),
+    }
+    envelope = sign(payload, signing.private_key)
+    command = DeviceCommand(
+        device=device,
+        seq=device.command_seq,
+        state=change.state,
+        reason=reason,
+        expires_at=expires_at,
+        payload=payload,
+        signature=envelope["signature"],
+        key_id=signing.key_id,
+        issued_at=signing.issued_at,
+        next_attempt_at=signing.now,
+    )
+    after = {"state": change.state, "reason": reason, "seq": device.command_seq, "expires_at": expires_at}
+    return command, AuditEntry(action="device.state", obj=device, before=before, after=after)
+
+
+def _mirror_newest_commands(ids: list[int], now: dt.datetime) -> None:
+    """Each device row now mirrors its newest command.
+
+    One UPDATE per batch with correlated subqueries on the (device, seq) index. bulk_update's
+    CASE per row costs seconds per thousand devices; this stays set-based.
+    """
+    newest = DeviceCommand.objects.filter(device_id=OuterRef("pk")).order_by("-seq")
+    for start in range(0, len(ids), LOCK_BATCH):
+        Device.objects.filter(pk__in=ids[start : start + LOCK_BATCH]).update(
+            command_seq=Subquery(newest.values("seq")[:1]),
+            desired_state=Subquery(newest.values("state")[:1]),
+            desired_reason=Left(Subquery(newest.values("reason")[:1]), REASON_LENGTH),
+            desired_changed_at=now,
+            updated_at=now,
+        )
+
+
+def _fetch_command_ids(commands: list[DeviceCommand], ids: list[int], issued_at: dt.datetime) -> None:
+    by_key = {
+        (d, s): pk
+        for d, s, pk in DeviceCommand.objects.filter(device_id__in=ids, issued_at=issued_at).values_list(
+            "device_id", "seq", "id"
+        )
+    }
+    for command in commands:
+        command.pk = by_key[(command.device_id, command.seq)]
+
+
+def _enqueue_delivery(command_ids: list[int]) -> None:
+    """Hand committed commands to the push workers (``devices.deliver_command``).
+
+    Never raises: the caller's change is committed already. Nothing is lost when this
+    fails: every command is an outbox row with ``next_attempt_at`` set, so the periodic
+    redelivery job picks it up once the broker is back, and the phone's check-in (pull)
+    serves it meanwhile.
+    """
+    commands_enqueue(command_ids)
+
+
+def latest_command(device_id: int) -> DeviceCommand | None:
+    return DeviceCommand.objects.filter(device_id=device_id).order_by("-seq").first()
+
+
+def reissue_current_state(device: Device, *, latest: DeviceCommand | None, actor: Actor | str = None) -> DeviceCommand:
+    """Issue the device's desired state again, with the newest command's screen if there is one."""
+    state, expires_at = device.desired_state, None
+    if state == LockState.TEMP_UNLOCKED:
+        expires_at = latest.expires_at if latest is not None and latest.state == state else None
+        if expires_at is None or expires_at <= timezone.now():
+            # A temporary unlock with no known end: normal use is what it granted; the
+            # next sweep decides again from the contract.
+            state, expires_at = LockState.UNLOCKED, None
+    payload = latest.payload if latest is not None else {}
+    (command,) = device_states_apply(
+        changes=[
+            StateChange(
+                device_id=device.pk,
+                state=state,
+                reason=device.desired_reason,
+                screen=payload.get("screen") or {},
+                allowed_numbers=payload.get("allowed_numbers") or [],
+                expires_at=expires_at,
+            )
+        ],
+        actor=actor,
+    )
+    return command
+
+
+def device_current_envelope(device: Device) -> dict[str, Any]:
+    """The signed envelope of the device's newest command, issuing a first one if it has none.
+
+    A device that never had a command gets its current desired state (``unlocked``
+    for a new device, but never an unlock of a device already meant to be locked),
+    so check-in and enrolment always answer a signed command.
+    """
+    # Every check-in comes here: read just the two columns, no model instance.
+    latest_row = (
+        DeviceCommand.objects.filter(device_id=device.pk).order_by("-seq").values_list("payload", "signature")[:1]
+    )
+    for payload, signature in latest_row:
+        return {"command": payload, "signature": signature}
+    with transaction.atomic():
+        # Race: two check-ins of a never-commanded device at once would each issue a
+        # first command; with the row locked the second sees the first's command.
+        locked = Device.objects.select_for_update().get(pk=device.pk)
+        latest = latest_command(device.pk)
+        if latest is None:
+            latest = reissue_current_state(locked, latest=None)
+    return latest.envelope
