@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 
 from babel.numbers import format_currency, get_currency_precision
 
@@ -50,3 +50,23 @@ def format_money(amount: Decimal | None, currency: str, locale: str = "en") -> s
         return format_currency(amount, currency, format=_MONEY_PATTERN, locale=locale)
     except Exception:  # an unknown locale must never break a page
         return format_currency(amount, currency, format=_MONEY_PATTERN, locale="en")
+
+
+def money_from_input(value: object, field_name: str, currency: str, errors: dict[str, list[str]]) -> Decimal | None:
+    """An amount someone typed or sent, in ``currency``; ``None`` with the problem under ``field_name``
+    in ``errors``."""
+    try:
+        amount = Decimal(str(value))
+    except (InvalidOperation, TypeError, ValueError):
+        errors[field_name] = ["Enter an amount such as 1500.00."]
+        return None
+    if not amount.is_finite():
+        errors[field_name] = ["Enter a finite amount."]
+        return None
+    if not has_valid_precision(amount, currency):
+        errors[field_name] = [f"{currency} amounts have at most {minor_units(currency)} decimals."]
+        return None
+    if amount.adjusted() >= 12:
+        errors[field_name] = ["This amount is too large."]
+        return None
+    return amount

@@ -6,7 +6,6 @@ from payments.contracts.services import (
     LATEST_DUE as LATEST_DUE,
     parse_phone as parse_phone,
     customer_create as customer_create,
-    _as_money as _as_money,
     contract_create as contract_create,
     build_schedule as build_schedule,
     contract_set_status as contract_set_status,

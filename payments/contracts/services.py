@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import unicodedata
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 import phonenumbers
 from django.core.exceptions import ValidationError
@@ -20,9 +22,10 @@ from payments.models import (
     contract_number_key,
     nth_due_date,
 )
-from payments.money import has_valid_precision, minor_units, quantum, split_evenly
+from payments.money import money_from_input, quantum, split_evenly
 from portal.audit import AuditEntry, audit_record, audit_record_many, snapshot
 from portal.models import Organisation
+from portal.types import Actor
 
 # Longest schedule we accept: ten years of weekly installments.
 MAX_INSTALLMENTS = 520
@@ -83,67 +86,36 @@ def customer_create(
     return customer
 
 
-def _as_money(value, field_name: str, currency: str, errors: dict) -> Decimal | None:
-    try:
-        amount = Decimal(str(value))
-    except (InvalidOperation, TypeError, ValueError):
-        errors[field_name] = ["Enter an amount such as 1500.00."]
-        return None
-    if not amount.is_finite():
-        errors[field_name] = ["Enter a finite amount."]
-        return None
-    if not has_valid_precision(amount, currency):
-        errors[field_name] = [f"{currency} amounts have at most {minor_units(currency)} decimals."]
-        return None
-    if amount.adjusted() >= 12:
-        errors[field_name] = ["This amount is too large."]
-        return None
-    return amount
+@dataclass(frozen=True)
+class _Amounts:
+    """A contract's money as checked: each ``None`` when its field has an error."""
+
+    price: Decimal | None
+    down: Decimal | None
+    financed: Decimal | None
 
 
-def contract_create(
-    *,
-    provider: Organisation,
-    actor,
-    number: str,
-    device: Device,
-    customer: Customer,
-    cash_price,
-    down_payment="0",
-    financed_amount=None,
-    installment_count: int,
-    frequency: str,
-    first_due_date: dt.date,
-    ip_address: str | None = None,
-) -> Contract:
-    """Create an active contract and its installment schedule in one transaction.
-
-    The currency is the provider's. The schedule splits the financed amount
-    evenly in the currency's minor unit with the rounding remainder on the last
-    installment, so it always sums exactly to the financed amount. The financed
-    amount defaults to cash price minus down payment and may be higher
-    (interest and fees), never lower.
-    """
-    currency = provider.currency
-    errors: dict[str, list[str]] = {}
-    number = (number or "").strip()
+def _number_problem(number: str) -> str | None:
     if not number:
-        errors["number"] = ["This field is required."]
-    elif len(number) > 40:
-        errors["number"] = ["At most 40 characters."]
-    elif any(unicodedata.category(ch).startswith("C") for ch in number):
+        return "This field is required."
+    if len(number) > 40:
+        return "At most 40 characters."
+    if any(unicodedata.category(ch).startswith("C") for ch in number):
         # A tab, newline or invisible format character makes a number nobody can
         # type back into a search box or a URL.
-        errors["number"] = ["Letters, digits, spaces and punctuation only (no control characters)."]
-    if device.provider_id != provider.pk:
-        errors["device"] = ["No such device for this provider."]
-    if customer.provider_id != provider.pk:
-        errors["customer"] = ["No such customer for this provider."]
-    price = _as_money(cash_price, "cash_price", currency, errors)
-    down = _as_money(down_payment, "down_payment", currency, errors)
+        return "Letters, digits, spaces and punctuation only (no control characters)."
+    return None
+
+
+def _contract_amounts(
+    *, cash_price: Any, down_payment: Any, financed_amount: Any, currency: str, errors: dict[str, list[str]]
+) -> _Amounts:
+    """The cash price, down payment and financed amount, checked against each other; problems go to ``errors``."""
+    price = money_from_input(cash_price, "cash_price", currency, errors)
+    down = money_from_input(down_payment, "down_payment", currency, errors)
     financed = None
     if financed_amount not in (None, ""):
-        financed = _as_money(financed_amount, "financed_amount", currency, errors)
+        financed = money_from_input(financed_amount, "financed_amount", currency, errors)
     if price is not None and price <= 0:
         errors["cash_price"] = ["The cash price must be greater than zero."]
     if down is not None and down < 0:
@@ -157,6 +129,18 @@ def contract_create(
             errors["financed_amount"] = [
                 f"The financed amount cannot be less than cash price minus down payment ({price - down})."
             ]
+    return _Amounts(price=price, down=down, financed=financed)
+
+
+def _schedule_problems(
+    *,
+    installment_count: Any,
+    financed: Decimal | None,
+    frequency: str,
+    first_due_date: Any,
+    currency: str,
+    errors: dict[str, list[str]],
+) -> None:
     if not isinstance(installment_count, int) or not 1 <= installment_count <= MAX_INSTALLMENTS:
         errors["installment_count"] = [f"Between 1 and {MAX_INSTALLMENTS} installments."]
     elif financed is not None and "financed_amount" not in errors:
@@ -173,13 +157,61 @@ def contract_create(
         errors["frequency"] = [f"One of {', '.join(Frequency.values)}."]
     if not isinstance(first_due_date, dt.date) or not EARLIEST_DUE <= first_due_date <= LATEST_DUE:
         errors["first_due_date"] = [f"A date between {EARLIEST_DUE} and {LATEST_DUE}."]
+
+
+def contract_create(
+    *,
+    provider: Organisation,
+    actor: Actor,
+    number: str,
+    device: Device,
+    customer: Customer,
+    cash_price: Any,
+    down_payment: Any = "0",
+    financed_amount: Any = None,
+    installment_count: int,
+    frequency: str,
+    first_due_date: dt.date,
+    ip_address: str | None = None,
+) -> Contract:
+    """Create an active contract and its installment schedule in one transaction.
+
+    The currency is the provider's. The schedule splits the financed amount
+    evenly in the currency's minor unit with the rounding remainder on the last
+    installment, so it always sums exactly to the financed amount. The financed
+    amount defaults to cash price minus down payment and may be higher
+    (interest and fees), never lower. Every problem is named per field at once; nothing is saved.
+    """
+    currency = provider.currency
+    errors: dict[str, list[str]] = {}
+    number = (number or "").strip()
+    if problem := _number_problem(number):
+        errors["number"] = [problem]
+    if device.provider_id != provider.pk:
+        errors["device"] = ["No such device for this provider."]
+    if customer.provider_id != provider.pk:
+        errors["customer"] = ["No such customer for this provider."]
+    amounts = _contract_amounts(
+        cash_price=cash_price,
+        down_payment=down_payment,
+        financed_amount=financed_amount,
+        currency=currency,
+        errors=errors,
+    )
+    _schedule_problems(
+        installment_count=installment_count,
+        financed=amounts.financed,
+        frequency=frequency,
+        first_due_date=first_due_date,
+        currency=currency,
+        errors=errors,
+    )
     if not errors and Contract.objects.filter(provider=provider, number=number).exists():
         errors["number"] = ["A contract with this number already exists for this provider."]
     if not errors and Contract.objects.filter(device=device, status=ContractStatus.ACTIVE).exists():
         errors["device"] = ["This device already has an active contract."]
     if errors:
         raise ValidationError(errors)
-
     try:
         with transaction.atomic():
             contract = Contract.objects.create(
@@ -189,9 +221,9 @@ def contract_create(
                 device=device,
                 customer=customer,
                 currency=currency,
-                cash_price=price,
-                down_payment=down,
-                financed_amount=financed,
+                cash_price=amounts.price,
+                down_payment=amounts.down,
+                financed_amount=amounts.financed,
                 installment_count=installment_count,
                 frequency=frequency,
                 first_due_date=first_due_date,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import unicodedata
 from decimal import Decimal
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from payments.contracts.services import _as_money
 from payments.ledger.confirm import _payment_apply, _payment_confirm
 from payments.ledger.errors import PaymentConflict
 from payments.ledger.matching import payment_find_match
@@ -24,9 +24,11 @@ from payments.models import (
     PaymentSource,
     PaymentStatus,
 )
+from payments.money import money_from_input
 from portal.audit import AuditEntry, audit_record, audit_record_many, snapshot
 from portal.four_eyes import four_eyes_refusal
 from portal.models import Organisation, User
+from portal.types import Actor
 
 
 def _payment_request_fields(**fields) -> dict[str, str]:
@@ -56,7 +58,7 @@ def _check_payment_input(*, provider, channel, external_id, amount, currency, re
         errors["currency"] = [
             f"{currency!r} is not this provider's currency ({provider.currency}); payments are never converted."
         ]
-    money = _as_money(amount, "amount", provider.currency, errors)
+    money = money_from_input(amount, "amount", provider.currency, errors)
     if money is not None and money <= 0 and "amount" not in errors:
         errors["amount"] = ["Must be more than zero."]
     if not isinstance(received_at, dt.datetime) or timezone.is_naive(received_at):
@@ -105,24 +107,16 @@ def payment_ingest(
     account linked to theirs, are not confirmed by it (``channel_record_refusal``).
     """
 
-    errors: dict[str, list[str]] = {}
-    external_id, money = _check_payment_input(
+    external_id, money, reference, contract = _checked_request(
         provider=provider,
         channel=channel,
         external_id=external_id,
         amount=amount,
         currency=currency,
         received_at=received_at,
-        errors=errors,
+        reference=reference,
+        contract_number=contract_number,
     )
-    reference = (reference or "").strip()[:140]
-    contract = None
-    if contract_number and not errors:
-        contract = Contract.objects.filter(provider=provider, number=contract_number.strip()).first()
-        if contract is None:
-            errors["contract_number"] = ["No contract of this provider has this number."]
-    if errors:
-        raise ValidationError(errors)
     fields = _payment_request_fields(
         channel=channel,
         amount=money,
@@ -170,31 +164,76 @@ def payment_ingest(
                     carried_by=carried_by,
                 )
             else:
-                differences = {
-                    name: (existing.request_fields.get(name, ""), value)
-                    for name, value in fields.items()
-                    if existing.request_fields.get(name, "") != value
-                }
-                conflict = PaymentConflict(existing, differences) if differences else None
+                conflict = _differences(existing, fields)
             if conflict is None:
                 existing.refresh_from_db()
                 return existing, False
         else:
-            audit_record(
-                actor=actor, action="payment.create", obj=payment, after=snapshot(payment), ip_address=ip_address
+            _new_payment_match(
+                payment=payment, contract=contract, auto_match=auto_match, actor=actor, ip_address=ip_address
             )
-            if contract is not None:
-                _payment_apply(payment=payment, contract=contract, rule="contract_number", confidence=100, actor=actor)
-            elif auto_match:
-                match = payment_find_match(payment)
-                if match is not None:
-                    _payment_apply(payment=payment, contract=match[0], rule=match[1], confidence=match[2], actor=actor)
-            payment.refresh_from_db()
             return payment, True
     # After this function's transaction, so the flag is kept although the request is refused
     # (a caller's own transaction that rolls back takes it too: _import_line flags again).
     payment_conflict_flag(conflict=conflict, source=source, actor=actor, ip_address=ip_address)
     raise conflict
+
+
+def _checked_request(
+    *,
+    provider: Organisation,
+    channel: str,
+    external_id: str,
+    amount: Any,
+    currency: str,
+    received_at: dt.datetime,
+    reference: str,
+    contract_number: str,
+) -> tuple[str, Decimal, str, Contract | None]:
+    """The request's transaction id, amount, reference and named contract, or ``ValidationError`` per field."""
+    errors: dict[str, list[str]] = {}
+    external_id, money = _check_payment_input(
+        provider=provider,
+        channel=channel,
+        external_id=external_id,
+        amount=amount,
+        currency=currency,
+        received_at=received_at,
+        errors=errors,
+    )
+    reference = (reference or "").strip()[:140]
+    contract = None
+    if contract_number and not errors:
+        contract = Contract.objects.filter(provider=provider, number=contract_number.strip()).first()
+        if contract is None:
+            errors["contract_number"] = ["No contract of this provider has this number."]
+    if errors:
+        raise ValidationError(errors)
+    return external_id, money, reference, contract
+
+
+def _differences(existing: Payment, fields: dict[str, str]) -> PaymentConflict | None:
+    """The same transaction id again: nothing when every detail agrees, else a conflict naming each difference."""
+    differences = {
+        name: (existing.request_fields.get(name, ""), value)
+        for name, value in fields.items()
+        if existing.request_fields.get(name, "") != value
+    }
+    return PaymentConflict(existing, differences) if differences else None
+
+
+def _new_payment_match(
+    *, payment: Payment, contract: Contract | None, auto_match: bool, actor: Actor, ip_address: str | None
+) -> None:
+    """Audit a new payment, then apply it to the contract it names or the one the matching rules find."""
+    audit_record(actor=actor, action="payment.create", obj=payment, after=snapshot(payment), ip_address=ip_address)
+    if contract is not None:
+        _payment_apply(payment=payment, contract=contract, rule="contract_number", confidence=100, actor=actor)
+    elif auto_match:
+        match = payment_find_match(payment)
+        if match is not None:
+            _payment_apply(payment=payment, contract=match[0], rule=match[1], confidence=match[2], actor=actor)
+    payment.refresh_from_db()
 
 
 def _channel_record_arrived(
