@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import phonenumbers
@@ -98,44 +99,38 @@ def unmatched_payments_panel(actor) -> dict:
     }
 
 
-def payments_suggestions(payments) -> dict[int, list[Suggestion]]:
-    """Up to three likely contracts for each unmatched payment in ``payments``, in four queries whatever their number.
+#: Per unmatched payment: the contracts it may be for, with the reasons each.
+_Hits = dict[int, dict[int, set[str]]]
 
-    Signals, each an indexed lookup: the reference names a contract number (normalised,
-    exact key or the key as a prefix), the payer phone is a customer's, the amount equals an
-    installment still due near the payment's date. Cancelled and paid-off contracts are left out.
-    """
 
-    unmatched = [p for p in payments if p.status == PaymentStatus.UNMATCHED]
-    if not unmatched:
-        return {}
-    provider_ids = {p.provider_id for p in unmatched}
-    live = Contract.objects.filter(provider_id__in=provider_ids, status=ContractStatus.ACTIVE)
-    hits: dict[int, dict[int, set[str]]] = {p.pk: {} for p in unmatched}
+def _note(hits: _Hits, payment: Payment, contract_id: int, reason: str) -> None:
+    hits[payment.pk].setdefault(contract_id, set()).add(reason)
 
-    def note(payment, contract_id: int, reason: str) -> None:
-        hits[payment.pk].setdefault(contract_id, set()).add(reason)
 
-    # 1. References: exact keys (number_key is indexed) and the whole reference as a prefix.
+def _reference_hits(live: QuerySet[Contract], unmatched: list[Payment], hits: _Hits) -> None:
+    """The reference names a contract: exact keys (number_key is indexed) and the whole reference as a prefix."""
     keys_of = {p.pk: (reference_number_keys(p.reference), reference_prefix_key(p.reference)) for p in unmatched}
-    all_keys = set().union(*(k for k, _w in keys_of.values()))
+    all_keys: set[str] = set().union(*(k for k, _w in keys_of.values()))
     prefixes = {w for _k, w in keys_of.values() if w}
+    if not all_keys and not prefixes:
+        return
     query = Q(number_key__in=all_keys) if all_keys else Q(pk__in=[])
     for prefix in prefixes:
         query |= Q(number_key__startswith=prefix)
-    if all_keys or prefixes:
-        rows = list(live.filter(query).values_list("pk", "provider_id", "number_key")[:200])
-        for payment in unmatched:
-            keys, whole = keys_of[payment.pk]
-            for pk, provider_id, key in rows:
-                if provider_id != payment.provider_id:
-                    continue
-                if key in keys:
-                    note(payment, pk, "reference")
-                elif whole and key.startswith(whole):
-                    note(payment, pk, "reference_prefix")
+    rows = list(live.filter(query).values_list("pk", "provider_id", "number_key")[:200])
+    for payment in unmatched:
+        keys, whole = keys_of[payment.pk]
+        for pk, provider_id, key in rows:
+            if provider_id != payment.provider_id:
+                continue
+            if key in keys:
+                _note(hits, payment, pk, "reference")
+            elif whole and key.startswith(whole):
+                _note(hits, payment, pk, "reference_prefix")
 
-    # 2. The payer's phone is a customer's (Customer.phone is indexed, stored E.164).
+
+def _phone_hits(live: QuerySet[Contract], unmatched: list[Payment], hits: _Hits) -> None:
+    """The payer's phone is a customer's (Customer.phone is indexed, stored E.164)."""
     phones: dict[int, str] = {}
     for payment in unmatched:
         try:
@@ -144,18 +139,18 @@ def payments_suggestions(payments) -> dict[int, list[Suggestion]]:
             continue
         if phonenumbers.is_valid_number(number):
             phones[payment.pk] = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    if phones:
-        rows = list(
-            live.filter(customer__phone__in=set(phones.values())).values_list("pk", "provider_id", "customer__phone")[
-                :200
-            ]
-        )
-        for payment in unmatched:
-            for pk, provider_id, phone in rows:
-                if provider_id == payment.provider_id and str(phone) == phones.get(payment.pk):
-                    note(payment, pk, "payer_phone")
+    if not phones:
+        return
+    found = live.filter(customer__phone__in=set(phones.values()))
+    rows = list(found.values_list("pk", "provider_id", "customer__phone")[:200])
+    for payment in unmatched:
+        for pk, provider_id, phone in rows:
+            if provider_id == payment.provider_id and str(phone) == phones.get(payment.pk):
+                _note(hits, payment, pk, "payer_phone")
 
-    # 3. The amount is exactly an installment still due, near the payment's date (due_date is indexed).
+
+def _amount_hits(live: QuerySet[Contract], unmatched: list[Payment], hits: _Hits) -> None:
+    """The amount is exactly an installment still due, near the payment's date (due_date is indexed)."""
     earliest = min(p.received_at for p in unmatched).date() - _AMOUNT_WINDOW
     latest = max(p.received_at for p in unmatched).date() + _AMOUNT_WINDOW
     rows = list(
@@ -176,9 +171,11 @@ def payments_suggestions(payments) -> dict[int, list[Suggestion]]:
         # An amount many contracts share says nothing on its own; it only reinforces another signal.
         for contract_id in fits:
             if len(fits) <= SUGGESTION_LIMIT or contract_id in hits[payment.pk]:
-                note(payment, contract_id, "amount")
+                _note(hits, payment, contract_id, "amount")
 
-    # 4. The contracts themselves, for the page.
+
+def _ranked(hits: _Hits) -> dict[int, list[Suggestion]]:
+    """The best few contracts per payment by score, loaded in one query for the page."""
     ranked: dict[int, list[tuple[int, int, tuple[str, ...]]]] = {}
     wanted: set[int] = set()
     for payment_pk, by_contract in hits.items():
@@ -204,6 +201,25 @@ def payments_suggestions(payments) -> dict[int, list[Suggestion]]:
         ]
         for payment_pk, scored in ranked.items()
     }
+
+
+def payments_suggestions(payments: Iterable[Payment]) -> dict[int, list[Suggestion]]:
+    """Up to three likely contracts for each unmatched payment in ``payments``, in four queries whatever their number.
+
+    Signals, each an indexed lookup: the reference names a contract number (normalised,
+    exact key or the key as a prefix), the payer phone is a customer's, the amount equals an
+    installment still due near the payment's date. Cancelled and paid-off contracts are left out.
+    """
+    unmatched = [p for p in payments if p.status == PaymentStatus.UNMATCHED]
+    if not unmatched:
+        return {}
+    provider_ids = {p.provider_id for p in unmatched}
+    live = Contract.objects.filter(provider_id__in=provider_ids, status=ContractStatus.ACTIVE)
+    hits: _Hits = {p.pk: {} for p in unmatched}
+    _reference_hits(live, unmatched, hits)
+    _phone_hits(live, unmatched, hits)
+    _amount_hits(live, unmatched, hits)
+    return _ranked(hits)
 
 
 def payment_suggestions(payment) -> list[Suggestion]:

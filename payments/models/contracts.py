@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 from decimal import Decimal
+from typing import TypedDict
 
 from django.conf import settings
 from django.core.validators import MinValueValidator
@@ -23,7 +24,13 @@ from phonenumber_field.modelfields import PhoneNumberField
 from devices.models import Device, LockState
 from portal.models import Organisation, OrganisationKind
 
-MONEY = {"max_digits": 14, "decimal_places": 2}
+class MoneyDigits(TypedDict):
+    max_digits: int
+    decimal_places: int
+
+
+#: Every amount column: up to 999,999,999,999.99 in the contract's currency.
+MONEY: MoneyDigits = {"max_digits": 14, "decimal_places": 2}
 
 
 def mask_national_id(raw: str) -> str:
