@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from devices.agent import Agent
-from devices.agent import render as agent_render
+from devices.agent import screen as agent_render
 from devices.agent.render import ScreenView, render_html, render_text
 from devices.keys import public_keys
 from devices.models import DeviceCommand

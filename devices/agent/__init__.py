@@ -6,9 +6,10 @@ imports no Django and no server module except ``devices.protocol`` (a phone has 
 """
 
 from devices.agent.client import ApiError, HttpTransport
-from devices.agent.core import APP_VERSION, Agent, AgentError, Outcome
+from devices.agent.core import APP_VERSION, Agent, AgentError
 from devices.agent.offline import CodeResult
 from devices.agent.render import ScreenView, render_html, render_text
+from devices.agent.rules import Outcome
 
 __all__ = [
     "APP_VERSION",

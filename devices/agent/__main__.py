@@ -26,7 +26,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from devices.agent.client import ApiError, HttpTransport
-from devices.agent.core import Agent, AgentError, Outcome
+from devices.agent.core import Agent, AgentError
+from devices.agent.render import render_html, render_text
+from devices.agent.rules import Outcome
 from devices.agent.state import StateError, write_text_atomic
 from devices.agent.times import parse_time
 
@@ -46,17 +48,18 @@ class ScreenPrinter:
         view = agent.view()
         with self._lock:
             if self.html_path is not None:
-                from devices.agent.render import render_html
-
                 write_text_atomic(self.html_path, render_html(view))
             if not self.quiet:
-                from devices.agent.render import render_text
-
                 print(render_text(view), flush=True)
 
 
 def _say(message: str) -> None:
     print(f"[agent] {message}", file=sys.stderr, flush=True)
+
+
+def _device_of(agent: Agent) -> str:
+    enrolment = agent.state.enrolment
+    return enrolment.device if enrolment is not None else "nothing"
 
 
 def _outcome_line(outcome: Outcome) -> str:
@@ -82,7 +85,7 @@ def _enroll_until_done(agent: Agent, args: argparse.Namespace, stop: threading.E
             stop.wait(delay)
             delay = min(delay * 2, 60.0)
             continue
-        _say(f"enrolled as {agent.state.enrolment.device}; current command {_outcome_line(outcome)}")
+        _say(f"enrolled as {_device_of(agent)}; current command {_outcome_line(outcome)}")
         return True
     return False
 
@@ -98,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     printer(agent)
     listener = None
     if args.mqtt:
-        from devices.agent.mqtt import MqttListener
+        from devices.agent.mqtt import MqttListener  # noqa: PLC0415 - paho-mqtt is optional on a phone: only --mqtt needs it
 
         listener = MqttListener(agent, args.mqtt, on_outcome=lambda o: _say(f"push: {_outcome_line(o)}")).start()
         _say(f"listening on {listener.topic} at {listener.host}:{listener.port}")
@@ -143,7 +146,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         if exc.status == 400:
             _say(REFUSED_HINT)
         raise
-    print(f"enrolled as {agent.state.enrolment.device}: {_outcome_line(outcome)}")
+    print(f"enrolled as {_device_of(agent)}: {_outcome_line(outcome)}")
     return EXIT_OK if outcome.status != "rejected" else EXIT_REFUSED
 
 

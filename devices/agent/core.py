@@ -16,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +25,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from devices.agent import offline as offline_codes
 from devices.agent.client import ApiError, HttpTransport, Transport
 from devices.agent.render import ScreenView, render_html, render_text
+from devices.agent.rules import (
+    Outcome,
+    append_dedup,
+    effective_state,
+    in_force,
+    install_offline,
+    log_outcome,
+    mqtt_account,
+    normalise_imei,
+    refresh_state,
+    seq_of,
+    state_of,
+)
 from devices.agent.state import (
     AgentState,
     Enrolment,
-    OfflineState,
     ProtectedState,
     Store,
     append_log,
@@ -40,31 +50,9 @@ from devices.protocol import Rejected, b64, enrollment_message, topic_for, unb64
 
 APP_VERSION = "finlock-reference-agent/1.0"
 
-# What a temporary unlock may fall back to; anything else (or nothing known) falls back to
-# "locked", because a temporary unlock is only ever granted to lift a lock.
-FALLBACK_STATES = ("unlocked", "reminder", "locked")
-
 
 class AgentError(RuntimeError):
     """The agent cannot do what was asked (not enrolled, malformed server answer)."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one envelope.
-
-    ``status`` is ``applied``, ``duplicate`` (the command already in force, delivered again:
-    MQTT retains it and every check-in repeats it) or ``rejected`` with the reason.
-    """
-
-    status: str
-    reason: str
-    seq: int | None = None
-    state: str | None = None
-
-    @property
-    def accepted(self) -> bool:
-        return self.status == "applied"
 
 
 class Agent:
@@ -123,8 +111,8 @@ class Agent:
         with self.store.locked():
             st, prot = self.store.load_agent(), self.store.load_protected()
             now = self.clock()
-            state, until = _effective(st, prot, now)
-            command, fallback = _in_force(st, prot)
+            state, until = effective_state(st, prot, now)
+            command, fallback = in_force(st, prot)
         shown = command or {}
         if fallback and (state != shown.get("state") or not shown.get("screen")):
             # Back from a temporary unlock, or a command without screen content: the lock
@@ -167,12 +155,12 @@ class Agent:
             st, prot = self.store.load_agent(), self.store.load_protected()
             now = self.clock()
             # A temporary unlock may have ended since the last tick; rule 4 needs the truth.
-            settled, _expired = _refresh(st, prot, now)
+            settled, _expired = refresh_state(st, prot, now)
             try:
                 command = self._admissible(envelope, st, prot, now)
             except Rejected as exc:
-                outcome = Outcome("rejected", str(exc), _seq_of(envelope), _state_of(envelope))
-                _log(st, now, source, outcome)
+                outcome = Outcome("rejected", str(exc), seq_of(envelope), state_of(envelope))
+                log_outcome(st, now, source, outcome)
                 self.store.save_agent(st)
             else:
                 if command is None:  # the command already in force, delivered again
@@ -207,7 +195,7 @@ class Agent:
         if seq < floor or (seq == floor and command != prot.command):
             raise Rejected(f"replayed or stale (seq {seq} <= {floor}, applied before a reset)")
         # 4. released is final
-        current, _until = _effective(st, prot, now)
+        current, _until = effective_state(st, prot, now)
         if current == "released" and command["state"] != "released":
             raise Rejected(f"released is final: {command['state']} refused")
         if command["state"] == "temp_unlocked" and parse_time(command.get("expires_at")) is None:
@@ -215,7 +203,7 @@ class Agent:
         return command
 
     def _apply(self, command: dict, st: AgentState, prot: ProtectedState, now: dt.datetime, source: str) -> Outcome:
-        previous, previous_fallback = _in_force(st, prot)
+        previous, previous_fallback = in_force(st, prot)
         if command["state"] == "temp_unlocked":
             # Remember what to return to when it expires; extending a temporary unlock
             # keeps the original fallback rather than falling back to another unlock.
@@ -229,9 +217,9 @@ class Agent:
         st.last_seq = command["seq"]
         st.unacked = {"seq": command["seq"], "state": command["state"]}
         # A new command replaces a temporary unlock: that is not an expiry, so no expiry entry.
-        _refresh(st, prot, now, note_expiry=False)
+        refresh_state(st, prot, now, note_expiry=False)
         outcome = Outcome("applied", command.get("reason") or "", command["seq"], command["state"])
-        _log(st, now, source, outcome)
+        log_outcome(st, now, source, outcome)
         # Persist before the screen changes: after a power cut the phone must come back in
         # the state it last showed, and never re-apply an older command.
         self.store.save_agent(st)
@@ -257,7 +245,7 @@ class Agent:
     def _settle(self) -> tuple[bool, bool]:
         with self.store.locked():
             st, prot = self.store.load_agent(), self.store.load_protected()
-            changed, expired = _refresh(st, prot, self.clock())
+            changed, expired = refresh_state(st, prot, self.clock())
             if changed:
                 self.store.save_agent(st)
         if changed:
@@ -305,9 +293,9 @@ class Agent:
                 server_url=server_url,
                 mqtt_topic=mqtt_topic or topic_for(str(device)),
                 enrolled_at=format_time(now),
-                **_mqtt_account(mqtt),
+                **mqtt_account(mqtt),
             )
-            note = _install_offline(prot, offline, same_identity=same_identity)
+            note = install_offline(prot, offline, same_identity=same_identity)
             append_log(st, {"at": format_time(now), "event": "enrolled", "device": str(device), "reason": note})
             self.store.save_agent(st)
             self.store.save_protected(prot)
@@ -446,7 +434,7 @@ class Agent:
             # not even across a crash or a restart.
             if result.ok:
                 self.store.save_protected(prot)
-            changed, _expired = _refresh(st, prot, now)
+            changed, _expired = refresh_state(st, prot, now)
             append_log(
                 st,
                 {
@@ -481,143 +469,12 @@ class Agent:
     def _note(self, event: str, reason: str, seq: int | None = None) -> None:
         with self.store.locked():
             st = self.store.load_agent()
-            entry = {"at": format_time(self.clock()), "event": event, "reason": reason}
+            entry: dict[str, Any] = {"at": format_time(self.clock()), "event": event, "reason": reason}
             if seq is not None:
                 entry["seq"] = seq
-            _append_dedup(st, entry)
+            append_dedup(st, entry)
             self.store.save_agent(st)
 
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change(self)
-
-
-def normalise_imei(imei: str) -> str:
-    """The 15 digits, whatever spacing or dashes the IMEI was typed with."""
-    return re.sub(r"[\s-]", "", str(imei))
-
-
-def _in_force(st: AgentState, prot: ProtectedState) -> tuple[dict | None, dict | None]:
-    """The command in force and its fallback; after a reset, the copy kept in protected storage."""
-    if st.command is not None:
-        return st.command, st.fallback_command
-    return prot.command, prot.fallback_command
-
-
-def _effective(st: AgentState, prot: ProtectedState, now: dt.datetime) -> tuple[str, dt.datetime | None]:
-    """The state the phone shows at ``now``, and until when it lasts if time-limited."""
-    command, fallback = _in_force(st, prot)
-    off: OfflineState = prot.offline
-    if off.released or (command and command.get("state") == "released"):
-        return "released", None
-    until: dt.datetime | None = None
-    if command is None:
-        base = "unlocked"
-    elif command.get("state") == "temp_unlocked":
-        expires = parse_time(command.get("expires_at"))
-        if expires and expires > now:
-            base, until = "temp_unlocked", expires
-        else:
-            previous = (fallback or {}).get("state")
-            base = previous if previous in FALLBACK_STATES else "locked"
-    else:
-        base = command.get("state") or "unlocked"
-    # An offline code the owner typed lifts a lock for the days it carries.
-    offline_until = parse_time(off.until)
-    if offline_until and offline_until > now:
-        if base == "locked":
-            return "temp_unlocked", offline_until
-        if base == "temp_unlocked" and until and offline_until > until:
-            return base, offline_until
-    return base, until
-
-
-def _refresh(st: AgentState, prot: ProtectedState, now: dt.datetime, *, note_expiry: bool = True) -> tuple[bool, bool]:
-    """Bring ``st.state`` up to date; return (changed, a temporary unlock just expired)."""
-    state, until = _effective(st, prot, now)
-    expires_at = format_time(until) if until else None
-    if (state, expires_at) == (st.state, st.expires_at):
-        return False, False
-    expired = note_expiry and st.state == "temp_unlocked" and state not in ("temp_unlocked", "released")
-    if expired:
-        append_log(
-            st,
-            {
-                "at": format_time(now),
-                "event": "expired",
-                "state": state,
-                "reason": f"temporary unlock ended at {st.expires_at}; back to {state}",
-            },
-        )
-    st.state, st.expires_at = state, expires_at
-    return True, expired
-
-
-def _log(st: AgentState, now: dt.datetime, source: str, outcome: Outcome) -> None:
-    entry = {
-        "at": format_time(now),
-        "source": source,
-        "event": outcome.status,
-        "seq": outcome.seq,
-        "state": outcome.state,
-        "reason": outcome.reason,
-    }
-    if outcome.status == "rejected":
-        _append_dedup(st, entry)
-    else:
-        append_log(st, entry)
-
-
-def _append_dedup(st: AgentState, entry: dict[str, Any]) -> None:
-    # The same refusal repeats at every check-in (e.g. a server still sending "locked" to a
-    # phone released by an offline code); count it instead of flooding the bounded log.
-    last = st.log[-1] if st.log else None
-    keys = ("source", "event", "seq", "state", "reason")
-    if last and all(last.get(k) == entry.get(k) for k in keys):
-        last["repeated"] = int(last.get("repeated", 1)) + 1
-        last["last_at"] = entry["at"]
-        return
-    append_log(st, entry)
-
-
-def _mqtt_account(mqtt: Any) -> dict[str, str | None]:
-    """The phone's broker account from the enrolment answer; a malformed one is ignored (pull still works)."""
-    if isinstance(mqtt, dict) and isinstance(mqtt.get("username"), str) and isinstance(mqtt.get("password"), str):
-        return {"mqtt_username": mqtt["username"], "mqtt_password": mqtt["password"]}
-    return {"mqtt_username": None, "mqtt_password": None}
-
-
-def _install_offline(prot: ProtectedState, offline: dict[str, Any] | None, *, same_identity: bool = False) -> str:
-    """Take the OpenPAYGO secret and starting code from the enrolment answer (sent once per secret)."""
-    if not isinstance(offline, dict) or not offline:
-        # The server hands the secret out once; the phone keeps it in protected storage.
-        return "offline codes ready" if prot.offline.secret else "no offline codes offered"
-    secret = str(offline.get("secret") or offline.get("secret_key") or "")
-    try:
-        starting_code = int(offline.get("starting_code"))
-        bytes.fromhex(secret)
-    except (TypeError, ValueError):
-        return "offline codes not set up: malformed secret or starting code"
-    if len(secret) != 32:
-        return "offline codes not set up: the secret must be 32 hex digits"
-    if (prot.offline.secret, prot.offline.starting_code) != (secret, starting_code):
-        # A new secret: codes made with the old one no longer decode, and the counter starts
-        # again. For the same identity (a staff re-key) what codes already granted stays: days
-        # paid for, and a release, which is final. A new identity is a new PAYG set-up.
-        kept = prot.offline
-        prot.offline = OfflineState(secret=secret, starting_code=starting_code)
-        if same_identity:
-            prot.offline.until, prot.offline.released = kept.until, kept.released
-    return "offline codes ready"
-
-
-def _seq_of(envelope: Any) -> int | None:
-    command = envelope.get("command") if isinstance(envelope, dict) else None
-    seq = command.get("seq") if isinstance(command, dict) else None
-    return seq if isinstance(seq, int) else None
-
-
-def _state_of(envelope: Any) -> str | None:
-    command = envelope.get("command") if isinstance(envelope, dict) else None
-    state = command.get("state") if isinstance(command, dict) else None
-    return state if isinstance(state, str) else None

@@ -17,7 +17,8 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devices.agent.core import Agent, AgentError, Outcome
+from devices.agent.core import Agent, AgentError
+from devices.agent.rules import Outcome
 
 logger = logging.getLogger("finlock.agent.mqtt")
 
@@ -62,9 +63,9 @@ class MqttListener:
         # binds that account to the client id = its username, so it is used as the client id.
         self._own_account = not username and bool(enrolment and enrolment.mqtt_username)
         client_id = f"finlock-agent-{device}-{uuid.uuid4().hex[:8]}"
-        if self._own_account:
+        if self._own_account and enrolment is not None and enrolment.mqtt_username:
             username, password = enrolment.mqtt_username, enrolment.mqtt_password
-            client_id = username
+            client_id = enrolment.mqtt_username
         self.client_id = client_id
         # A clean session: the retained message already carries the latest command, and
         # anything older that a persistent session would queue is stale by definition.

@@ -1,278 +1,31 @@
 """The lock screen, as a phone would draw it: a 40-column terminal box and a 360x800 HTML page.
 
-The content comes from the command's ``screen`` (built on the server, per provider and
-language; keys in docs/lock-pipeline.md). The owner stuck on this screen must learn who
-locked the phone, how much is overdue, exactly how to pay, whom to call, and that their
-data is safe, and must always be able to make an emergency call.
-
-A server bug or an older server must never leave the owner with a crash instead of a
-screen, so every key is optional and of any type here: ``Content`` keeps what is usable.
-The words around the values ("Amount overdue", ...) come from the screen's optional
-``labels`` (in the owner's language, built by the server); any label missing, empty or
-unusable is the built-in English of ``LABELS``, so an older server's screen reads as before.
+The owner stuck on this screen must learn who locked the phone, how much is overdue, exactly
+how to pay, whom to call, and that their data is safe, and must always be able to make an
+emergency call. What it says (``Content``, from the command's ``screen``, with the labels and
+their built-in English) is ``devices.agent.screen``; this module draws it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import html
-import re
 import unicodedata
-from dataclasses import dataclass, field
-from typing import Any
 
+from devices.agent.screen import (
+    EMERGENCY_NUMBER,
+    LABELS,
+    Content,
+    PaymentChannel,
+    ScreenView,
+    callable_numbers,
+    content,
+    dial_string,
+)
 from devices.agent.times import human_time
 
+__all__ = ["WIDTH", "ScreenView", "render_html", "render_text"]
+
 WIDTH = 40
-# 112 reaches the emergency services from any GSM phone, even without a SIM card; the
-# country's own numbers are in allowed_numbers and are listed on the screen as well.
-EMERGENCY_NUMBER = "112"
-
-# Every fixed word the screen shows, in English: the one source of the built-in wording.
-# The server sends the same keys translated in ``screen.labels`` (payments/lockscreen.py
-# LABELS mirrors this table; a test keeps them identical). ``{name}`` placeholders are
-# filled here; a label from the server is used only if it has exactly the same ones.
-LABELS: dict[str, str] = {
-    # The state, as a headline.
-    "state_locked": "LOCKED",
-    "state_reminder": "Payment reminder",
-    "state_temp_unlocked": "Temporarily unlocked",
-    "state_unlocked": "No restrictions",
-    "state_released": "Released: no restrictions, for good",
-    # When the server sends no title, body or notices. The notices are said even then:
-    # both are true of this agent whatever the command.
-    "default_title": "This phone is locked",
-    "default_body": "This device is locked due to an overdue installment payment.",
-    "default_data_kept": "Your data is kept: nothing on this phone is deleted while it is locked.",
-    "default_reset_warning": "A factory reset will NOT remove this lock; it only erases your own data.",
-    # The facts.
-    "locked_by": "Locked by",
-    "amount_overdue": "Amount overdue",
-    "amount_due": "Amount due",
-    "overdue_since": "Overdue since",
-    "contract": "Contract",
-    "contract_number_quote": "Contract number (quote it when you pay)",
-    "imei": "IMEI",
-    # How to pay.
-    "how_to_pay": "How to pay",
-    "account": "Account",
-    "reference": "Reference",
-    "pay": "Pay",
-    "pay_account": "account {account}",
-    "kind_bank_transfer": "bank transfer",
-    "kind_mobile_money": "mobile money",
-    "kind_card": "card",
-    "kind_cash_agent": "cash agent",
-    # Whom to call.
-    "help": "Help",
-    "hotline": "Hotline",
-    "call_hotline": "Call the hotline",
-    "email": "E-mail",
-    "website": "Website",
-    "other_contacts": "Other contacts",
-    "service_centers": "Service centers",
-    "service_centers_bring": "Service centers (bring proof of purchase and ID):",
-    "bring_proof": "Bring your proof of purchase and ID.",
-    "cannot_reach": "Cannot reach {provider}?",
-    "your_provider": "your provider",
-    # The owner's data and calls.
-    "your_data": "Your data",
-    "calls_allowed": "Calls allowed",
-    "calls_allowed_while_locked": "Calls allowed while locked",
-    "emergency_call": "Emergency call",
-    # The other states.
-    "works_normally": "Your phone works normally.",
-    "unlocked_until": "Unlocked {how} until {until}.",
-    "unlocked_how": "Unlocked {how}.",
-    "by_offline_code": "by an offline code",
-    "by_provider": "by your provider",
-    "released_note": "Paid off. This phone can no longer be locked.",
-    "not_enrolled": "Not enrolled with a server yet.",
-}
-# Longer than any honest translation of a label; a longer one is cut.
-LABEL_MAX_CHARS = 200
-_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
-
-
-@dataclass(frozen=True)
-class ScreenView:
-    """Everything the screen depends on, taken from the agent's state at one instant."""
-
-    state: str
-    screen: dict[str, Any] = field(default_factory=dict)
-    allowed_numbers: list[str] = field(default_factory=list)
-    expires_at: dt.datetime | None = None
-    imei: str | None = None
-    enrolled: bool = True
-    offline_unlock: bool = False
-
-
-@dataclass(frozen=True)
-class PaymentChannel:
-    name: str
-    kind: str
-    account: str
-    reference: str
-    instructions: str
-
-
-@dataclass(frozen=True)
-class ServiceCenter:
-    name: str
-    phone: str
-    website: str
-
-
-@dataclass(frozen=True)
-class Content:
-    """The screen's values, each a clean string or list, whatever the server sent."""
-
-    language: str
-    title: str
-    body: str
-    provider: str
-    amount: str
-    overdue_since: str
-    contract: str
-    imei: str
-    channels: list[PaymentChannel]
-    hotlines: list[str]
-    email: str
-    website: str
-    centers: list[ServiceCenter]
-    fallback_name: str
-    fallback_hotlines: list[str]
-    fallback_email: str
-    fallback_website: str
-    data_kept: str
-    reset_warning: str
-    offline_hint: str
-    allowed: list[str]
-    labels: dict[str, str] = field(default_factory=dict)
-
-    def label(self, key: str, **values: str) -> str:
-        """The label ``key`` in the screen's language, else in English, placeholders filled."""
-        text = self.labels.get(key) or LABELS[key]
-        if not values:
-            return text
-        # One pass: a value that looks like a placeholder stays as it is.
-        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return ""
-    if isinstance(value, str | int | float):
-        return " ".join(str(value).split())
-    return ""
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        return []
-    return [text for item in value if (text := _text(item))]
-
-
-def _label(value: Any) -> str:
-    """A label from the server: a string, control characters dropped, spaces collapsed, capped."""
-    if not isinstance(value, str):
-        return ""
-    text = "".join(ch for ch in value if ch.isspace() or unicodedata.category(ch) != "Cc")
-    return " ".join(text.split())[:LABEL_MAX_CHARS].strip()
-
-
-def _labels(value: Any) -> dict[str, str]:
-    """The usable labels: known keys, non-empty, with exactly the placeholders of the English."""
-    labels = {}
-    for key, raw in _dict(value).items():
-        english = LABELS.get(key) if isinstance(key, str) else None
-        text = _label(raw)
-        if english is None or not text:
-            continue
-        if set(_PLACEHOLDER.findall(text)) != set(_PLACEHOLDER.findall(english)):
-            continue
-        labels[key] = text
-    return labels
-
-
-def _kind(code: str, labels: dict[str, str]) -> str:
-    """A channel's kind is a code ("mobile_money"): the known ones are labels, others spelt out."""
-    key = f"kind_{code}"
-    if key in LABELS:
-        return labels.get(key) or LABELS[key]
-    return code.replace("_", " ")
-
-
-def content(view: ScreenView) -> Content:
-    """Normalise ``view.screen``: missing or malformed keys become empty values, never errors."""
-    s = _dict(view.screen)
-    provider = s.get("provider")
-    provider_name = _text(_dict(provider).get("name")) if isinstance(provider, dict) else _text(provider)
-    labels = _labels(s.get("labels"))
-    amount = _text(s.get("amount_overdue_display"))
-    if not amount and _text(s.get("amount_overdue")):
-        amount = " ".join(p for p in (_text(s.get("currency")), _text(s.get("amount_overdue"))) if p)
-    channels = [
-        PaymentChannel(
-            name=_text(c.get("name")),
-            kind=_kind(_text(c.get("kind")), labels),
-            account=_text(c.get("account")),
-            reference=_text(c.get("reference")),
-            instructions=_text(c.get("instructions")),
-        )
-        for c in (s.get("payment_channels") if isinstance(s.get("payment_channels"), list) else [])
-        if isinstance(c, dict)
-    ]
-    centers = [
-        ServiceCenter(name=_text(c.get("name")), phone=_text(c.get("phone")), website=_text(c.get("website")))
-        for c in (s.get("service_centers") if isinstance(s.get("service_centers"), list) else [])
-        if isinstance(c, dict) and (c.get("name") or c.get("phone"))
-    ]
-    fallback = _dict(s.get("fallback"))
-    return Content(
-        language=_text(s.get("language")) or "en",
-        title=_text(s.get("title")),
-        body=_text(s.get("body")),
-        provider=provider_name,
-        amount=amount,
-        overdue_since=_text(s.get("overdue_since")),
-        contract=_text(s.get("contract_number")),
-        imei=_text(s.get("imei")) or _text(view.imei),
-        channels=[c for c in channels if c.name or c.account or c.reference],
-        hotlines=_strings(s.get("hotline_numbers")),
-        email=_text(s.get("support_email")),
-        website=_text(s.get("website")),
-        centers=centers,
-        fallback_name=_text(fallback.get("name")),
-        fallback_hotlines=_strings(fallback.get("hotline_numbers")),
-        fallback_email=_text(fallback.get("support_email")),
-        fallback_website=_text(fallback.get("website")),
-        data_kept=_text(s.get("data_kept_notice")) or labels.get("default_data_kept") or LABELS["default_data_kept"],
-        reset_warning=_text(s.get("factory_reset_warning"))
-        or labels.get("default_reset_warning")
-        or LABELS["default_reset_warning"],
-        offline_hint=_text(s.get("offline_unlock_hint")),
-        allowed=_strings(view.allowed_numbers),
-        labels=labels,
-    )
-
-
-def dial_string(number: str) -> str:
-    """The characters a dialer accepts; anything else (``javascript:``, spaces) is dropped."""
-    cleaned = re.sub(r"[^0-9+*#]", "", number)
-    # "+" only makes sense in front.
-    return cleaned[:1] + cleaned[1:].replace("+", "")
-
-
-def callable_numbers(c: Content) -> set[str]:
-    """What a locked phone can dial: the allowed numbers and the provider's hotlines."""
-    return {dial_string(n) for n in c.allowed + c.hotlines if dial_string(n)}
 
 
 # --- terminal ------------------------------------------------------------------------------
@@ -560,46 +313,10 @@ def _html_locked(c: Content) -> str:
         out.extend(_tel(n, "call") for n in c.hotlines)
     if c.channels:
         out.append(f"<h2>{_e(c.label('how_to_pay'))}</h2>")
-        for ch in c.channels:
-            parts = [f'<div class="value">{_e(ch.name)}</div>']
-            if ch.kind:
-                parts.append(f'<div class="small">{_e(ch.kind)}</div>')
-            if ch.account:
-                parts.append(
-                    f'<div class="label">{_e(c.label("account"))}</div><div class="ref">{_e(ch.account)}</div>'
-                )
-            if ch.reference:
-                parts.append(
-                    f'<div class="label">{_e(c.label("reference"))}</div><div class="ref">{_e(ch.reference)}</div>'
-                )
-            if ch.instructions:
-                parts.append(f'<div class="small">{_e(ch.instructions)}</div>')
-            out.append('<div class="channel">' + "".join(parts) + "</div>")
-    contacts = []
-    if c.email:
-        contacts.append(_fact(c.label("email"), c.email))
-    if c.website:
-        contacts.append(_fact(c.label("website"), c.website))
-    if contacts:
-        out.append(f"<h2>{_e(c.label('other_contacts'))}</h2>")
-        out.append('<div class="facts">' + "".join(contacts) + "</div>")
-    if c.centers:
-        out.append(f"<h2>{_e(c.label('service_centers'))}</h2>")
-        out.append(f'<p class="small">{_e(c.label("bring_proof"))}</p>')
-        for sc in c.centers:
-            bits = [f'<span class="value">{_e(sc.name)}</span>'] if sc.name else []
-            if sc.phone:
-                bits.append(_number(sc.phone, c))
-            if sc.website:
-                bits.append(_e(sc.website))
-            out.append('<p class="small">' + "<br>".join(bits) + "</p>")
-    if c.fallback_name or c.fallback_hotlines or c.fallback_email or c.fallback_website:
-        who = c.provider or c.label("your_provider")
-        out.append(f"<h2>{_e(c.label('cannot_reach', provider=who))}</h2>")
-        bits = [f'<span class="value">{_e(c.fallback_name)}</span>'] if c.fallback_name else []
-        bits.extend(_number(n, c) for n in c.fallback_hotlines)
-        bits.extend(_e(x) for x in (c.fallback_email, c.fallback_website) if x)
-        out.append('<p class="small">' + "<br>".join(bits) + "</p>")
+        out.extend(_html_channel(c, ch) for ch in c.channels)
+    out.extend(_html_contacts(c))
+    out.extend(_html_centers(c))
+    out.extend(_html_fallback(c))
     out.append(f"<h2>{_e(c.label('your_data'))}</h2>")
     out.append(f'<p class="notice" id="data-kept">{_e(c.data_kept)}</p>')
     out.append(f'<p class="notice" id="reset-warning">{_e(c.reset_warning)}</p>')
@@ -609,6 +326,54 @@ def _html_locked(c: Content) -> str:
         out.append(f"<h2>{_e(c.label('calls_allowed_while_locked'))}</h2>")
         out.append('<p class="small">' + " · ".join(_tel(n) for n in c.allowed) + "</p>")
     return "\n".join(out)
+
+
+def _html_channel(c: Content, ch: PaymentChannel) -> str:
+    parts = [f'<div class="value">{_e(ch.name)}</div>']
+    if ch.kind:
+        parts.append(f'<div class="small">{_e(ch.kind)}</div>')
+    if ch.account:
+        parts.append(f'<div class="label">{_e(c.label("account"))}</div><div class="ref">{_e(ch.account)}</div>')
+    if ch.reference:
+        parts.append(f'<div class="label">{_e(c.label("reference"))}</div><div class="ref">{_e(ch.reference)}</div>')
+    if ch.instructions:
+        parts.append(f'<div class="small">{_e(ch.instructions)}</div>')
+    return '<div class="channel">' + "".join(parts) + "</div>"
+
+
+def _html_contacts(c: Content) -> list[str]:
+    contacts = []
+    if c.email:
+        contacts.append(_fact(c.label("email"), c.email))
+    if c.website:
+        contacts.append(_fact(c.label("website"), c.website))
+    if not contacts:
+        return []
+    return [f"<h2>{_e(c.label('other_contacts'))}</h2>", '<div class="facts">' + "".join(contacts) + "</div>"]
+
+
+def _html_centers(c: Content) -> list[str]:
+    if not c.centers:
+        return []
+    out = [f"<h2>{_e(c.label('service_centers'))}</h2>", f'<p class="small">{_e(c.label("bring_proof"))}</p>']
+    for sc in c.centers:
+        bits = [f'<span class="value">{_e(sc.name)}</span>'] if sc.name else []
+        if sc.phone:
+            bits.append(_number(sc.phone, c))
+        if sc.website:
+            bits.append(_e(sc.website))
+        out.append('<p class="small">' + "<br>".join(bits) + "</p>")
+    return out
+
+
+def _html_fallback(c: Content) -> list[str]:
+    if not (c.fallback_name or c.fallback_hotlines or c.fallback_email or c.fallback_website):
+        return []
+    who = c.provider or c.label("your_provider")
+    bits = [f'<span class="value">{_e(c.fallback_name)}</span>'] if c.fallback_name else []
+    bits.extend(_number(n, c) for n in c.fallback_hotlines)
+    bits.extend(_e(x) for x in (c.fallback_email, c.fallback_website) if x)
+    return [f"<h2>{_e(c.label('cannot_reach', provider=who))}</h2>", '<p class="small">' + "<br>".join(bits) + "</p>"]
 
 
 def _html_reminder(c: Content) -> str:

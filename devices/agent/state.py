@@ -35,7 +35,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 FORMAT = 1
 LOG_LIMIT = 200
@@ -198,7 +198,7 @@ class Store:
         self.user_data_dir.mkdir(exist_ok=True)
         self._thread_lock = threading.RLock()
         self._depth = 0
-        self._lock_fh = None
+        self._lock_fh: IO[str] | None = None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -206,7 +206,7 @@ class Store:
         with self._thread_lock:
             if self._depth == 0:
                 self._lock_fh = open(self.root / LOCK_FILE, "a+")  # noqa: SIM115 (held across the block)
-                fcntl.flock(self._lock_fh, fcntl.LOCK_EX)
+                fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX)
             self._depth += 1
             try:
                 yield
