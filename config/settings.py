@@ -25,12 +25,13 @@ from portal.env import (
     env_list,
     env_networks,
     env_rate,
+    env_path,
     env_str,
     env_url,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(env_str("FINLOCK_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR = env_path("FINLOCK_VAR_DIR", BASE_DIR / "var")
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", default=True)
@@ -83,6 +84,8 @@ INSTALLED_APPS = [
     "devices",
     "payments",
     "support",
+    "dashboard",
+    "selfservice",
     "demo",
 ]
 
@@ -131,7 +134,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "finlock.sqlite3",
+            "NAME": str(VAR_DIR / "finlock.sqlite3"),
             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
         }
     }
@@ -180,7 +183,7 @@ CHECKIN_LOCAL_ENTRIES = env_int("CHECKIN_LOCAL_ENTRIES", 10_000, minimum=1)
 # A signed checkpoint of the audit chain head (JSON Lines) is appended here and logged every
 # AUDIT_CHECKPOINT_MINUTES, and after every AUDIT_CHECKPOINT_EVENTS new events (0: only
 # on the clock). Keep the file, or the logged lines, where the database's users cannot write.
-AUDIT_CHECKPOINT_FILE = Path(env_str("AUDIT_CHECKPOINT_FILE", str(VAR_DIR / "audit-checkpoints.jsonl")))
+AUDIT_CHECKPOINT_FILE = env_path("AUDIT_CHECKPOINT_FILE", VAR_DIR / "audit-checkpoints.jsonl")
 AUDIT_CHECKPOINT_MINUTES = env_int("AUDIT_CHECKPOINT_MINUTES", 5, minimum=1)
 AUDIT_CHECKPOINT_EVENTS = env_int("AUDIT_CHECKPOINT_EVENTS", 1000, minimum=0)
 CELERY_BEAT_SCHEDULE = {

@@ -12,6 +12,7 @@ import binascii
 import ipaddress
 import os
 import re
+from pathlib import Path
 from urllib.parse import urlparse
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -29,6 +30,12 @@ def env_str(name: str, default: str | None = None, *, required: bool = False) ->
             raise ImproperEnvironment(f"{name} must be set")
         return default
     return value
+
+
+def env_path(name: str, default: Path) -> Path:
+    """A filesystem path from the environment, else ``default``."""
+    value = os.environ.get(name)
+    return Path(value) if value else default
 
 
 def env_bool(name: str, default: bool = False) -> bool:
