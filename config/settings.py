@@ -24,8 +24,8 @@ from portal.env import (
     env_keyed_bytes,
     env_list,
     env_networks,
-    env_rate,
     env_path,
+    env_rate,
     env_str,
     env_url,
 )
