@@ -3,20 +3,13 @@ and ``audited_update``, the one way to change a row with its before and after re
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import fcntl
 import hashlib
-import hmac
 import json
 import logging
-import os
-import re
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -70,11 +63,12 @@ def audited_fields(model: type[models.Model], fields: Iterable[str] | None = Non
     if declared is not None and requested is not None and not set(requested) <= set(declared):
         extra = sorted(set(requested) - set(declared))
         raise ImproperlyConfigured(f"{model._meta.label}.audit_fields does not allow {', '.join(extra)}")
-    names = requested if requested is not None else tuple(declared)
+    names: tuple[str, ...] = requested if requested is not None else tuple(declared or ())
     try:
-        resolved = tuple(model._meta.get_field(name) for name in names)
+        found = [model._meta.get_field(name) for name in names]
     except Exception as exc:  # FieldDoesNotExist: a typo must not silently drop a field
         raise ImproperlyConfigured(f"{model._meta.label}: {exc}") from None
+    resolved = cast(tuple[models.Field, ...], tuple(found))  # the names are the model's own columns
     AUDITED_FIELD_LISTS[key] = resolved
     return resolved
 
@@ -137,7 +131,7 @@ def _head_fields(head: AuditChainHead) -> dict[str, Any]:
     }
 
 
-def _head_problem(head: AuditChainHead | None) -> str:
+def head_problem(head: AuditChainHead | None) -> str:
     """Why the chain head row cannot be trusted, or "" when its signature verifies."""
     if head is None:
         return "the chain head row is missing (it was deleted in the database)"
@@ -214,7 +208,7 @@ def audit_record_many(*, actor, entries: list[AuditEntry], ip_address: str | Non
     key_id, _key = audit_keys.signing_key()
     with transaction.atomic():
         head = _locked_head()
-        problem = _head_problem(head)
+        problem = head_problem(head)
         if problem:
             # Refusing to record would let whoever altered the row stop sign-ins and payments;
             # signing it again would launder the alteration. Record, and mark the head for good.
@@ -247,7 +241,7 @@ def audit_record_many(*, actor, entries: list[AuditEntry], ip_address: str | Non
         unverified_since = head.unverified_since
         if problem and unverified_since is None:
             unverified_since = events[0].pk or AuditEvent.objects.values_list("id", flat=True).get(hash=events[0].hash)
-        fields = {
+        fields: dict[str, Any] = {
             "last_hash": prev,
             "last_event_id": last_id,
             "legacy_until": head.legacy_until,
@@ -289,290 +283,10 @@ def audit_record(
     return audit_record_many(actor=actor, entries=[entry], ip_address=ip_address)[0]
 
 
-# --- checkpoints outside the database ------------------------------------------
-
-#: Marks a checkpoint in a log line; ``audit_checkpoints_read`` accepts such lines as they are.
-CHECKPOINT_MARKER = "audit-checkpoint "
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file holds a line that is not a well-formed checkpoint."""
-
-
-@dataclass(frozen=True)
-class AuditCheckpoint:
-    """The chain head at a moment (event id and hash), signed with the audit key, kept outside the database."""
-
-    event_id: int
-    hash: str
-    at: str
-    key_id: str
-    mac: str
-    source: str = ""
-
-    def message(self) -> bytes:
-        return audit_keys.checkpoint_message(event_id=self.event_id, hash=self.hash, at=self.at, key_id=self.key_id)
-
-    def line(self) -> str:
-        content = {"v": 1, "event_id": self.event_id, "hash": self.hash, "at": self.at, "key_id": self.key_id}
-        return json.dumps(content | {"mac": self.mac}, separators=(",", ":"))
-
-
-def _checkpoint_parse(text: str, source: str) -> AuditCheckpoint | None:
-    """The checkpoint in one line of a checkpoint file or a log; None for a line that holds none."""
-    stripped = text.strip()
-    if CHECKPOINT_MARKER in stripped:
-        stripped = stripped.split(CHECKPOINT_MARKER, 1)[1].strip()
-    elif not stripped.startswith("{"):
-        return None
-    try:
-        # raw_decode: a log format may put more text after the message.
-        data, _end = json.JSONDecoder().raw_decode(stripped)
-    except ValueError:
-        raise CheckpointError(f"{source}: not a checkpoint (the JSON cannot be read)") from None
-    if not isinstance(data, dict) or data.get("v") != 1:
-        raise CheckpointError(f"{source}: not a version 1 checkpoint")
-    event_id, hash_, at, key_id, mac = (data.get(k) for k in ("event_id", "hash", "at", "key_id", "mac"))
-    if not isinstance(event_id, int) or isinstance(event_id, bool) or event_id < 1:
-        raise CheckpointError(f"{source}: event_id must be a positive integer")
-    if not isinstance(hash_, str) or not _HEX64.match(hash_) or not isinstance(mac, str) or not _HEX64.match(mac):
-        raise CheckpointError(f"{source}: hash and mac must be 64 hexadecimal digits")
-    if not isinstance(at, str) or not isinstance(key_id, str) or not key_id:
-        raise CheckpointError(f"{source}: at and key_id must be text")
-    return AuditCheckpoint(event_id=event_id, hash=hash_, at=at, key_id=key_id, mac=mac, source=source)
-
-
-def audit_checkpoints_read(path: str | Path) -> list[AuditCheckpoint]:
-    """Every checkpoint in a checkpoint file, or in a log holding ``audit-checkpoint {...}`` lines.
-
-    Lines holding no checkpoint (other log messages, blank lines) are skipped; a line that
-    looks like one but is malformed raises ``CheckpointError`` naming the file and line.
-    Signatures are checked by ``audit_verify_chain``.
-    """
-    path = Path(path)
-    checkpoints = []
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, text in enumerate(handle, start=1):
-            checkpoint = _checkpoint_parse(text, f"{path.name}:{number}")
-            if checkpoint is not None:
-                checkpoints.append(checkpoint)
-    return checkpoints
-
-
-def _last_checkpoint_in(handle) -> AuditCheckpoint | None:
-    """The newest checkpoint at the end of an open checkpoint file (its last lines only)."""
-    size = handle.seek(0, os.SEEK_END)
-    handle.seek(max(0, size - 8192))
-    for text in reversed(handle.read().decode("utf-8", "replace").splitlines()):
-        try:
-            checkpoint = _checkpoint_parse(text, "tail")
-        except CheckpointError:
-            continue
-        if checkpoint is not None:
-            return checkpoint
-    return None
-
-
-def audit_checkpoint_write(*, path: str | Path | None = None, force: bool = False) -> AuditCheckpoint | None:
-    """Append a signed checkpoint of the chain head to the checkpoint file and the log.
-
-    Writes nothing when the trail is empty, when the head does not verify (a checkpoint
-    must never vouch for a head someone altered), or, unless ``force``, when the newest
-    checkpoint in the file already covers the head. Returns the checkpoint written.
-    Not an audit event itself: it would move the head it records.
-    """
-    path = Path(path or settings.AUDIT_CHECKPOINT_FILE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "a+b") as handle:
-        # Race prevented: two workers checkpointing at once would interleave lines or write
-        # them out of order; the lock makes read-head-then-append one step per file.
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        head = AuditChainHead.objects.filter(pk=1).first()
-        if head is None or head.last_event_id is None:
-            return None
-        problem = _head_problem(head)
-        if problem:
-            log.error("audit: not writing a checkpoint: %s", problem)
-            return None
-        newest = _last_checkpoint_in(handle)
-        if not force and newest is not None and newest.event_id >= head.last_event_id:
-            return None
-        key_id, _key = audit_keys.signing_key()
-        at = timezone.now().astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        checkpoint = AuditCheckpoint(event_id=head.last_event_id, hash=head.last_hash, at=at, key_id=key_id, mac="")
-        checkpoint = dataclasses.replace(checkpoint, mac=audit_keys.mac(key_id, checkpoint.message()))
-        handle.write((checkpoint.line() + "\n").encode())
-        handle.flush()
-        os.fsync(handle.fileno())
-    # The same line in the log: shipped off the host, it is a second copy the host cannot rewrite.
-    log.info("%s%s", CHECKPOINT_MARKER, checkpoint.line())
-    return checkpoint
-
-
-# --- verification -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChainReport:
-    """The outcome of ``audit_verify_chain``: ``ok``, or the first problem found."""
-
-    checked: int
-    first_broken_id: int | None = None
-    reason: str = ""
-    unkeyed: int = 0
-    key_ids: tuple[str, ...] = ()
-    checkpoints_matched: int = 0
-    newest_checkpoint: AuditCheckpoint | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.reason
-
-
-def _checkpoint_problem(checkpoint: AuditCheckpoint) -> str:
-    try:
-        valid = audit_keys.mac_matches(checkpoint.key_id, checkpoint.message(), checkpoint.mac)
-    except UnknownAuditKey as exc:
-        return (
-            f"checkpoint {checkpoint.source} is signed with the audit key {exc.key_id!r}, which is not configured "
-            "(keep retired keys in AUDIT_HMAC_RETIRED_KEYS)"
-        )
-    if not valid:
-        return (
-            f"checkpoint {checkpoint.source} (event #{checkpoint.event_id}) does not match its signature: "
-            "forged or altered"
-        )
-    return ""
-
-
-def audit_verify_chain(*, batch_size: int = 5000, checkpoints: Iterable[AuditCheckpoint] = ()) -> ChainReport:
-    """Walk the whole trail in id order and report the first problem.
-
-    Checks each event's link to the previous one and its hash (keyed, or unkeyed only up to
-    the head's ``legacy_until``), the signed chain head (the trail must end exactly where
-    the head says, an empty trail needs a genesis head), and each given checkpoint: the
-    event it names must still exist and still have the checkpointed hash.
-    """
-    checkpoints = sorted(checkpoints, key=lambda c: c.event_id)
-    for checkpoint in checkpoints:
-        problem = _checkpoint_problem(checkpoint)
-        if problem:
-            return ChainReport(0, None, problem)
-    pending = deque(checkpoints)
-    head = AuditChainHead.objects.filter(pk=1).first()
-    if head is None:
-        return ChainReport(0, None, _head_problem(head))
-    # A head that does not verify is reported after the walk, which can name an altered event
-    # more precisely; its legacy_until cannot be trusted, but the report is a failure anyway.
-    head_problem = _head_problem(head)
-    prev = GENESIS_HASH
-    checked = unkeyed = matched = 0
-    last_id = 0
-    key_ids: set[str] = set()
-    newest: AuditCheckpoint | None = None
-    # The first event after the newest matching checkpoint: a rewrite found by a later
-    # checkpoint happened between the two.
-    range_start: int | None = None
-
-    def report(first_broken_id: int | None, reason: str) -> ChainReport:
-        return ChainReport(checked, first_broken_id, reason, unkeyed, tuple(sorted(key_ids)), matched, newest)
-
-    upto = head.last_event_id or 0
-    while True:
-        batch = list(AuditEvent.objects.filter(id__gt=last_id, id__lte=upto).order_by("id")[:batch_size])
-        if not batch:
-            # Events newer than the head read at the start: appended since (then the head moved
-            # too, read it again and go on), or inserted behind the application's back.
-            newer = AuditEvent.objects.filter(id__gt=upto).order_by("id").values_list("id", flat=True).first()
-            if newer is None:
-                break
-            latest = AuditChainHead.objects.filter(pk=1).first()
-            if latest is None:
-                return report(None, _head_problem(latest))
-            head_problem = head_problem or _head_problem(latest)
-            if (latest.last_event_id or 0) <= upto:
-                return report(newer, f"it comes after the chain head (#{upto}): it was inserted behind the application")
-            head, upto = latest, latest.last_event_id
-            continue
-        for event in batch:
-            if pending and pending[0].event_id < event.id:
-                missing = pending[0]
-                return report(
-                    missing.event_id,
-                    f"it is missing although the checkpoint {missing.source} of {missing.at} covers it (removed)",
-                )
-            if range_start is None:
-                range_start = event.id
-            if event.prev_hash != prev:
-                return report(
-                    event.id,
-                    "its prev_hash does not match the previous event's hash "
-                    "(an event before it was removed or altered)",
-                )
-            if not event.key_id:
-                if event.id > head.legacy_until:
-                    return report(
-                        event.id,
-                        f"it is not keyed although every event after #{head.legacy_until} is: "
-                        "the row was altered and rehashed with the plain SHA-256",
-                    )
-                unkeyed += 1
-            else:
-                key_ids.add(event.key_id)
-            try:
-                expected = event_hash(event)
-            except UnknownAuditKey as exc:
-                return report(
-                    event.id,
-                    f"its hash is keyed with the audit key {exc.key_id!r}, which is not configured, so it cannot "
-                    "be verified (keep retired keys in AUDIT_HMAC_RETIRED_KEYS)",
-                )
-            if not hmac.compare_digest(expected, event.hash):
-                return report(event.id, "its content does not match its hash (the row was altered)")
-            prev = event.hash
-            checked += 1
-            last_id = event.id
-            while pending and pending[0].event_id == event.id:
-                checkpoint = pending.popleft()
-                if checkpoint.hash != event.hash:
-                    return report(
-                        range_start,
-                        f"the trail up to #{event.id} no longer hashes to the value of checkpoint {checkpoint.source} "
-                        f"of {checkpoint.at}: events #{range_start}-#{event.id} were rewritten",
-                    )
-                matched += 1
-                newest = checkpoint
-                range_start = None
-    if pending:
-        furthest = pending[-1]
-        return report(
-            last_id + 1,
-            f"the trail ends at #{last_id} but checkpoint {furthest.source} of {furthest.at} covers events up to "
-            f"#{furthest.event_id}: events #{last_id + 1}-#{furthest.event_id} are missing (removed)",
-        )
-    if head_problem:
-        return report(None, head_problem)
-    if head.unverified_since is not None:
-        return report(
-            head.unverified_since,
-            f"when event #{head.unverified_since} was recorded the chain head did not verify (the head row had "
-            "been altered in the database): the trail before it cannot be trusted",
-        )
-    if not checked and head.last_hash != GENESIS_HASH:
-        return report(
-            head.last_event_id,
-            f"the trail is empty but the chain head holds the hash of event #{head.last_event_id}: "
-            "every event was removed",
-        )
-    if head.last_hash != prev or (head.last_event_id or 0) != last_id:
-        return report(
-            head.last_event_id or last_id,
-            f"the trail ends at #{last_id} but the chain head is at #{head.last_event_id}: "
-            "the newest events were removed",
-        )
-    return report(None, "")
+def _attname(instance: models.Model, name: str) -> str:
+    field = instance._meta.get_field(name)
+    assert isinstance(field, models.Field), f"{name} is not a concrete field"
+    return field.attname
 
 
 def audited_update(
@@ -602,7 +316,7 @@ def audited_update(
         setattr(instance, name, changes[name])
     if clean:
         instance.full_clean()
-    instance.save(update_fields=[instance._meta.get_field(name).attname for name in changed])
+    instance.save(update_fields=[_attname(instance, name) for name in changed])
     after = snapshot(instance, fields)
     audit_record(
         actor=actor,

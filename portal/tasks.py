@@ -1,4 +1,4 @@
-"""Celery tasks of the portal: thin wrappers, the work is in ``portal.webhooks`` and ``portal.audit``.
+"""Celery tasks of the portal: thin wrappers, the work is in ``portal.webhooks`` and ``portal.audit_checkpoints``.
 
 Periodic jobs are scheduled in one place only: ``CELERY_BEAT_SCHEDULE`` in
 ``config/settings.py``.
@@ -9,7 +9,8 @@ from __future__ import annotations
 from celery import shared_task
 from celery.app.task import Task
 
-from portal import audit, webhooks
+from portal import webhooks
+from portal.audit_checkpoints import audit_checkpoint_write
 from portal.outbox import retry_later
 
 
@@ -37,5 +38,5 @@ def audit_checkpoint() -> int | None:
 
     Idempotent: nothing is written when the newest checkpoint already covers the head.
     """
-    checkpoint = audit.audit_checkpoint_write()
+    checkpoint = audit_checkpoint_write()
     return checkpoint.event_id if checkpoint else None

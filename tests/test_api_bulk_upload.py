@@ -21,7 +21,7 @@ from django.db import connection
 from stdnum import luhn
 
 from devices.models import Device
-from portal.audit import audit_verify_chain
+from portal.audit_verify import audit_verify_chain
 from portal.models import AuditEvent
 from tests.factories import DeviceFactory, make_imei
 

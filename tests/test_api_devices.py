@@ -19,7 +19,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from devices.models import Device
-from portal.audit import audit_verify_chain
+from portal.audit_verify import audit_verify_chain
 from portal.models import ApiKey, AuditEvent
 from tests.factories import DeviceFactory, make_imei
 

@@ -20,13 +20,13 @@ from devices.services.registry import device_create, device_update
 from portal import audit_keys
 from portal.audit import (
     AuditEntry,
-    audit_checkpoints_read,
     audit_record,
     audit_record_many,
-    audit_verify_chain,
     event_canonical,
     event_hash,
 )
+from portal.audit_checkpoints import audit_checkpoints_read
+from portal.audit_verify import audit_verify_chain
 from portal.models import AuditChainHead, AuditEvent
 from tests.factories import make_imei
 

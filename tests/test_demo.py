@@ -25,7 +25,7 @@ from demo.management.commands.totp_code import current_code
 from devices.models import Device, normalise_imei
 from payments.models import Contract, Customer, Installment
 from payments.locks.sweep import changed_contract_ids
-from portal.audit import audit_verify_chain
+from portal.audit_verify import audit_verify_chain
 from portal.models import ApiKey, AuditEvent, Organisation, User
 
 pytestmark = pytest.mark.django_db

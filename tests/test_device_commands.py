@@ -28,7 +28,7 @@ from devices import protocol
 from devices.keys import public_keys
 from devices.models import Device, DeviceCommand
 from devices.services.commands import StateChange, device_current_envelope, device_states_apply
-from portal.audit import audit_verify_chain
+from portal.audit_verify import audit_verify_chain
 from portal.models import AuditEvent
 from tests.factories import DeviceFactory
 

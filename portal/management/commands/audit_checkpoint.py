@@ -3,7 +3,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from portal.audit import audit_checkpoint_write
+from portal.audit_checkpoints import audit_checkpoint_write
 
 
 class Command(BaseCommand):

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from portal.audit import CheckpointError, audit_checkpoints_read, audit_verify_chain
+from portal.audit_checkpoints import CheckpointError, audit_checkpoints_read
+from portal.audit_verify import audit_verify_chain
 
 
 class Command(BaseCommand):
