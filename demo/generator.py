@@ -1302,7 +1302,9 @@ def load_people_side(*, users: dict, now=None) -> int:
     from payments.models import Contract
     from portal.uploads import proof_check
     from support.models import Case
-    from support.services import case_assign, case_open, proof_review_submit, unlock_request_create
+    from support.services.cases import case_assign, case_open
+    from support.services.reviews import proof_review_submit
+    from support.services.unlocks import unlock_request_create
 
     now = now or timezone.now()
     technician = users.get("fixit.tech")

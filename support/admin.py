@@ -14,8 +14,7 @@ class CaseEventInline(admin.TabularInline):
     model = CaseEvent
     extra = 0
     can_delete = False
-    fields = ["at", "kind", "actor", "text"]
-    readonly_fields = fields
+    fields = readonly_fields = ("at", "kind", "actor", "text")
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -48,8 +47,7 @@ class ProofFileInline(admin.TabularInline):
     extra = 0
     can_delete = False
     # The file itself is served only through the portal's checked download.
-    fields = ["kind", "content_type", "size", "sha256", "uploaded_by", "uploaded_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("kind", "content_type", "size", "sha256", "uploaded_by", "uploaded_at")
 
     def has_add_permission(self, request, obj=None):
         return False

@@ -21,9 +21,9 @@ Rules:
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import re
 from dataclasses import dataclass, field
+from typing import cast
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -34,11 +34,12 @@ from django.utils import timezone
 
 from devices.delivery import delivery_status
 from devices.models import Device, DeviceCommand, LockState, normalise_imei
+from payments.contracts.selectors import contract_position
+from payments.contracts.services import parse_phone
 from payments.models import Contract, ContractStatus, Payment, PaymentStatus, contract_number_key
-from payments.selectors import contract_position
-from payments.services import parse_phone
 from portal.models import AuditEvent, Organisation
 from portal.permissions import Right, has_right, require, scoped_get, scoped_list, visible_provider_ids
+from support.selectors import open_cases_for_device
 
 #: The console shows an owner's finances: whoever lacks this right gets 403 everywhere here.
 CONSOLE_RIGHT = Right.VIEW_FINANCE
@@ -53,7 +54,7 @@ CONTRACT_LIMIT = 10
 UNMATCHED_LIMIT = 10
 UNMATCHED_DAYS = 90
 
-#: How a payment was matched (payments.services.payment_find_match and friends), as an agent says it.
+#: How a payment was matched (payments.ledger.matching.payment_find_match and friends), as an agent says it.
 MATCH_RULES = {
     "contract_number": "contract number given",
     "reference_exact": "reference = contract number",
@@ -172,8 +173,8 @@ def console_search(actor, raw: str) -> SearchOutcome:
     #    GinIndex(OpClass(Upper("name"), name="gin_trgm_ops")) with the pg_trgm extension.
     if not any(ch.isdigit() for ch in query) and len(query) >= 2:
         outcome.tried.append(f"customer name containing “{query}”")
-        rows = contracts.filter(customer__name__icontains=query).order_by("customer__name", "-id")
-        for contract in rows[: SEARCH_LIMIT + 1]:
+        named = contracts.filter(customer__name__icontains=query).order_by("customer__name", "-id")
+        for contract in named[: SEARCH_LIMIT + 1]:
             found.append(Hit(contract.device, contract, "customer name"))
 
     # One hit per device, the most precise reading first.
@@ -227,7 +228,7 @@ def _commands(device: Device) -> list[DeviceCommand]:
     """The newest commands (one query); their push-by-push log stays on the device record page."""
     commands = list(device.commands.order_by("-seq")[:COMMAND_LIMIT])
     for command in commands:
-        command.status = delivery_status(command)
+        command.status = delivery_status(command)  # type: ignore[attr-defined]  # a display value the page reads
     return commands
 
 
@@ -245,18 +246,6 @@ def _audit_events(device: Device, contracts: list[Contract], payments: list[Paym
         wanted |= Q(object_type=Payment._meta.label, object_id__in=[str(p.pk) for p in payments])
     events = AuditEvent.objects.filter(wanted).order_by("-id")[:AUDIT_LIMIT]
     return [e for e in events if e.organisation_id in (None, device.provider_id)]
-
-
-def _open_cases(device: Device):
-    """Open support cases of the device, when the support app offers them; ``None`` when it does not."""
-    try:
-        selectors = importlib.import_module("support.selectors")
-    except ImportError:
-        return None
-    open_cases_for_device = getattr(selectors, "open_cases_for_device", None)
-    if open_cases_for_device is None:
-        return None
-    return list(open_cases_for_device(device))
 
 
 def _unmatched_from(contract: Contract | None) -> list[Payment]:
@@ -283,7 +272,8 @@ def device(request, pk: int):
     """Everything an agent needs about one device on one page, in a fixed number of queries."""
     user = request.user
     require(user, CONSOLE_RIGHT)
-    device = scoped_get(Device.objects.select_related("provider"), user, CONSOLE_RIGHT, pk=pk)
+    # portal.permissions.scoped_get answers a Model: the queryset's, a Device.
+    device = cast(Device, scoped_get(Device.objects.select_related("provider"), user, CONSOLE_RIGHT, pk=pk))
     provider = device.provider
     today = provider.today()
 
@@ -307,7 +297,8 @@ def device(request, pk: int):
         if p.provider_id == provider.pk
     ]
     for payment in payments:
-        payment.match_label = MATCH_RULES.get(payment.match_rule, payment.match_rule.replace("_", " "))
+        label = MATCH_RULES.get(payment.match_rule, payment.match_rule.replace("_", " "))
+        payment.match_label = label  # type: ignore[attr-defined]  # a display value the page reads
     commands = _commands(device)
     paid_still_locked = bool(
         position is not None
@@ -332,7 +323,7 @@ def device(request, pk: int):
         "command_limit": COMMAND_LIMIT,
         "events": _audit_events(device, contracts, payments),
         "audit_limit": AUDIT_LIMIT,
-        "open_cases": _open_cases(device),
+        "open_cases": open_cases_for_device(device),
         "paid_still_locked": paid_still_locked,
         "can_verify": contract is not None and has_right(user, Right.VERIFY_PAYMENTS),
         "can_open_case": has_right(user, Right.MANAGE_CASES),

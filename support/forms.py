@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
 
 from devices.models import OfflineCodeKind
+from portal.models import User
+from portal.uploads import proof_check
 from support.models import (
     IDENTITY_CHECKS,
     CaseCategory,
@@ -27,8 +32,8 @@ class CaseOpenForm(forms.Form):
         max_length=300, widget=forms.Textarea(attrs={"rows": 3}), help_text="What the caller needs, in a sentence."
     )
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or self.cleaned_data
         if not data.get("imei", "").strip() and not data.get("contract_number", "").strip():
             raise ValidationError("Give the phone's IMEI or the contract number (or both).")
         return data
@@ -38,13 +43,21 @@ class NoteForm(forms.Form):
     text = forms.CharField(label="Note", max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
 
 
-class AssignForm(forms.Form):
-    assignee = forms.ModelChoiceField(queryset=None, required=False, empty_label="Nobody (back to the queue)")
+class StaffChoiceField(forms.ModelChoiceField):
+    """A member of staff, by full name (or user name when there is none)."""
 
-    def __init__(self, *args, staff=None, **kwargs):
+    def label_from_instance(self, obj: User) -> str:
+        return obj.get_full_name() or obj.get_username()
+
+
+class AssignForm(forms.Form):
+    assignee = StaffChoiceField(queryset=None, required=False, empty_label="Nobody (back to the queue)")
+
+    def __init__(self, *args: Any, staff: QuerySet[User] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["assignee"].queryset = staff
-        self.fields["assignee"].label_from_instance = lambda u: u.get_full_name() or u.get_username()
+        field = self.fields["assignee"]
+        assert isinstance(field, StaffChoiceField)
+        field.queryset = staff
 
 
 class IdentityForm(forms.Form):
@@ -75,15 +88,17 @@ class UnlockRequestForm(forms.Form):
     days = forms.IntegerField(label="Days (offline code for N days)", min_value=1, required=False)
     reason = forms.CharField(max_length=300, widget=forms.Textarea(attrs={"rows": 2}))
 
-    def __init__(self, *args, max_hours: int | None = None, **kwargs):
+    def __init__(self, *args: Any, max_hours: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if max_hours:
-            self.fields["hours"].max_value = max_hours
-            self.fields["hours"].help_text = f"1 to {max_hours} (the provider's lock policy)."
-            self.fields["hours"].widget.attrs["max"] = max_hours
+            hours = self.fields["hours"]
+            assert isinstance(hours, forms.IntegerField)
+            hours.max_value = max_hours
+            hours.help_text = f"1 to {max_hours} (the provider's lock policy)."
+            hours.widget.attrs["max"] = max_hours
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or self.cleaned_data
         kind = data.get("kind")
         if kind == UnlockKind.TEMPORARY and not data.get("hours"):
             self.add_error("hours", "How many hours?")
@@ -111,8 +126,6 @@ class MultipleProofField(forms.FileField):
         super().__init__(*args, **kwargs)
 
     def clean(self, data, initial=None):
-        from portal.uploads import proof_check
-
         uploads = [d for d in (data if isinstance(data, list | tuple) else [data]) if d]
         if not uploads:
             if self.required:
@@ -166,8 +179,8 @@ class ReviewDecideForm(forms.Form):
         help_text="Required when rejecting. Never mention amounts.",
     )
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or self.cleaned_data
         temporary = data.get("unlock_kind") == UnlockKind.TEMPORARY
         if data.get("outcome") == ReviewOutcome.LOCKED_IN_ERROR and temporary and not data.get("hours"):
             self.add_error("hours", "How many hours?")

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 
 from devices.models import Device, OfflineCode, OfflineCodeKind
@@ -71,7 +72,7 @@ class Resolution(models.TextChoices):
 # What the agent checks before saying anything about money: the caller states each item
 # and the agent compares it with the record. The record has no date of birth, so the
 # second check is the last four characters of the national ID.
-IDENTITY_CHECKS: dict[str, str] = {
+IDENTITY_CHECKS: dict[str, str | Promise] = {
     "full_name": _("Full name matches the customer on the contract"),
     "national_id_last4": _("Last four characters of the national ID match"),
     "contract_phone": _("Phone number matches the one on the contract"),

@@ -8,14 +8,16 @@ the providers it serves, never another center's, and never amounts or the owner'
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any, cast
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
+from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
-from payments.selectors import contract_payments, contract_position
-from portal.models import OrganisationKind
+from devices.models import Device
+from payments.contracts.selectors import contract_payments, contract_position
+from portal.models import Organisation, OrganisationKind, User
 from portal.permissions import Right, has_right, require, scope, scoped_get
 from support.models import Case, CaseCategory, CaseEvent, CaseStatus, ProofFile, ProofReview, UnlockRequest
 
@@ -23,7 +25,7 @@ from support.models import Case, CaseCategory, CaseEvent, CaseStatus, ProofFile,
 
 
 def case_queue(
-    actor,
+    actor: User,
     *,
     now: dt.datetime | None = None,
     status: str = CaseStatus.OPEN,
@@ -34,7 +36,7 @@ def case_queue(
     """The provider's cases, most urgent first, with ``overdue`` annotated (one query per page)."""
     now = now or timezone.now()
     require(actor, Right.MANAGE_CASES)
-    cases = scope(Case.objects.select_related("device", "contract", "assigned_to", "opened_by"), actor)
+    cases: QuerySet[Case] = scope(Case.objects.select_related("device", "contract", "assigned_to", "opened_by"), actor)
     if status in CaseStatus.values:
         cases = cases.filter(status=status)
     if mine:
@@ -48,21 +50,25 @@ def case_queue(
     return cases.annotate(overdue=overdue).order_by(*order)
 
 
-def case_for(actor, pk: int) -> Case:
+def case_for(actor: User, pk: int) -> Case:
     """One case of the actor's provider: 404 for anyone else's, 403 without the right to work cases."""
-    return scoped_get(
-        Case.objects.select_related(
-            "provider",
-            "device",
-            "contract__customer",
-            "assigned_to",
-            "opened_by",
-            "identity_verified_by",
-            "resolved_by",
+    # portal.permissions.scoped_get answers a Model: the queryset's, a Case.
+    return cast(
+        Case,
+        scoped_get(
+            Case.objects.select_related(
+                "provider",
+                "device",
+                "contract__customer",
+                "assigned_to",
+                "opened_by",
+                "identity_verified_by",
+                "resolved_by",
+            ),
+            actor,
+            Right.MANAGE_CASES,
+            pk=pk,
         ),
-        actor,
-        Right.MANAGE_CASES,
-        pk=pk,
     )
 
 
@@ -70,12 +76,12 @@ def case_timeline(case: Case) -> list[CaseEvent]:
     return list(case.events.select_related("actor").order_by("at", "id"))
 
 
-def case_money(case: Case) -> dict | None:
+def case_money(case: Case) -> dict[str, Any] | None:
     """The contract's position and payments, only once the caller's identity is verified; else ``None``."""
     if not case.identity_verified or case.contract is None:
         return None
     contract = case.contract
-    today = case.provider.today()
+    today = case.provider.today()  # type: ignore[no-untyped-call]  # portal.models.Organisation.today is unannotated
     installments = list(contract.installments.order_by("number"))
     return {
         "contract": contract,
@@ -87,28 +93,28 @@ def case_money(case: Case) -> dict | None:
 # --- proof reviews ----------------------------------------------------------------------------
 
 
-def _is_service_center(actor) -> bool:
+def _is_service_center(actor: User) -> bool:
     return actor.organisation.kind == OrganisationKind.SERVICE_CENTER
 
 
-def _reviews_in_reach(actor) -> QuerySet[ProofReview]:
+def _reviews_in_reach(actor: User) -> QuerySet[ProofReview]:
     """Reviews the actor could see at all: the provider's, or (a service center) its own for served providers."""
-    reviews = scope(ProofReview.objects.all(), actor)
+    reviews: QuerySet[ProofReview] = scope(ProofReview.objects.all(), actor)
     if _is_service_center(actor):
         reviews = reviews.filter(service_center_id=actor.organisation_id)
     return reviews
 
 
-def can_review(actor) -> bool:
+def can_review(actor: User) -> bool:
     return has_right(actor, Right.APPROVE_UNLOCK) and not _is_service_center(actor)
 
 
-def _require_review_right(actor) -> None:
+def _require_review_right(actor: User) -> None:
     if not (can_review(actor) or has_right(actor, Right.UPLOAD_PROOF)):
         raise PermissionDenied("Your role does not allow this (upload_proof or approve_unlock).")
 
 
-def reviews_for(actor, *, status: str = "") -> QuerySet[ProofReview]:
+def reviews_for(actor: User, *, status: str = "") -> QuerySet[ProofReview]:
     """The review list: pending first, newest first; 403 for anyone who neither uploads nor reviews."""
     _require_review_right(actor)
     reviews = _reviews_in_reach(actor).select_related("device", "service_center", "submitted_by", "decided_by")
@@ -117,7 +123,7 @@ def reviews_for(actor, *, status: str = "") -> QuerySet[ProofReview]:
     return reviews.order_by("-status", "-submitted_at", "-id")
 
 
-def review_for(actor, pk: int) -> ProofReview:
+def review_for(actor: User, pk: int) -> ProofReview:
     """One review: 404 outside the actor's reach (another provider, another service center), then 403."""
     review = (
         _reviews_in_reach(actor)
@@ -131,7 +137,7 @@ def review_for(actor, pk: int) -> ProofReview:
     return review
 
 
-def review_file_for(actor, pk: int) -> ProofFile:
+def review_file_for(actor: User, pk: int) -> ProofFile:
     """A stored proof file, for whoever may see its review."""
     file = ProofFile.objects.filter(pk=pk, review__in=_reviews_in_reach(actor)).select_related("review").first()
     if file is None:
@@ -143,19 +149,19 @@ def review_file_for(actor, pk: int) -> ProofFile:
 # --- unlock requests --------------------------------------------------------------------------
 
 
-def _unlocks_in_reach(actor) -> QuerySet[UnlockRequest]:
-    requests = scope(UnlockRequest.objects.all(), actor)
+def _unlocks_in_reach(actor: User) -> QuerySet[UnlockRequest]:
+    requests: QuerySet[UnlockRequest] = scope(UnlockRequest.objects.all(), actor)
     if _is_service_center(actor):
         requests = requests.filter(requester_organisation_id=actor.organisation_id)
     return requests
 
 
-def _require_unlock_right(actor) -> None:
+def _require_unlock_right(actor: User) -> None:
     if not (has_right(actor, Right.REQUEST_UNLOCK) or has_right(actor, Right.APPROVE_UNLOCK)):
         raise PermissionDenied("Your role does not allow this (request_unlock or approve_unlock).")
 
 
-def unlock_requests_for(actor, *, status: str = "") -> QuerySet[UnlockRequest]:
+def unlock_requests_for(actor: User, *, status: str = "") -> QuerySet[UnlockRequest]:
     """Requests the actor may follow (approvers: the provider's; technicians: their center's), newest first."""
     _require_unlock_right(actor)
     requests = _unlocks_in_reach(actor).select_related("device", "requested_by", "decided_by")
@@ -164,7 +170,7 @@ def unlock_requests_for(actor, *, status: str = "") -> QuerySet[UnlockRequest]:
     return requests.order_by("-requested_at", "-id")
 
 
-def unlock_request_for(actor, pk: int) -> UnlockRequest:
+def unlock_request_for(actor: User, pk: int) -> UnlockRequest:
     request = (
         _unlocks_in_reach(actor)
         .select_related("provider", "device", "contract", "case", "requested_by", "decided_by")
@@ -177,14 +183,12 @@ def unlock_request_for(actor, pk: int) -> UnlockRequest:
     return request
 
 
-def case_sla_summary(provider) -> dict[str, int]:
+def case_sla_summary(provider: Organisation) -> dict[str, int]:
     """Cases against their SLA for the provider's dashboard, in one aggregate query.
 
     Open now, of which overdue and due within the hour; over the last 30 days, resolved
     within and after their SLA.
     """
-    from django.db.models import Count, F
-
     now = timezone.now()
     month_ago = now - dt.timedelta(days=30)
     is_open = Q(status=CaseStatus.OPEN)
@@ -200,7 +204,7 @@ def case_sla_summary(provider) -> dict[str, int]:
     )
 
 
-def open_cases_for_device(device) -> list[Case]:
+def open_cases_for_device(device: Device) -> list[Case]:
     """The device's open cases, newest first (the agent console lists them)."""
     cases = Case.objects.filter(device=device, status=CaseStatus.OPEN).select_related("assigned_to")
     return list(cases.order_by("-opened_at")[:20])

@@ -6,6 +6,8 @@ reads through ``support.selectors``, every write through ``support.services``.
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -17,11 +19,13 @@ from django.views.decorators.http import require_POST
 from devices.models import Device
 from devices.selectors import devices_by_imei
 from payments.models import Contract, contract_number_key
+from portal.forms import form_errors_from
 from portal.four_eyes import four_eyes_refusal
 from portal.http import client_ip
+from portal.models import Organisation
 from portal.permissions import Right, has_right, require, scope, scoped_get
 from portal.uploads import private_file_response
-from support import selectors, services
+from support import selectors
 from support.forms import (
     AssignForm,
     CaseOpenForm,
@@ -42,21 +46,31 @@ from support.models import (
     UnlockKind,
     UnlockStatus,
 )
+from support.services.cases import (
+    assignable_staff,
+    case_open,
+    case_verify_identity,
+)
+from support.services.cases import (
+    case_assign as case_assign_service,
+)
+from support.services.cases import (
+    case_note as case_note_service,
+)
+from support.services.cases import (
+    case_resolve as case_resolve_service,
+)
+from support.services.common import device_latest_contract
+from support.services.reviews import proof_review_decide, proof_review_submit
+from support.services.unlocks import (
+    UnlockAlreadyDecided,
+    max_temp_unlock_hours,
+    unlock_request_approve,
+    unlock_request_create,
+    unlock_request_reject,
+)
 
 PAGE_SIZE = 50
-
-
-def _ip(request) -> str | None:
-    return client_ip(request)
-
-
-def _form_errors(form, exc: ValidationError) -> None:
-    """Put a service's ValidationError on the form: per field where the form has it, else on top."""
-    if hasattr(exc, "error_dict"):
-        for name, errors in exc.message_dict.items():
-            form.add_error(name if name in form.fields else None, errors)
-    else:
-        form.add_error(None, exc.messages)
 
 
 def _find_device(user, raw_imei: str) -> Device | None:
@@ -71,7 +85,10 @@ def _find_device(user, raw_imei: str) -> Device | None:
 def _device_from_query(request, right: Right) -> Device | None:
     device_id = request.GET.get("device", "")
     if device_id.isdigit():
-        return scoped_get(Device.objects.select_related("provider"), request.user, right, pk=int(device_id))
+        # portal.permissions.scoped_get answers a Model: the queryset's, a Device.
+        return cast(
+            Device, scoped_get(Device.objects.select_related("provider"), request.user, right, pk=int(device_id))
+        )
     return None
 
 
@@ -105,6 +122,27 @@ def case_list(request):
     )
 
 
+def _contract_by_number(form: CaseOpenForm, provider: Organisation, typed: str) -> Contract | None:
+    """The provider's contract with the number as typed; else ``None``, with the reason on the form."""
+    mine = Contract.objects.filter(provider=provider).select_related("device")
+    # The exact number first; the forgiving form ("dlg 131") only when it names one
+    # contract: DLG-01 and DLG-1 normalise alike, and a case on the wrong contract
+    # would show (and unlock) another customer's phone.
+    contract = mine.filter(number__iexact=typed).first()
+    if contract is None:
+        candidates = list(mine.filter(number_key=contract_number_key(typed))[:2])
+        if len(candidates) == 1:
+            contract = candidates[0]
+        elif candidates:
+            form.add_error(
+                "contract_number",
+                "Several contracts match this number as typed; enter it exactly as printed on the contract.",
+            )
+    if contract is None and "contract_number" not in form.errors:
+        form.add_error("contract_number", "No contract of yours has this number.")
+    return contract
+
+
 @login_required
 def case_new(request):
     """Open a case from a call; ``?device=<id>`` or ``?contract=<id>`` prefill the phone or contract."""
@@ -116,39 +154,26 @@ def case_new(request):
         initial["imei"] = prefilled_device.imei
     contract_id = request.GET.get("contract", "")
     if contract_id.isdigit():
-        contract = scoped_get(Contract.objects.all(), request.user, Right.MANAGE_CASES, pk=int(contract_id))
-        initial["contract_number"] = contract.number
+        prefilled = cast(
+            Contract, scoped_get(Contract.objects.all(), request.user, Right.MANAGE_CASES, pk=int(contract_id))
+        )
+        initial["contract_number"] = prefilled.number
     if "category" in request.GET and request.GET["category"] in CaseCategory.values:
         initial["category"] = request.GET["category"]
     form = CaseOpenForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        device = contract = None
+        device: Device | None = None
+        contract: Contract | None = None
         if data["imei"].strip():
             device = _find_device(request.user, data["imei"])
             if device is None or device.provider_id != provider.pk:
                 form.add_error("imei", "No phone of yours has this IMEI. Check the digits with the caller.")
         if data["contract_number"].strip():
-            typed = data["contract_number"].strip()
-            mine = Contract.objects.filter(provider=provider).select_related("device")
-            # The exact number first; the forgiving form ("dlg 131") only when it names one
-            # contract: DLG-01 and DLG-1 normalise alike, and a case on the wrong contract
-            # would show (and unlock) another customer's phone.
-            contract = mine.filter(number__iexact=typed).first()
-            if contract is None:
-                candidates = list(mine.filter(number_key=contract_number_key(typed))[:2])
-                if len(candidates) == 1:
-                    contract = candidates[0]
-                elif candidates:
-                    form.add_error(
-                        "contract_number",
-                        "Several contracts match this number as typed; enter it exactly as printed on the contract.",
-                    )
-            if contract is None and "contract_number" not in form.errors:
-                form.add_error("contract_number", "No contract of yours has this number.")
+            contract = _contract_by_number(form, provider, data["contract_number"].strip())
         if not form.errors:
             try:
-                case = services.case_open(
+                case = case_open(
                     provider=provider,
                     category=data["category"],
                     channel=data["channel"],
@@ -156,10 +181,10 @@ def case_new(request):
                     device=device,
                     contract=contract,
                     opened_by=request.user,
-                    ip_address=_ip(request),
+                    ip_address=client_ip(request),
                 )
             except ValidationError as exc:
-                _form_errors(form, exc)
+                form_errors_from(form, exc)
             else:
                 messages.success(request, f"Case #{case.pk} opened; due by the SLA time shown below.")
                 return redirect("support:case", pk=case.pk)
@@ -183,7 +208,7 @@ def _case_context(request, case, **forms) -> dict:
         "reference": case.contract.customer if case.contract_id else None,
         "note_form": forms.get("note_form") or NoteForm(),
         "assign_form": forms.get("assign_form")
-        or AssignForm(staff=services.assignable_staff(case.provider), initial={"assignee": case.assigned_to_id}),
+        or AssignForm(staff=assignable_staff(case.provider), initial={"assignee": case.assigned_to_id}),
         "identity_form": forms.get("identity_form") or IdentityForm(),
         "resolve_form": forms.get("resolve_form") or ResolveForm(),
         "unlock_requests": list(case.unlock_requests.select_related("requested_by").order_by("-requested_at")),
@@ -204,9 +229,11 @@ def case_note(request, pk: int):
     form = NoteForm(request.POST)
     if form.is_valid():
         try:
-            services.case_note(case=case, actor=request.user, text=form.cleaned_data["text"], ip_address=_ip(request))
+            case_note_service(
+                case=case, actor=request.user, text=form.cleaned_data["text"], ip_address=client_ip(request)
+            )
         except ValidationError as exc:
-            _form_errors(form, exc)
+            form_errors_from(form, exc)
         else:
             return redirect("support:case", pk=case.pk)
     return render(request, "support/case_detail.html", _case_context(request, case, note_form=form), status=400)
@@ -216,18 +243,18 @@ def case_note(request, pk: int):
 @require_POST
 def case_assign(request, pk: int):
     case = selectors.case_for(request.user, pk)
-    staff = services.assignable_staff(case.provider)
+    staff = assignable_staff(case.provider)
     data = request.POST.copy()
     if data.get("take") == "1":
         data["assignee"] = str(request.user.pk)
     form = AssignForm(data, staff=staff)
     if form.is_valid():
         try:
-            services.case_assign(
-                case=case, assignee=form.cleaned_data["assignee"], actor=request.user, ip_address=_ip(request)
+            case_assign_service(
+                case=case, assignee=form.cleaned_data["assignee"], actor=request.user, ip_address=client_ip(request)
             )
         except ValidationError as exc:
-            _form_errors(form, exc)
+            form_errors_from(form, exc)
         else:
             return redirect("support:case", pk=case.pk)
     return render(request, "support/case_detail.html", _case_context(request, case, assign_form=form), status=400)
@@ -240,11 +267,11 @@ def case_verify(request, pk: int):
     form = IdentityForm(request.POST)
     if form.is_valid():
         try:
-            verified = services.case_verify_identity(
-                case=case, actor=request.user, checks=form.cleaned_data["checks"], ip_address=_ip(request)
+            verified = case_verify_identity(
+                case=case, actor=request.user, checks=form.cleaned_data["checks"], ip_address=client_ip(request)
             )
         except ValidationError as exc:
-            _form_errors(form, exc)
+            form_errors_from(form, exc)
         else:
             if verified:
                 messages.success(request, "Caller verified: the contract's money is shown below.")
@@ -264,12 +291,12 @@ def case_resolve(request, pk: int):
     form = ResolveForm(request.POST)
     if form.is_valid():
         try:
-            services.case_resolve(
+            case_resolve_service(
                 case=case,
                 actor=request.user,
                 resolution=form.cleaned_data["resolution"],
                 note=form.cleaned_data["note"],
-                ip_address=_ip(request),
+                ip_address=client_ip(request),
             )
         except ValidationError as exc:
             messages.info(request, " ".join(exc.messages))
@@ -314,7 +341,7 @@ def unlock_new(request):
     if case_id.isdigit() and has_right(request.user, Right.MANAGE_CASES):
         case = selectors.case_for(request.user, int(case_id))
         device = case.device or device  # a case's unlock is for the case's phone, whatever ?device= says
-    max_hours = services.max_temp_unlock_hours(device.provider) if device else None
+    max_hours = max_temp_unlock_hours(device.provider) if device else None
     initial = {"imei": device.imei if device else ""}
     if request.GET.get("kind") in UnlockKind.values:  # a link for one kind ("Ask for a new offline-code key")
         initial["kind"] = request.GET["kind"]
@@ -327,7 +354,7 @@ def unlock_new(request):
                 form.add_error("imei", "No phone you can see has this IMEI. Check the digits (dial *#06#).")
         if device is not None and not form.errors:
             try:
-                unlock = services.unlock_request_create(
+                unlock = unlock_request_create(
                     device=device,
                     kind=data["kind"],
                     requested_by=request.user,
@@ -336,10 +363,10 @@ def unlock_new(request):
                     offline_kind=data.get("offline_kind") or "",
                     days=data.get("days"),
                     case=case,
-                    ip_address=_ip(request),
+                    ip_address=client_ip(request),
                 )
             except ValidationError as exc:
-                _form_errors(form, exc)
+                form_errors_from(form, exc)
             else:
                 messages.success(request, f"Request #{unlock.pk} sent: another person of the provider must approve it.")
                 return redirect("support:unlock", pk=unlock.pk)
@@ -383,14 +410,14 @@ def _decide_unlock(request, pk: int, approve: bool):
     note = form.cleaned_data.get("note", "")
     try:
         if approve:
-            result = services.unlock_request_approve(
-                unlock_request=unlock, approver=request.user, note=note, ip_address=_ip(request)
+            result = unlock_request_approve(
+                unlock_request=unlock, approver=request.user, note=note, ip_address=client_ip(request)
             )
         else:
-            services.unlock_request_reject(
-                unlock_request=unlock, approver=request.user, note=note, ip_address=_ip(request)
+            unlock_request_reject(
+                unlock_request=unlock, approver=request.user, note=note, ip_address=client_ip(request)
             )
-    except services.UnlockAlreadyDecided as exc:
+    except UnlockAlreadyDecided as exc:
         messages.info(request, " ".join(exc.messages))
         return redirect("support:unlock", pk=unlock.pk)
     except PermissionDenied as exc:
@@ -398,7 +425,7 @@ def _decide_unlock(request, pk: int, approve: bool):
         form.add_error(None, str(exc))
         return render(request, "support/unlock_detail.html", _unlock_context(request, unlock, form=form), status=403)
     except ValidationError as exc:
-        _form_errors(form, exc)
+        form_errors_from(form, exc)
         return render(request, "support/unlock_detail.html", _unlock_context(request, unlock, form=form), status=400)
     if approve and result.offline_token:
         # Shown in this response only: never stored in the session, never rendered again.
@@ -461,16 +488,16 @@ def review_new(request):
                 form.add_error("imei", "No phone of the providers you serve has this IMEI. Check the digits (*#06#).")
         if device is not None and not form.errors:
             try:
-                review = services.proof_review_submit(
+                review = proof_review_submit(
                     device=device,
                     submitted_by=request.user,
                     receipts=data["receipts"],
                     id_documents=data["id_documents"],
                     note=data["note"],
-                    ip_address=_ip(request),
+                    ip_address=client_ip(request),
                 )
             except ValidationError as exc:
-                _form_errors(form, exc)
+                form_errors_from(form, exc)
             else:
                 messages.success(request, f"Sent for review to {device.provider.name}. You will see the outcome here.")
                 return redirect("support:review", pk=review.pk)
@@ -484,7 +511,7 @@ def _review_context(request, review, form=None) -> dict:
     # Granting an unlock approves the technician's request: four eyes applies (rejecting does not).
     refusal = four_eyes_refusal(requester=review.submitted_by, approver=request.user) if can_decide else None
     show_finance = has_right(request.user, Right.VIEW_FINANCE)
-    contract = services.device_latest_contract(review.device) if show_finance else None
+    contract = device_latest_contract(review.device) if show_finance else None
     return {
         "review": review,
         "org": review.provider,
@@ -495,7 +522,7 @@ def _review_context(request, review, form=None) -> dict:
         "customer": contract.customer if contract else None,
         "can_decide": can_decide,
         "four_eyes_refusal": refusal,
-        "max_hours": services.max_temp_unlock_hours(review.provider) if can_decide else None,
+        "max_hours": max_temp_unlock_hours(review.provider) if can_decide else None,
         "form": form or (ReviewDecideForm() if can_decide else None),
     }
 
@@ -516,7 +543,7 @@ def review_decide(request, pk: int):
     if form.is_valid():
         data = form.cleaned_data
         try:
-            services.proof_review_decide(
+            proof_review_decide(
                 review=review,
                 reviewer=request.user,
                 outcome=data["outcome"],
@@ -524,7 +551,7 @@ def review_decide(request, pk: int):
                 explanation=data["explanation"],
                 unlock_kind=data.get("unlock_kind") or "temporary",
                 hours=data.get("hours"),
-                ip_address=_ip(request),
+                ip_address=client_ip(request),
             )
         except PermissionDenied as exc:
             # Four eyes refused the unlock this decision would grant: nothing changed.
@@ -533,7 +560,7 @@ def review_decide(request, pk: int):
                 request, "support/review_detail.html", _review_context(request, review, form=form), status=403
             )
         except ValidationError as exc:
-            _form_errors(form, exc)
+            form_errors_from(form, exc)
         else:
             messages.success(request, f"Review #{review.pk} decided.")
             return redirect("support:review", pk=review.pk)

@@ -624,14 +624,16 @@ def one_of_each(provider, *, admin, agent, technician) -> dict[str, int]:
 
     from devices.models import DeviceCommand
     from devices.services.commands import StateChange, device_states_apply
-    from payments.statements.imports import statement_import_create
-    from payments.models import CsvColumnMapping, PaymentChannel
     from payments.ledger.services import payment_ingest
     from payments.ledger.verify import proof_save
+    from payments.models import CsvColumnMapping, PaymentChannel
+    from payments.statements.imports import statement_import_create
     from portal.services import api_key_create, staff_create
     from portal.uploads import proof_check
     from portal.webhooks import webhook_create, webhook_event_emit
-    from support.services import case_open, proof_review_submit, unlock_request_create
+    from support.services.cases import case_open
+    from support.services.reviews import proof_review_submit
+    from support.services.unlocks import unlock_request_create
     from tests.factories import make_contract
     from tests.test_browser_stories import png_receipt
 

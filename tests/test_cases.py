@@ -26,7 +26,7 @@ from django.utils import timezone
 from payments.ledger.services import payment_ingest
 from portal.models import AuditEvent
 from support.models import SLA_HOURS, Case, CaseEvent
-from support.services import case_assign, case_open, case_resolve, case_verify_identity
+from support.services.cases import case_assign, case_open, case_resolve, case_verify_identity
 from tests.factories import DeviceFactory, make_contract
 
 ALL_CHECKS = ["full_name", "national_id_last4", "contract_phone"]

@@ -47,7 +47,7 @@ from devices.services.offline import offline_code_issue
 from devices.services.tokens import enrollment_token_create
 from portal.models import AuditEvent
 from portal.services import staff_create
-from support.services import unlock_request_approve, unlock_request_create
+from support.services.unlocks import unlock_request_approve, unlock_request_create
 from tests.factories import DeviceFactory, UserFactory, device_key_b64, enrolment_body, make_imei
 
 ENROLL = "/api/device/v1/enroll"

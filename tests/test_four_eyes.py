@@ -227,7 +227,7 @@ def test_an_offline_code_through_an_unlock_request_is_refused_and_the_request_st
     org, admin_a, enrolled_phone
 ):
     from devices.models import OfflineCode
-    from support.services import unlock_request_approve, unlock_request_create
+    from support.services.unlocks import unlock_request_approve, unlock_request_create
 
     agent = create(org, admin_a, "a.puppet")
     request = unlock_request_create(
@@ -247,7 +247,7 @@ def test_approval_events_name_the_requester_by_id(org, admin_a, agent_a, enrolle
     """The auditor's same-browser list finds the requester of every approval by id."""
     from portal.models import AuditEvent
     from portal.selectors import APPROVAL_ACTIONS, APPROVAL_REQUESTER_KEY
-    from support.services import unlock_request_approve, unlock_request_create
+    from support.services.unlocks import unlock_request_approve, unlock_request_create
 
     request = unlock_request_create(
         device=enrolled_phone,
@@ -278,7 +278,7 @@ def overdue(provider_a):
 def test_the_unlock_page_shows_the_refusal_instead_of_the_approve_button(org, admin_a, overdue, as_user):
     from django.urls import reverse
 
-    from support.services import unlock_request_create
+    from support.services.unlocks import unlock_request_create
 
     agent = create(org, admin_a, "a.puppet")
     request = unlock_request_create(device=overdue.device, kind="release", requested_by=agent, reason="Paid in cash")
@@ -292,7 +292,7 @@ def test_the_unlock_page_shows_the_refusal_instead_of_the_approve_button(org, ad
 def test_an_approver_set_up_independently_sees_the_approve_button(org, admin_a, agent_a, overdue, as_user):
     from django.urls import reverse
 
-    from support.services import unlock_request_create
+    from support.services.unlocks import unlock_request_create
 
     request = unlock_request_create(device=overdue.device, kind="release", requested_by=agent_a, reason="Paid")
     page = as_user(admin_a).get(reverse("support:unlock", args=[request.pk])).content.decode()
@@ -306,7 +306,7 @@ def test_approving_anyway_shows_the_reason_and_changes_nothing(org, admin_a, ove
     from payments.models import Contract
     from portal.models import AuditEvent
     from support.models import UnlockRequest
-    from support.services import unlock_request_create
+    from support.services.unlocks import unlock_request_create
 
     agent = create(org, admin_a, "a.puppet")
     request = unlock_request_create(device=overdue.device, kind="release", requested_by=agent, reason="Paid in cash")

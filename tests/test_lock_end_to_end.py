@@ -25,9 +25,9 @@ from devices.protocol import topic_for
 from devices.services.enrolment import device_reenrollment_code_issue
 from devices.services.offline import offline_code_issue
 from devices.services.tokens import enrollment_token_create
-from payments.models import PaymentChannel
 from payments.locks.services import lock_sweep
-from support.services import unlock_request_approve, unlock_request_create
+from payments.models import PaymentChannel
+from support.services.unlocks import unlock_request_approve, unlock_request_create
 from tests.conftest import signed_in
 from tests.factories import UserFactory, make_contract
 

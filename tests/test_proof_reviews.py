@@ -28,7 +28,7 @@ from django.urls import reverse
 from devices.models import DeviceCommand
 from portal.models import AuditEvent
 from support.models import ProofFile, ProofReview, UnlockRequest
-from support.services import proof_review_decide
+from support.services.reviews import proof_review_decide
 from tests import factories
 from tests.factories import DeviceFactory, make_contract
 

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from portal.browsers import BROWSER_COOKIE, browser_digest
 from portal.models import AuditEvent
-from support.services import unlock_request_approve, unlock_request_create
+from support.services.unlocks import unlock_request_approve, unlock_request_create
 from tests.factories import UserFactory, enrol_device, make_contract
 
 PASSWORD = "correct-horse-battery"

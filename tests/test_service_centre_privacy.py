@@ -19,12 +19,12 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from payments.models import Customer
 from payments.ledger.services import payment_ingest
+from payments.models import Customer
 from portal.audit import audit_record
 from portal.models import ROLES_BY_KIND, OrganisationKind
 from portal.permissions import MONEY_AND_IDENTITY_RIGHTS, ROLE_RIGHTS, Right, has_right, rights_of
-from support.services import unlock_request_create
+from support.services.unlocks import unlock_request_create
 from tests.factories import UserFactory, make_contract
 
 NATIONAL_ID = "199012345678"

@@ -26,11 +26,11 @@ from devices.keys import public_keys
 from devices.models import Device, DeviceCommand
 from devices.protocol import verify
 from devices.services.tokens import enrollment_token_create
-from payments.models import Contract, LockOverride
 from payments.locks.services import lock_policy_update, lock_sweep
+from payments.models import Contract, LockOverride
 from portal.models import AuditEvent
 from support.models import UnlockRequest
-from support.services import (
+from support.services.unlocks import (
     UnlockAlreadyDecided,
     unlock_request_approve,
     unlock_request_create,
@@ -373,7 +373,8 @@ def test_the_list_runs_the_same_queries_for_3_or_10_requests(
 
 
 def test_an_unlock_cannot_borrow_the_justification_of_a_case_about_another_phone(provider_a, agent_a):
-    from support.services import case_open, unlock_request_create
+    from support.services.cases import case_open
+    from support.services.unlocks import unlock_request_create
 
     first, second = make_contract(provider_a), make_contract(provider_a)
     case = case_open(provider=provider_a, category="dispute", opened_by=agent_a, summary="Wrong amount", contract=first)
