@@ -138,7 +138,7 @@ def test_every_limiter_still_limits_in_this_processs_memory_while_redis_is_down(
     assert answers == [400, 400, 400, 429]
 
     # The owners' self-service page, per client address.
-    from payments.views_selfservice import RATE_LIMIT_TRIES
+    from selfservice.ratelimit import RATE_LIMIT_TRIES
 
     owner = Client(REMOTE_ADDR="198.51.100.20")
     tries = [

@@ -17,10 +17,10 @@ from django.conf import settings as django_settings
 from django.test import Client, RequestFactory
 from rest_framework.test import APIClient
 
-from payments.views_selfservice import RATE_LIMIT_TRIES
 from portal.env import ImproperEnvironment
 from portal.http import client_ip  # the one helper (portal.http), under its original import
 from portal.models import AuditEvent
+from selfservice.ratelimit import RATE_LIMIT_TRIES
 
 PROXY = "10.0.0.5"
 ENROLL = "/api/device/v1/enroll"

@@ -21,7 +21,7 @@ from devices.models import Device
 from payments.locks.screen import DEFAULT_TEXTS
 from payments.models import Contract, Installment, PaymentChannel
 from payments.money import format_money
-from payments.views_selfservice import RATE_LIMIT_TRIES
+from selfservice.ratelimit import RATE_LIMIT_TRIES
 from tests.factories import CustomerFactory, DeviceFactory, local_mobile, make_contract, make_imei
 
 URL = "/my-phone/"

@@ -2,9 +2,9 @@
 
 from django.urls import path
 
-from payments import views_selfservice
+from selfservice import views
 
 app_name = "selfservice"
 urlpatterns = [
-    path("", views_selfservice.phone_status, name="status"),
+    path("", views.phone_status, name="status"),
 ]
