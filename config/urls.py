@@ -27,8 +27,8 @@ urlpatterns = [
     # and the owners' public self-service page.
     path("console/", include("support.urls_console")),
     path("support/", include("support.urls")),
-    path("dashboard/", include("payments.urls_dashboard")),
-    path("my-phone/", include("payments.urls_selfservice")),
+    path("dashboard/", include("dashboard.urls")),
+    path("my-phone/", include("selfservice.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -12,7 +12,6 @@ def register() -> None:
     register_nav(NavItem(32, "payments:payments", "Payments", Right.VIEW_FINANCE))
     register_nav(NavItem(35, "locks:paid_still_locked", "Paid, still locked", Right.VIEW_FINANCE))
     register_nav(NavItem(36, "payments:statements", "Statements", Right.IMPORT_STATEMENTS))
-    register_nav(NavItem(38, "dashboard:home", "Dashboard", Right.VIEW_FINANCE))
     register_nav(NavItem(83, "locks:screen", "Lock screen", Right.MANAGE_SETTINGS))
     register_nav(NavItem(84, "locks:policy", "Lock policy", Right.MANAGE_SETTINGS))
     register_nav(NavItem(85, "locks:channels", "Payment channels", Right.MANAGE_SETTINGS))

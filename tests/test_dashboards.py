@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import sys
-import types
 import xml.etree.ElementTree as ET
 from decimal import Decimal
 from html.parser import HTMLParser
@@ -16,10 +14,13 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from dashboard import charts
+from dashboard import selectors as dashboards
 from devices.models import Device
-from payments import charts, dashboards
+from payments.ledger.services import payment_ingest
+from payments.locks.services import lock_sweep
 from payments.models import Contract, LockPolicy
-from payments.services import lock_sweep, payment_ingest
+from support.services.cases import case_assign, case_open, case_resolve
 from tests.factories import DeviceFactory, make_command, make_contract
 
 URL = "/dashboard/"
@@ -297,30 +298,91 @@ def test_bucket_edges_include_their_lower_bound(provider_a):
 # --- 5. cases against SLA -----------------------------------------------------------------------
 
 
-def test_cases_not_available_without_the_support_selector(as_user, finance_a, monkeypatch):
-    monkeypatch.setitem(sys.modules, "support.selectors", types.ModuleType("support.selectors"))  # no function
+def _case(provider, agent, category: str, *, opened_ago: dt.timedelta, resolved_after: dt.timedelta | None = None):
+    """A case opened ``opened_ago`` before now through the support services, resolved ``resolved_after`` it opened."""
+    opened_at = timezone.now() - opened_ago
+    case = case_open(
+        provider=provider,
+        device=DeviceFactory(provider=provider),
+        category=category,
+        opened_by=agent,
+        summary="Paid yesterday, phone still locked",
+        now=opened_at,
+    )
+    if resolved_after is not None:
+        case_resolve(
+            case=case, actor=agent, resolution="resolved_unlocked", note="Unlocked.", now=opened_at + resolved_after
+        )
+    return case
+
+
+def _sla_cases(provider, agent) -> None:
+    """Open: one overdue, one due within the hour, one due in days; resolved in 30 days: two in time, one late."""
+    hour = dt.timedelta(hours=1)
+    _case(provider, agent, "paid_but_locked", opened_ago=5 * hour)  # 4 h SLA: due an hour ago
+    _case(provider, agent, "paid_but_locked", opened_ago=3.5 * hour)  # due in 30 minutes
+    later = _case(provider, agent, "dispute", opened_ago=hour)  # 72 h SLA: due in 71 hours
+    case_assign(case=later, assignee=agent, actor=agent)  # assigned or not, it is open
+    _case(provider, agent, "locked_in_error", opened_ago=48 * hour, resolved_after=3 * hour)  # 8 h SLA: in time
+    _case(provider, agent, "paid_but_locked", opened_ago=72 * hour, resolved_after=4 * hour)  # at its due time
+    _case(provider, agent, "paid_but_locked", opened_ago=96 * hour, resolved_after=6 * hour)  # 2 h late
+    _case(provider, agent, "paid_but_locked", opened_ago=40 * 24 * hour, resolved_after=6 * hour)  # late, too old
+
+
+def test_cases_against_sla_count_the_providers_real_cases(as_user, finance_a, agent_a, agent_b, provider_a, provider_b):
+    _sla_cases(provider_a, agent_a)
+    hour = dt.timedelta(hours=1)
+    _case(provider_b, agent_b, "paid_but_locked", opened_ago=5 * hour)  # another provider's: never counted for A
+    _case(provider_b, agent_b, "paid_but_locked", opened_ago=3.5 * hour)
+    _case(provider_b, agent_b, "paid_but_locked", opened_ago=24 * hour, resolved_after=7 * hour)
+
     response = page(as_user, finance_a)
-    assert "Cases: not available yet" in response.content.decode()
-    assert response.context["sla_available"] is False
 
-
-def test_cases_shown_when_support_offers_a_summary(as_user, finance_a, provider_a, monkeypatch):
-    seen = []
-    module = types.ModuleType("support.selectors")
-
-    def case_sla_summary(provider):
-        seen.append(provider)
-        return {"open": 4, "due_within_an_hour": 1, "breached": 2}
-
-    module.case_sla_summary = case_sla_summary
-    monkeypatch.setitem(sys.modules, "support.selectors", module)
-
-    response = page(as_user, finance_a)
-
-    assert seen == [provider_a]
     rows = tables(response)["table-cases"]
-    assert list(rows.values()) == [["Open", "4"], ["Due within an hour", "1"], ["Breached", "2"]]
-    assert "not available yet" not in response.content.decode()
+    assert list(rows.values()) == [
+        ["Open", "3"],
+        ["Overdue", "1"],
+        ["Due within an hour", "1"],
+        ["Resolved in time 30 days", "2"],
+        ["Resolved late 30 days", "1"],
+    ]
+    svg = ET.fromstring(response.context["chart_sla"])
+    assert svg.get("aria-label").startswith(
+        "Cases against SLA. Bar chart. Open: 3; Overdue: 1; Due within an hour: 1; "
+        "Resolved in time 30 days: 2; Resolved late 30 days: 1"
+    )
+
+    rows = tables(page(as_user, agent_b))["table-cases"]
+    assert list(rows.values()) == [
+        ["Open", "2"],
+        ["Overdue", "1"],
+        ["Due within an hour", "1"],
+        ["Resolved in time 30 days", "0"],
+        ["Resolved late 30 days", "1"],
+    ]
+
+
+def test_cases_against_sla_are_zero_without_cases_of_ones_own(as_user, finance_a, agent_b, provider_a, provider_b):
+    _sla_cases(provider_b, agent_b)  # all another provider's
+
+    response = page(as_user, finance_a)
+
+    rows = tables(response)["table-cases"]
+    assert list(rows.values()) == [
+        ["Open", "0"],
+        ["Overdue", "0"],
+        ["Due within an hour", "0"],
+        ["Resolved in time 30 days", "0"],
+        ["Resolved late 30 days", "0"],
+    ]
+    assert response.context["sla_rows"] == [
+        ("Open", 0),
+        ("Overdue", 0),
+        ("Due within an hour", 0),
+        ("Resolved in time 30 days", 0),
+        ("Resolved late 30 days", 0),
+    ]
+    assert "Nothing to show yet" in response.context["chart_sla"]
 
 
 # --- who sees what --------------------------------------------------------------------------------

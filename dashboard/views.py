@@ -4,13 +4,14 @@ Who sees what: the signed-in user's own provider for its staff with ``VIEW_FINAN
 (admins, agents, finance officers, auditors); a platform operator (or another actor
 whose scope spans several providers) picks one with ``?provider=<slug>`` among those
 in scope. Another provider's slug is 404, never its data; a role without the right
-(a technician) is 403. The charts are SVG built in :mod:`payments.charts` from
+(a technician) is 403. The charts are SVG built in :mod:`dashboard.charts` from
 escaped parts; every figure is also in a plain table.
 """
 
 from __future__ import annotations
 
 import csv
+from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -18,7 +19,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
-from payments import charts, dashboards
+from dashboard import charts, selectors
 from portal.models import Organisation, OrganisationKind, Role
 from portal.permissions import Right, has_right, visible_provider_ids
 
@@ -52,11 +53,11 @@ def dashboard_provider(request) -> tuple[Organisation | None, list[Organisation]
         if slug and slug != org.slug:
             raise Http404("No such provider.")
         return org, []
-    choices = Organisation.objects.filter(kind=OrganisationKind.PROVIDER).order_by("name")
+    providers = Organisation.objects.filter(kind=OrganisationKind.PROVIDER).order_by("name")
     ids = visible_provider_ids(user)
     if ids is not None:
-        choices = choices.filter(pk__in=ids)
-    choices = list(choices)
+        providers = providers.filter(pk__in=ids)
+    choices = list(providers)
     if slug:
         for provider in choices:
             if provider.slug == slug:
@@ -74,17 +75,17 @@ def _day_label(day) -> str:
 @login_required
 def dashboard(request):
     provider, choices = dashboard_provider(request)
-    context = {"provider": provider, "choices": choices}
+    context: dict[str, Any] = {"provider": provider, "choices": choices}
     if provider is None:
-        return render(request, "payments/dashboard.html", context)
+        return render(request, "dashboard/dashboard.html", context)
 
     now = timezone.now()
-    window = dashboards.window_for(provider, now=now)
-    states = dashboards.device_states(provider)
-    activity = dashboards.lock_activity(provider, window)
-    latency = dashboards.unlock_latency(provider, window)
-    unmatched = dashboards.unmatched_ages(provider, now=now)
-    sla = dashboards.case_sla(provider)
+    window = selectors.window_for(provider, now=now)
+    states = selectors.device_states(provider)
+    activity = selectors.lock_activity(provider, window)
+    latency = selectors.unlock_latency(provider, window)
+    unmatched = selectors.unmatched_ages(provider, now=now)
+    sla = selectors.case_sla(provider)
 
     day_labels = [_day_label(a.day) for a in activity]
     context |= {
@@ -95,18 +96,17 @@ def dashboard(request):
         "activity_totals": {"locks": sum(a.locks for a in activity), "unlocks": sum(a.unlocks for a in activity)},
         "latency": latency,
         "latency_figures": {
-            "median": dashboards.format_duration(latency.median),
-            "p95": dashboards.format_duration(latency.p95),
+            "median": selectors.format_duration(latency.median),
+            "p95": selectors.format_duration(latency.p95),
         },
         "latency_days": [
-            (d, dashboards.format_duration(d.median), dashboards.format_duration(d.p95))
+            (d, selectors.format_duration(d.median), selectors.format_duration(d.p95))
             for d in latency.daily
             if d.cleared
         ],
         "unmatched": unmatched,
-        "sla_available": sla is not None,
-        "sla_rows": dashboards.case_sla_rows(sla),
-        # SVG strings built by payments.charts from escaped parts only (rendered with |safe).
+        "sla_rows": selectors.case_sla_rows(sla),
+        # SVG strings built by dashboard.charts from escaped parts only (rendered with |safe).
         "chart_states": charts.bar_chart(
             "Devices by desired state",
             [(label, n) for _s, label, n in states.desired],
@@ -148,7 +148,7 @@ def dashboard(request):
     ]
     if numeric:
         context["chart_sla"] = charts.bar_chart("Cases against SLA", numeric, integer=False)
-    return render(request, "payments/dashboard.html", context)
+    return render(request, "dashboard/dashboard.html", context)
 
 
 @login_required
@@ -157,10 +157,8 @@ def dashboard_daily_csv(request):
     provider, _choices = dashboard_provider(request)
     if provider is None:
         raise Http404("Pick a provider.")
-    window = dashboards.window_for(provider)
-    rows = dashboards.daily_series(
-        dashboards.lock_activity(provider, window), dashboards.unlock_latency(provider, window)
-    )
+    window = selectors.window_for(provider)
+    rows = selectors.daily_series(selectors.lock_activity(provider, window), selectors.unlock_latency(provider, window))
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="finlock-{provider.slug}-daily-{window.last}.csv"'
     writer = csv.writer(response)

@@ -10,24 +10,30 @@ same number of queries as one with five. Days are the provider's local days.
 * :func:`unlock_latency` — cleared arrears → acknowledged unlock, median and p95
   (1 query; ``percentile_cont`` on PostgreSQL, a Python fallback on SQLite's small data);
 * :func:`unmatched_ages` — unmatched payments by age bucket (1 query);
-* :func:`case_sla` — support cases against their SLA, when ``support`` offers it.
+* :func:`case_sla` — support cases against their SLA (``support.selectors.case_sla_summary``, 1 query).
+
+The dashboard sits above the apps it reads (support, payments, devices, portal) and imports
+them at module level; nothing imports the dashboard.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 from django.db import connection
-from django.db.models import Count, IntegerField, Min, OuterRef, Q, Subquery, Value
+from django.db.models import Count, IntegerField, Min, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce, TruncDate, TruncSecond
 from django.utils import timezone
+from django.utils.functional import Promise
 
 from devices.models import Device, DeviceCommand, LockState
 from payments.models import Contract, Payment, PaymentStatus
 from portal.models import Organisation
+from support.selectors import case_sla_summary
 
 WINDOW_DAYS = 30
 # Section 2: what counts as a lock and as an unlock on the per-day chart. A reminder
@@ -39,7 +45,13 @@ UNLOCK_STATES = (LockState.UNLOCKED, LockState.TEMP_UNLOCKED, LockState.RELEASED
 CLEARED_STATES = (LockState.UNLOCKED, LockState.REMINDER, LockState.RELEASED)
 _NO_SEQ = 2**31 - 1  # larger than any command sequence number
 
-STATE_LABELS = dict(LockState.choices)
+#: One row of the latency figures: (local day, or ``None`` for the total; cleared; acknowledged; median; p95).
+LatencyRow: TypeAlias = tuple[dt.date | None, int, int, float | None, float | None]
+
+#: A label as the models give it: lazily translated.
+Label: TypeAlias = str | Promise
+
+STATE_LABELS: dict[str, Label] = dict(LockState.choices)
 STATE_ORDER = [value for value, _label in LockState.choices]
 
 
@@ -87,10 +99,10 @@ class DeviceStates:
     out_of_sync: int = 0
     never_reported: int = 0
     # (state, label, count) in LockState order; every state listed, zero or not.
-    desired: list[tuple[str, str, int]] = field(default_factory=list)
-    reported: list[tuple[str, str, int]] = field(default_factory=list)
+    desired: list[tuple[str, Label, int]] = field(default_factory=list)
+    reported: list[tuple[str, Label, int]] = field(default_factory=list)
     # (desired label, reported label, count), largest first: the cross-tab.
-    pairs: list[tuple[str, str, int]] = field(default_factory=list)
+    pairs: list[tuple[Label, Label, int]] = field(default_factory=list)
 
 
 def device_states(provider: Organisation) -> DeviceStates:
@@ -181,7 +193,9 @@ class UnlockLatency:
         return self.cleared - self.acknowledged
 
 
-def unlock_acknowledgements(provider: Organisation, window: Window):
+def unlock_acknowledgements(
+    provider: Organisation, window: Window
+) -> QuerySet[Contract, tuple[dt.datetime | None, dt.datetime | None]]:
     """Contracts whose arrears were cleared in the window, with ``ack_at``: when the phone confirmed the unlock.
 
     The join, per contract, on its device's commands (the (device, seq) index):
@@ -252,7 +266,7 @@ def unlock_latency(provider: Organisation, window: Window) -> UnlockLatency:
     else:
         rows = _latency_rows_python(unlock_acknowledgements(provider, window), provider)
     result = UnlockLatency()
-    by_day = {}
+    by_day: dict[dt.date, DayLatency] = {}
     for day, cleared, acknowledged, median, p95 in rows:
         if day is None:  # the total
             result.cleared, result.acknowledged, result.median, result.p95 = cleared, acknowledged, median, p95
@@ -262,7 +276,7 @@ def unlock_latency(provider: Organisation, window: Window) -> UnlockLatency:
     return result
 
 
-def _latency_rows_postgresql(provider: Organisation, window: Window) -> list[tuple]:
+def _latency_rows_postgresql(provider: Organisation, window: Window) -> list[LatencyRow]:
     """One statement: the join of :func:`unlock_acknowledgements` as LATERAL joins, then per local day and
     in total (ROLLUP) the counts and ``percentile_cont`` of the delays in seconds.
 
@@ -307,7 +321,7 @@ def _latency_rows_postgresql(provider: Organisation, window: Window) -> list[tup
         ) AS t
         GROUP BY ROLLUP (t.day)
     """  # noqa: S608 - table names from the models; every value is a parameter
-    params = {
+    params: dict[str, Any] = {
         "cleared": cleared_states,
         "locked": str(LockState.LOCKED),
         "no_seq": _NO_SEQ,
@@ -318,27 +332,31 @@ def _latency_rows_postgresql(provider: Organisation, window: Window) -> list[tup
     }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        rows = cursor.fetchall()
+        rows: list[LatencyRow] = cursor.fetchall()
     if not any(row[0] is None for row in rows):  # defensive: ROLLUP gives the total row even for no rows
         rows.append((None, 0, 0, None, None))
     return rows
 
 
-def _latency_rows_python(pairs, provider: Organisation) -> list[tuple]:
+def _latency_rows_python(
+    pairs: Iterable[tuple[dt.datetime | None, dt.datetime | None]], provider: Organisation
+) -> list[LatencyRow]:
     """The same answer from the (few) pairs on SQLite, the development database."""
     zone = provider.zone
     delays: dict[dt.date | None, list[float]] = {None: []}
     cleared: dict[dt.date | None, int] = {None: 0}
     for cleared_at, ack_at in pairs:
-        day = cleared_at.astimezone(zone).date()
+        if cleared_at is None:  # never: the query's range excludes it (the column is nullable)
+            continue
+        local_day = cleared_at.astimezone(zone).date()
         cleared[None] += 1
-        cleared[day] = cleared.get(day, 0) + 1
-        delays.setdefault(day, [])
+        cleared[local_day] = cleared.get(local_day, 0) + 1
+        delays.setdefault(local_day, [])
         if ack_at is not None:
             delay = max((ack_at - cleared_at).total_seconds(), 0.0)
             delays[None].append(delay)
-            delays[day].append(delay)
-    rows = []
+            delays[local_day].append(delay)
+    rows: list[LatencyRow] = []
     for day, values in delays.items():
         values.sort()
         rows.append((day, cleared[day], len(values), percentile_cont(values, 0.5), percentile_cont(values, 0.95)))
@@ -391,38 +409,14 @@ def unmatched_ages(provider: Organisation, *, now: dt.datetime | None = None) ->
 # --- 5. support cases against their SLA --------------------------------------------------------
 
 
-def case_sla(provider: Organisation):
-    """``support.selectors.case_sla_summary(provider)`` when the support app offers it, else ``None``.
-
-    Imported on use, never at module level: the dashboard must work before (and without)
-    the support cases.
-    """
-    try:
-        summary = importlib.import_module("support.selectors").case_sla_summary
-    except (ImportError, AttributeError):
-        return None
-    return summary(provider)
+def case_sla(provider: Organisation) -> dict[str, int]:
+    """The provider's support cases against their SLA: ``support.selectors.case_sla_summary``."""
+    return case_sla_summary(provider)
 
 
-def case_sla_rows(summary) -> list[tuple[str, object]]:
-    """Whatever shape the summary has (mapping, pairs, one value), as (label, value) rows for a table."""
-    if summary is None:
-        return []
-    if hasattr(summary, "_asdict"):
-        summary = summary._asdict()
-    elif hasattr(summary, "__dataclass_fields__"):
-        import dataclasses
-
-        summary = dataclasses.asdict(summary)
-    if isinstance(summary, dict):
-        items = list(summary.items())
-    elif isinstance(summary, list | tuple) and all(isinstance(i, list | tuple) and len(i) == 2 for i in summary):
-        items = [tuple(i) for i in summary]
-    else:
-        return [("Summary", summary)]
-    return [
-        (str(key).replace("_", " ").capitalize() if isinstance(key, str) else str(key), value) for key, value in items
-    ]
+def case_sla_rows(summary: Mapping[str, int]) -> list[tuple[str, int]]:
+    """The summary as (label, value) rows for a table: ``due_within_an_hour`` reads "Due within an hour"."""
+    return [(key.replace("_", " ").capitalize(), value) for key, value in summary.items()]
 
 
 # --- the whole page -----------------------------------------------------------------------------
@@ -445,7 +439,7 @@ def format_duration(seconds: float | None) -> str:
     return f"{days} d {hours} h"
 
 
-def daily_series(activity: list[DayActivity], latency: UnlockLatency) -> list[dict]:
+def daily_series(activity: list[DayActivity], latency: UnlockLatency) -> list[dict[str, Any]]:
     """The per-day figures of sections 2 and 3 side by side (the CSV download)."""
     return [
         {

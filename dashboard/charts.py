@@ -127,7 +127,7 @@ def _empty(parts: list[str], message: str) -> None:
 
 def bar_chart(
     title: str,
-    bars: Sequence[tuple[str, float]],
+    bars: Sequence[tuple[object, float]],
     *,
     unit: str = "",
     colors: Sequence[str] | None = None,
@@ -135,19 +135,19 @@ def bar_chart(
     empty_message: str = "Nothing to show yet",
 ) -> str:
     """Vertical bars, one per ``(label, value)``, each with its value above it and a tooltip."""
-    bars = [(str(label), float(value or 0)) for label, value in bars]
-    summary = "; ".join(f"{label}: {fmt(value)}{' ' + unit if unit else ''}" for label, value in bars)
-    parts = _open(title, f"Bar chart. {summary}" if bars else "Bar chart, no data.", css_class="chart chart-bar")
-    ticks = axis_ticks(max((v for _l, v in bars), default=0), integer=integer)
+    shown = [(str(label), float(value or 0)) for label, value in bars]
+    summary = "; ".join(f"{label}: {fmt(value)}{' ' + unit if unit else ''}" for label, value in shown)
+    parts = _open(title, f"Bar chart. {summary}" if shown else "Bar chart, no data.", css_class="chart chart-bar")
+    ticks = axis_ticks(max((v for _l, v in shown), default=0), integer=integer)
     axis, y_of = _y_axis(ticks, unit)
     parts += axis
     x0, y0, w, h = _plot_box()
-    if not bars or all(v == 0 for _l, v in bars):
+    if not shown or all(v == 0 for _l, v in shown):
         _empty(parts, empty_message)
-    slot = w / max(len(bars), 1)
+    slot = w / max(len(shown), 1)
     bar_w = min(slot * 0.6, 72)
     parts.append('<g class="bars">')
-    for i, (label, value) in enumerate(bars):
+    for i, (label, value) in enumerate(shown):
         color = (colors[i % len(colors)] if colors else PALETTE[0]) or PALETTE[0]
         cx = x0 + slot * (i + 0.5)
         y = y_of(value)
