@@ -6,7 +6,7 @@ current signed command again. With ``REDIS_URL`` set, each device has a *record*
 Redis holding what that answer needs (its credential digest, the two sequence counters
 and the rendered envelope), and one Lua script per check-in finds the record by the
 credential's digest, counts the request against the device's rate limit and notes the
-check-in time in a buffer that :func:`checkins_flush` writes to the database every few
+check-in time in a buffer that ``devices.checkin_flush.checkins_flush`` writes to the database every few
 seconds (set-based). Anything unusual (no record, a stale one, a body the fast path does
 not fully understand, a phone reporting a sequence newer than the record) falls through
 to the database path in ``devices.services.checkin.device_checkin``, which then refills the record.
@@ -38,7 +38,6 @@ database path. Figures: ``bench/checkin.py`` and the README.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
 import json
@@ -48,15 +47,18 @@ import threading
 import time
 from dataclasses import dataclass
 
+import redis
 from django.conf import settings
 from django.core.signals import setting_changed
-from django.db import connection, transaction
+from django.db import transaction
 from django.dispatch import receiver
 from django.http import HttpResponse
 from redis import exceptions as redis_exceptions
 from rest_framework.renderers import JSONRenderer
 from rest_framework.throttling import SimpleRateThrottle
 
+from devices.keys import public_keys
+from devices.models import Device, DeviceCommand
 from devices.protocol import STATES
 from portal.cache import OutageLog
 
@@ -137,13 +139,17 @@ def _client():
     """This process's Redis pool and scripts (fast path, bump, memory check), or None without ``REDIS_URL``/cache."""
     if not settings.REDIS_URL or not settings.CHECKIN_CACHE_SECONDS:
         return None
-    import redis
-
     # Short timeouts: a slow or unreachable Redis must cost a check-in little before
     # it falls back to the database, not the phone's whole request timeout.
     pool = redis.ConnectionPool.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
     client = redis.Redis(connection_pool=pool)
     return client, client.register_script(_LUA), client.register_script(_BUMP), client.register_script(_VALIDATE)
+
+
+def redis_client() -> redis.Redis | None:
+    """This process's Redis client for the check-in keys, or None without ``REDIS_URL``/cache."""
+    found = _client()
+    return found[0] if found is not None else None
 
 
 @receiver(setting_changed)
@@ -211,8 +217,6 @@ def _forget_rate(*, setting, **kwargs):
 @functools.cache
 def _server_keys() -> bytes:
     """The rendered key list (it changes only with settings, which restart the process)."""
-    from devices.keys import public_keys
-
     return render(public_keys())
 
 
@@ -309,8 +313,6 @@ def fill(device_id: int) -> None:
     if found is None:
         return
     client = found[0]
-    from devices.models import Device, DeviceCommand
-
     try:
         # The generation first, then the database: see the module docstring.
         generation = int(client.get(f"{PREFIX}gen:{device_id}") or 0)
@@ -443,6 +445,43 @@ def answer(request) -> HttpResponse | None:
     found = _client()
     if found is None or request.method != "POST":
         return None
+    ask = _routine_checkin(request)
+    if ask is None:
+        return None
+    entry = _local.get(ask.digest)
+    if entry is not None:
+        answered = _answer_from_memory(request, found, entry, ask)
+        if not isinstance(answered, _Stale):
+            return answered
+        # Expired, changed since (a new command or enrolment), or the phone reports something
+        # new: nothing was counted yet; the full script below counts this request once.
+        _local.pop(ask.digest, None)
+    return _answer_from_record(request, found, ask)
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """A routine check-in, read from the request, and the rate window it falls in."""
+
+    digest: str
+    last_seq: int
+    app_version: str
+    limit: int
+    window: int
+    now: float
+    window_index: int
+    monotonic: float
+
+
+class _Stale:
+    """What :func:`_answer_from_memory` says when the remembered answer cannot be used."""
+
+
+_STALE = _Stale()
+
+
+def _routine_checkin(request) -> _Ask | None:
+    """The check-in as the fast path may answer it: well-formed, with a device credential; else None."""
     header = request.META.get("HTTP_AUTHORIZATION", "")
     scheme, _sep, credential = header.partition(" ")
     if scheme.lower() != "device" or not credential.startswith(CREDENTIAL_PREFIX):
@@ -453,35 +492,52 @@ def answer(request) -> HttpResponse | None:
     if body is None:
         return None
     _state, last_seq, app_version = body
-    digest = credential_digest(credential)
     limit, window = _rate()
     now = time.time()
-    window_index = int(now // window)
-    monotonic = time.monotonic()
+    return _Ask(
+        digest=credential_digest(credential),
+        last_seq=last_seq,
+        app_version=app_version,
+        limit=limit,
+        window=window,
+        now=now,
+        window_index=int(now // window),
+        monotonic=time.monotonic(),
+    )
 
-    entry = _local.get(digest)
-    if entry is not None:
-        if entry.expires > monotonic and last_seq <= entry.reported_seq and last_seq <= entry.command_seq:
-            try:
-                count = _run_script(
-                    found[3],
-                    [f"{PREFIX}gen:{entry.device_id}", f"{PREFIX}rate:{entry.device_id}:{window_index}", SEEN],
-                    [entry.generation, window, entry.device_id, f"{int(now * 1000)}|{digest}|{app_version}"],
-                )
-            except Exception as exc:
-                log.warning("check-in cache: Redis unavailable (%s); answering from the database", exc)
-                return None
-            if count >= 0:
-                request.META["finlock.checkin_counted"] = True
-                if count > limit:
-                    return _throttled(max(1, int(window - now % window)))
-                return _answer_bytes(entry.envelope)
-        # Expired, changed since (a new command or enrolment), or the phone reports something
-        # new: nothing was counted yet; the full script below counts this request once.
-        _local.pop(digest, None)
 
+def _answer_from_memory(request, found, entry: _Local, ask: _Ask) -> HttpResponse | _Stale | None:
+    """The remembered answer if Redis confirms the device's generation (and counts the request).
+
+    ``None``: Redis is unavailable (the database path answers); ``_STALE``: not usable.
+    """
+    if not (entry.expires > ask.monotonic and ask.last_seq <= entry.reported_seq and ask.last_seq <= entry.command_seq):
+        return _STALE
     try:
-        hit = _run_script(found[1], [f"{PREFIX}cred:{digest}"], [int(now * 1000), app_version, window_index, window])
+        count = _run_script(
+            found[3],
+            [f"{PREFIX}gen:{entry.device_id}", f"{PREFIX}rate:{entry.device_id}:{ask.window_index}", SEEN],
+            [entry.generation, ask.window, entry.device_id, f"{int(ask.now * 1000)}|{ask.digest}|{ask.app_version}"],
+        )
+    except Exception as exc:
+        log.warning("check-in cache: Redis unavailable (%s); answering from the database", exc)
+        return None
+    if count < 0:
+        return _STALE
+    request.META["finlock.checkin_counted"] = True
+    if count > ask.limit:
+        return _throttled(max(1, int(ask.window - ask.now % ask.window)))
+    return _answer_bytes(entry.envelope)
+
+
+def _answer_from_record(request, found, ask: _Ask) -> HttpResponse | None:
+    """The answer from the shared Redis record (one script: fetch and count), remembered for a moment."""
+    try:
+        hit = _run_script(
+            found[1],
+            [f"{PREFIX}cred:{ask.digest}"],
+            [int(ask.now * 1000), ask.app_version, ask.window_index, ask.window],
+        )
     except Exception as exc:
         _outage.failed(exc)
         return None
@@ -491,8 +547,8 @@ def answer(request) -> HttpResponse | None:
     device_id, record, generation, count = hit
     if count:  # counted here, so the database path must not count this request again
         request.META["finlock.checkin_counted"] = True
-    if count > limit:
-        return _throttled(max(1, int(window - now % window)))
+    if count > ask.limit:
+        return _throttled(max(1, int(ask.window - ask.now % ask.window)))
     if not record:
         return None
     try:
@@ -500,92 +556,20 @@ def answer(request) -> HttpResponse | None:
         reported_seq, command_seq = int(reported_seq), int(command_seq)
     except ValueError:
         return None  # not a record this code wrote: the database path answers and rewrites it
-    if record_generation != generation or record_digest != digest.encode():
+    if record_generation != generation or record_digest != ask.digest.encode():
         return None  # stale, or the credential was replaced by a new enrolment
-    if not (last_seq <= reported_seq and last_seq <= command_seq):
+    if not (ask.last_seq <= reported_seq and ask.last_seq <= command_seq):
         return None  # the phone reports something new: the database path records it
     if settings.CHECKIN_LOCAL_SECONDS:
         _local_store(
-            digest,
+            ask.digest,
             _Local(
                 device_id=int(device_id),
                 generation=generation,
                 reported_seq=reported_seq,
                 command_seq=command_seq,
                 envelope=envelope,
-                expires=monotonic + settings.CHECKIN_LOCAL_SECONDS,
+                expires=ask.monotonic + settings.CHECKIN_LOCAL_SECONDS,
             ),
         )
     return _answer_bytes(envelope)
-
-
-# --- The check-in time buffer --------------------------------------------------------------
-
-_FLUSH_SQL = """
-UPDATE devices_device AS d
-   SET last_checkin_at = v.at, app_version = v.app_version
-  FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[]) AS v(id, at, digest, app_version)
- WHERE d.id = v.id
-   AND d.credential_digest = v.digest
-   AND (d.last_checkin_at IS NULL OR d.last_checkin_at < v.at)
-"""
-
-
-def checkins_flush() -> int:
-    """Write the buffered check-in times and app versions to the devices; returns devices updated.
-
-    Set-based (one UPDATE per 10,000 devices). Only a newer time is written, and only
-    while the device still holds the credential that checked in. The buffer is moved
-    aside before it is read and deleted only after the database commits, so a crash in
-    between loses nothing: the next run writes the set aside first.
-    """
-    found = _client()
-    if found is None:
-        return 0
-    client = found[0]
-    # Race: two beat ticks (or workers) flushing at once would write the same batch
-    # twice and one could delete the other's; the lock lets one flush at a time.
-    if not client.set(FLUSH_LOCK, "1", nx=True, ex=120):
-        return 0
-    try:
-        if not client.exists(SEEN_FLUSHING):
-            try:
-                client.rename(SEEN, SEEN_FLUSHING)
-            except Exception:  # nothing buffered (ResponseError: no such key)
-                return 0
-        entries = client.hgetall(SEEN_FLUSHING)
-        rows = []
-        for raw_id, raw_value in entries.items():
-            try:
-                at_ms, digest, app_version = raw_value.decode().split("|", 2)
-                rows.append((int(raw_id), dt.datetime.fromtimestamp(int(at_ms) / 1000, tz=dt.UTC), digest, app_version))
-            except ValueError:
-                log.warning("check-in cache: skipping a malformed buffer entry for device %r", raw_id)
-        updated = _write_checkins(rows)
-        client.delete(SEEN_FLUSHING)
-        return updated
-    finally:
-        client.delete(FLUSH_LOCK)
-
-
-def _write_checkins(rows) -> int:
-    from devices.models import Device
-
-    updated = 0
-    for start in range(0, len(rows), FLUSH_BATCH):
-        batch = rows[start : start + FLUSH_BATCH]
-        with transaction.atomic():
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    cursor.execute(_FLUSH_SQL, [list(column) for column in zip(*batch, strict=True)])
-                    updated += cursor.rowcount
-            else:  # development databases: the same rule, row by row
-                from django.db.models import Q
-
-                for device_id, at, digest, app_version in batch:
-                    updated += (
-                        Device.objects.filter(pk=device_id, credential_digest=digest)
-                        .filter(Q(last_checkin_at__isnull=True) | Q(last_checkin_at__lt=at))
-                        .update(last_checkin_at=at, app_version=app_version)
-                    )
-    return updated

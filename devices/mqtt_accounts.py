@@ -44,10 +44,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlparse
 
+import paho.mqtt.client as mqtt
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.models import Device, MqttAccount
 from devices.protocol import topic_for
@@ -115,10 +117,7 @@ def accounts_enqueue(device_ids: Iterable[int]) -> int:
 # --- the broker's control API ----------------------------------------------------------
 
 
-def _client_for(url: str, client_id: str):
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
+def _client_for(url: str, client_id: str) -> mqtt.Client:
     parsed = urlparse(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
     if parsed.username:

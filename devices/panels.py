@@ -1,13 +1,12 @@
 """Navigation and home panels contributed by the device registry."""
 
+from devices.selectors import device_state_overview
 from portal.models import Role
 from portal.permissions import Right
 from portal.shell import HomePanel, NavItem, register_nav, register_panel
 
 
 def register() -> None:
-    from devices.selectors import device_state_overview
-
     register_nav(NavItem(20, "devices:list", "Devices", Right.VIEW_DEVICES))
     register_nav(NavItem(22, "devices:dead_letters", "Dead letters", Right.VIEW_DEVICES))
     register_panel(HomePanel(5, "devices/panels/lookup.html", Right.VIEW_DEVICES))

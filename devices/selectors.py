@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, F, Q, QuerySet
 
 from devices.models import Device, EnrollmentToken, LockState, normalise_imei
+from portal.models import AuditEvent
 from portal.permissions import Right, scoped_list
 
 
@@ -40,7 +41,5 @@ def enrollment_tokens_of(provider) -> QuerySet[EnrollmentToken]:
 
 def device_last_refused_enrolment(device: Device):
     """The newest audited refusal to enrol this device (a takeover attempt, or a phone that lost its key), or None."""
-    from portal.models import AuditEvent
-
     events = AuditEvent.objects.filter(object_type=Device._meta.label, object_id=str(device.pk))
     return events.filter(action="device.enrol_refused").order_by("-id").first()

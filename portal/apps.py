@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 
 
 class PortalConfig(AppConfig):
@@ -10,9 +11,7 @@ class PortalConfig(AppConfig):
         # view signed the user in (portal or admin); listening to auth's own
         # signals is the only way to audit every path. This is infrastructure,
         # not domain logic.
-        from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
-
-        from portal import auth_audit, panels
+        from portal import auth_audit, panels  # noqa: PLC0415 - they import models, not loaded when apps.py is
 
         panels.register()
 

@@ -8,22 +8,20 @@ from portal.http import client_ip
 from portal.models import User
 
 
-def _ip(request) -> str | None:
-    return client_ip(request) if request is not None else None
-
-
 def on_login(sender, request, user, **kwargs):
     # Which browser (a keyed digest of the sign-in page's cookie, never its value): for the
     # auditor's list of approvals where requester and approver signed in from one browser.
     after = {"browser": browser_digest(browser_id(request))} if request is not None else None
     audit_record(
-        actor=user, action="login", obj=user, organisation=user.organisation, after=after, ip_address=_ip(request)
+        actor=user, action="login", obj=user, organisation=user.organisation, after=after, ip_address=client_ip(request)
     )
 
 
 def on_logout(sender, request, user, **kwargs):
     if user is not None:
-        audit_record(actor=user, action="logout", obj=user, organisation=user.organisation, ip_address=_ip(request))
+        audit_record(
+            actor=user, action="logout", obj=user, organisation=user.organisation, ip_address=client_ip(request)
+        )
 
 
 def on_login_failed(sender, credentials, request=None, **kwargs):
@@ -34,5 +32,5 @@ def on_login_failed(sender, credentials, request=None, **kwargs):
         action="login.failed",
         organisation=user.organisation if user else None,
         object_repr=f"username {username!r}",
-        ip_address=_ip(request),
+        ip_address=client_ip(request),
     )

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
+
+from portal.models import WebhookEventName
 
 
 class LoginForm(AuthenticationForm):
@@ -43,14 +46,10 @@ class WebhookForm(forms.Form):
     )
 
     def __init__(self, *args, **kwargs):
-        from portal.models import WebhookEventName
-
         super().__init__(*args, **kwargs)
         self.fields["events"].choices = WebhookEventName.choices
 
     def clean_url(self):
-        from django.conf import settings
-
         # The model says so too; checked here as well so every mistake is named at once.
         url = self.cleaned_data["url"]
         if not url.lower().startswith("https://") and not settings.DEBUG:

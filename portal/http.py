@@ -11,6 +11,7 @@ import functools
 import ipaddress
 
 from django.conf import settings
+from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
@@ -38,7 +39,7 @@ def _trusted(address: _Address, networks) -> bool:
     return any(address.version == network.version and address in network for network in networks)
 
 
-def client_ip(request) -> str | None:
+def client_ip(request: HttpRequest | None) -> str | None:
     """The client's address: the peer's, or, when the peer is one of ``TRUSTED_PROXIES``, from X-Forwarded-For.
 
     X-Forwarded-For is written by whoever sends the request, so it is read only when the
@@ -46,8 +47,11 @@ def client_ip(request) -> str | None:
     address it saw, so the first address from the right that is not a trusted proxy is the
     client (anything left of it may be forged by that client). A header that cannot be
     read (not addresses, too many hops) is ignored and the peer's address used: a client
-    must never be able to choose its address by sending garbage.
+    must never be able to choose its address by sending garbage. No request (the auth
+    signals of a sign-in from a script): ``None``.
     """
+    if request is None:
+        return None
     peer = request.META.get("REMOTE_ADDR") or None
     trusted = tuple(settings.TRUSTED_PROXIES)
     if not trusted or peer is None:

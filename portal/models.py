@@ -10,6 +10,8 @@ import hashlib
 import secrets
 import zoneinfo
 
+from babel.numbers import get_currency_name
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser, UserManager
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
@@ -24,8 +26,6 @@ def _validate_time_zone(value: str) -> None:
 
 
 def _validate_currency(value: str) -> None:
-    from babel.numbers import get_currency_name
-
     if len(value) != 3 or not value.isupper() or get_currency_name(value, locale="en") == value:
         raise ValidationError(_("%(value)s is not an ISO 4217 currency code"), params={"value": value})
 
@@ -421,8 +421,6 @@ class ProviderWebhook(models.Model):
         return [self.secret]
 
     def clean(self) -> None:
-        from django.conf import settings
-
         errors = {}
         if self.url and not self.url.lower().startswith("https://") and not settings.DEBUG:
             errors["url"] = _("Use an https:// address.")

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from django.contrib.auth.tokens import default_token_generator
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 
-from portal.audit import audit_record, snapshot
-from portal.models import ApiKey, Organisation, User
+from portal.audit import audit_record, audited_update, snapshot
+from portal.models import ROLES_BY_KIND, ApiKey, Organisation, OrganisationKind, Role, User
+from portal.types import Actor
 
 
 def api_key_create(
-    *, provider: Organisation, name: str, actor=None, ip_address: str | None = None
+    *, provider: Organisation, name: str, actor: Actor = None, ip_address: str | None = None
 ) -> tuple[ApiKey, str]:
     """Create an API key for ``provider``; returns the row and the full key (shown once)."""
     full, prefix, digest = ApiKey.generate()
@@ -26,7 +31,7 @@ def api_key_create(
     return key, full
 
 
-def api_key_revoke(*, key: ApiKey, actor=None, ip_address: str | None = None) -> ApiKey:
+def api_key_revoke(*, key: ApiKey, actor: Actor = None, ip_address: str | None = None) -> ApiKey:
     """Revoke a key at once; requests with it get 401 from now on."""
     with transaction.atomic():
         updated = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
@@ -45,7 +50,7 @@ def api_key_revoke(*, key: ApiKey, actor=None, ip_address: str | None = None) ->
 # --- a provider admin's settings: API key rotation, staff and roles -----------------------------
 
 
-def api_key_rotate(*, key: ApiKey, actor, ip_address: str | None = None) -> tuple[ApiKey, str]:
+def api_key_rotate(*, key: ApiKey, actor: Actor, ip_address: str | None = None) -> tuple[ApiKey, str]:
     """Replace ``key`` by a fresh key of the same name; returns the new row and its full key (shown once).
 
     ``ApiKey`` has no grace period, so the old key is revoked in the same transaction:
@@ -53,8 +58,6 @@ def api_key_rotate(*, key: ApiKey, actor, ip_address: str | None = None) -> tupl
     Audited as ``api_key.create`` and ``api_key.revoke`` (by the existing services) and
     ``api_key.rotate`` linking the two prefixes.
     """
-    from django.core.exceptions import ValidationError
-
     with transaction.atomic():
         old = ApiKey.objects.select_for_update().select_related("provider").get(pk=key.pk)
         if old.revoked_at is not None:
@@ -79,22 +82,18 @@ STAFF_AUDIT_FIELDS = ("username", "first_name", "last_name", "email", "role", "i
 
 def staff_roles_for(organisation: Organisation) -> list[tuple[str, str]]:
     """The roles an organisation's admin may give its staff, as (value, label) choices."""
-    from portal.models import ROLES_BY_KIND, OrganisationKind, Role
-
     allowed = ROLES_BY_KIND[OrganisationKind(organisation.kind)]
-    return [(value, label) for value, label in Role.choices if value in allowed]
+    return [(value, str(label)) for value, label in Role.choices if value in allowed]
 
 
-def _staff_check_actor(*, actor, organisation: Organisation) -> None:
-    from django.core.exceptions import ValidationError
-
+def _staff_check_actor(*, actor: Actor, organisation: Organisation) -> User:
+    """``actor`` as the member of ``organisation`` who manages its staff; ``ValidationError`` for anyone else."""
     if not isinstance(actor, User) or actor.organisation_id != organisation.pk:
         raise ValidationError("Only a member of this organisation may manage its staff.")
+    return actor
 
 
 def _staff_check_role(*, organisation: Organisation, role: str) -> None:
-    from django.core.exceptions import ValidationError
-
     allowed = dict(staff_roles_for(organisation))
     if role not in allowed:
         raise ValidationError({"role": [f"Choose one of: {', '.join(str(label) for label in allowed.values())}."]})
@@ -106,8 +105,6 @@ def _active_admin_ids(organisation: Organisation) -> set[int]:
     Race prevented: two admins demoting or deactivating each other at once would both see
     "another admin is left"; locking the organisation row serialises those changes.
     """
-    from portal.models import Role
-
     Organisation.objects.select_for_update().filter(pk=organisation.pk).first()
     return set(
         User.objects.filter(organisation=organisation, role=Role.PROVIDER_ADMIN, is_active=True).values_list(
@@ -118,10 +115,6 @@ def _active_admin_ids(organisation: Organisation) -> set[int]:
 
 def staff_password_link_token(user: User) -> tuple[str, str]:
     """(uidb64, token) for a set-password link: valid once, until the password is set or it expires."""
-    from django.contrib.auth.tokens import default_token_generator
-    from django.utils.encoding import force_bytes
-    from django.utils.http import urlsafe_base64_encode
-
     return urlsafe_base64_encode(force_bytes(user.pk)), default_token_generator.make_token(user)
 
 
@@ -130,7 +123,7 @@ def staff_create(
     organisation: Organisation,
     username: str,
     role: str,
-    actor,
+    actor: Actor,
     email: str = "",
     first_name: str = "",
     last_name: str = "",
@@ -143,8 +136,6 @@ def staff_create(
     provider admin may create agents, finance officers, auditors and provider admins of
     their own provider only; a username is unique regardless of case.
     """
-    from django.core.exceptions import ValidationError
-
     _staff_check_actor(actor=actor, organisation=organisation)
     _staff_check_role(organisation=organisation, role=role)
     username = (username or "").strip()
@@ -173,20 +164,16 @@ def staff_create(
     return user, staff_password_link_token(user)
 
 
-def staff_role_change(*, user: User, role: str, actor, ip_address: str | None = None) -> User:
+def staff_role_change(*, user: User, role: str, actor: Actor, ip_address: str | None = None) -> User:
     """Give a staff member another role of their organisation; audited as ``staff.role_change``.
 
     Refused for one's own account (another admin must do it) and when it would leave the
     organisation without an active provider admin.
     """
-    from django.core.exceptions import ValidationError
-
-    from portal.models import Role
-
     organisation = user.organisation
-    _staff_check_actor(actor=actor, organisation=organisation)
+    admin = _staff_check_actor(actor=actor, organisation=organisation)
     _staff_check_role(organisation=organisation, role=role)
-    if user.pk == actor.pk:
+    if user.pk == admin.pk:
         raise ValidationError({"role": ["You cannot change your own role; ask another admin."]})
     with transaction.atomic():
         admins = _active_admin_ids(organisation)
@@ -195,35 +182,27 @@ def staff_role_change(*, user: User, role: str, actor, ip_address: str | None = 
             return user
         if user.role == Role.PROVIDER_ADMIN and admins == {user.pk}:
             raise ValidationError({"role": ["This is the last active admin; make someone else admin first."]})
-        before = snapshot(user, STAFF_AUDIT_FIELDS)
-        user.role = role
-        user.full_clean()
-        user.save(update_fields=["role"])
-        audit_record(
+        audited_update(
+            user,
             actor=actor,
             action="staff.role_change",
-            obj=user,
+            changes={"role": role},
+            fields=STAFF_AUDIT_FIELDS,
             organisation=organisation,
-            before=before,
-            after=snapshot(user, STAFF_AUDIT_FIELDS),
             ip_address=ip_address,
         )
     return user
 
 
-def staff_set_active(*, user: User, active: bool, actor, ip_address: str | None = None) -> User:
+def staff_set_active(*, user: User, active: bool, actor: Actor, ip_address: str | None = None) -> User:
     """Deactivate (or reactivate) a staff member; audited as ``staff.deactivate`` / ``staff.activate``.
 
     A deactivated user cannot sign in and their open sessions stop working at their next
     request. Nobody deactivates themselves, and the last active admin stays.
     """
-    from django.core.exceptions import ValidationError
-
-    from portal.models import Role
-
     organisation = user.organisation
-    _staff_check_actor(actor=actor, organisation=organisation)
-    if not active and user.pk == actor.pk:
+    admin = _staff_check_actor(actor=actor, organisation=organisation)
+    if not active and user.pk == admin.pk:
         raise ValidationError("You cannot deactivate yourself; ask another admin.")
     with transaction.atomic():
         admins = _active_admin_ids(organisation)
@@ -232,31 +211,27 @@ def staff_set_active(*, user: User, active: bool, actor, ip_address: str | None 
             return user
         if not active and user.role == Role.PROVIDER_ADMIN and admins == {user.pk}:
             raise ValidationError("This is the last active admin; make someone else admin first.")
-        before = snapshot(user, STAFF_AUDIT_FIELDS)
-        user.is_active = active
-        user.save(update_fields=["is_active"])
-        audit_record(
+        audited_update(
+            user,
             actor=actor,
             action="staff.activate" if active else "staff.deactivate",
-            obj=user,
+            changes={"is_active": active},
+            fields=STAFF_AUDIT_FIELDS,
             organisation=organisation,
-            before=before,
-            after=snapshot(user, STAFF_AUDIT_FIELDS),
             ip_address=ip_address,
+            clean=False,
         )
     return user
 
 
-def staff_password_link(*, user: User, actor, ip_address: str | None = None) -> tuple[str, str]:
+def staff_password_link(*, user: User, actor: Actor, ip_address: str | None = None) -> tuple[str, str]:
     """A fresh one-time set-password link for a staff member (lost password, or the first one expired).
 
     The current password keeps working until the link is used. Audited as ``staff.password_link``
     (the token itself never enters the trail). Not for one's own account.
     """
-    from django.core.exceptions import ValidationError
-
-    _staff_check_actor(actor=actor, organisation=user.organisation)
-    if user.pk == actor.pk:
+    admin = _staff_check_actor(actor=actor, organisation=user.organisation)
+    if user.pk == admin.pk:
         raise ValidationError("Not for your own account; ask another admin.")
     if not user.is_active:
         raise ValidationError("Reactivate this user first.")

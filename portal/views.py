@@ -14,7 +14,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponseRedirect
+from django.http import Http404, HttpResponseRedirect, JsonResponse
 from django.middleware.csrf import rotate_token
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
@@ -26,7 +26,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.audit import audit_record
 from portal.browsers import browser_cookie_set
-from portal.forms import LoginForm, TokenForm, WebhookForm
+from portal.forms import LoginForm, TokenForm, WebhookForm, form_errors_from
 from portal.http import client_ip, next_url
 from portal.models import ApiKey, OrganisationKind, ProviderWebhook, User, WebhookEvent
 from portal.permissions import Right, require, scoped_get
@@ -151,8 +151,6 @@ def otp_setup(request):
 
 def healthz(request):
     """Liveness for load balancers: the process answers; touches neither database nor cache."""
-    from django.http import JsonResponse
-
     return JsonResponse({"ok": True})
 
 
@@ -231,10 +229,6 @@ class StaffRoleForm(forms.Form):
         self.fields["role"].choices = staff_roles_for(organisation)
 
 
-def _ip(request) -> str | None:
-    return client_ip(request)
-
-
 def _own(request, model, pk: int, *, field: str):
     """One object of the signed-in user's own organisation: 404 for any other, then 403 without MANAGE_SETTINGS."""
     obj = model.objects.filter(**{field: request.user.organisation_id}, pk=pk).first()
@@ -242,14 +236,6 @@ def _own(request, model, pk: int, *, field: str):
         raise Http404("No such object.")
     require(request.user, Right.MANAGE_SETTINGS)
     return obj
-
-
-def _form_errors(form, exc: ValidationError) -> None:
-    if hasattr(exc, "error_dict"):
-        for name, errors in exc.message_dict.items():
-            form.add_error(name if name in form.fields else None, errors)
-    else:
-        form.add_error(None, exc.messages)
 
 
 def _shown_once(request, context: dict):
@@ -287,7 +273,7 @@ def api_key_new(request):
     form = ApiKeyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         key, full = api_key_create(
-            provider=org, name=form.cleaned_data["name"].strip(), actor=request.user, ip_address=_ip(request)
+            provider=org, name=form.cleaned_data["name"].strip(), actor=request.user, ip_address=client_ip(request)
         )
         return _shown_once(request, {"api_key": key, "full_key": full, "rotated": False})
     return render(request, "portal/settings_api_key_new.html", {"org": org, "form": form})
@@ -299,7 +285,7 @@ def api_key_rotate_view(request, pk: int):
     """Replace a key by a new one (shown once); the old key stops working at once."""
     key = _own(request, ApiKey, pk, field="provider")
     try:
-        new, full = api_key_rotate(key=key, actor=request.user, ip_address=_ip(request))
+        new, full = api_key_rotate(key=key, actor=request.user, ip_address=client_ip(request))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
         return redirect("portal:settings")
@@ -312,7 +298,7 @@ def api_key_revoke_view(request, pk: int):
     """Revoke a key: requests with it get 401 from now on."""
     key = _own(request, ApiKey, pk, field="provider")
     if key.revoked_at is None:
-        api_key_revoke(key=key, actor=request.user, ip_address=_ip(request))
+        api_key_revoke(key=key, actor=request.user, ip_address=client_ip(request))
         messages.success(request, f"API key “{key.name}” (fl_{key.prefix}_…) revoked; it no longer works.")
     return redirect("portal:settings")
 
@@ -326,10 +312,10 @@ def staff_new(request):
     if request.method == "POST" and form.is_valid():
         try:
             user, (uid, token) = staff_create(
-                organisation=org, actor=request.user, ip_address=_ip(request), **form.cleaned_data
+                organisation=org, actor=request.user, ip_address=client_ip(request), **form.cleaned_data
             )
         except ValidationError as exc:
-            _form_errors(form, exc)
+            form_errors_from(form, exc)
         else:
             return _shown_once(request, {"staff_user": user, "link": _password_link(request, uid, token)})
     return render(request, "portal/settings_staff_new.html", {"org": org, "form": form})
@@ -346,9 +332,11 @@ def staff_detail(request, pk: int):
     form = StaffRoleForm(request.POST or None, organisation=member.organisation, initial={"role": member.role})
     if request.method == "POST" and form.is_valid():
         try:
-            staff_role_change(user=member, role=form.cleaned_data["role"], actor=request.user, ip_address=_ip(request))
+            staff_role_change(
+                user=member, role=form.cleaned_data["role"], actor=request.user, ip_address=client_ip(request)
+            )
         except ValidationError as exc:
-            _form_errors(form, exc)
+            form_errors_from(form, exc)
         else:
             member.refresh_from_db()
             messages.success(request, f"{member.username} is now {member.get_role_display().lower()}.")
@@ -366,7 +354,7 @@ def staff_active_view(request, pk: int, active: bool):
     """Deactivate or reactivate a staff member (never oneself, never the last admin)."""
     member = _own(request, User, pk, field="organisation")
     try:
-        staff_set_active(user=member, active=active, actor=request.user, ip_address=_ip(request))
+        staff_set_active(user=member, active=active, actor=request.user, ip_address=client_ip(request))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
@@ -381,7 +369,7 @@ def staff_password_link_view(request, pk: int):
     """Issue a fresh one-time set-password link for a staff member, shown on this answer only."""
     member = _own(request, User, pk, field="organisation")
     try:
-        uid, token = staff_password_link(user=member, actor=request.user, ip_address=_ip(request))
+        uid, token = staff_password_link(user=member, actor=request.user, ip_address=client_ip(request))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
         return redirect("portal:staff_detail", pk=member.pk)
@@ -402,7 +390,7 @@ class SetPasswordView(auth_views.PasswordResetConfirmView):
         signed_in = self.request.user
         other = signed_in if signed_in.is_authenticated and signed_in.pk != self.user.pk else None
         staff_password_set(
-            user=self.user, password=form.cleaned_data["new_password1"], actor=other, ip_address=_ip(self.request)
+            user=self.user, password=form.cleaned_data["new_password1"], actor=other, ip_address=client_ip(self.request)
         )
         del self.request.session[auth_views.INTERNAL_RESET_SESSION_TOKEN]
         if other is not None:

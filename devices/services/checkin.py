@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from devices import checkin_cache
+from devices.checkin_flush import checkins_flush
 from devices.models import (
     Device,
     DeviceCommand,
@@ -127,7 +127,7 @@ def device_checkins_flush() -> int:
     Runs every ``CHECKIN_FLUSH_SECONDS`` from beat; returns the number of devices updated.
     Without Redis there is no buffer and nothing to do.
     """
-    return checkin_cache.checkins_flush()
+    return checkins_flush()
 
 
 def device_ack(*, device: Device, seq: int, state: str) -> bool:

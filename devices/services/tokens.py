@@ -14,7 +14,7 @@ from devices.models import (
     max_length,
 )
 from devices.services.credentials import ENROLLMENT_TOKEN_PREFIX, secret_digest
-from portal.audit import audit_record, snapshot
+from portal.audit import audit_record, audited_update, snapshot
 from portal.models import Organisation, OrganisationKind, User
 from portal.types import Actor
 
@@ -86,15 +86,13 @@ def enrollment_token_revoke(*, token: EnrollmentToken, actor: Actor, ip_address:
         locked = EnrollmentToken.objects.select_for_update().get(pk=token.pk)
         if locked.revoked_at is not None:
             return locked
-        before = snapshot(locked, ENROLLMENT_TOKEN_AUDIT_FIELDS)
-        locked.revoked_at = timezone.now()
-        locked.save(update_fields=["revoked_at"])
-        audit_record(
+        audited_update(
+            locked,
             actor=actor,
             action="enrollment_token.revoke",
-            obj=locked,
-            before=before,
-            after=snapshot(locked, ENROLLMENT_TOKEN_AUDIT_FIELDS),
+            changes={"revoked_at": timezone.now()},
+            fields=ENROLLMENT_TOKEN_AUDIT_FIELDS,
             ip_address=ip_address,
+            clean=False,
         )
     return locked

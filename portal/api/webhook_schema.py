@@ -11,6 +11,8 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema, extend_schema_field
 from rest_framework import serializers
 
+from portal.models import WebhookEventName
+
 #: Shown on every webhook: how to verify it and what an answer means.
 _VERIFY = (
     "Signed the Standard Webhooks way (https://www.standardwebhooks.com): verify `webhook-signature` "
@@ -91,8 +93,6 @@ _SIGNING_HEADERS = [
 
 def add_signing_headers(result, generator, request, public):
     """Postprocessing hook: document the Standard Webhooks headers (and ``X-Finlock-Event``) on every webhook."""
-    from portal.models import WebhookEventName
-
     for name, item in (result.get("webhooks") or {}).items():
         for operation in item.values():
             parameters = [dict(header) for header in _SIGNING_HEADERS]
