@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.db.models import Count, DecimalField, F, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 
-from payments.models import Contract, Installment, contract_number_key
-from portal.permissions import Right, scoped_list
+from payments.models import Contract, Installment, Payment, contract_number_key
+from portal.models import User
+from portal.permissions import ApiClient, Right, scoped_list
 
 ZERO = Decimal("0")
 
 
-_money = DecimalField(max_digits=14, decimal_places=2)
+_money: DecimalField[Decimal, Decimal] = DecimalField(max_digits=14, decimal_places=2)
 
 
 def provider_today(contract: Contract, now: dt.datetime | None = None) -> dt.date:
     """Today's date in the contract's provider time zone (due dates are local dates)."""
-    return contract.provider.today(now)
+    today: dt.date = contract.provider.today(now)  # type: ignore[no-untyped-call]  # Organisation.today is unannotated
+    return today
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,9 @@ class ContractPosition:
     next_due_amount: Decimal | None
 
 
-def contract_position(contract: Contract, *, today: dt.date | None = None, installments=None) -> ContractPosition:
+def contract_position(
+    contract: Contract, *, today: dt.date | None = None, installments: Iterable[Installment] | None = None
+) -> ContractPosition:
     """Balance, arrears (unpaid amounts past their due date) and next due, from the schedule."""
     today = today or provider_today(contract)
     rows = list(installments if installments is not None else contract.installments.all())
@@ -72,7 +78,7 @@ def contracts_with_totals(qs: QuerySet[Contract], *, today: dt.date) -> QuerySet
     )
 
 
-def schedule_rows(contract: Contract, *, today: dt.date | None = None) -> list[dict]:
+def schedule_rows(contract: Contract, *, today: dt.date | None = None) -> list[dict[str, Any]]:
     """The schedule as an agent reads it: each installment with paid / due / overdue."""
     today = today or provider_today(contract)
     return [
@@ -81,11 +87,11 @@ def schedule_rows(contract: Contract, *, today: dt.date | None = None) -> list[d
     ]
 
 
-def provider_overview(actor) -> dict:
+def provider_overview(actor: User | ApiClient) -> dict[str, Any]:
     """Headline figures for a provider's home page, in two queries."""
 
     contracts = scoped_list(Contract.objects.all(), actor, Right.VIEW_FINANCE)
-    today = actor.organisation.today()
+    today: dt.date = actor.organisation.today()  # type: ignore[no-untyped-call]  # Organisation.today is unannotated
     by_status = dict(contracts.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
     overdue = Installment.objects.filter(
         contract__in=contracts.filter(status="active"), due_date__lt=today, amount_paid__lt=F("amount_due")
@@ -117,6 +123,6 @@ def contract_for_number(*, provider_id: int, text: str) -> Contract | None:
     return keyed[0] if len(keyed) == 1 else None
 
 
-def contract_payments(contract: Contract, *, limit: int = 50) -> list:
+def contract_payments(contract: Contract, *, limit: int = 50) -> list[Payment]:
     """A contract's payments, newest first, with who verified or recorded them (one query)."""
     return list(contract.payments.select_related("verified_by", "recorded_by").order_by("-received_at", "-id")[:limit])

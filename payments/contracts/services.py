@@ -54,7 +54,7 @@ def parse_phone(raw: str, *, region: str) -> str:
 def customer_create(
     *,
     provider: Organisation,
-    actor,
+    actor: Actor,
     name: str,
     phone: str,
     preferred_language: str = "",
@@ -62,7 +62,7 @@ def customer_create(
     ip_address: str | None = None,
 ) -> Customer:
     """Create a customer; the phone is stored E.164 and the national ID only masked."""
-    errors = {}
+    errors: dict[str, list[str]] = {}
     name = (name or "").strip()
     if not name:
         errors["name"] = ["This field is required."]
@@ -182,9 +182,75 @@ def contract_create(
     amount defaults to cash price minus down payment and may be higher
     (interest and fees), never lower. Every problem is named per field at once; nothing is saved.
     """
+    number = (number or "").strip()
+    amounts = _contract_checked(
+        provider=provider,
+        number=number,
+        device=device,
+        customer=customer,
+        cash_price=cash_price,
+        down_payment=down_payment,
+        financed_amount=financed_amount,
+        installment_count=installment_count,
+        frequency=frequency,
+        first_due_date=first_due_date,
+    )
+    try:
+        with transaction.atomic():
+            contract = Contract.objects.create(
+                provider=provider,
+                number=number,
+                number_key=contract_number_key(number),
+                device=device,
+                customer=customer,
+                currency=provider.currency,
+                cash_price=amounts.price,
+                down_payment=amounts.down,
+                financed_amount=amounts.financed,
+                installment_count=installment_count,
+                frequency=frequency,
+                first_due_date=first_due_date,
+            )
+            Installment.objects.bulk_create(build_schedule(contract))
+            audit_record_many(
+                actor=actor,
+                ip_address=ip_address,
+                entries=[AuditEntry(action="contract.create", obj=contract, after=snapshot(contract))],
+            )
+    except IntegrityError:
+        # Race: a concurrent request created the same number or an active
+        # contract for the same device; the database constraints decide.
+        raise ValidationError(
+            {"number": ["A contract with this number, or an active contract for this device, already exists."]}
+        ) from None
+    return contract
+
+
+@dataclass(frozen=True)
+class _CheckedAmounts:
+    """A new contract's money once every field passed."""
+
+    price: Decimal
+    down: Decimal
+    financed: Decimal
+
+
+def _contract_checked(
+    *,
+    provider: Organisation,
+    number: str,
+    device: Device,
+    customer: Customer,
+    cash_price: Any,
+    down_payment: Any,
+    financed_amount: Any,
+    installment_count: int,
+    frequency: str,
+    first_due_date: dt.date,
+) -> _CheckedAmounts:
+    """A new contract's request checked, every problem per field at once (``ValidationError``); its amounts."""
     currency = provider.currency
     errors: dict[str, list[str]] = {}
-    number = (number or "").strip()
     if problem := _number_problem(number):
         errors["number"] = [problem]
     if device.provider_id != provider.pk:
@@ -210,37 +276,11 @@ def contract_create(
         errors["number"] = ["A contract with this number already exists for this provider."]
     if not errors and Contract.objects.filter(device=device, status=ContractStatus.ACTIVE).exists():
         errors["device"] = ["This device already has an active contract."]
-    if errors:
+    price, down, financed = amounts.price, amounts.down, amounts.financed
+    # An amount is None only when its field has an error, so with no errors all three are there.
+    if errors or price is None or down is None or financed is None:
         raise ValidationError(errors)
-    try:
-        with transaction.atomic():
-            contract = Contract.objects.create(
-                provider=provider,
-                number=number,
-                number_key=contract_number_key(number),
-                device=device,
-                customer=customer,
-                currency=currency,
-                cash_price=amounts.price,
-                down_payment=amounts.down,
-                financed_amount=amounts.financed,
-                installment_count=installment_count,
-                frequency=frequency,
-                first_due_date=first_due_date,
-            )
-            Installment.objects.bulk_create(build_schedule(contract))
-            audit_record_many(
-                actor=actor,
-                ip_address=ip_address,
-                entries=[AuditEntry(action="contract.create", obj=contract, after=snapshot(contract))],
-            )
-    except IntegrityError:
-        # Race: a concurrent request created the same number or an active
-        # contract for the same device; the database constraints decide.
-        raise ValidationError(
-            {"number": ["A contract with this number, or an active contract for this device, already exists."]}
-        ) from None
-    return contract
+    return _CheckedAmounts(price=price, down=down, financed=financed)
 
 
 def build_schedule(contract: Contract) -> list[Installment]:
@@ -257,7 +297,7 @@ def build_schedule(contract: Contract) -> list[Installment]:
     ]
 
 
-def contract_set_status(*, contract: Contract, status: str, actor, ip_address: str | None = None) -> Contract:
+def contract_set_status(*, contract: Contract, status: str, actor: Actor, ip_address: str | None = None) -> Contract:
     """Change a contract's status (e.g. cancelled, defaulted); audited."""
     if status not in ContractStatus.values:
         raise ValidationError({"status": [f"One of {', '.join(ContractStatus.values)}."]})

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import cast
+
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Q
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from payments.contracts.selectors import contract_payments, contract_position, contracts_with_totals, schedule_rows
 from payments.models import Contract, ContractStatus
+from portal.models import User
 from portal.permissions import Right, has_right, scoped_get, scoped_list
 
 
 @login_required
-def contract_list(request):
-    contracts = scoped_list(
-        Contract.objects.select_related("device", "customer", "provider"), request.user, Right.VIEW_FINANCE
-    )
+def contract_list(request: HttpRequest) -> HttpResponse:
+    user = cast(User, request.user)  # login_required: a signed-in staff user
+    contracts = scoped_list(Contract.objects.select_related("device", "customer", "provider"), user, Right.VIEW_FINANCE)
     q = request.GET.get("q", "").strip()
     status = request.GET.get("status", "")
     device = request.GET.get("device", "")
@@ -26,7 +30,8 @@ def contract_list(request):
         contracts = contracts.filter(status=status)
     if device.isdigit():
         contracts = contracts.filter(device_id=int(device))
-    contracts = contracts_with_totals(contracts, today=request.user.organisation.today()).order_by("-id")
+    today: dt.date = user.organisation.today()
+    contracts = contracts_with_totals(contracts, today=today).order_by("-id")
     page = Paginator(contracts, 50).get_page(request.GET.get("page"))
     return render(
         request,
@@ -36,11 +41,15 @@ def contract_list(request):
 
 
 @login_required
-def contract_detail(request, pk: int):
-    contract = scoped_get(
-        Contract.objects.select_related("device", "customer", "provider"), request.user, Right.VIEW_FINANCE, pk=pk
+def contract_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    # portal.permissions.scoped_get answers a Model: the queryset's, a Contract.
+    contract = cast(
+        Contract,
+        scoped_get(
+            Contract.objects.select_related("device", "customer", "provider"), request.user, Right.VIEW_FINANCE, pk=pk
+        ),
     )
-    today = contract.provider.today()
+    today: dt.date = contract.provider.today()
     rows = schedule_rows(contract, today=today)
     position = contract_position(contract, today=today, installments=[r["installment"] for r in rows])
 

@@ -18,6 +18,7 @@ import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TypedDict
 
 from devices.models import LockState
 from payments.models.locks import Rules
@@ -53,6 +54,13 @@ class Decision:
     expires_at: dt.datetime | None = None
     overdue_since: dt.date | None = None
     amount_overdue: Decimal = Decimal("0")
+
+
+class _Overdue(TypedDict):
+    """What a decision about an overdue installment reports with its state."""
+
+    overdue_since: dt.date
+    amount_overdue: Decimal
 
 
 def _d(day: dt.date) -> str:
@@ -92,7 +100,7 @@ def decide(
         days_late = (today - oldest).days
         if days_late > rules.grace_days:
             late = f"Installment due {_d(oldest)} is {days_late} days overdue (grace {rules.grace_days} days)"
-            facts = {"overdue_since": oldest, "amount_overdue": arrears}
+            facts: _Overdue = {"overdue_since": oldest, "amount_overdue": arrears}
             if overrides.dispute_hold:
                 return Decision(LockState.REMINDER, f"{late}; no lock while a dispute is on hold.", **facts)
             if overrides.temp_unlock_until is not None and overrides.temp_unlock_until > now:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django import forms
 
@@ -12,16 +13,16 @@ WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat
 class DayListField(forms.CharField):
     """ "3, 1" → [3, 1]."""
 
-    def to_python(self, value):
-        value = super().to_python(value)
-        if not value.strip():
+    def to_python(self, value: Any) -> list[int]:  # type: ignore[override]  # a list of days, not the text typed
+        text = super().to_python(value) or ""
+        if not text.strip():
             return []
         try:
-            return sorted({int(part) for part in value.replace(";", ",").split(",") if part.strip()}, reverse=True)
+            return sorted({int(part) for part in text.replace(";", ",").split(",") if part.strip()}, reverse=True)
         except ValueError:
             raise forms.ValidationError("Whole numbers of days separated by commas, e.g. 3, 1.") from None
 
-    def prepare_value(self, value):
+    def prepare_value(self, value: Any) -> Any:  # a list of days, or the text typed when it was refused
         return ", ".join(str(v) for v in value) if isinstance(value, list) else value
 
 

@@ -170,8 +170,8 @@ class ProviderScreenData:
     provider: Organisation
     texts: dict[str, dict[str, str]] = field(default_factory=dict)
     channels: list[PaymentChannel] = field(default_factory=list)
-    service_centers: list[dict] = field(default_factory=list)
-    fallback: dict = field(default_factory=dict)
+    service_centers: list[dict[str, str]] = field(default_factory=list)
+    fallback: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod

@@ -52,7 +52,8 @@ def decide_contract(contract: Contract, *, rules: Rules, now: dt.datetime) -> De
     lines = [Line(i.due_date, i.amount_due, i.amount_paid) for i in contract.installments.all()]
     live = [o for o in contract.overrides.all() if o.lifted_at is None and o.starts_at <= now]
     live = [o for o in live if o.ends_at is None or o.ends_at > now]
-    temp = [o.ends_at for o in live if o.kind == OverrideKind.TEMP_UNLOCK]
+    # A temporary unlock always has its end (a database constraint); the test says so to the type checker.
+    temp = [o.ends_at for o in live if o.kind == OverrideKind.TEMP_UNLOCK and o.ends_at is not None]
     overrides = Overrides(
         temp_unlock_until=max(temp) if temp else None,
         dispute_hold=any(o.kind == OverrideKind.DISPUTE_HOLD for o in live),

@@ -14,12 +14,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from devices.models import Device, LockState
-from devices.services import StateChange, device_states_apply
+from devices.services.commands import StateChange, device_states_apply
 from payments.locks.decision import Decision
 from payments.locks.screen import ProviderScreenData, screen_build, screen_without_contract
 from payments.locks.sweep import SweepReport, apply_decisions, run_sweep
 from payments.models import Contract, LockOverride, LockPolicy, LockScreenText, OverrideKind
-from portal.audit import audit_record, snapshot
+from portal.audit import audit_record, audited_update, snapshot
 from portal.models import Organisation, User
 from portal.types import Actor
 
@@ -50,17 +50,12 @@ def lock_policy_update(
         raise ValidationError({name: ["Not a lock policy setting."] for name in unknown})
     with transaction.atomic():
         policy, _created = LockPolicy.objects.select_for_update().get_or_create(provider=provider)
-        before = snapshot(policy, LOCK_POLICY_FIELDS)
-        for name, value in changes.items():
-            setattr(policy, name, value)
-        policy.full_clean()
-        policy.save()
-        audit_record(
+        audited_update(
+            policy,
             actor=actor,
             action="lock_policy.change",
-            obj=policy,
-            before=before,
-            after=snapshot(policy, LOCK_POLICY_FIELDS),
+            changes=changes,
+            fields=LOCK_POLICY_FIELDS,
             ip_address=ip_address,
         )
     return policy
@@ -292,19 +287,26 @@ def lock_screen_text_save(
         raise ValidationError({name: ["Not a lock-screen text."] for name in unknown})
     if language not in {"en", *provider.languages}:
         raise ValidationError({"language": [f"{language!r} is not one of this provider's languages."]})
+    values = {name: (value or "").strip() for name, value in fields.items()}
     with transaction.atomic():
         text = LockScreenText.objects.select_for_update().filter(provider=provider, language=language).first()
-        before = snapshot(text, LOCK_SCREEN_TEXT_FIELDS) if text else None
-        text = text or LockScreenText(provider=provider, language=language)
-        for name, value in fields.items():
-            setattr(text, name, (value or "").strip())
+        if text is not None:
+            audited_update(
+                text,
+                actor=actor,
+                action="lock_screen_text.change",
+                changes=values,
+                fields=LOCK_SCREEN_TEXT_FIELDS,
+                ip_address=ip_address,
+            )
+            return text
+        text = LockScreenText(provider=provider, language=language, **values)
         text.full_clean()
         text.save()
         audit_record(
             actor=actor,
             action="lock_screen_text.change",
             obj=text,
-            before=before,
             after=snapshot(text, LOCK_SCREEN_TEXT_FIELDS),
             ip_address=ip_address,
         )

@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypedDict
+from zoneinfo import ZoneInfo
 
 from django.db import transaction
 from django.db.models import (
@@ -31,12 +33,15 @@ from django.db.models import (
 from django.utils import timezone
 
 from devices.models import LockState
-from devices.services import StateChange, device_states_apply
+from devices.services.commands import StateChange, device_states_apply
 from payments.locks.screen import ProviderScreenData, screen_build
 from payments.locks.selectors import decide_contract, policy_rules
 from payments.models import Contract, ContractStatus, Installment, LockOverride, OverrideKind, Rules
 from portal.models import Organisation, OrganisationKind
 from portal.types import Actor
+
+if TYPE_CHECKING:  # a type only: django-stubs' helper package is a development tool
+    from django_stubs_ext import WithAnnotations
 
 LIVE_STATUSES = (ContractStatus.ACTIVE, ContractStatus.DEFAULTED)
 FINAL_STATUSES = (ContractStatus.PAID_OFF, ContractStatus.CANCELLED)
@@ -54,12 +59,18 @@ class SweepReport:
         return sum(self.changed.values())
 
 
-def _active_overrides(now: dt.datetime):
+def _active_overrides(now: dt.datetime) -> QuerySet[LockOverride]:
     live = Q(lifted_at__isnull=True, starts_at__lte=now) & (Q(ends_at__isnull=True) | Q(ends_at__gt=now))
     return LockOverride.objects.filter(live)
 
 
-def annotate_desired_state(qs: QuerySet[Contract], *, rules: Rules, now: dt.datetime, zone) -> QuerySet[Contract]:
+class _Desired(TypedDict):
+    desired: str
+
+
+def annotate_desired_state(
+    qs: QuerySet[Contract], *, rules: Rules, now: dt.datetime, zone: ZoneInfo
+) -> QuerySet[WithAnnotations[Contract, _Desired]]:
     """Annotate ``desired`` on live contracts of one provider: ``decide`` written as one SQL expression."""
     local = now.astimezone(zone)
     today = local.date()

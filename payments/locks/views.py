@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping
 from decimal import Decimal
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from csp.constants import NONE, SELF
@@ -12,7 +14,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.clickjacking import xframe_options_sameorigin
@@ -32,27 +34,27 @@ from payments.models import (
     LockScreenText,
     validate_lock_screen_text,
 )
+from portal.forms import form_errors_from
 from portal.http import client_ip
+from portal.models import Organisation, User
 from portal.permissions import Right, require
 
 
 @login_required
-def lock_policy(request):
+def lock_policy(request: HttpRequest) -> HttpResponse:
     """The provider admin edits reminders, grace and the hours in which a lock may start."""
 
-    require(request.user, Right.MANAGE_SETTINGS)
-    provider = request.user.organisation
+    user = cast(User, request.user)  # login_required: a signed-in staff user
+    require(user, Right.MANAGE_SETTINGS)
+    provider = user.organisation
     current = LockPolicy.objects.filter(provider=provider).first() or LockPolicy(provider=provider)
     initial = {name: getattr(current, name) for name in LOCK_POLICY_FIELDS}
     form = LockPolicyForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            lock_policy_update(
-                provider=provider, actor=request.user, ip_address=client_ip(request), **form.cleaned_data
-            )
+            lock_policy_update(provider=provider, actor=user, ip_address=client_ip(request), **form.cleaned_data)
         except ValidationError as exc:
-            for name, errors in exc.message_dict.items():
-                form.add_error(name if name in form.fields else None, errors)
+            form_errors_from(form, exc)
         else:
             messages.success(request, "Lock policy saved. The next sweep applies it.")
             return redirect("locks:policy")
@@ -60,10 +62,10 @@ def lock_policy(request):
 
 
 @login_required
-def paid_still_locked_list(request):
+def paid_still_locked_list(request: HttpRequest) -> HttpResponse:
     """Arrears cleared, unlock not acknowledged in time: the list support works first."""
 
-    contracts = paid_still_locked(request.user)
+    contracts = paid_still_locked(cast(User, request.user))  # login_required: a signed-in staff user
     page = Paginator(contracts, 50).get_page(request.GET.get("page"))
     return render(request, "payments/paid_still_locked.html", {"page": page})
 
@@ -89,7 +91,14 @@ PREVIEW_STATES = {"locked": "Locked", "reminder": "Payment reminder"}
 _DRAFT_SESSION_KEY = "lock_screen_draft"
 
 
-def lock_screen_preview_command(*, provider, language: str, state: str = "locked", texts=None, now=None) -> dict:
+def lock_screen_preview_command(
+    *,
+    provider: Organisation,
+    language: str,
+    state: str = "locked",
+    texts: Mapping[str, str] | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
     """The ``screen`` and ``allowed_numbers`` the next ``state`` command would carry, for sample values.
 
     Built exactly as the sweep builds a real command (``ProviderScreenData.load`` and
@@ -105,10 +114,11 @@ def lock_screen_preview_command(*, provider, language: str, state: str = "locked
     contract = Contract(provider=provider, number=PREVIEW_CONTRACT, currency=provider.currency or "USD")
     contract.customer = Customer(provider=provider, preferred_language=language)
     contract.device = Device(provider=provider, imei=PREVIEW_IMEI)
+    today: dt.date = provider.today(now)  # type: ignore[no-untyped-call]  # Organisation.today is unannotated
     decision = Decision(
         state=state,
         reason="Preview",
-        overdue_since=provider.today(now) - dt.timedelta(days=PREVIEW_OVERDUE_DAYS),
+        overdue_since=today - dt.timedelta(days=PREVIEW_OVERDUE_DAYS),
         amount_overdue=Decimal(PREVIEW_AMOUNT),
     )
     return {
@@ -117,7 +127,9 @@ def lock_screen_preview_command(*, provider, language: str, state: str = "locked
     }
 
 
-def lock_screen_preview_html(*, provider, language: str, state: str = "locked", texts=None) -> str:
+def lock_screen_preview_html(
+    *, provider: Organisation, language: str, state: str = "locked", texts: Mapping[str, str] | None = None
+) -> str:
     """The 360×800 page the reference phone agent draws for that command (``devices.agent.render``)."""
 
     command = lock_screen_preview_command(provider=provider, language=language, state=state, texts=texts)
@@ -131,11 +143,12 @@ def lock_screen_preview_html(*, provider, language: str, state: str = "locked", 
     )
 
 
-def _lock_screen_language(request, language: str | None) -> tuple[object, str, list[str]]:
+def _lock_screen_language(request: HttpRequest, language: str | None) -> tuple[Organisation, str, list[str]]:
     """(provider, language, the provider's languages) for a provider admin; 403 / 404 otherwise."""
 
-    require(request.user, Right.MANAGE_SETTINGS)
-    provider = request.user.organisation
+    user = cast(User, request.user)  # login_required: a signed-in staff user
+    require(user, Right.MANAGE_SETTINGS)
+    provider = user.organisation
     if not provider.is_provider:
         raise Http404("Only a financing provider has a lock screen.")
     languages = list(dict.fromkeys([*provider.languages, "en"]))
@@ -145,14 +158,14 @@ def _lock_screen_language(request, language: str | None) -> tuple[object, str, l
     return provider, language, languages
 
 
-def _preview_state(value) -> str:
+def _preview_state(value: str | None) -> str:
     return value if value in PREVIEW_STATES else "locked"
 
 
-def _draft_problems(texts: dict) -> dict[str, list[str]]:
+def _draft_problems(texts: Mapping[str, str]) -> dict[str, list[str]]:
     """The placeholder errors the save would report, without saving."""
 
-    problems = {}
+    problems: dict[str, list[str]] = {}
     for name in ("title", "body", "reminder_title", "reminder_body"):
         try:
             validate_lock_screen_text(texts[name])
@@ -162,7 +175,7 @@ def _draft_problems(texts: dict) -> dict[str, list[str]]:
 
 
 @login_required
-def lock_screen_texts(request, language: str | None = None):
+def lock_screen_texts(request: HttpRequest, language: str | None = None) -> HttpResponse:
     """The provider admin writes what locked phones say, per language, and previews it on a phone.
 
     POST ``action=preview`` keeps the unsaved text in the session and shows it in the phone
@@ -177,7 +190,7 @@ def lock_screen_texts(request, language: str | None = None):
     form = LockScreenTextForm(request.POST or None, initial=initial)
     state = _preview_state(request.POST.get("preview_state") or request.GET.get("state"))
     drafts = request.session.get(_DRAFT_SESSION_KEY, {})
-    draft = None
+    draft: dict[str, str] | None = None
     if request.method == "POST" and form.is_valid():
         texts = {name: value.strip() for name, value in form.cleaned_data.items()}
         if request.POST.get("action") == "preview":
@@ -189,11 +202,14 @@ def lock_screen_texts(request, language: str | None = None):
         else:
             try:
                 lock_screen_text_save(
-                    provider=provider, language=language, actor=request.user, ip_address=client_ip(request), **texts
+                    provider=provider,
+                    language=language,
+                    actor=cast(User, request.user),  # login_required: a signed-in staff user
+                    ip_address=client_ip(request),
+                    **texts,
                 )
             except ValidationError as exc:
-                for name, errors in exc.message_dict.items():
-                    form.add_error(name if name in form.fields else None, errors)
+                form_errors_from(form, exc)
             else:
                 if language in drafts:
                     request.session[_DRAFT_SESSION_KEY] = {k: v for k, v in drafts.items() if k != language}
@@ -226,7 +242,10 @@ def lock_screen_texts(request, language: str | None = None):
     )
 
 
-def _preview_headers(view):
+_View = Callable[..., HttpResponseBase]
+
+
+def _preview_headers(view: _View) -> _View:
     """Let the portal's own pages frame the preview (and nobody else); the page itself may load nothing."""
 
     policy = {
@@ -244,7 +263,7 @@ def _preview_headers(view):
 
 @login_required
 @_preview_headers
-def lock_screen_preview(request, language: str):
+def lock_screen_preview(request: HttpRequest, language: str) -> HttpResponse:
     """The reference agent's 360×800 lock screen for the next command: saved text, or (``draft=1``) the unsaved one."""
 
     provider, language, _languages = _lock_screen_language(request, language)

@@ -24,6 +24,7 @@ from phonenumber_field.modelfields import PhoneNumberField
 from devices.models import Device, LockState
 from portal.models import Organisation, OrganisationKind
 
+
 class MoneyDigits(TypedDict):
     max_digits: int
     decimal_places: int

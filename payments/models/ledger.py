@@ -248,7 +248,8 @@ class PaymentAllocation(models.Model):
         constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="allocation_amount_positive")]
 
     def __str__(self) -> str:
-        target = f"#{self.installment.number}" if self.installment_id else "credit"
+        installment = self.installment  # no query when there is none (credit)
+        target = f"#{installment.number}" if installment is not None else "credit"
         return f"{self.amount} of {self.payment_id} to {target}"
 
 

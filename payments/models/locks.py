@@ -46,12 +46,12 @@ def _default_weekdays() -> list[int]:
     return [0, 1, 2, 3, 4, 5]
 
 
-def _validate_day_list(value) -> None:
+def _validate_day_list(value: object) -> None:
     if not isinstance(value, list) or not all(isinstance(d, int) and 0 <= d <= 60 for d in value):
         raise ValidationError(_("A list of whole days between 0 and 60, e.g. [3, 1]."))
 
 
-def _validate_weekdays(value) -> None:
+def _validate_weekdays(value: object) -> None:
     if not isinstance(value, list) or not value or not all(isinstance(d, int) and 0 <= d <= 6 for d in value):
         raise ValidationError(_("At least one weekday, as numbers 0 (Monday) to 6 (Sunday)."))
 
@@ -160,7 +160,7 @@ class LockPolicy(models.Model):
         if start is not None and end is not None and start >= end:
             raise ValidationError({"lock_end_hour": _("Must be later than the start hour.")})
 
-    def rules(self):
+    def rules(self) -> Rules:
         """The policy as the pure decision reads it."""
         return Rules(
             grace_days=self.grace_days,

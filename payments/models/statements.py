@@ -9,7 +9,7 @@ from django.utils.translation import gettext_lazy as _
 
 from payments.models.contracts import MONEY
 from payments.models.ledger import Payment
-from portal.models import Organisation, OrganisationKind
+from portal.models import Organisation, OrganisationKind, User
 
 
 class ImportStatus(models.TextChoices):
@@ -65,11 +65,12 @@ class StatementImport(models.Model):
         return f"{self.filename} ({self.get_status_display()})"
 
     @property
-    def carried_by(self):
+    def carried_by(self) -> User | None:
         """The person who brought this statement in: the uploader, or the creator of the API key used."""
         if self.created_by_id is not None:
             return self.created_by
-        return self.api_key.created_by if self.api_key_id is not None else None
+        api_key = self.api_key  # no query when there is none
+        return api_key.created_by if api_key is not None else None
 
     @property
     def progress_percent(self) -> int:
