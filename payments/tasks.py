@@ -5,6 +5,8 @@ Queues and time limits are set in one place, ``config/settings.py`` (``CELERY_TA
 import never holds up a device command.
 """
 
+from typing import Any
+
 from celery import shared_task
 
 from payments.ledger.services import payments_flag_unconfirmed
@@ -13,7 +15,7 @@ from payments.statements.imports import statement_import_run, statement_imports_
 
 
 @shared_task(name="payments.lock_sweep", ignore_result=True)
-def lock_sweep() -> dict:
+def lock_sweep() -> dict[str, Any]:
     """The periodic sweep. Idempotent: a second run right after the first changes nothing."""
     report = lock_sweep_run()
     return {"evaluated": report.evaluated, "changed": report.changed}
@@ -26,7 +28,7 @@ def flag_unconfirmed_payments() -> int:
 
 
 @shared_task(name="payments.import_statement", ignore_result=True)
-def import_statement(import_id: int) -> dict:
+def import_statement(import_id: int) -> dict[str, Any]:
     """Import one uploaded statement to done or failed with the reason; a started or finished one is left alone."""
 
     return statement_import_run(import_id=import_id).summary

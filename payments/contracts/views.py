@@ -42,12 +42,8 @@ def contract_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def contract_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    # portal.permissions.scoped_get answers a Model: the queryset's, a Contract.
-    contract = cast(
-        Contract,
-        scoped_get(
-            Contract.objects.select_related("device", "customer", "provider"), request.user, Right.VIEW_FINANCE, pk=pk
-        ),
+    contract = scoped_get(
+        Contract.objects.select_related("device", "customer", "provider"), request.user, Right.VIEW_FINANCE, pk=pk
     )
     today: dt.date = contract.provider.today()
     rows = schedule_rows(contract, today=today)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
@@ -11,11 +13,20 @@ from payments.models import (
     PaymentChannel,
 )
 from portal.audit import audit_record, snapshot
+from portal.models import Organisation
+from portal.types import Actor
 
 PAYMENT_CHANNEL_FIELDS = ("kind", "name", "account", "reference", "instructions", "short_code", "position", "active")
 
 
-def payment_channel_save(*, provider, actor, channel=None, ip_address: str | None = None, **fields):
+def payment_channel_save(
+    *,
+    provider: Organisation,
+    actor: Actor,
+    channel: PaymentChannel | None = None,
+    ip_address: str | None = None,
+    **fields: Any,
+) -> PaymentChannel:
     """Create a payment channel of ``provider`` (last in the order) or change ``channel``; audited.
 
     Validated like the model (placeholders in the reference, a 5-7 digit short code); a
@@ -51,7 +62,9 @@ def payment_channel_save(*, provider, actor, channel=None, ip_address: str | Non
     return channel
 
 
-def payment_channel_set_active(*, channel, active: bool, actor, ip_address: str | None = None):
+def payment_channel_set_active(
+    *, channel: PaymentChannel, active: bool, actor: Actor, ip_address: str | None = None
+) -> PaymentChannel:
     """Deactivate a channel (gone from the next lock screens, kept for the record) or reactivate it; audited."""
 
     with transaction.atomic():
@@ -70,7 +83,7 @@ def payment_channel_set_active(*, channel, active: bool, actor, ip_address: str 
     return channel
 
 
-def payment_channel_move(*, channel, up: bool, actor, ip_address: str | None = None) -> bool:
+def payment_channel_move(*, channel: PaymentChannel, up: bool, actor: Actor, ip_address: str | None = None) -> bool:
     """Move a channel one place up or down the provider's order (positions renumbered 0..n-1); audited.
 
     Returns False when it is already first (or last). The provider's channels are locked

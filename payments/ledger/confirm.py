@@ -4,6 +4,7 @@ by a second person or by the channel's own record."""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
@@ -29,10 +30,11 @@ from portal.audit import audit_record
 from portal.four_eyes import four_eyes_check
 from portal.models import User
 from portal.permissions import Right, has_right
+from portal.types import Actor
 from portal.webhooks import webhook_event_emit
 
 
-def _allocate(*, payment, contract: Contract, amount: Decimal) -> list:
+def _allocate(*, payment: Payment, contract: Contract, amount: Decimal) -> list[PaymentAllocation]:
     """Allocate ``amount`` of ``payment`` to the contract's open installments, oldest first; beyond them as credit.
 
     The caller holds the contract's row lock; the installments are locked here by due date and
@@ -47,7 +49,7 @@ def _allocate(*, payment, contract: Contract, amount: Decimal) -> list:
         .order_by("due_date", "number")
     )
     remaining = amount
-    allocations = []
+    allocations: list[PaymentAllocation] = []
     for installment in installments:
         if remaining <= 0:
             break
@@ -62,7 +64,7 @@ def _allocate(*, payment, contract: Contract, amount: Decimal) -> list:
     return allocations
 
 
-def _allocations_after(allocations) -> list[dict]:
+def _allocations_after(allocations: list[PaymentAllocation]) -> list[dict[str, Any]]:
     return [{"installment": a.installment_id, "amount": str(a.amount)} for a in allocations]
 
 
@@ -115,7 +117,7 @@ def _paid_in_full(contract: Contract) -> bool:
     ).exists()
 
 
-def _payment_matched_webhook(*, payment, contract: Contract, rule: str) -> None:
+def _payment_matched_webhook(*, payment: Payment, contract: Contract, rule: str) -> None:
     """Provider webhook, in the caller's transaction: the provider hears of the match exactly when it commits."""
 
     webhook_event_emit(
@@ -134,8 +136,11 @@ def _payment_matched_webhook(*, payment, contract: Contract, rule: str) -> None:
     )
 
 
-def _payment_apply(*, payment, contract: Contract, rule: str, confidence: int, actor=None) -> None:
+def payment_apply(*, payment: Payment, contract: Contract, rule: str, confidence: int, actor: Actor = None) -> None:
     """Match and allocate in the caller's transaction, then decide the lock at once.
+
+    How every matched payment reaches its contract: one the matching rules found or a channel named
+    (``payment_ingest``) and one a finance officer matched by hand (``payment_match_manual``).
 
     A payment recorded from a receipt (source ``agent``) becomes provisional: only
     ``provisional_limit`` is allocated, the rest is held, and the provider hears of it
@@ -149,7 +154,8 @@ def _payment_apply(*, payment, contract: Contract, rule: str, confidence: int, a
     # first too), so a payment and the sweep or a second payment never interleave.
     contract = Contract.objects.select_for_update().get(pk=contract.pk)
     provisional = payment.source == PaymentSource.AGENT
-    credit, limit = payment.amount, None
+    credit: Decimal = payment.amount
+    limit: Decimal | None = None
     if provisional:
         # Race: two agents recording receipts for one contract at once would each see the whole
         # allowance; under the contract's row lock the second sees what the first credited.
@@ -182,11 +188,11 @@ def _payment_apply(*, payment, contract: Contract, rule: str, confidence: int, a
     contracts_lock_evaluate(contract_ids=[contract.pk], now=now, actor=actor)
 
 
-def _payment_confirm(*, payment, via: str, actor, ip_address: str | None = None) -> bool:
+def provisional_payment_confirm(*, payment: Payment, via: str, actor: Actor, ip_address: str | None = None) -> bool:
     """Allocate a provisional payment's held part and mark it verified, in the caller's transaction; decide the lock.
 
     ``via`` is ``person`` (``payment_confirm``) or the source of the channel record that
-    matched it. Returns False, changing nothing, when it is no longer provisional or its
+    matched it (``payment_ingest``). Returns False, changing nothing, when it is no longer provisional or its
     channel record conflicts (finance resolves that by reversing it).
     """
 
@@ -195,7 +201,8 @@ def _payment_confirm(*, payment, via: str, actor, ip_address: str | None = None)
     # at once. Lock order payment, contract, installments (as a reversal): one confirms, the
     # other finds it verified.
     locked = Payment.objects.select_for_update().get(pk=payment.pk)
-    if locked.status != PaymentStatus.PROVISIONAL or locked.flag == PaymentFlag.CONFLICT:
+    # A provisional payment always has its contract (payment_apply made it provisional).
+    if locked.status != PaymentStatus.PROVISIONAL or locked.flag == PaymentFlag.CONFLICT or locked.contract_id is None:
         return False
     contract = Contract.objects.select_for_update().get(pk=locked.contract_id)
     held = locked.held_amount
@@ -238,7 +245,7 @@ def _payment_confirm(*, payment, via: str, actor, ip_address: str | None = None)
     return True
 
 
-def _check_confirmable(payment) -> None:
+def _check_confirmable(payment: Payment) -> None:
     """Raise why ``payment`` cannot be confirmed (already confirmed, not provisional, in conflict)."""
 
     if payment.status == PaymentStatus.VERIFIED:
@@ -262,7 +269,7 @@ def _check_confirmable(payment) -> None:
         )
 
 
-def payment_confirm(*, payment, actor, ip_address: str | None = None):
+def payment_confirm(*, payment: Payment, actor: Actor, ip_address: str | None = None) -> Payment:
     """A second person confirms a payment an agent recorded from a receipt: its held part is allocated at once.
 
     Four eyes: refused with the reason (``PermissionDenied``) for the agent who recorded it and
@@ -279,6 +286,13 @@ def payment_confirm(*, payment, actor, ip_address: str | None = None):
     # Two accounts of one person are not two people (set up by one another, or by one person).
     four_eyes_check(requester=current.recorded_by, approver=actor)
     with transaction.atomic():
-        if not _payment_confirm(payment=current, via=PaymentConfirmation.PERSON, actor=actor, ip_address=ip_address):
+        if not provisional_payment_confirm(
+            payment=current, via=PaymentConfirmation.PERSON, actor=actor, ip_address=ip_address
+        ):
             _check_confirmable(Payment.objects.select_related(*related).get(pk=payment.pk))
     return Payment.objects.select_related("contract", *related).get(pk=payment.pk)
+
+
+# The old private names, for the re-export module payments/services.py until it goes.
+_payment_apply = payment_apply
+_payment_confirm = provisional_payment_confirm

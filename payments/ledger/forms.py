@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
 
 from payments.models import ChannelKind
-from portal.uploads import proof_check
+from portal.forms import choice_field
+from portal.uploads import CheckedProof, proof_check
 
 
 class MatchByNumberForm(forms.Form):
@@ -47,10 +49,12 @@ def _proof_field(required: bool) -> forms.FileField:
     )
 
 
-class _ProofMixin:
+class _ProofForm(forms.Form):
     """Checks the receipt by content (portal.uploads.proof_check) and keeps the result in ``checked``."""
 
-    def clean_receipt(self):
+    checked: CheckedProof | None = None
+
+    def clean_receipt(self) -> Any:
 
         upload = self.cleaned_data.get("receipt")
         if not upload:
@@ -63,14 +67,18 @@ class _ProofMixin:
         return upload
 
 
-class VerifyExistingForm(_ProofMixin, forms.Form):
+#: The old name, for the re-export module payments/forms.py until it goes.
+_ProofMixin = _ProofForm
+
+
+class VerifyExistingForm(_ProofForm):
     """Confirm a payment found by its transaction id; a receipt may be attached."""
 
     payment = forms.IntegerField(widget=forms.HiddenInput)
     receipt = _proof_field(required=False)
 
 
-class RecordFromProofForm(_ProofMixin, forms.Form):
+class RecordFromProofForm(_ProofForm):
     """A payment the provider has not received a record of yet, typed from the customer's receipt."""
 
     channel = forms.ChoiceField(choices=())
@@ -84,10 +92,9 @@ class RecordFromProofForm(_ProofMixin, forms.Form):
     transaction_id = forms.CharField(max_length=100, label="Transaction id")
     receipt = _proof_field(required=True)
 
-    def __init__(self, *args, **kwargs):
-
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["channel"].choices = ChannelKind.choices
+        choice_field(self, "channel").choices = ChannelKind.choices
 
 
 class PaymentChannelForm(forms.Form):
@@ -112,7 +119,6 @@ class PaymentChannelForm(forms.Form):
         ),
     )
 
-    def __init__(self, *args, **kwargs):
-
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["kind"].choices = ChannelKind.choices
+        choice_field(self, "kind").choices = ChannelKind.choices

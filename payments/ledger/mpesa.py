@@ -26,6 +26,8 @@ from payments.ledger.matching import payment_find_match
 from payments.ledger.services import payment_ingest
 from payments.models import ChannelKind, Payment, PaymentChannel, PaymentSource
 from payments.money import has_valid_precision, minor_units, quantize
+from portal.models import Organisation
+from portal.types import Actor
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def parse_trans_time(text: str) -> dt.datetime:
     return local.replace(tzinfo=DARAJA_TIME_ZONE).astimezone(dt.UTC)
 
 
-def parse_amount(text) -> Decimal:
+def parse_amount(text: object) -> Decimal:
     """Daraja's TransAmount (``"10.00"``) → a positive KES ``Decimal`` with two places; ``ValueError`` otherwise.
 
     Quantised so that ``"10"`` and ``"10.00"`` are the same amount when a retry is
@@ -144,7 +146,7 @@ def payer_name(first: str, middle: str, last: str) -> str:
     return " ".join(part.strip() for part in (first, middle, last) if part and part.strip())
 
 
-def short_code_unknown(*, provider, short_code: str) -> str | None:
+def short_code_unknown(*, provider: Organisation, short_code: str) -> str | None:
     """Why a callback's BusinessShortCode is not the provider's, or None.
 
     Only checked when the provider entered its paybill or till numbers on its M-Pesa
@@ -167,7 +169,7 @@ def short_code_unknown(*, provider, short_code: str) -> str | None:
     )
 
 
-def validation_decision(*, provider, transaction: C2BTransaction) -> ValidationResult:
+def validation_decision(*, provider: Organisation, transaction: C2BTransaction) -> ValidationResult:
     """Should Daraja let this payment through? Decided before any money moves.
 
     Accept only what the confirmation can record and match by its account number
@@ -193,7 +195,9 @@ def validation_decision(*, provider, transaction: C2BTransaction) -> ValidationR
     return ValidationResult.ACCEPTED
 
 
-def mpesa_confirmation_ingest(*, provider, transaction: C2BTransaction, actor=None, ip_address: str | None = None):
+def mpesa_confirmation_ingest(
+    *, provider: Organisation, transaction: C2BTransaction, actor: Actor = None, ip_address: str | None = None
+) -> tuple[Payment, bool]:
     """Record a Daraja C2B confirmation exactly once; returns ``(payment, created)``.
 
     TransID is the transaction id: Daraja's retry of the same confirmation returns the
@@ -221,7 +225,7 @@ def mpesa_confirmation_ingest(*, provider, transaction: C2BTransaction, actor=No
         received_at = parse_trans_time(transaction.trans_time)
     except ValueError as exc:
         errors["TransTime"] = [str(exc)]
-    if errors:
+    if errors or amount is None or received_at is None:  # each is None only with its error
         raise ValidationError(errors)
     # Money that moved to a number this provider did not list is recorded (it moved), but
     # never matched to a contract by itself: a finance officer decides.

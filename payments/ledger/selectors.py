@@ -5,14 +5,25 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypedDict
 
 import phonenumbers
 from django.db.models import Count, Q, QuerySet
 
 from payments.ledger.matching import reference_prefix_key
-from payments.models import Contract, ContractStatus, Installment, Payment, PaymentStatus, reference_number_keys
+from payments.models import (
+    Contract,
+    ContractStatus,
+    Installment,
+    Payment,
+    PaymentAllocation,
+    PaymentProof,
+    PaymentStatus,
+    reference_number_keys,
+)
 from portal.models import AuditEvent
 from portal.permissions import Right, scoped_list
+from portal.types import Actor
 
 SUGGESTION_LIMIT = 3
 
@@ -55,7 +66,7 @@ def _flagged() -> Q:
     return ~Q(flag="") & ~Q(status=PaymentStatus.REVERSED)
 
 
-def payments_for(actor, *, status: str = "") -> QuerySet:
+def payments_for(actor: Actor, *, status: str = "") -> QuerySet[Payment]:
     """The payments an actor may read (403 without VIEW_FINANCE), newest first, ready for a list.
 
     ``status`` is a payment status, or ``flagged`` for the payments flagged to finance.
@@ -73,7 +84,7 @@ def payments_for(actor, *, status: str = "") -> QuerySet:
     return payments.order_by("-received_at", "-id")
 
 
-def payment_status_counts(actor) -> dict[str, int]:
+def payment_status_counts(actor: Actor) -> dict[str, int]:
     """How many of the actor's payments are in each status, and how many are flagged (``flagged``), in one query."""
 
     rows = (
@@ -88,7 +99,7 @@ def payment_status_counts(actor) -> dict[str, int]:
     return counts
 
 
-def unmatched_payments_panel(actor) -> dict:
+def unmatched_payments_panel(actor: Actor) -> dict[str, int]:
     """The finance officer's home panel: unmatched payments waiting, receipts to confirm, flagged ones (one query)."""
 
     counts = payment_status_counts(actor)
@@ -222,12 +233,20 @@ def payments_suggestions(payments: Iterable[Payment]) -> dict[int, list[Suggesti
     return _ranked(hits)
 
 
-def payment_suggestions(payment) -> list[Suggestion]:
+def payment_suggestions(payment: Payment) -> list[Suggestion]:
     """Up to three likely contracts for one unmatched payment (see ``payments_suggestions``)."""
     return payments_suggestions([payment]).get(payment.pk, [])
 
 
-def payment_story(payment) -> dict:
+class PaymentStory(TypedDict):
+    """What a payment's page shows of its history."""
+
+    allocations: list[PaymentAllocation]
+    proofs: list[PaymentProof]
+    events: list[AuditEvent]
+
+
+def payment_story(payment: Payment) -> PaymentStory:
     """One payment's allocations, proofs and audit events, for its page (three queries)."""
 
     return {
@@ -241,7 +260,7 @@ def payment_story(payment) -> dict:
     }
 
 
-def payments_with_transaction_id(*, provider_id: int, transaction_id: str) -> list:
+def payments_with_transaction_id(*, provider_id: int, transaction_id: str) -> list[Payment]:
     """The provider's payments with this transaction id, as a customer reads it out (case-insensitive form)."""
     raw = (transaction_id or "").strip()
     if not raw:

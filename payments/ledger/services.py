@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import unicodedata
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -11,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from payments.ledger.confirm import _payment_apply, _payment_confirm
+from payments.ledger.confirm import payment_apply, provisional_payment_confirm
 from payments.ledger.errors import PaymentConflict
 from payments.ledger.matching import payment_find_match
 from payments.models import (
@@ -31,13 +32,15 @@ from portal.models import Organisation, User
 from portal.types import Actor
 
 
-def _payment_request_fields(**fields) -> dict[str, str]:
-    """The fields a retry must repeat exactly, as strings (compared to tell a retry from a conflict)."""
+def payment_request_fields(**fields: object) -> dict[str, str]:
+    """The fields a retry must repeat exactly, as strings (compared to tell a retry from a conflict).
+
+    Stored on the payment as ``request_fields``; a statement's lines build them the same way.
+    """
     return {name: "" if value is None else str(value) for name, value in sorted(fields.items())}
 
 
 def _channels() -> tuple[str, ...]:
-
     return tuple(ChannelKind.values)
 
 
@@ -45,8 +48,21 @@ def _channels() -> tuple[str, ...]:
 _CHANNELS = _channels()
 
 
-def _check_payment_input(*, provider, channel, external_id, amount, currency, received_at, errors: dict):
+def check_payment_input(
+    *,
+    provider: Organisation,
+    channel: str,
+    external_id: str | None,
+    amount: Any,
+    currency: str,
+    received_at: Any,
+    errors: dict[str, list[str]],
+) -> tuple[str, Decimal | None]:
+    """A payment's channel, transaction id, currency, amount and time checked; each problem goes to ``errors``.
 
+    Returns the transaction id as stored and the amount (``None`` when it has an error). Every
+    channel's payments are checked here: one through ``payment_ingest``, a statement's lines in a batch.
+    """
     if channel not in _CHANNELS:
         errors["channel"] = [f"One of {', '.join(_CHANNELS)}."]
     external_id = (external_id or "").strip()
@@ -68,12 +84,21 @@ def _check_payment_input(*, provider, channel, external_id, amount, currency, re
     return external_id, money
 
 
+# The old private names, for modules not yet moved to the public ones (payments.statements.reconcile and the
+# re-export modules payments/services.py); removed with them.
+_payment_request_fields = payment_request_fields
+
+
+def _check_payment_input(**fields: Any) -> Any:
+    return check_payment_input(**fields)
+
+
 def payment_ingest(
     *,
     provider: Organisation,
     channel: str,
     external_id: str,
-    amount,
+    amount: Any,
     currency: str,
     received_at: dt.datetime,
     reference: str = "",
@@ -81,11 +106,11 @@ def payment_ingest(
     payer_name: str = "",
     contract_number: str = "",
     source: str = "api",
-    actor=None,
+    actor: Actor = None,
     ip_address: str | None = None,
     auto_match: bool = True,
-    carried_by=None,
-):
+    carried_by: User | None = None,
+) -> tuple[Payment, bool]:
     """Record a payment exactly once, match it to a contract and allocate it; returns ``(payment, created)``.
 
     ``auto_match=False`` records it unmatched, for a finance officer to look at (money
@@ -107,7 +132,7 @@ def payment_ingest(
     account linked to theirs, are not confirmed by it (``channel_record_refusal``).
     """
 
-    external_id, money, reference, contract = _checked_request(
+    request = _checked_request(
         provider=provider,
         channel=channel,
         external_id=external_id,
@@ -116,67 +141,56 @@ def payment_ingest(
         received_at=received_at,
         reference=reference,
         contract_number=contract_number,
-    )
-    fields = _payment_request_fields(
-        channel=channel,
-        amount=money,
-        currency=currency,
-        received_at=received_at.astimezone(dt.UTC).isoformat(),
-        reference=reference,
         payer_phone=payer_phone,
-        contract_number=contract_number or "",
+        payer_name=payer_name,
     )
     with transaction.atomic():
         try:
-            # Race: the same transaction delivered twice at once (a retried callback, two
-            # workers). The unique constraint lets exactly one insert win; the loser lands
-            # here after the winner commits and compares instead of crediting again.
-            with transaction.atomic():
-                payment = Payment.objects.create(
-                    provider=provider,
-                    channel=channel,
-                    external_id=external_id,
-                    amount=money,
-                    currency=currency,
-                    reference=reference,
-                    payer_phone=(payer_phone or "")[: Payment._meta.get_field("payer_phone").max_length],
-                    payer_name=(payer_name or "")[:150],
-                    received_at=received_at,
-                    source=source,
-                    request_fields=fields,
-                )
+            payment = _payment_create(request, provider=provider, channel=channel, source=source)
         except IntegrityError:
             existing = Payment.objects.select_related("contract").get(
-                provider=provider, channel=channel, external_id=external_id
+                provider=provider, channel=channel, external_id=request.external_id
             )
-            if existing.source == PaymentSource.AGENT and source != PaymentSource.AGENT:
-                conflict = _channel_record_arrived(
-                    payment=existing,
-                    source=source,
-                    amount=money,
-                    currency=currency,
-                    contract=contract,
-                    reference=reference,
-                    payer_phone=payer_phone,
-                    auto_match=auto_match,
-                    actor=actor,
-                    ip_address=ip_address,
-                    carried_by=carried_by,
-                )
-            else:
-                conflict = _differences(existing, fields)
+            conflict = _payment_again(
+                existing,
+                request,
+                source=source,
+                auto_match=auto_match,
+                actor=actor,
+                ip_address=ip_address,
+                carried_by=carried_by,
+            )
             if conflict is None:
                 existing.refresh_from_db()
                 return existing, False
         else:
             _new_payment_match(
-                payment=payment, contract=contract, auto_match=auto_match, actor=actor, ip_address=ip_address
+                payment=payment, contract=request.contract, auto_match=auto_match, actor=actor, ip_address=ip_address
             )
             return payment, True
     # After this function's transaction, so the flag is kept although the request is refused
     # (a caller's own transaction that rolls back takes it too: _import_line flags again).
     payment_conflict_flag(conflict=conflict, source=source, actor=actor, ip_address=ip_address)
     raise conflict
+
+
+_PAYER_PHONE_LENGTH: int | None = Payment._meta.get_field("payer_phone").max_length
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A payment request once checked: what is stored, and the fields a retry must repeat."""
+
+    external_id: str
+    amount: Decimal
+    currency: str
+    received_at: dt.datetime
+    reference: str
+    payer_phone: str  # as stored (cut to the column)
+    raw_payer_phone: str  # as sent (the matching rules read it)
+    payer_name: str
+    contract: Contract | None
+    fields: dict[str, str]
 
 
 def _checked_request(
@@ -189,10 +203,12 @@ def _checked_request(
     received_at: dt.datetime,
     reference: str,
     contract_number: str,
-) -> tuple[str, Decimal, str, Contract | None]:
-    """The request's transaction id, amount, reference and named contract, or ``ValidationError`` per field."""
+    payer_phone: str,
+    payer_name: str,
+) -> _Request:
+    """The request as it is stored (transaction id, amount, reference, named contract), or ``ValidationError``."""
     errors: dict[str, list[str]] = {}
-    external_id, money = _check_payment_input(
+    external_id, money = check_payment_input(
         provider=provider,
         channel=channel,
         external_id=external_id,
@@ -207,9 +223,82 @@ def _checked_request(
         contract = Contract.objects.filter(provider=provider, number=contract_number.strip()).first()
         if contract is None:
             errors["contract_number"] = ["No contract of this provider has this number."]
-    if errors:
+    # The amount is None only when it has an error.
+    if errors or money is None:
         raise ValidationError(errors)
-    return external_id, money, reference, contract
+    fields = payment_request_fields(
+        channel=channel,
+        amount=money,
+        currency=currency,
+        received_at=received_at.astimezone(dt.UTC).isoformat(),
+        reference=reference,
+        payer_phone=payer_phone,
+        contract_number=contract_number or "",
+    )
+    return _Request(
+        external_id=external_id,
+        amount=money,
+        currency=currency,
+        received_at=received_at,
+        reference=reference,
+        payer_phone=(payer_phone or "")[:_PAYER_PHONE_LENGTH],
+        raw_payer_phone=payer_phone,
+        payer_name=(payer_name or "")[:150],
+        contract=contract,
+        fields=fields,
+    )
+
+
+def _payment_create(request: _Request, *, provider: Organisation, channel: str, source: str) -> Payment:
+    """Insert the payment; ``IntegrityError`` when its transaction id is already there."""
+    # Race: the same transaction delivered twice at once (a retried callback, two
+    # workers). The unique constraint lets exactly one insert win; the loser lands
+    # in the caller after the winner commits and compares instead of crediting again.
+    with transaction.atomic():
+        return Payment.objects.create(
+            provider=provider,
+            channel=channel,
+            external_id=request.external_id,
+            amount=request.amount,
+            currency=request.currency,
+            reference=request.reference,
+            payer_phone=request.payer_phone,
+            payer_name=request.payer_name,
+            received_at=request.received_at,
+            source=source,
+            request_fields=request.fields,
+        )
+
+
+def _payment_again(
+    existing: Payment,
+    request: _Request,
+    *,
+    source: str,
+    auto_match: bool,
+    actor: Actor,
+    ip_address: str | None,
+    carried_by: User | None,
+) -> PaymentConflict | None:
+    """A transaction id already recorded: the channel's own record of a receipt, a retry, or a conflict.
+
+    None when it is the same payment (a receipt's channel record may confirm it here).
+    """
+    if existing.source == PaymentSource.AGENT and source != PaymentSource.AGENT:
+        return _channel_record_arrived(
+            payment=existing,
+            source=source,
+            amount=request.amount,
+            currency=request.currency,
+            contract=request.contract,
+            reference=request.reference,
+            payer_phone=request.raw_payer_phone,
+            auto_match=auto_match,
+            actor=actor,
+            ip_address=ip_address,
+            carried_by=carried_by,
+        )
+    return _differences(existing, request.fields)
 
 
 def _differences(existing: Payment, fields: dict[str, str]) -> PaymentConflict | None:
@@ -228,17 +317,17 @@ def _new_payment_match(
     """Audit a new payment, then apply it to the contract it names or the one the matching rules find."""
     audit_record(actor=actor, action="payment.create", obj=payment, after=snapshot(payment), ip_address=ip_address)
     if contract is not None:
-        _payment_apply(payment=payment, contract=contract, rule="contract_number", confidence=100, actor=actor)
+        payment_apply(payment=payment, contract=contract, rule="contract_number", confidence=100, actor=actor)
     elif auto_match:
         match = payment_find_match(payment)
         if match is not None:
-            _payment_apply(payment=payment, contract=match[0], rule=match[1], confidence=match[2], actor=actor)
+            payment_apply(payment=payment, contract=match[0], rule=match[1], confidence=match[2], actor=actor)
     payment.refresh_from_db()
 
 
 def _channel_record_arrived(
     *,
-    payment,
+    payment: Payment,
     source: str,
     amount: Decimal,
     currency: str,
@@ -246,9 +335,9 @@ def _channel_record_arrived(
     reference: str,
     payer_phone: str,
     auto_match: bool,
-    actor,
+    actor: Actor,
     ip_address: str | None,
-    carried_by=None,
+    carried_by: User | None = None,
 ) -> PaymentConflict | None:
     """The channel's own record of a payment an agent recorded from a receipt: confirm it, or say how it differs.
 
@@ -262,13 +351,14 @@ def _channel_record_arrived(
         differences["amount"] = (str(payment.amount), str(amount))
     if currency != payment.currency:
         differences["currency"] = (payment.currency, currency)
-    if not differences and payment.contract_id:
+    matched = payment.contract  # loaded with the payment
+    if not differences and matched is not None:
         named = contract
         if named is None and auto_match:
             found = payment_find_match(Payment(provider=payment.provider, reference=reference, payer_phone=payer_phone))
             named = found[0] if found else None
-        if named is not None and named.pk != payment.contract_id:
-            differences["contract_number"] = (payment.contract.number, named.number)
+        if named is not None and named.pk != matched.pk:
+            differences["contract_number"] = (matched.number, named.number)
     if differences:
         return PaymentConflict(payment, differences)
     if payment.status == PaymentStatus.PROVISIONAL:
@@ -283,12 +373,12 @@ def _channel_record_arrived(
                 ip_address=ip_address,
             )
         elif channel_record_refusal(recorded_by=payment.recorded_by, carried_by=carried_by) is None:
-            _payment_confirm(payment=payment, via=source, actor=actor, ip_address=ip_address)
+            provisional_payment_confirm(payment=payment, via=source, actor=actor, ip_address=ip_address)
         # Otherwise the receipt stays provisional: a second person confirms it on the payments queue.
     return None
 
 
-def channel_record_refusal(*, recorded_by, carried_by) -> str | None:
+def channel_record_refusal(*, recorded_by: User | None, carried_by: User | None) -> str | None:
     """Why a channel record a *person* brought in may not confirm a receipt; None if it may.
 
     A statement is the channel's own record only when it is independent of the receipt: the
@@ -312,7 +402,9 @@ def _said_by(source: str) -> str:
     return label[0].upper() + label[1:]
 
 
-def payment_flag(*, payment, flag: str, reason: str, actor=None, ip_address: str | None = None) -> bool:
+def payment_flag(
+    *, payment: Payment, flag: str, reason: str, actor: Actor = None, ip_address: str | None = None
+) -> bool:
     """Flag a payment to finance (its channel record differs, or none came in time); audited. True if it changed.
 
     The same flag with the same reason again changes nothing; a reversed payment is settled and not flagged.
@@ -343,7 +435,9 @@ def conflict_reason(*, source: str, differences: dict[str, tuple[str, str]]) -> 
     return f"{_said_by(source)} says {said}; nothing was credited twice."[:300]
 
 
-def payment_conflict_flag(*, conflict: PaymentConflict, source: str, actor=None, ip_address: str | None = None):
+def payment_conflict_flag(
+    *, conflict: PaymentConflict, source: str, actor: Actor = None, ip_address: str | None = None
+) -> None:
     """Flag to finance a payment recorded from a receipt when its channel's own record differs."""
 
     if conflict.payment.source != PaymentSource.AGENT or source == PaymentSource.AGENT:

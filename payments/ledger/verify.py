@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
+from typing import Any, cast
 
 from django.core.exceptions import ValidationError
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from payments.contracts.services import contract_set_status
-from payments.ledger.confirm import _payment_apply, payment_confirm
+from payments.ledger.confirm import payment_apply, payment_confirm
 from payments.ledger.errors import PaymentAlreadyRecorded, PaymentAlreadyVerified, WrongContract
 from payments.ledger.services import payment_ingest
 from payments.locks.services import contracts_lock_evaluate
@@ -24,10 +26,14 @@ from payments.models import (
     PaymentStatus,
 )
 from portal.audit import audit_record
+from portal.models import User
+from portal.types import Actor
 from portal.uploads import CheckedProof
 
 
-def payment_match_manual(*, payment, contract: Contract, actor, ip_address: str | None = None):
+def payment_match_manual(
+    *, payment: Payment, contract: Contract, actor: Actor, ip_address: str | None = None
+) -> Payment:
     """A finance officer matches an unmatched payment to a contract; allocated and decided at once."""
 
     with transaction.atomic():
@@ -37,12 +43,12 @@ def payment_match_manual(*, payment, contract: Contract, actor, ip_address: str 
             raise ValidationError({"status": [f"This payment is already {payment.get_status_display().lower()}."]})
         if contract.provider_id != payment.provider_id:
             raise ValidationError({"contract": ["Not a contract of this payment's provider."]})
-        _payment_apply(payment=payment, contract=contract, rule="manual", confidence=100, actor=actor)
+        payment_apply(payment=payment, contract=contract, rule="manual", confidence=100, actor=actor)
         payment.refresh_from_db()
     return payment
 
 
-def payment_verify(*, payment, actor, proof: str = "", ip_address: str | None = None):
+def payment_verify(*, payment: Payment, actor: User, proof: str = "", ip_address: str | None = None) -> Payment:
     """A call-center agent confirms a matched payment with the customer's proof; once only.
 
     Two agents verifying at once: the conditional UPDATE lets exactly one through and
@@ -83,7 +89,7 @@ def payment_verify(*, payment, actor, proof: str = "", ip_address: str | None = 
     return payment
 
 
-def payment_reverse(*, payment, actor, reason: str, ip_address: str | None = None):
+def payment_reverse(*, payment: Payment, actor: Actor, reason: str, ip_address: str | None = None) -> Payment:
     """Undo a payment (chargeback, returned transfer): its allocations come off and the lock is decided again.
 
     A provisional payment's held part is released with it (it was never allocated).
@@ -130,7 +136,14 @@ def payment_reverse(*, payment, actor, reason: str, ip_address: str | None = Non
     return payment
 
 
-def proof_save(*, payment: Payment, checked: CheckedProof, actor, transaction_id: str = "", ip_address=None):
+def proof_save(
+    *,
+    payment: Payment,
+    checked: CheckedProof,
+    actor: User,
+    transaction_id: str = "",
+    ip_address: str | None = None,
+) -> PaymentProof:
     """Store a checked proof privately for ``payment`` under a name we choose; audited as ``payment.proof``.
 
     Runs in the caller's transaction, as its last write: if saving the row fails, the file is removed.
@@ -143,8 +156,9 @@ def proof_save(*, payment: Payment, checked: CheckedProof, actor, transaction_id
         transaction_id=(transaction_id or payment.external_id)[:100],
         uploaded_by=actor,
     )
-    checked.upload.seek(0)
-    proof.file.save(f"{checked.sha256[:20]}.{checked.extension}", ContentFile(checked.upload.read()), save=False)
+    upload = cast("File[bytes]", checked.upload)  # portal.uploads.CheckedProof keeps the UploadedFile as an object
+    upload.seek(0)
+    proof.file.save(f"{checked.sha256[:20]}.{checked.extension}", ContentFile(upload.read()), save=False)
     stored = proof.file.name
     try:
         proof.save()
@@ -163,7 +177,14 @@ def proof_save(*, payment: Payment, checked: CheckedProof, actor, transaction_id
     return proof
 
 
-def payment_verify_existing(*, payment: Payment, contract, actor, checked: CheckedProof | None = None, ip_address=None):
+def payment_verify_existing(
+    *,
+    payment: Payment,
+    contract: Contract,
+    actor: User,
+    checked: CheckedProof | None = None,
+    ip_address: str | None = None,
+) -> Payment:
     """Verify a payment the customer named: matched to ``contract`` first if it was unmatched.
 
     A provisional one (another agent recorded it from a receipt) is confirmed instead, by
@@ -177,8 +198,10 @@ def payment_verify_existing(*, payment: Payment, contract, actor, checked: Check
         if payment.status == PaymentStatus.UNMATCHED:
             payment = payment_match_manual(payment=payment, contract=contract, actor=actor, ip_address=ip_address)
         elif payment.contract_id and payment.contract_id != contract.pk and payment.status != PaymentStatus.VERIFIED:
+            credited = payment.contract
+            assert credited is not None  # its contract_id is set
             raise WrongContract(
-                f"Transaction {payment.external_id} is credited to contract {payment.contract.number}, not this one. "
+                f"Transaction {payment.external_id} is credited to contract {credited.number}, not this one. "
                 "A finance officer can reverse it if it was credited wrongly."
             )
         if payment.status == PaymentStatus.PROVISIONAL:
@@ -196,7 +219,15 @@ def payment_verify_existing(*, payment: Payment, contract, actor, checked: Check
 
 
 def payment_record_from_proof(
-    *, contract, actor, channel: str, amount, received_at, transaction_id: str, checked: CheckedProof, ip_address=None
+    *,
+    contract: Contract,
+    actor: User,
+    channel: str,
+    amount: Any,
+    received_at: dt.datetime,
+    transaction_id: str,
+    checked: CheckedProof,
+    ip_address: str | None = None,
 ) -> Payment:
     """Record a payment from the customer's receipt (source ``agent``) for ``contract``; it is provisional.
 

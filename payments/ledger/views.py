@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.functional import Promise
 from django.views.decorators.http import require_POST
 
 from payments.contracts.selectors import contract_for_number
@@ -44,13 +46,15 @@ from payments.ledger.verify import (
 )
 from payments.models import Contract, Payment, PaymentChannel, PaymentFlag, PaymentProof, PaymentStatus
 from payments.money import format_money
+from portal.forms import form_errors_from
 from portal.four_eyes import four_eyes_refusal
 from portal.http import client_ip
+from portal.models import Organisation, User
 from portal.permissions import Right, has_right, require, scoped_get
 from portal.uploads import private_file_response
 
 
-def _payment_for(request, pk: int, right: Right):
+def _payment_for(request: HttpRequest, pk: int, right: Right) -> Payment:
     """One payment in the user's scope: 404 outside it, 403 without ``right``."""
 
     return scoped_get(
@@ -62,7 +66,7 @@ def _payment_for(request, pk: int, right: Right):
 
 
 @login_required
-def payment_list(request):
+def payment_list(request: HttpRequest) -> HttpResponse:
     """The finance queue: the provider's payments by status, unmatched first, newest first, with suggestions.
 
     Besides the statuses, a "Flagged" tab: payments recorded from receipts whose channel
@@ -72,11 +76,12 @@ def payment_list(request):
     status = request.GET.get("status", PaymentStatus.UNMATCHED)
     if status not in PaymentStatus.values and status not in ("all", FLAGGED):
         status = PaymentStatus.UNMATCHED
-    page = Paginator(payments_for(request.user, status="" if status == "all" else status), 25).get_page(
-        request.GET.get("page")
-    )
-    counts = payment_status_counts(request.user)
-    tabs = [(value, label, counts.get(value, 0)) for value, label in PaymentStatus.choices]
+    user = cast(User, request.user)  # login_required: a signed-in staff user
+    page = Paginator(payments_for(user, status="" if status == "all" else status), 25).get_page(request.GET.get("page"))
+    counts = payment_status_counts(user)
+    tabs: list[tuple[str, str | Promise, int]] = [
+        (value, label, counts.get(value, 0)) for value, label in PaymentStatus.choices
+    ]
     # Receipts whose channel record differs or never came: finance checks them (not a status: a flag).
     tabs.insert(2, (FLAGGED, "Flagged", counts.get(FLAGGED, 0)))
     tabs.append(("all", "All", sum(n for value, n in counts.items() if value != FLAGGED)))
@@ -97,14 +102,13 @@ def payment_list(request):
 
 
 @login_required
-def payment_detail(request, pk: int):
+def payment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """One payment: what came in, where it went, its proofs and its audit trail, and what can be done."""
     payment = _payment_for(request, pk, Right.VIEW_FINANCE)
     return render(request, "payments/payment_detail.html", _payment_detail_context(request, payment))
 
 
-def _payment_detail_context(request, payment, *, error: str = "") -> dict:
-
+def _payment_detail_context(request: HttpRequest, payment: Payment, *, error: str = "") -> dict[str, Any]:
     unmatched = payment.status == PaymentStatus.UNMATCHED
     confirmable = payment.status == PaymentStatus.PROVISIONAL and has_right(request.user, Right.VERIFY_PAYMENTS)
     return {
@@ -116,14 +120,13 @@ def _payment_detail_context(request, payment, *, error: str = "") -> dict:
         "can_verify": payment.status == PaymentStatus.MATCHED and has_right(request.user, Right.VERIFY_PAYMENTS),
         "can_confirm": confirmable,
         # Shown before the button: why this person may not confirm (four eyes, or a conflict).
-        "confirm_refusal": _confirm_refusal(payment, request.user) if confirmable else None,
+        "confirm_refusal": _confirm_refusal(payment, cast(User, request.user)) if confirmable else None,
         "can_reverse": payment.status != PaymentStatus.REVERSED and has_right(request.user, Right.RECORD_PAYMENTS),
         "error": error,
     }
 
 
-def _confirm_refusal(payment, user) -> str | None:
-
+def _confirm_refusal(payment: Payment, user: User) -> str | None:
     if payment.flag == PaymentFlag.CONFLICT:
         return f"{payment.flag_reason} A finance officer reverses it and records what the channel says."
     return four_eyes_refusal(requester=payment.recorded_by, approver=user)
@@ -131,12 +134,12 @@ def _confirm_refusal(payment, user) -> str | None:
 
 @login_required
 @require_POST
-def payment_confirm_view(request, pk: int):
+def payment_confirm_view(request: HttpRequest, pk: int) -> HttpResponse:
     """A second person confirms a payment recorded from a receipt; the recording agent (and linked accounts) cannot."""
 
     payment = _payment_for(request, pk, Right.VERIFY_PAYMENTS)
     try:
-        confirmed = payment_confirm(payment=payment, actor=request.user, ip_address=client_ip(request))
+        confirmed = payment_confirm(payment=payment, actor=cast(User, request.user), ip_address=client_ip(request))
     except PaymentAlreadyVerified as exc:
         messages.info(request, " ".join(exc.messages))
     except PermissionDenied as exc:
@@ -146,18 +149,20 @@ def payment_confirm_view(request, pk: int):
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
-        confirmed.contract.refresh_from_db(fields=["lock_state"])
+        contract = confirmed.contract
+        assert contract is not None  # a confirmed receipt is matched
+        contract.refresh_from_db(fields=["lock_state"])
         messages.success(
             request,
-            f"Payment {confirmed.external_id} confirmed: all of it is credited to {confirmed.contract.number}; "
-            f"the phone is now {confirmed.contract.get_lock_state_display().lower()}.",
+            f"Payment {confirmed.external_id} confirmed: all of it is credited to {contract.number}; "
+            f"the phone is now {contract.get_lock_state_display().lower()}.",
         )
     return redirect("payments:payment", pk=payment.pk)
 
 
 @login_required
 @require_POST
-def payment_match(request, pk: int):
+def payment_match(request: HttpRequest, pk: int) -> HttpResponse:
     """Match an unmatched payment to a suggested contract (``contract``) or a typed number (``contract_number``)."""
 
     payment = _payment_for(request, pk, Right.RECORD_PAYMENTS)
@@ -173,7 +178,9 @@ def payment_match(request, pk: int):
         messages.error(request, "No contract of this provider has that number. Check it with the payer's reference.")
     else:
         try:
-            payment_match_manual(payment=payment, contract=contract, actor=request.user, ip_address=client_ip(request))
+            payment_match_manual(
+                payment=payment, contract=contract, actor=cast(User, request.user), ip_address=client_ip(request)
+            )
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
         else:
@@ -188,13 +195,16 @@ def payment_match(request, pk: int):
 
 @login_required
 @require_POST
-def payment_verify_view(request, pk: int):
+def payment_verify_view(request: HttpRequest, pk: int) -> HttpResponse:
     """Verify a matched payment from its page; a second agent is told who was first."""
 
     payment = _payment_for(request, pk, Right.VERIFY_PAYMENTS)
     try:
         payment_verify(
-            payment=payment, actor=request.user, proof="verified from the payment page", ip_address=client_ip(request)
+            payment=payment,
+            actor=cast(User, request.user),
+            proof="verified from the payment page",
+            ip_address=client_ip(request),
         )
     except PaymentAlreadyVerified as exc:
         messages.info(request, " ".join(exc.messages))
@@ -206,7 +216,7 @@ def payment_verify_view(request, pk: int):
 
 
 @login_required
-def payment_reverse_view(request, pk: int):
+def payment_reverse_view(request: HttpRequest, pk: int) -> HttpResponse:
     """Reverse a payment: a confirmation page with the reason, then the reversal (audited by the service)."""
 
     payment = _payment_for(request, pk, Right.RECORD_PAYMENTS)
@@ -217,7 +227,10 @@ def payment_reverse_view(request, pk: int):
     if request.method == "POST" and form.is_valid():
         try:
             payment_reverse(
-                payment=payment, actor=request.user, reason=form.cleaned_data["reason"], ip_address=client_ip(request)
+                payment=payment,
+                actor=cast(User, request.user),
+                reason=form.cleaned_data["reason"],
+                ip_address=client_ip(request),
             )
         except ValidationError as exc:
             form.add_error(None, exc.messages)
@@ -228,7 +241,7 @@ def payment_reverse_view(request, pk: int):
 
 
 @login_required
-def payment_proof_download(request, pk: int):
+def payment_proof_download(request: HttpRequest, pk: int) -> HttpResponseBase:
     """A stored proof, only for VIEW_FINANCE in the provider's scope; always a download, never rendered inline."""
 
     proof = scoped_get(
@@ -243,7 +256,7 @@ def payment_proof_download(request, pk: int):
     )
 
 
-def _verify_existing(request, contract, form) -> bool:
+def _verify_existing(request: HttpRequest, contract: Contract, form: VerifyExistingForm) -> bool:
     """Verify the payment the agent confirmed (of the contract's provider); True when done, else a message says why.
 
     A provisional one (recorded from a receipt by someone else) is confirmed: four eyes.
@@ -259,7 +272,11 @@ def _verify_existing(request, contract, form) -> bool:
         return False
     try:
         payment_verify_existing(
-            payment=payment, contract=contract, actor=request.user, checked=form.checked, ip_address=client_ip(request)
+            payment=payment,
+            contract=contract,
+            actor=cast(User, request.user),
+            checked=form.checked,
+            ip_address=client_ip(request),
         )
     except PaymentAlreadyVerified as exc:
         messages.info(request, " ".join(exc.messages))
@@ -276,7 +293,7 @@ def _verify_existing(request, contract, form) -> bool:
 
 
 @login_required
-def contract_verify_payment(request, pk: int):
+def contract_verify_payment(request: HttpRequest, pk: int) -> HttpResponse:
     """An agent verifies a payment with the customer on the line.
 
     Step 1 (GET ``transaction_id``): find the provider's payment with the id the customer
@@ -315,29 +332,8 @@ def contract_verify_payment(request, pk: int):
     if action == "record":
         with timezone.override(provider.zone):
             valid = record_form.is_valid()
-        if valid:
-            data = record_form.cleaned_data
-            try:
-                recorded = payment_record_from_proof(
-                    contract=contract,
-                    actor=request.user,
-                    channel=data["channel"],
-                    amount=data["amount"],
-                    received_at=data["received_at"],
-                    transaction_id=data["transaction_id"],
-                    checked=record_form.checked,
-                    ip_address=client_ip(request),
-                )
-            except PaymentAlreadyVerified as exc:
-                messages.info(request, " ".join(exc.messages))
-                return redirect("payments:contract", pk=contract.pk)
-            except ValidationError as exc:
-                for name, errors in exc.message_dict.items() if hasattr(exc, "error_dict") else [(None, exc.messages)]:
-                    field = {"external_id": "transaction_id"}.get(name, name)
-                    record_form.add_error(field if field in record_form.fields else None, errors)
-            else:
-                messages.success(request, _recorded_message(recorded, contract))
-                return redirect("payments:contract", pk=contract.pk)
+        if valid and (answer := _record_from_proof(request, contract, record_form)):
+            return answer
 
     return render(
         request,
@@ -357,7 +353,39 @@ def contract_verify_payment(request, pk: int):
     )
 
 
-def _recorded_message(payment, contract) -> str:
+def _record_from_proof(request: HttpRequest, contract: Contract, form: RecordFromProofForm) -> HttpResponse | None:
+    """Record the payment the agent typed from the receipt; the redirect when done, else None (the form says why)."""
+
+    data = form.cleaned_data
+    checked = form.checked
+    assert checked is not None  # the receipt is required: a valid form has checked it
+    try:
+        recorded = payment_record_from_proof(
+            contract=contract,
+            actor=cast(User, request.user),  # login_required: a signed-in staff user
+            channel=data["channel"],
+            amount=data["amount"],
+            received_at=data["received_at"],
+            transaction_id=data["transaction_id"],
+            checked=checked,
+            ip_address=client_ip(request),
+        )
+    except PaymentAlreadyVerified as exc:
+        messages.info(request, " ".join(exc.messages))
+        return redirect("payments:contract", pk=contract.pk)
+    except ValidationError as exc:
+        # The service calls the transaction id external_id; the form, transaction_id.
+        if hasattr(exc, "error_dict"):
+            exc = ValidationError(
+                {"transaction_id" if name == "external_id" else name: errors for name, errors in exc.error_dict.items()}
+            )
+        form_errors_from(form, exc)
+        return None
+    messages.success(request, _recorded_message(recorded, contract))
+    return redirect("payments:contract", pk=contract.pk)
+
+
+def _recorded_message(payment: Payment, contract: Contract) -> str:
     """What the agent is told after recording a receipt: what was credited now and what waits."""
 
     credited = format_money(payment.amount - payment.held_amount, payment.currency)
@@ -376,26 +404,27 @@ def _recorded_message(payment, contract) -> str:
 
 
 # --- payment channels: how owners pay, listed on every lock screen in the admin's order ----------
-def _own_channel(request, pk: int):
+def _own_channel(request: HttpRequest, pk: int) -> PaymentChannel:
     """A payment channel of the admin's own provider: 404 for any other, then 403 without MANAGE_SETTINGS."""
 
-    channel = PaymentChannel.objects.filter(provider_id=request.user.organisation_id, pk=pk).first()
+    user = cast(User, request.user)  # login_required: a signed-in staff user
+    channel = PaymentChannel.objects.filter(provider_id=user.organisation_id, pk=pk).first()
     if channel is None:
         raise Http404("No such payment channel.")
-    require(request.user, Right.MANAGE_SETTINGS)
+    require(user, Right.MANAGE_SETTINGS)
     return channel
 
 
-def _channel_provider(request):
-
-    require(request.user, Right.MANAGE_SETTINGS)
-    if not request.user.organisation.is_provider:
+def _channel_provider(request: HttpRequest) -> Organisation:
+    user = cast(User, request.user)  # login_required: a signed-in staff user
+    require(user, Right.MANAGE_SETTINGS)
+    if not user.organisation.is_provider:
         raise Http404("Only a financing provider has payment channels.")
-    return request.user.organisation
+    return user.organisation
 
 
 @login_required
-def payment_channel_list(request):
+def payment_channel_list(request: HttpRequest) -> HttpResponse:
     """The provider's payment channels in lock-screen order, active and inactive, with their actions."""
 
     provider = _channel_provider(request)
@@ -404,20 +433,21 @@ def payment_channel_list(request):
 
 
 @login_required
-def payment_channel_new(request):
+def payment_channel_new(request: HttpRequest) -> HttpResponse:
     """Add a way to pay; it goes last on the lock screen."""
     return _payment_channel_form(request, provider=_channel_provider(request), channel=None)
 
 
 @login_required
-def payment_channel_edit(request, pk: int):
+def payment_channel_edit(request: HttpRequest, pk: int) -> HttpResponse:
     """Change a way to pay; phones show it with their next command."""
     channel = _own_channel(request, pk)
     return _payment_channel_form(request, provider=channel.provider, channel=channel)
 
 
-def _payment_channel_form(request, *, provider, channel):
-
+def _payment_channel_form(
+    request: HttpRequest, *, provider: Organisation, channel: PaymentChannel | None
+) -> HttpResponse:
     initial = {name: getattr(channel, name) for name in PaymentChannelForm.base_fields} if channel else None
     form = PaymentChannelForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -425,13 +455,12 @@ def _payment_channel_form(request, *, provider, channel):
             saved = payment_channel_save(
                 provider=provider,
                 channel=channel,
-                actor=request.user,
+                actor=cast(User, request.user),
                 ip_address=client_ip(request),
                 **form.cleaned_data,
             )
         except ValidationError as exc:
-            for name, errors in exc.message_dict.items():
-                form.add_error(name if name in form.fields else None, errors)
+            form_errors_from(form, exc)
         else:
             messages.success(request, f"Payment channel “{saved.name}” saved; the next lock screens show it.")
             return redirect("locks:channels")
@@ -440,10 +469,12 @@ def _payment_channel_form(request, *, provider, channel):
 
 @login_required
 @require_POST
-def payment_channel_active_view(request, pk: int, active: bool):
+def payment_channel_active_view(request: HttpRequest, pk: int, active: bool) -> HttpResponse:
     """Deactivate or reactivate a channel."""
     channel = _own_channel(request, pk)
-    payment_channel_set_active(channel=channel, active=active, actor=request.user, ip_address=client_ip(request))
+    payment_channel_set_active(
+        channel=channel, active=active, actor=cast(User, request.user), ip_address=client_ip(request)
+    )
     shown = "shown again on" if active else "no longer shown on"
     messages.success(request, f"Payment channel “{channel.name}” is {shown} lock screens.")
     return redirect("locks:channels")
@@ -451,10 +482,13 @@ def payment_channel_active_view(request, pk: int, active: bool):
 
 @login_required
 @require_POST
-def payment_channel_move_view(request, pk: int):
+def payment_channel_move_view(request: HttpRequest, pk: int) -> HttpResponse:
     """Move a channel one place up (``direction=up``) or down the lock screen's list."""
     channel = _own_channel(request, pk)
     payment_channel_move(
-        channel=channel, up=request.POST.get("direction") == "up", actor=request.user, ip_address=client_ip(request)
+        channel=channel,
+        up=request.POST.get("direction") == "up",
+        actor=cast(User, request.user),
+        ip_address=client_ip(request),
     )
     return redirect("locks:channels")
