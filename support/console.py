@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
-from typing import cast
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -272,8 +271,7 @@ def device(request, pk: int):
     """Everything an agent needs about one device on one page, in a fixed number of queries."""
     user = request.user
     require(user, CONSOLE_RIGHT)
-    # portal.permissions.scoped_get answers a Model: the queryset's, a Device.
-    device = cast(Device, scoped_get(Device.objects.select_related("provider"), user, CONSOLE_RIGHT, pk=pk))
+    device = scoped_get(Device.objects.select_related("provider"), user, CONSOLE_RIGHT, pk=pk)
     provider = device.provider
     today = provider.today()
 

@@ -8,7 +8,7 @@ the providers it serves, never another center's, and never amounts or the owner'
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, cast
+from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q, QuerySet
@@ -52,23 +52,19 @@ def case_queue(
 
 def case_for(actor: User, pk: int) -> Case:
     """One case of the actor's provider: 404 for anyone else's, 403 without the right to work cases."""
-    # portal.permissions.scoped_get answers a Model: the queryset's, a Case.
-    return cast(
-        Case,
-        scoped_get(
-            Case.objects.select_related(
-                "provider",
-                "device",
-                "contract__customer",
-                "assigned_to",
-                "opened_by",
-                "identity_verified_by",
-                "resolved_by",
-            ),
-            actor,
-            Right.MANAGE_CASES,
-            pk=pk,
+    return scoped_get(
+        Case.objects.select_related(
+            "provider",
+            "device",
+            "contract__customer",
+            "assigned_to",
+            "opened_by",
+            "identity_verified_by",
+            "resolved_by",
         ),
+        actor,
+        Right.MANAGE_CASES,
+        pk=pk,
     )
 
 

@@ -6,8 +6,6 @@ reads through ``support.selectors``, every write through ``support.services``.
 
 from __future__ import annotations
 
-from typing import cast
-
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -85,10 +83,7 @@ def _find_device(user, raw_imei: str) -> Device | None:
 def _device_from_query(request, right: Right) -> Device | None:
     device_id = request.GET.get("device", "")
     if device_id.isdigit():
-        # portal.permissions.scoped_get answers a Model: the queryset's, a Device.
-        return cast(
-            Device, scoped_get(Device.objects.select_related("provider"), request.user, right, pk=int(device_id))
-        )
+        return scoped_get(Device.objects.select_related("provider"), request.user, right, pk=int(device_id))
     return None
 
 
@@ -154,9 +149,7 @@ def case_new(request):
         initial["imei"] = prefilled_device.imei
     contract_id = request.GET.get("contract", "")
     if contract_id.isdigit():
-        prefilled = cast(
-            Contract, scoped_get(Contract.objects.all(), request.user, Right.MANAGE_CASES, pk=int(contract_id))
-        )
+        prefilled = scoped_get(Contract.objects.all(), request.user, Right.MANAGE_CASES, pk=int(contract_id))
         initial["contract_number"] = prefilled.number
     if "category" in request.GET and request.GET["category"] in CaseCategory.values:
         initial["category"] = request.GET["category"]

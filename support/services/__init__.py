@@ -3,12 +3,11 @@
 * ``cases``: hotline cases (open, note, assign, verify the caller, resolve);
 * ``unlocks``: unlock requests, asked by one person and approved (four eyes) or rejected by another;
 * ``reviews``: proof-of-purchase reviews submitted by service centers and decided by the provider;
-* ``lock_changes``: a manual release and an approved temporary unlock, the only places support
-  writes the money side's lock rows;
 * ``common``: the tenant scope, required text, the device's latest contract.
 
-Every write is atomic and audited. Rights and tenant scope are checked here as well as
-in the views (a service may be called from elsewhere): another tenant's object is
+Support never writes the money side's rows: an approved release or temporary unlock goes through the
+lock API (``payments.locks.services``). Every write is atomic and audited. Rights and tenant scope
+are checked here as well as in the views (a service may be called from elsewhere): another tenant's object is
 ``Http404``, a missing right ``PermissionDenied``, bad input ``ValidationError``.
 
 Import from the submodule (``from support.services.cases import case_open``). The names below
@@ -24,7 +23,6 @@ from support.services.cases import (
     case_verify_identity,
 )
 from support.services.common import device_latest_contract
-from support.services.lock_changes import contract_release
 from support.services.reviews import MAX_PROOF_FILES, proof_review_decide, proof_review_submit
 from support.services.unlocks import (
     LIVE_CONTRACT_STATUSES,
@@ -47,7 +45,6 @@ __all__ = [
     "case_open",
     "case_resolve",
     "case_verify_identity",
-    "contract_release",
     "device_latest_contract",
     "max_temp_unlock_hours",
     "proof_review_decide",

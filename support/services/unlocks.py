@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from devices.models import Device, LockState, OfflineCode, OfflineCodeKind
 from devices.services.offline import MAX_OFFLINE_DAYS, device_offline_rekey, offline_code_issue
+from payments.locks.services import contract_release, contract_temp_unlock, device_release
 from payments.models import Contract, ContractStatus, LockOverride, LockPolicy
 from portal.audit import audit_record, snapshot
 from portal.four_eyes import four_eyes_check
@@ -31,7 +32,6 @@ from support.models import (
     UnlockStatus,
 )
 from support.services.common import device_latest_contract, require_provider_in_scope, required_text, username_of
-from support.services.lock_changes import _device_release_without_contract, _grant_temporary_unlock, contract_release
 
 LIVE_CONTRACT_STATUSES = (ContractStatus.ACTIVE, ContractStatus.DEFAULTED)
 
@@ -230,7 +230,7 @@ def _apply_temporary(unlock: UnlockRequest, *, approver: User, why: str, now: dt
         unlock.contract.refresh_from_db()
     contract, hours = _check_temporary(device, unlock.contract, unlock.hours)
     ends_at = now + dt.timedelta(hours=hours)
-    override = _grant_temporary_unlock(contract, actor=approver, ends_at=ends_at, reason=why, now=now)
+    override = contract_temp_unlock(contract=contract, actor=approver, hours=hours, reason=why, now=now)
     # The approver reads the end in the provider's zone, as every page shows a time.
     until = local(ends_at, device.provider)
     if contract.lock_state == LockState.TEMP_UNLOCKED:
@@ -247,7 +247,7 @@ def _apply_release(unlock: UnlockRequest, *, approver: User, why: str, now: dt.d
     if unlock.contract is not None:
         contract_release(contract=unlock.contract, actor=approver, reason=why, now=now)
     else:
-        _device_release_without_contract(device=unlock.device, actor=approver, reason=why)
+        device_release(device=unlock.device, actor=approver, reason=why)
     return _Applied("Released for good: no command can lock this phone again for this contract.")
 
 
@@ -339,7 +339,7 @@ def unlock_request_approve(
     * temporary: a ``temp_unlock`` override until now + hours, then the contract is
       decided at once (``payments.locks.services.contract_override_add``) so the signed command is issued
       now; when the override ends the sweep decides again and re-locks (in lock hours);
-    * release: ``contract_release`` (or the device alone when it has no contract);
+    * release: ``payments.locks.services.contract_release`` (or ``device_release`` without a contract);
     * offline code: ``devices.services.offline.offline_code_issue``; the code is returned once;
     * new offline-code key: ``devices.services.offline.device_offline_rekey`` (new secret, new
       starting code, counter reset; the phone receives it at its next proven enrolment).
