@@ -27,7 +27,7 @@ from payments.models import (
     PaymentStatus,
 )
 from portal.audit import audit_record
-from portal.four_eyes import four_eyes_check
+from portal.four_eyes import four_eyes_check, four_eyes_refusal
 from portal.models import User
 from portal.permissions import Right, has_right
 from portal.types import Actor
@@ -267,6 +267,15 @@ def _check_confirmable(payment: Payment) -> None:
                 ]
             }
         )
+
+
+def payment_confirm_refusal(payment: Payment, *, approver: User) -> str | None:
+    """Why ``approver`` may not confirm this provisional payment (its channel record conflicts, or four eyes);
+    None if they may. Shown before the button; ``payment_confirm`` refuses the same."""
+
+    if payment.flag == PaymentFlag.CONFLICT:
+        return f"{payment.flag_reason} A finance officer reverses it and records what the channel says."
+    return four_eyes_refusal(requester=payment.recorded_by, approver=approver)
 
 
 def payment_confirm(*, payment: Payment, actor: Actor, ip_address: str | None = None) -> Payment:

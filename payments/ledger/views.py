@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 
 from payments.contracts.selectors import contract_for_number
 from payments.ledger.channels import payment_channel_move, payment_channel_save, payment_channel_set_active
-from payments.ledger.confirm import payment_confirm, provisional_limit
+from payments.ledger.confirm import payment_confirm, payment_confirm_refusal, provisional_limit
 from payments.ledger.errors import PaymentAlreadyVerified
 from payments.ledger.forms import (
     MatchByNumberForm,
@@ -44,10 +44,9 @@ from payments.ledger.verify import (
     payment_verify,
     payment_verify_existing,
 )
-from payments.models import Contract, Payment, PaymentChannel, PaymentFlag, PaymentProof, PaymentStatus
+from payments.models import Contract, Payment, PaymentChannel, PaymentProof, PaymentStatus
 from payments.money import format_money
 from portal.forms import form_errors_from
-from portal.four_eyes import four_eyes_refusal
 from portal.http import client_ip
 from portal.models import Organisation, User
 from portal.permissions import Right, has_right, require, scoped_get
@@ -120,16 +119,14 @@ def _payment_detail_context(request: HttpRequest, payment: Payment, *, error: st
         "can_verify": payment.status == PaymentStatus.MATCHED and has_right(request.user, Right.VERIFY_PAYMENTS),
         "can_confirm": confirmable,
         # Shown before the button: why this person may not confirm (four eyes, or a conflict).
-        "confirm_refusal": _confirm_refusal(payment, cast(User, request.user)) if confirmable else None,
+        "confirm_refusal": payment_confirm_refusal(payment, approver=cast(User, request.user)) if confirmable else None,
         "can_reverse": payment.status != PaymentStatus.REVERSED and has_right(request.user, Right.RECORD_PAYMENTS),
         "error": error,
     }
 
 
-def _confirm_refusal(payment: Payment, user: User) -> str | None:
-    if payment.flag == PaymentFlag.CONFLICT:
-        return f"{payment.flag_reason} A finance officer reverses it and records what the channel says."
-    return four_eyes_refusal(requester=payment.recorded_by, approver=user)
+#: The old name, for the re-export module payments/views.py until it goes.
+_confirm_refusal = payment_confirm_refusal
 
 
 @login_required
