@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import asdict, fields
+from typing import cast
 
 from django import forms
 
@@ -33,7 +34,8 @@ class StatementUploadForm(forms.Form):
         super().__init__(*args, **kwargs)
 
         names = CsvColumnMapping.objects.filter(provider=provider).order_by("name").values_list("name", flat=True)
-        self.fields["csv_mapping"].choices = [("", "Recognise the bank")] + [(name, name) for name in names]
+        choice = cast(forms.ChoiceField, self.fields["csv_mapping"])  # declared above
+        choice.choices = [("", "Recognise the bank")] + [(name, name) for name in names]
 
 
 # Typed into a column field for the column whose header cell is empty (VR-Bank's S/H column).
@@ -93,7 +95,7 @@ class ListField(forms.CharField):
         super().__init__(**kwargs)
 
     def to_python(self, value):
-        text = super().to_python(value)
+        text = super().to_python(value) or ""
         parts = text.split(",") if self.commas else text.splitlines()
         values = tuple(part.strip() for part in parts if part.strip())
         return tuple(part.upper() for part in values) if self.upper else values
@@ -251,10 +253,11 @@ class CsvMappingForm(forms.Form):
     def initial_for(cls, values: dict) -> dict:
         """Form initial data for saved mapping values (the JSON, or ``asdict`` of a CsvMapping)."""
 
-        defaults = CsvMapping(name="", date_column=None)  # None: an empty box, not the blank header
+        # date_column None: an empty box, not the blank header.
+        defaults = {**asdict(CsvMapping(name="", date_column="")), "date_column": None}
         initial = {}
         for name in cls.mapping_fields():
-            value = values.get(name, getattr(defaults, name))
+            value = values.get(name, defaults[name])
             field = cls.base_fields[name]
             initial[name] = field.as_text(value) if hasattr(field, "as_text") else value
         return initial
@@ -274,7 +277,8 @@ class CsvMappingForm(forms.Form):
 
     def clean(self):
 
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         broken = set(self.errors)
         # A field that failed to parse takes its default here; its own error already says why,
         # and problems reported on it are dropped so the officer reads one reason per field.

@@ -5,7 +5,7 @@ once); ``statement_imports_enqueue`` hands it to the ``imports`` queue once the 
 committed; ``statement_import_run`` (the Celery task in production, in-process without a
 broker) parses it, keeps each entry once per provider by its fingerprint, turns credits into
 payments with the rules of ``payment_ingest`` (matched and allocated, unlocking phones at
-once), in set-based batches (``payments/reconcile.py``), and reports debits, returns and
+once), in set-based batches (``payments/statements/reconcile.py``), and reports debits, returns and
 unreadable lines with the reason. Importing the same statement again creates nothing.
 
 Every import ends ``done`` or ``failed`` with a reason: an unreadable file, a run that reaches
@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import datetime, timedelta
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -35,26 +36,30 @@ from django.utils import timezone
 from payments.ledger.errors import PaymentConflict
 from payments.ledger.services import channel_record_refusal, payment_conflict_flag, payment_ingest
 from payments.models import CsvColumnMapping, ImportStatus, PaymentStatus, StatementImport, StatementLine
-from payments.statements.parsers.csv_format import CsvMapping
-from payments.statements.parsers.detect import parse_statement
-from payments.statements.parsers.types import StatementError
-from payments.statements.receipts import receipt_not_confirmed_note
-from payments.statements.reconcile import (
+from payments.statements.entries import (
+    CHANNEL,
     NOT_CREDITED_DEBIT,
     entry_external_id,
     entry_received_at,
     not_credited_note,
     statement_line_fields,
-    statement_lines_credit,
 )
+from payments.statements.parsers.csv_format import CsvMapping
+from payments.statements.parsers.detect import parse_statement
+from payments.statements.parsers.types import StatementError
+from payments.statements.parsers.types import StatementLine as ParsedLine
+from payments.statements.receipts import receipt_not_confirmed_note
+from payments.statements.reconcile import statement_lines_credit
 from portal.audit import AuditEntry, audit_record, audit_record_many
-from portal.models import Organisation
+from portal.models import Organisation, User
+from portal.permissions import ApiClient
 from portal.queue import enqueue_each
+from portal.types import Actor
 
 log = logging.getLogger(__name__)
 
 MAX_STATEMENT_BYTES = 50 * 1024 * 1024
-# Lines credited per transaction (payments/reconcile.py): large enough that the fixed cost
+# Lines credited per transaction (payments/statements/reconcile.py): large enough that the fixed cost
 # of a batch vanishes, small enough that the progress bar moves and locks are brief.
 CREDIT_BATCH = 5000
 # Runs that may claim one import. A run that was lost (worker killed, out of memory, hard
@@ -77,7 +82,7 @@ def statement_import_create(
     provider: Organisation,
     filename: str,
     raw: bytes,
-    actor,
+    actor: Actor,
     format: str | None = None,
     csv_mapping: str = "",
     ip_address: str | None = None,
@@ -97,8 +102,8 @@ def statement_import_create(
             sha256=hashlib.sha256(raw).hexdigest(),
             format=format or "",
             csv_mapping=csv_mapping,
-            created_by=actor if getattr(actor, "pk", None) else None,
-            api_key=getattr(actor, "key", None) if not getattr(actor, "pk", None) else None,
+            created_by=actor if isinstance(actor, User) and actor.pk else None,
+            api_key=actor.key if isinstance(actor, ApiClient) else None,
         )
         record.file.save(name, ContentFile(raw), save=True)
         audit_record(
@@ -111,7 +116,7 @@ def statement_import_create(
     return record
 
 
-def _mapping_for(record: StatementImport):
+def _mapping_for(record: StatementImport) -> CsvMapping | None:
     if not record.csv_mapping:
         return None
 
@@ -119,7 +124,9 @@ def _mapping_for(record: StatementImport):
     return CsvMapping(**saved.mapping)
 
 
-def _import_line(*, record: StatementImport, provider, line, summary: dict, actor) -> None:
+def _import_line(
+    *, record: StatementImport, provider: Organisation, line: ParsedLine, summary: dict[str, Any], actor: Actor
+) -> None:
     """Import one entry through ``payment_ingest`` (the path a batch falls back to)."""
 
     if line.direction == "credit" and not line.is_return:
@@ -142,7 +149,7 @@ def _import_line(*, record: StatementImport, provider, line, summary: dict, acto
                 with transaction.atomic():
                     payment, _created = payment_ingest(
                         provider=provider,
-                        channel="bank_transfer",
+                        channel=CHANNEL,
                         external_id=entry_external_id(line),
                         amount=line.amount,
                         currency=line.currency,
@@ -203,7 +210,7 @@ def _claimable(now: datetime) -> Q:
     return (Q(status=ImportStatus.PENDING) | _lost(now)) & Q(attempts__lt=MAX_ATTEMPTS)
 
 
-def statement_import_run(*, import_id: int, actor=None) -> StatementImport:
+def statement_import_run(*, import_id: int, actor: Actor = None) -> StatementImport:
     """Parse and import one stored statement; idempotent (a started or finished import is returned as it is).
 
     Always ends the import ``done`` or ``failed`` with a readable reason, whatever goes wrong,
@@ -245,7 +252,7 @@ def statement_import_run(*, import_id: int, actor=None) -> StatementImport:
         )
 
 
-def _fail(record: StatementImport, *, actor, reason: str, advice: str) -> StatementImport:
+def _fail(record: StatementImport, *, actor: Actor, reason: str, advice: str) -> StatementImport:
     """End a claimed import ``failed``, saying why, what it kept and what to do; audited."""
     for attempt in (1, 2):
         try:
@@ -272,7 +279,7 @@ def _fail(record: StatementImport, *, actor, reason: str, advice: str) -> Statem
     return record  # pragma: no cover - the loop returns or raises
 
 
-def _run(record: StatementImport, *, actor, deadline: float) -> StatementImport:
+def _run(record: StatementImport, *, actor: Actor, deadline: float) -> StatementImport:
 
     provider = record.provider
     with record.file.open("rb") as handle:

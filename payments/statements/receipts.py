@@ -1,39 +1,64 @@
-"""A statement's lines as the channel's own record of receipts recorded by hand: confirming them, or flagging a conflict."""
+"""A statement's lines as the channel's own record of receipts agents recorded by hand.
+
+A line holding the transaction id of such a receipt is compared as ``payment_ingest``
+compares a channel's record of it; it then confirms the receipt (when it was provisional
+and the statement is independent of whoever recorded it), or the receipt is flagged to
+finance as a conflict. Used by ``payments.statements.reconcile`` for a whole batch at once.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TypedDict
+
+from django.db.models import F
 
 from payments.ledger.matching import contracts_match_many
-from payments.ledger.services import channel_record_refusal
+from payments.ledger.services import channel_record_refusal, conflict_reason
 from payments.models import (
     Contract,
     Payment,
+    PaymentConfirmation,
     PaymentFlag,
     PaymentSource,
     PaymentStatus,
+    StatementImport,
 )
+from payments.statements.entries import Credit, Differences, Outcome
 from portal.audit import AuditEntry, audit_record_many
-from portal.models import User
+from portal.models import Organisation, User
+from portal.types import Actor
 
 
 @dataclass
-class _Credit:
-    """A credit line on its way to becoming (or joining) a payment."""
+class ReceiptRecords:
+    """What a batch's lines say of receipts: the ones they confirm, and the ones whose record differs."""
 
-    line: object  # payments.statements.parsers.types.StatementLine
+    confirming: list[Payment] = field(default_factory=list)  # provisional payments these lines confirm
+    confirming_line: dict[int, str] = field(default_factory=dict)  # payment id -> its line's fingerprint
+    conflicting: dict[int, tuple[Payment, Differences]] = field(default_factory=dict)  # flagged to finance
+
+
+class HeldReceipt(TypedDict):
+    """A receipt's payment as locked for confirming (``lock_receipts``)."""
+
+    pk: int
+    status: str
+    flag: str
+    held_amount: Decimal
+    contract_id: int
+    recorded_by_id: int
+    recorded_by__username: str
+    match_rule: str
     external_id: str
     amount: Decimal
-    reference: str
+    currency: str
     received_at: dt.datetime
-    fields: dict
-    payment_id: int | None = None
-    match: tuple[int, str, int] | None = None
 
 
-def _receipt_contracts(provider, credits: list[_Credit]) -> dict[int, tuple[int, str] | None]:
+def receipt_contracts(provider: Organisation, credits: list[Credit]) -> dict[int, tuple[int, str] | None]:
     """The contract each credit's reference names (id, number), for credits of payments recorded from receipts.
 
     ``id(credit)`` → (contract id, number) or None; no query when there are none.
@@ -45,7 +70,21 @@ def _receipt_contracts(provider, credits: list[_Credit]) -> dict[int, tuple[int,
     return {id(c): (m[0], numbers[m[0]]) if m else None for c, m in zip(credits, found, strict=True)}
 
 
-def _lock_receipts(confirming: list[Payment], conflicting: dict) -> list[dict]:
+def receipt_differences(credit: Credit, receipt: Payment, named: tuple[int, str] | None) -> Differences:
+    """How a line differs from the receipt with its transaction id: ``payment_ingest``'s rules for a
+    channel's record of a receipt (``_channel_record_arrived``): amount, currency, and no other contract named.
+    """
+    differences: Differences = {}
+    if credit.amount != receipt.amount:
+        differences["amount"] = (str(receipt.amount), str(credit.amount))
+    if credit.line.currency != receipt.currency:
+        differences["currency"] = (receipt.currency, credit.line.currency)
+    if not differences and receipt.contract is not None and named and named[0] != receipt.contract_id:
+        differences["contract_number"] = (receipt.contract.number, named[1])
+    return differences
+
+
+def lock_receipts(confirming: list[Payment], conflicting: dict[int, tuple[Payment, Differences]]) -> list[HeldReceipt]:
     """Lock, in id order, the receipts' payments this batch confirms or flags; the ones still to confirm.
 
     Re-read under the lock: one a person confirmed, or finance reversed, meanwhile is left as
@@ -81,9 +120,9 @@ def _lock_receipts(confirming: list[Payment], conflicting: dict) -> list[dict]:
     ]
 
 
-def _independent_of_uploader(
-    held: list[dict], *, record, stored: dict, confirming_line: dict[int, str]
-) -> tuple[list[dict], int]:
+def independent_of_uploader(
+    held: list[HeldReceipt], *, record: StatementImport, stored: dict[str, Outcome], confirming_line: dict[int, str]
+) -> tuple[list[HeldReceipt], int]:
     """The receipts this statement may confirm (not its uploader's own, nor those of an account linked
     to them), and how many it may not.
 
@@ -118,10 +157,30 @@ def receipt_not_confirmed_note(payment_id: int) -> str:
     )
 
 
-def _flag_conflicts(provider, conflicting: dict, *, now, actor, reason) -> None:
+def receipts_confirm(held: list[HeldReceipt], *, now: dt.datetime) -> None:
+    """Confirm the held receipts in one UPDATE: verified, nothing held any more, any flag answered."""
+    if held:
+        # Under the row locks of lock_receipts: these are still provisional and not in conflict.
+        Payment.objects.filter(pk__in=[row["pk"] for row in held]).update(
+            status=PaymentStatus.VERIFIED,
+            held_amount=Decimal("0"),
+            confirmed_via=PaymentConfirmation.STATEMENT,
+            confirmed_at=now,
+            confirmed_by=None,
+            verified_by=F("recorded_by"),
+            verified_at=now,
+            flag="",  # a conflict was excluded; a "not confirmed in time" flag is answered
+            flag_reason="",
+            flagged_at=None,
+        )
+
+
+def flag_conflicts(
+    provider: Organisation, conflicting: dict[int, tuple[Payment, Differences]], *, now: dt.datetime, actor: Actor
+) -> None:
     """Flag to finance, in one UPDATE, each receipt whose bank record differs; one ``payment.flag`` event each.
 
-    The rows are locked (``_lock_receipts``); ``payment_flag``'s rules: a reversed payment is
+    The rows are locked (``lock_receipts``); ``payment_flag``'s rules: a reversed payment is
     not flagged, the same flag and reason again change nothing.
     """
     if not conflicting:
@@ -131,7 +190,7 @@ def _flag_conflicts(provider, conflicting: dict, *, now, actor, reason) -> None:
     }
     changes = []
     for pk, (payment, differences) in sorted(conflicting.items()):
-        text = reason(source=PaymentSource.STATEMENT, differences=differences)[:300]
+        text = conflict_reason(source=PaymentSource.STATEMENT, differences=differences)[:300]
         row = current[pk]
         if row.status == PaymentStatus.REVERSED or (row.flag, row.flag_reason) == (PaymentFlag.CONFLICT, text):
             continue

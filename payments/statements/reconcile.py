@@ -27,6 +27,10 @@ lines and credits its credits with a fixed number of queries per batch:
 The outcome is the one the per-line path gives (tests/test_statement_import.py imports
 every sample both ways and compares). Anything unexpected (a concurrent import of the
 same entries) raises and rolls the batch back; the caller then takes it line by line.
+
+:func:`statement_lines_credit` runs the steps in order, each a function below; the contracts'
+side (locks, allocation, paid off, the lock decision) is in ``payments.statements.allocation``, the
+receipts' side in ``payments.statements.receipts``, the bulk writes in ``payments.statements.bulk``.
 """
 
 from __future__ import annotations
@@ -34,44 +38,57 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
-from decimal import Decimal
+from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
-from django.db.models import F, JSONField, Max
+from django.db import transaction
 from django.utils import timezone
-from psycopg.types.json import Jsonb
 
-from devices.models import LockState
 from payments.ledger.errors import PaymentConflict
 from payments.ledger.matching import contracts_match_many
-from payments.ledger.services import _check_payment_input, _payment_request_fields, conflict_reason
-from payments.locks.services import contracts_lock_evaluate
+from payments.ledger.services import check_payment_input, payment_request_fields
 from payments.models import (
     Contract,
-    ContractStatus,
-    Installment,
     Payment,
-    PaymentAllocation,
     PaymentConfirmation,
     PaymentSource,
     PaymentStatus,
+    StatementImport,
     StatementLine,
 )
+from payments.statements.allocation import (
+    LockedContracts,
+    allocations_write,
+    contracts_decide_locks,
+    contracts_lock_for_allocation,
+    contracts_settle_paid_off,
+)
+from payments.statements.bulk import copy_rows, reserve_ids
+from payments.statements.entries import (
+    CHANNEL,
+    NOT_CREDITED_DEBIT,
+    Credit,
+    Outcome,
+    entry_external_id,
+    entry_received_at,
+    not_credited_note,
+    statement_line_fields,
+)
+from payments.statements.parsers.types import StatementLine as ParsedLine
 from payments.statements.receipts import (
-    _Credit,
-    _flag_conflicts,
-    _independent_of_uploader,
-    _lock_receipts,
-    _receipt_contracts,
+    HeldReceipt,
+    ReceiptRecords,
+    flag_conflicts,
+    independent_of_uploader,
+    lock_receipts,
+    receipt_contracts,
+    receipt_differences,
+    receipts_confirm,
 )
 from portal.audit import AuditEntry, audit_record, audit_record_many
+from portal.models import Organisation
+from portal.types import Actor
 from portal.webhooks import webhook_events_emit
-
-CHANNEL = "bank_transfer"
-
-
-NOT_CREDITED_DEBIT = "Debit or return: shown, never credited."
 
 
 @dataclass
@@ -85,505 +102,440 @@ class BatchCounts:
     matched: int = 0
     unmatched: int = 0
     not_credited: int = 0
-    contracts: set = field(default_factory=set)
+    contracts: set[int] = field(default_factory=set)
 
 
-def entry_external_id(line) -> str:
-    """The payment id of a statement entry: the bank's own id when it gives one, else the entry's fingerprint."""
-    return (line.end_to_end_id or line.bank_reference or f"line:{line.fingerprint}")[:100]
+@dataclass
+class _Batch:
+    """One batch on its way through the steps: where it goes, and what became of each line so far."""
+
+    record: StatementImport
+    provider: Organisation
+    actor: Actor
+    now: dt.datetime
+    counts: BatchCounts = field(default_factory=BatchCounts)
+    # Lines to store; fingerprint -> (note, payment id). Keyed by fingerprint, unique once
+    # duplicates are out: line numbers repeat (every entry of a one-line camt file is line 1).
+    fresh: list[ParsedLine] = field(default_factory=list)
+    stored: dict[str, Outcome] = field(default_factory=dict)
+
+    def not_credited(self, line: ParsedLine, note: str) -> None:
+        """The line is stored with the reason it was not credited."""
+        self.stored[line.fingerprint] = (note, None)
+        self.counts.not_credited += 1
+
+    def duplicate(self, line: ParsedLine) -> None:
+        """The line is a payment's statement line again: counted, not stored."""
+        self.counts.duplicates += 1
+        self.fresh.remove(line)
+
+    def link(self, line: ParsedLine, payment: Payment, linked: set[int | None]) -> None:
+        """The line becomes the statement line of a payment recorded before it."""
+        linked.add(payment.pk)
+        self.stored[line.fingerprint] = ("", payment.pk)
+        self.counts.matched += payment.status != PaymentStatus.UNMATCHED
+        self.counts.unmatched += payment.status == PaymentStatus.UNMATCHED
 
 
-def entry_received_at(line, zone) -> dt.datetime:
-    """Midnight of the value (else booking) date in the provider's time zone."""
-    return timezone.make_aware(dt.datetime.combine(line.value_date or line.booking_date, dt.time.min), zone)
+@dataclass
+class _Known:
+    """What step 3 knows of the batch's transaction ids."""
+
+    existing: dict[str, Payment]  # transaction id -> the payment recorded with it before
+    linked: set[int | None]  # payments that have their statement line
+    receipt_contract: dict[int, tuple[int, str] | None]  # id(credit) -> the contract it names, for receipts
+    first_of: dict[str, Credit] = field(default_factory=dict)  # a new transaction id's first credit
 
 
-def not_credited_note(error: ValidationError) -> str:
-    reasons = "; ".join(f"{k}: {' '.join(v)}" for k, v in error.message_dict.items())
-    return f"Not credited: {reasons}"[:300]
-
-
-def statement_line_fields(line) -> dict:
-    """A parsed entry's columns of ``StatementLine``, cut to their lengths (both import paths store these)."""
-    return {
-        "fingerprint": line.fingerprint,
-        "line_no": line.line_no,
-        "booking_date": line.booking_date,
-        "value_date": line.value_date,
-        "amount": line.amount,
-        "currency": line.currency,
-        "direction": line.direction,
-        "is_return": line.is_return,
-        "reference": line.reference[:500],
-        "end_to_end_id": line.end_to_end_id[:100],
-        "creditor_reference": line.creditor_reference[:100],
-        "bank_reference": line.bank_reference[:100],
-        "counterparty_name": line.counterparty_name[:200],
-        "counterparty_account": line.counterparty_account[:100],
-    }
-
-
-def _set_columns(model, objects: list, columns: dict[str, str]) -> None:
-    """Write ``columns`` (name: PostgreSQL type) of many rows from their objects in one UPDATE per 5,000.
-
-    ``bulk_update`` builds a CASE per row and column, which costs more than the whole
-    crediting; on PostgreSQL this joins an ``unnest`` of arrays instead. The callers hold
-    the rows' locks, so the values computed from them are current.
-    """
-    if not objects:
-        return
-    if connection.vendor != "postgresql":
-        model.objects.bulk_update(objects, [name.removesuffix("_id") for name in columns], batch_size=1000)
-        return
-    table = model._meta.db_table
-    names = list(columns)
-    assignments = ", ".join(f"{name} = v.{name}" for name in names)
-    arrays = ", ".join(["%s::bigint[]", *(f"%s::{kind}[]" for kind in columns.values())])
-    # Names come from the model and the caller's literals; every value goes as a parameter.
-    sql = f"UPDATE {table} AS t SET {assignments} FROM unnest({arrays}) AS v(id, {', '.join(names)}) WHERE t.id = v.id"  # noqa: S608
-    with connection.cursor() as cursor:
-        for start in range(0, len(objects), 5000):
-            chunk = objects[start : start + 5000]
-            cursor.execute(sql, [[o.pk for o in chunk], *([getattr(o, n) for o in chunk] for n in names)])
-
-
-def _reserve_ids(model, count: int) -> list[int]:
-    """``count`` new ids of ``model``'s table, taken before the rows are written (rows point at each other).
-
-    On PostgreSQL from the table's sequence, one ``nextval`` each, so concurrent writers
-    never collide; on development databases the next ids after the highest (SQLite lets
-    one transaction write at a time).
-    """
-    if not count:
-        return []
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-                [model._meta.db_table, count],
-            )
-            return [row[0] for row in cursor.fetchall()]
-    top = model.objects.aggregate(top=Max("pk"))["top"] or 0
-    return list(range(top + 1, top + 1 + count))
-
-
-def _copy(model, rows: list[dict]) -> None:
-    """Insert ``rows`` (column attname: value, ``id`` included): COPY on PostgreSQL, ``bulk_create`` elsewhere.
-
-    ``bulk_create`` spends most of a statement import building model instances and
-    compiling INSERTs; COPY takes the values as they are. Columns a row leaves out get
-    the field's default. Constraint violations surface as Django's ``IntegrityError``.
-    """
-    if not rows:
-        return
-    fields = model._meta.concrete_fields
-    defaults = {f.attname: f.get_default() for f in fields if f.attname not in rows[0]}
-    if connection.vendor != "postgresql":
-        model.objects.bulk_create([model(**defaults, **row) for row in rows], batch_size=2000)
-        return
-
-    names = [f.attname for f in fields]
-    wrap = {f.attname for f in fields if isinstance(f, JSONField)}
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    with (
-        connection.cursor() as cursor,
-        connection.wrap_database_errors,
-        cursor.cursor.copy(f"COPY {connection.ops.quote_name(model._meta.db_table)} ({columns}) FROM STDIN") as copy,
-    ):
-        for row in rows:
-            values = [row[n] if n in row else defaults[n] for n in names]
-            copy.write_row([Jsonb(v) if n in wrap else v for n, v in zip(names, values, strict=True)])
-
-
-def statement_lines_credit(*, record, provider, lines: list, actor=None) -> BatchCounts:
+def statement_lines_credit(
+    *, record: StatementImport, provider: Organisation, lines: list[ParsedLine], actor: Actor = None
+) -> BatchCounts:
     """Store a batch of parsed statement lines once each and credit its credits (see the module docstring).
 
     One transaction. Raises ``IntegrityError`` if another import stored the same entries
     meanwhile; nothing of the batch is then kept and the caller imports it line by line.
     """
 
-    counts = BatchCounts()
-    now = timezone.now()
+    batch = _Batch(record=record, provider=provider, actor=actor, now=timezone.now())
     with transaction.atomic():
         # 1. Each entry once per provider: in this batch, and against every earlier import.
-        known = set(
-            StatementLine.objects.filter(
-                provider=provider, fingerprint__in=[line.fingerprint for line in lines]
-            ).values_list("fingerprint", flat=True)
-        )
-        # Lines to store; fingerprint -> (note, payment id). Keyed by fingerprint, unique once
-        # duplicates are out: line numbers repeat (every entry of a one-line camt file is line 1).
-        fresh, stored = [], {}
-        for line in lines:
-            if line.direction == "credit" and not line.is_return:
-                counts.credits += 1
-            elif line.is_return:
-                counts.returns += 1
-            else:
-                counts.debits += 1
-            if line.fingerprint in known:
-                counts.duplicates += 1
-                continue
-            known.add(line.fingerprint)
-            fresh.append(line)
-
+        _keep_fresh(batch, lines)
         # 2. Credits checked as payment_ingest checks them.
-        credits: list[_Credit] = []
-        for line in fresh:
-            if line.direction != "credit" or line.is_return:
-                stored[line.fingerprint] = (NOT_CREDITED_DEBIT, None)
-                continue
-            received_at = entry_received_at(line, provider.zone)
-            errors: dict = {}
-            external_id, money = _check_payment_input(
-                provider=provider,
-                channel=CHANNEL,
-                external_id=entry_external_id(line),
-                amount=line.amount,
-                currency=line.currency,
-                received_at=received_at,
-                errors=errors,
-            )
-            if errors:
-                stored[line.fingerprint] = (not_credited_note(ValidationError(errors)), None)
-                counts.not_credited += 1
-                continue
-            reference = (line.creditor_reference or line.reference)[:140].strip()[:140]
-            fields = _payment_request_fields(
-                channel=CHANNEL,
-                amount=money,
-                currency=line.currency,
-                received_at=received_at.astimezone(dt.UTC).isoformat(),
-                reference=reference,
-                payer_phone="",
-                contract_number="",
-            )
-            credits.append(_Credit(line, external_id, money, reference, received_at, fields))
-
+        credits = _checked_credits(batch)
         # 3. A known transaction id: the same payment, or a conflict.
-        existing = {
-            p.external_id: p
-            for p in Payment.objects.filter(
-                provider=provider, channel=CHANNEL, external_id__in={c.external_id for c in credits}
-            ).select_related("contract")
-        }
-        linked = set(
-            StatementLine.objects.filter(payment__in=list(existing.values())).values_list("payment_id", flat=True)
-        )
-        # The bank's record of payments agents recorded from receipts (rare: no query without them).
-        of_receipts = [c for c in credits if getattr(existing.get(c.external_id), "source", "") == PaymentSource.AGENT]
-        receipt_contract = _receipt_contracts(provider, of_receipts)
-        confirming: list[Payment] = []  # provisional payments this batch's lines confirm (step 5)
-        confirming_line: dict[int, str] = {}  # their lines' fingerprints
-        conflicting: dict[int, tuple[Payment, dict]] = {}  # receipts whose bank record differs (flagged)
-        new: list[_Credit] = []
-        first_of: dict[str, _Credit] = {}
-        for credit in credits:
-            earlier = existing.get(credit.external_id)
-            if earlier is not None and earlier.source == PaymentSource.AGENT:
-                # payment_ingest's rules for a channel's record of a receipt (_channel_record_arrived).
-                differences = {}
-                if credit.amount != earlier.amount:
-                    differences["amount"] = (str(earlier.amount), str(credit.amount))
-                if credit.line.currency != earlier.currency:
-                    differences["currency"] = (earlier.currency, credit.line.currency)
-                named = receipt_contract.get(id(credit))
-                if not differences and earlier.contract_id and named and named[0] != earlier.contract_id:
-                    differences["contract_number"] = (earlier.contract.number, named[1])
-                if differences:
-                    stored[credit.line.fingerprint] = (not_credited_note(PaymentConflict(earlier, differences)), None)
-                    counts.not_credited += 1
-                    if earlier.status != PaymentStatus.REVERSED:
-                        conflicting[earlier.pk] = (earlier, differences)
-                elif earlier.pk in linked:
-                    counts.duplicates += 1
-                    fresh.remove(credit.line)
-                else:
-                    linked.add(earlier.pk)
-                    stored[credit.line.fingerprint] = ("", earlier.pk)
-                    counts.matched += earlier.status != PaymentStatus.UNMATCHED
-                    counts.unmatched += earlier.status == PaymentStatus.UNMATCHED
-                    # As line by line: a conflict seen first (an earlier line, or flagged before) blocks it.
-                    if earlier.status == PaymentStatus.PROVISIONAL and earlier.pk not in conflicting:
-                        confirming.append(earlier)
-                        confirming_line[earlier.pk] = credit.line.fingerprint
-                continue
-            earlier_fields = earlier.request_fields if earlier is not None else None
-            if earlier is None and credit.external_id in first_of:
-                earlier_fields = first_of[credit.external_id].fields
-            if earlier_fields is None:
-                first_of[credit.external_id] = credit
-                new.append(credit)
-                continue
-            differences = {
-                name: (earlier_fields.get(name, ""), value)
-                for name, value in credit.fields.items()
-                if earlier_fields.get(name, "") != value
-            }
-            if differences:
-                stored[credit.line.fingerprint] = (not_credited_note(PaymentConflict(earlier, differences)), None)
-                counts.not_credited += 1
-            elif earlier is None or earlier.pk in linked:
-                # The payment already has its statement line: this entry is that one again.
-                counts.duplicates += 1
-                fresh.remove(credit.line)
-            else:
-                linked.add(earlier.pk)
-                stored[credit.line.fingerprint] = ("", earlier.pk)
-                counts.matched += earlier.status != PaymentStatus.UNMATCHED
-                counts.unmatched += earlier.status == PaymentStatus.UNMATCHED
-
+        new, receipts = _sort_by_transaction_id(batch, credits)
         # 4. Match the new payments, all at once; never across currencies.
-        matches = contracts_match_many(provider=provider, references=[c.reference for c in new])
-        contracts = Contract.objects.in_bulk({m[0] for m in matches if m})
-        creatable = []
-        for credit, found in zip(new, matches, strict=True):
-            if found and contracts[found[0]].currency != provider.currency:
-                message = f"The contract is in {contracts[found[0]].currency}; payments are never converted."
-                stored[credit.line.fingerprint] = (not_credited_note(ValidationError({"currency": [message]})), None)
-                counts.not_credited += 1
-                continue
-            credit.match = found
-            creatable.append(credit)
+        creatable = _matched(batch, new)
         # 5. Allocate, oldest installment first, under the locks one payment takes: the
         # contracts, then their open installments (the sweep's order, so never a deadlock).
         # Race: a person confirming, or a finance officer reversing, a receipt this batch
         # confirms. Its payment row is locked first (their order: payment, contract,
         # installments) and re-read: whoever comes second finds it no longer provisional.
-        held = _lock_receipts(confirming, conflicting)
-        held, refused = _independent_of_uploader(held, record=record, stored=stored, confirming_line=confirming_line)
-        counts.matched -= refused
-        counts.not_credited += refused
-        matched = [c for c in creatable if c.match]
-        counts.unmatched += len(creatable) - len(matched)
-        counts.matched += len(matched)
-        contract_ids = sorted({c.match[0] for c in matched} | {row["contract_id"] for row in held})
-        counts.contracts = set(contract_ids)
-        locked = {c.pk: c for c in Contract.objects.select_for_update().filter(pk__in=contract_ids).order_by("pk")}
-        open_by_contract: dict[int, list[Installment]] = defaultdict(list)
-        for installment in (
-            Installment.objects.select_for_update()
-            .filter(contract_id__in=contract_ids, amount_paid__lt=F("amount_due"))
-            .order_by("contract_id", "due_date", "number")
-        ):
-            open_by_contract[installment.contract_id].append(installment)
-        # Ids first: allocations and lines point at the payments, all written by COPY.
-        for credit, pk in zip(creatable, _reserve_ids(Payment, len(creatable)), strict=True):
-            credit.payment_id = pk
-            stored[credit.line.fingerprint] = ("", pk)
-        allocations, touched = [], {}
-
-        def allocate(payment_id: int, contract_id: int, amount: Decimal) -> None:
-            remaining = amount
-            for installment in open_by_contract[contract_id]:
-                if remaining <= 0:
-                    break
-                open_amount = installment.amount_due - installment.amount_paid
-                if open_amount <= 0:
-                    continue
-                take = min(remaining, open_amount)
-                installment.amount_paid += take
-                touched[installment.pk] = installment
-                allocations.append((payment_id, contract_id, installment.pk, take))
-                remaining -= take
-            if remaining > 0:  # beyond the whole schedule: held as credit, never lost
-                allocations.append((payment_id, contract_id, None, remaining))
-
-        # The confirmed receipts first: they were paid before this statement's new credits.
-        for row in held:
-            allocate(row["pk"], row["contract_id"], row["held_amount"])
-        for credit in matched:
-            allocate(credit.payment_id, credit.match[0], credit.amount)
-        _copy(
-            Payment,
-            [
-                {
-                    "id": c.payment_id,
-                    "provider_id": provider.pk,
-                    "channel": CHANNEL,
-                    "external_id": c.external_id,
-                    "amount": c.amount,
-                    "currency": provider.currency,
-                    "reference": c.reference,
-                    "payer_name": (c.line.counterparty_name or "")[:150],
-                    "received_at": c.received_at,
-                    "source": PaymentSource.STATEMENT,
-                    "status": PaymentStatus.MATCHED if c.match else PaymentStatus.UNMATCHED,
-                    "contract_id": c.match[0] if c.match else None,
-                    "match_rule": c.match[1] if c.match else "",
-                    "match_confidence": c.match[2] if c.match else 0,
-                    "request_fields": c.fields,
-                    "created_at": now,
-                }
-                for c in creatable
-            ],
-        )
-        _copy(
-            PaymentAllocation,
-            [
-                {
-                    "id": pk,
-                    "payment_id": payment_id,
-                    "contract_id": contract_id,
-                    "installment_id": inst,
-                    "amount": amount,
-                }
-                for pk, (payment_id, contract_id, inst, amount) in zip(
-                    _reserve_ids(PaymentAllocation, len(allocations)), allocations, strict=True
-                )
-            ],
-        )
-        _set_columns(Installment, list(touched.values()), {"amount_paid": "numeric"})
-        if held:
-            # Under the row locks of step 5: these are still provisional and not in conflict.
-            Payment.objects.filter(pk__in=[row["pk"] for row in held]).update(
-                status=PaymentStatus.VERIFIED,
-                held_amount=Decimal("0"),
-                confirmed_via=PaymentConfirmation.STATEMENT,
-                confirmed_at=now,
-                confirmed_by=None,
-                verified_by=F("recorded_by"),
-                verified_at=now,
-                flag="",  # a conflict was excluded; a "not confirmed in time" flag is answered
-                flag_reason="",
-                flagged_at=None,
-            )
-        _flag_conflicts(provider, conflicting, now=now, actor=actor, reason=conflict_reason)
-
+        held = _receipts_to_confirm(batch, receipts)
+        locked = _lock_contracts(batch, held, creatable)
+        _allocate(batch, locked, held, creatable)
+        _write_payments(batch, locked, held, creatable, receipts)
         # 6. The lines, each with its payment or the reason it was not credited.
-        _copy(
-            StatementLine,
-            [
-                {
-                    "id": pk,
-                    "statement_import_id": record.pk,
-                    "provider_id": provider.pk,
-                    **statement_line_fields(line),
-                    "note": stored[line.fingerprint][0],
-                    "payment_id": stored[line.fingerprint][1],
-                }
-                for pk, line in zip(_reserve_ids(StatementLine, len(fresh)), fresh, strict=True)
-            ],
-        )
-
+        _write_lines(batch)
         # 7. Contracts paid in full, the provider's webhooks, the trail, and the lock decision.
-        paid_off = [
-            locked[pk]
-            for pk in contract_ids
-            if locked[pk].status == ContractStatus.ACTIVE
-            and all(i.amount_paid >= i.amount_due for i in open_by_contract[pk])
+        paid_off = contracts_settle_paid_off(locked, actor=actor)
+        _emit_matched(batch, locked, held, creatable)
+        _audit_confirmed_receipts(batch, locked, held)
+        _audit_credit(batch, locked, creatable, lines)
+        contracts_decide_locks(locked, paid_off, now=batch.now, actor=actor)
+    return batch.counts
+
+
+# --- 1. Each entry once --------------------------------------------------------------------------
+
+
+def _keep_fresh(batch: _Batch, lines: list[ParsedLine]) -> None:
+    """Count the lines by kind and keep each entry not stored before, in this batch or any earlier import."""
+    known = set(
+        StatementLine.objects.filter(
+            provider=batch.provider, fingerprint__in=[line.fingerprint for line in lines]
+        ).values_list("fingerprint", flat=True)
+    )
+    counts = batch.counts
+    for line in lines:
+        if line.direction == "credit" and not line.is_return:
+            counts.credits += 1
+        elif line.is_return:
+            counts.returns += 1
+        else:
+            counts.debits += 1
+        if line.fingerprint in known:
+            counts.duplicates += 1
+            continue
+        known.add(line.fingerprint)
+        batch.fresh.append(line)
+
+
+# --- 2. Credits checked --------------------------------------------------------------------------
+
+
+def _checked_credits(batch: _Batch) -> list[Credit]:
+    """The fresh lines that may become payments; debits, returns and refused credits get their note."""
+    credits: list[Credit] = []
+    for line in batch.fresh:
+        if line.direction != "credit" or line.is_return:
+            batch.stored[line.fingerprint] = (NOT_CREDITED_DEBIT, None)
+            continue
+        credit = _checked_credit(batch, line)
+        if credit is not None:
+            credits.append(credit)
+    return credits
+
+
+def _checked_credit(batch: _Batch, line: ParsedLine) -> Credit | None:
+    """A credit line checked as ``payment_ingest`` checks its input; None, with the reason on the line, if refused."""
+    provider = batch.provider
+    received_at = entry_received_at(line, provider.zone)
+    errors: dict[str, list[str]] = {}
+    external_id, money = check_payment_input(
+        provider=provider,
+        channel=CHANNEL,
+        external_id=entry_external_id(line),
+        amount=line.amount,
+        currency=line.currency,
+        received_at=received_at,
+        errors=errors,
+    )
+    if errors or money is None:  # no amount without an error about it
+        batch.not_credited(line, not_credited_note(ValidationError(errors)))
+        return None
+    reference = (line.creditor_reference or line.reference)[:140].strip()[:140]
+    fields = payment_request_fields(
+        channel=CHANNEL,
+        amount=money,
+        currency=line.currency,
+        received_at=received_at.astimezone(dt.UTC).isoformat(),
+        reference=reference,
+        payer_phone="",
+        contract_number="",
+    )
+    return Credit(line, external_id, money, reference, received_at, fields)
+
+
+# --- 3. Known transaction ids --------------------------------------------------------------------
+
+
+def _sort_by_transaction_id(batch: _Batch, credits: list[Credit]) -> tuple[list[Credit], ReceiptRecords]:
+    """The credits that are new payments, and what the lines say of receipts.
+
+    A credit whose transaction id is known is the same payment again (linked to its line, or a
+    duplicate line) or a conflict; so is a second credit with a new id of this batch.
+    """
+    known = _known_payments(batch.provider, credits)
+    receipts = ReceiptRecords()
+    new: list[Credit] = []
+    for credit in credits:
+        earlier = known.existing.get(credit.external_id)
+        if earlier is not None and earlier.source == PaymentSource.AGENT:
+            _receipt_seen_again(batch, credit, earlier, known, receipts)
+        elif _is_new(batch, credit, earlier, known):
+            new.append(credit)
+    return new, receipts
+
+
+def _known_payments(provider: Organisation, credits: list[Credit]) -> _Known:
+    """The payments recorded before with the credits' transaction ids, and which of them have their line."""
+    existing = {
+        p.external_id: p
+        for p in Payment.objects.filter(
+            provider=provider, channel=CHANNEL, external_id__in={c.external_id for c in credits}
+        ).select_related("contract")
+    }
+    linked: set[int | None] = set(
+        StatementLine.objects.filter(payment__in=list(existing.values())).values_list("payment_id", flat=True)
+    )
+    # The bank's record of payments agents recorded from receipts (rare: no query without them).
+    of_receipts = [c for c in credits if getattr(existing.get(c.external_id), "source", "") == PaymentSource.AGENT]
+    return _Known(existing=existing, linked=linked, receipt_contract=receipt_contracts(provider, of_receipts))
+
+
+def _receipt_seen_again(
+    batch: _Batch, credit: Credit, receipt: Payment, known: _Known, receipts: ReceiptRecords
+) -> None:
+    """A line with the transaction id of a receipt: payment_ingest's rules for a channel's record of it."""
+    differences = receipt_differences(credit, receipt, known.receipt_contract.get(id(credit)))
+    if differences:
+        batch.not_credited(credit.line, not_credited_note(PaymentConflict(receipt, differences)))
+        if receipt.status != PaymentStatus.REVERSED:
+            receipts.conflicting[receipt.pk] = (receipt, differences)
+    elif receipt.pk in known.linked:
+        batch.duplicate(credit.line)
+    else:
+        batch.link(credit.line, receipt, known.linked)
+        # As line by line: a conflict seen first (an earlier line, or flagged before) blocks it.
+        if receipt.status == PaymentStatus.PROVISIONAL and receipt.pk not in receipts.conflicting:
+            receipts.confirming.append(receipt)
+            receipts.confirming_line[receipt.pk] = credit.line.fingerprint
+
+
+def _is_new(batch: _Batch, credit: Credit, earlier: Payment | None, known: _Known) -> bool:
+    """True for a transaction id seen first; else the line is the known payment's, a duplicate, or a conflict."""
+    earlier_fields = earlier.request_fields if earlier is not None else None
+    if earlier is None and credit.external_id in known.first_of:
+        earlier_fields = known.first_of[credit.external_id].fields
+    if earlier_fields is None:
+        known.first_of[credit.external_id] = credit
+        return True
+    differences = {
+        name: (earlier_fields.get(name, ""), value)
+        for name, value in credit.fields.items()
+        if earlier_fields.get(name, "") != value
+    }
+    if differences:
+        batch.not_credited(credit.line, not_credited_note(PaymentConflict(earlier, differences)))
+    elif earlier is None or earlier.pk in known.linked:
+        # The payment already has its statement line: this entry is that one again.
+        batch.duplicate(credit.line)
+    else:
+        batch.link(credit.line, earlier, known.linked)
+    return False
+
+
+# --- 4. Matching ---------------------------------------------------------------------------------
+
+
+def _matched(batch: _Batch, new: list[Credit]) -> list[Credit]:
+    """The new payments to create, each with its match (or None); never one across currencies."""
+    matches = contracts_match_many(provider=batch.provider, references=[c.reference for c in new])
+    contracts = Contract.objects.in_bulk({m[0] for m in matches if m})
+    creatable = []
+    for credit, found in zip(new, matches, strict=True):
+        if found and contracts[found[0]].currency != batch.provider.currency:
+            message = f"The contract is in {contracts[found[0]].currency}; payments are never converted."
+            batch.not_credited(credit.line, not_credited_note(ValidationError({"currency": [message]})))
+            continue
+        credit.match = found
+        creatable.append(credit)
+    return creatable
+
+
+# --- 5. Locks, allocation and the payments -------------------------------------------------------
+
+
+def _receipts_to_confirm(batch: _Batch, receipts: ReceiptRecords) -> list[HeldReceipt]:
+    """Lock the receipts' payments (first: the order of a person confirming one); the ones this batch confirms."""
+    held = lock_receipts(receipts.confirming, receipts.conflicting)
+    held, refused = independent_of_uploader(
+        held, record=batch.record, stored=batch.stored, confirming_line=receipts.confirming_line
+    )
+    batch.counts.matched -= refused
+    batch.counts.not_credited += refused
+    return held
+
+
+def _lock_contracts(batch: _Batch, held: list[HeldReceipt], creatable: list[Credit]) -> LockedContracts:
+    """Count the new payments, matched or not, and lock every contract paid into."""
+    counts = batch.counts
+    matched = [c.match[0] for c in creatable if c.match]
+    counts.unmatched += len(creatable) - len(matched)
+    counts.matched += len(matched)
+    contract_ids = sorted(set(matched) | {row["contract_id"] for row in held})
+    counts.contracts = set(contract_ids)
+    return contracts_lock_for_allocation(contract_ids)
+
+
+def _allocate(batch: _Batch, locked: LockedContracts, held: list[HeldReceipt], creatable: list[Credit]) -> None:
+    """Give the new payments their ids, then allocate the confirmed receipts and the matched payments."""
+    # Ids first: allocations and lines point at the payments, all written by COPY.
+    ids = reserve_ids(Payment, len(creatable))
+    for credit, pk in zip(creatable, ids, strict=True):
+        credit.payment_id = pk
+        batch.stored[credit.line.fingerprint] = ("", pk)
+    # The confirmed receipts first: they were paid before this statement's new credits.
+    for row in held:
+        locked.allocate(row["pk"], row["contract_id"], row["held_amount"])
+    for credit, pk in zip(creatable, ids, strict=True):
+        if credit.match:
+            locked.allocate(pk, credit.match[0], credit.amount)
+
+
+def _write_payments(
+    batch: _Batch, locked: LockedContracts, held: list[HeldReceipt], creatable: list[Credit], receipts: ReceiptRecords
+) -> None:
+    """Write the new payments and the allocations, the installments' paid amounts, and the receipts' outcome."""
+    copy_rows(Payment, [_payment_row(batch, credit) for credit in creatable])
+    allocations_write(locked)
+    receipts_confirm(held, now=batch.now)
+    flag_conflicts(batch.provider, receipts.conflicting, now=batch.now, actor=batch.actor)
+
+
+def _payment_row(batch: _Batch, credit: Credit) -> dict[str, Any]:
+    """A new payment's columns, for COPY."""
+    match = credit.match
+    return {
+        "id": credit.payment_id,
+        "provider_id": batch.provider.pk,
+        "channel": CHANNEL,
+        "external_id": credit.external_id,
+        "amount": credit.amount,
+        "currency": batch.provider.currency,
+        "reference": credit.reference,
+        "payer_name": (credit.line.counterparty_name or "")[:150],
+        "received_at": credit.received_at,
+        "source": PaymentSource.STATEMENT,
+        "status": PaymentStatus.MATCHED if match else PaymentStatus.UNMATCHED,
+        "contract_id": match[0] if match else None,
+        "match_rule": match[1] if match else "",
+        "match_confidence": match[2] if match else 0,
+        "request_fields": credit.fields,
+        "created_at": batch.now,
+    }
+
+
+# --- 6. The lines --------------------------------------------------------------------------------
+
+
+def _write_lines(batch: _Batch) -> None:
+    """Store the fresh lines, each with its payment or the reason it was not credited."""
+    copy_rows(
+        StatementLine,
+        [
+            {
+                "id": pk,
+                "statement_import_id": batch.record.pk,
+                "provider_id": batch.provider.pk,
+                **statement_line_fields(line),
+                "note": batch.stored[line.fingerprint][0],
+                "payment_id": batch.stored[line.fingerprint][1],
+            }
+            for pk, line in zip(reserve_ids(StatementLine, len(batch.fresh)), batch.fresh, strict=True)
+        ],
+    )
+
+
+# --- 7. The webhooks and the trail -----------------------------------------
+
+
+def _emit_matched(batch: _Batch, locked: LockedContracts, held: list[HeldReceipt], creatable: list[Credit]) -> None:
+    """The provider's ``payment.matched`` webhooks: the matched new payments, then the confirmed receipts."""
+    webhook_events_emit(
+        provider=batch.provider.pk,
+        event="payment.matched",
+        payloads=[
+            {
+                "payment": c.payment_id,
+                "external_id": c.external_id,
+                "channel": CHANNEL,
+                "amount": str(c.amount),
+                "currency": batch.provider.currency,
+                "contract": locked.contracts[c.match[0]].number,
+                "rule": c.match[1],
+                "received_at": c.received_at,
+            }
+            for c in creatable
+            if c.match
         ]
-        if paid_off:
-            # Money from a receipt nobody confirmed never settles a contract (paid off is released for good).
-            pending = set(
-                PaymentAllocation.objects.filter(
-                    contract_id__in=[c.pk for c in paid_off],
-                    payment__status=PaymentStatus.PROVISIONAL,
-                    reversed_at__isnull=True,
-                ).values_list("contract_id", flat=True)
-            )
-            paid_off = [c for c in paid_off if c.pk not in pending]
-        if paid_off:
-            # The rows are locked (step 5): no concurrent status change can be overwritten.
-            Contract.objects.filter(pk__in=[c.pk for c in paid_off]).update(status=ContractStatus.PAID_OFF)
-            audit_record_many(
-                actor=actor,
-                entries=[
-                    AuditEntry(
-                        action="contract.status",
-                        obj=contract,
-                        before={"status": contract.status},
-                        after={"status": ContractStatus.PAID_OFF},
-                    )
-                    for contract in paid_off
-                ],
-            )
-        webhook_events_emit(
-            provider=provider.pk,
-            event="payment.matched",
-            payloads=[
-                {
-                    "payment": c.payment_id,
-                    "external_id": c.external_id,
-                    "channel": CHANNEL,
-                    "amount": str(c.amount),
-                    "currency": provider.currency,
-                    "contract": locked[c.match[0]].number,
-                    "rule": c.match[1],
-                    "received_at": c.received_at,
-                }
-                for c in matched
-            ]
-            + [
-                {
-                    "payment": row["pk"],
-                    "external_id": row["external_id"],
-                    "channel": CHANNEL,
-                    "amount": str(row["amount"]),
-                    "currency": row["currency"],
-                    "contract": locked[row["contract_id"]].number,
-                    "rule": row["match_rule"],
-                    "received_at": row["received_at"],
-                }
-                for row in held
-            ],
-        )
-        by_payment = defaultdict(list)
-        for payment_id, _contract_id, installment_id, amount in allocations:
-            by_payment[payment_id].append({"installment": installment_id, "amount": str(amount)})
-        audit_record_many(
-            actor=actor,
-            entries=[
-                AuditEntry(
-                    action="payment.channel_confirm",
-                    organisation=provider,
-                    object_type=Payment._meta.label,
-                    object_id=str(row["pk"]),
-                    object_repr=f"{CHANNEL} {row['external_id']}",
-                    before={"status": PaymentStatus.PROVISIONAL, "held": str(row["held_amount"]), "flag": row["flag"]},
-                    after={
-                        "status": PaymentStatus.VERIFIED,
-                        "via": PaymentConfirmation.STATEMENT,
-                        "requested_by_id": row["recorded_by_id"],
-                        "requested_by": row["recorded_by__username"],
-                        "contract": locked[row["contract_id"]].number,
-                        "allocations": by_payment[row["pk"]],
-                        "flag": "",
-                        "statement": record.pk,
-                    },
-                )
-                for row in held
-            ],
-        )
-        if creatable:
-            audit_record(
-                actor=actor,
-                action="statement.credit",
-                obj=record,
+        + [
+            {
+                "payment": row["pk"],
+                "external_id": row["external_id"],
+                "channel": CHANNEL,
+                "amount": str(row["amount"]),
+                "currency": row["currency"],
+                "contract": locked.contracts[row["contract_id"]].number,
+                "rule": row["match_rule"],
+                "received_at": row["received_at"],
+            }
+            for row in held
+        ],
+    )
+
+
+def _audit_confirmed_receipts(batch: _Batch, locked: LockedContracts, held: list[HeldReceipt]) -> None:
+    """One ``payment.channel_confirm`` event per receipt confirmed, with its allocations."""
+    by_payment: dict[int, list[dict[str, str | int | None]]] = defaultdict(list)
+    for payment_id, _contract_id, installment_id, amount in locked.allocations:
+        by_payment[payment_id].append({"installment": installment_id, "amount": str(amount)})
+    audit_record_many(
+        actor=batch.actor,
+        entries=[
+            AuditEntry(
+                action="payment.channel_confirm",
+                organisation=batch.provider,
+                object_type=Payment._meta.label,
+                object_id=str(row["pk"]),
+                object_repr=f"{CHANNEL} {row['external_id']}",
+                before={"status": PaymentStatus.PROVISIONAL, "held": str(row["held_amount"]), "flag": row["flag"]},
                 after={
-                    "lines": [lines[0].line_no, lines[-1].line_no],
-                    # [payment id, transaction id, amount, contract number or null, rule or null]
-                    "payments": [
-                        [
-                            c.payment_id,
-                            c.external_id,
-                            str(c.amount),
-                            locked[c.match[0]].number if c.match else None,
-                            c.match[1] if c.match else None,
-                        ]
-                        for c in creatable
-                    ],
+                    "status": PaymentStatus.VERIFIED,
+                    "via": PaymentConfirmation.STATEMENT,
+                    "requested_by_id": row["recorded_by_id"],
+                    "requested_by": row["recorded_by__username"],
+                    "contract": locked.contracts[row["contract_id"]].number,
+                    "allocations": by_payment[row["pk"]],
+                    "flag": "",
+                    "statement": batch.record.pk,
                 },
             )
-        # Unlock at once: decided on the rows as they are now, commands signed in this
-        # transaction. Money only ever moves a contract towards unlocked, so a contract
-        # already unlocked and still running has nothing to decide (its next due date is
-        # the sweep's); deciding the thousands of those a statement touches would cost
-        # more than crediting them.
-        paid_off_ids = {c.pk for c in paid_off}
-        # A released contract is final.
-        settled = (LockState.UNLOCKED, LockState.RELEASED)
-        to_decide = [pk for pk in contract_ids if locked[pk].lock_state not in settled or pk in paid_off_ids]
-        if to_decide:
-            contracts_lock_evaluate(contract_ids=to_decide, now=now, actor=actor)
-    return counts
+            for row in held
+        ],
+    )
+
+
+def _audit_credit(batch: _Batch, locked: LockedContracts, creatable: list[Credit], lines: list[ParsedLine]) -> None:
+    """One ``statement.credit`` event for the batch, listing every payment it created with its match."""
+    if creatable:
+        audit_record(
+            actor=batch.actor,
+            action="statement.credit",
+            obj=batch.record,
+            after={
+                "lines": [lines[0].line_no, lines[-1].line_no],
+                # [payment id, transaction id, amount, contract number or null, rule or null]
+                "payments": [
+                    [
+                        c.payment_id,
+                        c.external_id,
+                        str(c.amount),
+                        locked.contracts[c.match[0]].number if c.match else None,
+                        c.match[1] if c.match else None,
+                    ]
+                    for c in creatable
+                ],
+            },
+        )

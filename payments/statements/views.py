@@ -18,7 +18,9 @@ from payments.statements.mappings import csv_mapping_delete as delete_mapping
 from payments.statements.mappings import csv_mapping_save
 from payments.statements.parsers.csv_format import KNOWN_MAPPINGS
 from payments.statements.parsers.detect import parse_statement
-from payments.statements.parsers.types import StatementError
+from payments.statements.parsers.types import LineError, StatementError
+from payments.statements.parsers.types import StatementLine as ParsedLine
+from portal.forms import form_errors_from
 from portal.http import client_ip
 from portal.permissions import Right, require, scoped_get
 
@@ -43,8 +45,7 @@ def statement_list(request):
                 ip_address=client_ip(request),
             )
         except ValidationError as exc:
-            for name, errors in exc.message_dict.items():
-                form.add_error(name if name in form.fields else None, errors)
+            form_errors_from(form, exc)
         else:
             # Never fails the upload: with the broker down the import waits, stored, for the
             # periodic re-queue; without a broker it runs here and ends done or failed.
@@ -134,8 +135,7 @@ def _csv_mapping_form(request, *, provider, record, initial):
                     ip_address=client_ip(request),
                 )
             except ValidationError as exc:
-                for name, errors in exc.message_dict.items():
-                    form.add_error(name if name in form.fields else None, errors)
+                form_errors_from(form, exc)
             else:
                 messages.success(request, f"CSV mapping “{saved.name}” saved.")
                 return redirect("payments:csv_mappings")
@@ -150,7 +150,8 @@ def _csv_preview(mapping, upload) -> dict:
     except StatementError as exc:
         return {"filename": upload.name, "error": str(exc)}
     # Lines and unreadable entries interleaved by line number, as the officer sees them in the file.
-    entries = sorted([*parsed.lines, *parsed.errors], key=lambda entry: entry.line_no)[:_PREVIEW_ROWS]
+    entries: list[ParsedLine | LineError] = [*parsed.lines, *parsed.errors]
+    entries = sorted(entries, key=lambda entry: entry.line_no)[:_PREVIEW_ROWS]
     return {
         "filename": upload.name,
         "entries": [{"line": entry, "error": getattr(entry, "reason", None)} for entry in entries],

@@ -34,6 +34,7 @@ from lxml import etree
 
 from .types import (
     GVC_RETURN_CODES,
+    Direction,
     FormatName,
     LineError,
     ParsedStatement,
@@ -243,7 +244,7 @@ def _line(entry: etree._Element, tx: etree._Element | None, batch_size: int, acc
     # is a credit only when both agree: a DBIT entry is never credited, even
     # when a detail claims CRDT (PostFinance's test platform sends that).
     tx_mark = _text(tx, "CdtDbtInd") or entry_mark
-    direction = "credit" if entry_mark == "CRDT" and tx_mark == "CRDT" else "debit"
+    direction: Direction = "credit" if entry_mark == "CRDT" and tx_mark == "CRDT" else "debit"
     status = _first_text(entry, "Sts/Cd", "Sts/Prtry", "Sts")
     if status.upper() not in _BOOKED:
         raise ValueError(f"entry status {status} (not booked): the money is not on the account yet")

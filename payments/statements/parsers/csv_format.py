@@ -24,6 +24,7 @@ from decimal import Decimal
 from portal.patterns import PatternError, compile_pattern
 
 from .types import (
+    Direction,
     LineError,
     ParsedStatement,
     StatementError,
@@ -344,7 +345,7 @@ def _cell(row: list[str], context: _Context, column: str | None) -> str:
     return row[position] if position < len(row) else ""
 
 
-def _amount_and_direction(row: list[str], context: _Context) -> tuple[Decimal, str]:
+def _amount_and_direction(row: list[str], context: _Context) -> tuple[Decimal, Direction]:
     mapping = context.mapping
     comma = mapping.decimal_comma
     if mapping.debit_column is not None:
@@ -455,6 +456,8 @@ def parse_csv(raw: bytes, mapping: CsvMapping | None = None) -> ParsedStatement:
             if label in cells and cells.index(label) + 1 < len(cells):
                 account_parts.append(cells[cells.index(label) + 1].strip())
         header, header_line = cells, first
+    if header is None:  # no line was read: a negative preamble_rows (csv_mapping_problems refuses it)
+        raise TypeError("preamble_rows is negative")
     names = [cell.strip() for cell in header]
     missing = sorted(mapping.required_columns() - set(names))
     if missing:

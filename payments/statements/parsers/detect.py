@@ -15,7 +15,12 @@ MAX_STATEMENT_BYTES = 50 * 1024 * 1024
 
 _FORMATS = ("mt940", "camt053", "camt054", "camt052", "csv")
 _CAMT_NAMESPACE_RE = re.compile(rb"camt\.05([234])\.001")
-_CAMT_ROOTS = {b"BkToCstmrStmt": "camt053", b"BkToCstmrDbtCdtNtfctn": "camt054", b"BkToCstmrAcctRpt": "camt052"}
+_CAMT_VERSIONS: dict[bytes, FormatName] = {b"2": "camt052", b"3": "camt053", b"4": "camt054"}
+_CAMT_ROOTS: dict[bytes, FormatName] = {
+    b"BkToCstmrStmt": "camt053",
+    b"BkToCstmrDbtCdtNtfctn": "camt054",
+    b"BkToCstmrAcctRpt": "camt052",
+}
 _MT940_TAG_RE = re.compile(rb"(?m)^\s*:(20|25|28C?|60[FM]|61):")
 
 
@@ -30,7 +35,7 @@ def detect_format(raw: bytes, filename: str) -> FormatName:
     if head.startswith(b"<"):
         match = _CAMT_NAMESPACE_RE.search(head)
         if match:
-            return {b"2": "camt052", b"3": "camt053", b"4": "camt054"}[match.group(1)]
+            return _CAMT_VERSIONS[match.group(1)]
         for root, name in _CAMT_ROOTS.items():
             if b"<" + root in head or b":" + root in head:
                 return name

@@ -44,6 +44,7 @@ from stdnum import iso11649
 
 from .types import (
     GVC_RETURN_CODES,
+    Direction,
     LineError,
     ParsedStatement,
     StatementError,
@@ -245,7 +246,7 @@ def _statements(records: list[_Record]) -> list[_Statement]:
 
 
 def _library_parse(text: str, statement_tag: mt940.tags.Tag | None = None) -> mt940.models.Transactions:
-    tags = {61: statement_tag} if statement_tag else None
+    tags: dict[int | str, mt940.tags.Tag] | None = {61: statement_tag} if statement_tag else None
     transactions = mt940.models.Transactions(tags=tags, options=_OPTIONS)
     transactions.parse(text)
     return transactions
@@ -385,10 +386,11 @@ def _interpret_details(entry: _Entry, data: dict) -> _Details:
         return _german(data, joined)
     kbs_lines = [line.strip() for record in entry.details if record.tag == "86" for line in record.lines]
     kbs_lines = [line for line in kbs_lines if line]
-    if kbs_lines and _KBS_FIRST_RE.match(kbs_lines[0]) and all(line.startswith("/") for line in kbs_lines):
+    first = _KBS_FIRST_RE.match(kbs_lines[0]) if kbs_lines else None
+    if first and all(line.startswith("/") for line in kbs_lines):
         # Komercijalna Banka: /ORDP/account, /name, /references, /purpose, one per line.
         return _Details(
-            counterparty_account=_KBS_FIRST_RE.match(kbs_lines[0])["account"],
+            counterparty_account=first["account"],
             counterparty_name=clean_text(kbs_lines[1][1:]) if len(kbs_lines) > 1 else "",
             reference=clean_text(kbs_lines[-1][1:]) if len(kbs_lines) > 2 else "",
         )
@@ -480,7 +482,7 @@ def _line(entry: _Entry, data: dict, currency: str, account: str) -> StatementLi
         or bool(_RETURN_WORDS_RE.search(details.posting_text))
     )
     # RC reverses a credit (money leaves), RD reverses a debit (money comes back).
-    direction = "credit" if mark in ("C", "RD") else "debit"
+    direction: Direction = "credit" if mark in ("C", "RD") else "debit"
     value_date = data.get("date")
     entry_date = data.get("entry_date")
     if bank_reference.upper() in _NOT_PROVIDED:
