@@ -1,13 +1,13 @@
 """Navigation and home panels contributed by the money side."""
 
+from payments.contracts.selectors import provider_overview
+from payments.ledger.selectors import unmatched_payments_panel
 from portal.models import Role
 from portal.permissions import Right
 from portal.shell import HomePanel, NavItem, register_nav, register_panel
 
 
 def register() -> None:
-    from payments.selectors import provider_overview, unmatched_payments_panel
-
     register_nav(NavItem(30, "payments:contracts", "Contracts", Right.VIEW_FINANCE))
     register_nav(NavItem(32, "payments:payments", "Payments", Right.VIEW_FINANCE))
     register_nav(NavItem(35, "locks:paid_still_locked", "Paid, still locked", Right.VIEW_FINANCE))

@@ -49,9 +49,8 @@ def problems() -> list[str]:
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                     length = (node.end_lineno or node.lineno) - node.lineno + 1
                     if length > MAX_SERVICE_FUNCTION_LINES:
-                        found.append(
-                            f"{relative}:{node.lineno} {node.name}: {length} lines (at most {MAX_SERVICE_FUNCTION_LINES})"
-                        )
+                        limit = MAX_SERVICE_FUNCTION_LINES
+                        found.append(f"{relative}:{node.lineno} {node.name}: {length} lines (at most {limit})")
     return found
 
 
