@@ -46,6 +46,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -162,7 +163,7 @@ def _forget_client(*, setting, **kwargs):
 _own = threading.local()
 
 
-def _run_script(script, keys: list[str], args: list) -> object:
+def _run_script(script, keys: list[str], args: list) -> Any:
     """EVALSHA on a connection this thread owns.
 
     The check-in is the hottest call finlock has: redis-py's pool checkout, retry and
@@ -204,7 +205,8 @@ def render(data) -> bytes:
 
 @functools.cache
 def _rate() -> tuple[int, int]:
-    num, duration = SimpleRateThrottle.parse_rate(None, settings.DEVICE_API_RATE)
+    num, duration = SimpleRateThrottle.parse_rate(None, settings.DEVICE_API_RATE)  # type: ignore[arg-type]  # a static use
+    assert num is not None and duration is not None, "DEVICE_API_RATE is checked at start-up"
     return num, duration
 
 
@@ -322,9 +324,11 @@ def fill(device_id: int) -> None:
             .first()
         )
         latest = (
-            DeviceCommand.objects.filter(device_id=device_id).order_by("-seq").values_list("payload", "signature")[:1]
+            DeviceCommand.objects.filter(device_id=device_id)
+            .order_by("-seq")
+            .values_list("payload", "signature")
+            .first()
         )
-        latest = next(iter(latest), None)
         if row is None or latest is None or not row[0]:
             return
         digest, reported_seq, command_seq = row

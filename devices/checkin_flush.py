@@ -50,7 +50,9 @@ def checkins_flush() -> int:
         rows = []
         for raw_id, raw_value in entries.items():
             try:
-                at_ms, digest, app_version = raw_value.decode().split("|", 2)
+                at_ms, digest, app_version = (raw_value if isinstance(raw_value, str) else raw_value.decode()).split(
+                    "|", 2
+                )
                 rows.append((int(raw_id), dt.datetime.fromtimestamp(int(at_ms) / 1000, tz=dt.UTC), digest, app_version))
             except ValueError:
                 log.warning("check-in cache: skipping a malformed buffer entry for device %r", raw_id)

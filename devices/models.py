@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -17,6 +19,9 @@ from stdnum.exceptions import ValidationError as StdnumError
 
 from portal.models import Organisation, OrganisationKind
 from portal.outbound import validate_webhook_secret, webhook_secret_generate
+
+if TYPE_CHECKING:  # a type only (django-stubs); not needed at run time
+    from django_stubs_ext import StrOrPromise
 
 
 def max_length(model: type[models.Model], name: str) -> int:
@@ -42,7 +47,7 @@ def normalise_imei(value: str) -> str:
     return digits
 
 
-def _explain_imei(value: str, exc: Exception) -> str:
+def _explain_imei(value: str, exc: Exception) -> StrOrPromise:
     compact = stdnum_imei.compact(value) if value else ""
     if not compact.isdigit():
         return _("An IMEI contains digits only.")
@@ -153,7 +158,7 @@ class Device(models.Model):
         return f"{label} {self.imei}".strip()
 
     def clean(self) -> None:
-        errors = {}
+        errors: dict[str, Sequence[StrOrPromise]] = {}
         for field in ("imei", "imei2"):
             value = getattr(self, field)
             if value:

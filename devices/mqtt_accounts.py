@@ -85,7 +85,7 @@ def enabled() -> bool:
 def phone_password(*, device_uid: str, credential_digest: str) -> str:
     """The phone's MQTT password: derived, so it never has to be stored and a retry can recompute it."""
     message = b"\x00".join((_PASSWORD_CONTEXT, device_uid.encode(), credential_digest.encode()))
-    mac = hmac.new(settings.MQTT_PHONE_PASSWORD_KEY.encode(), message, hashlib.sha256).digest()
+    mac = hmac.new((settings.MQTT_PHONE_PASSWORD_KEY or "").encode(), message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
 
@@ -117,7 +117,7 @@ def accounts_enqueue(device_ids: Iterable[int]) -> int:
 # --- the broker's control API ----------------------------------------------------------
 
 
-def _client_for(url: str, client_id: str) -> mqtt.Client:
+def _client_for(url: str, client_id: str) -> tuple[mqtt.Client, str, int]:
     parsed = urlparse(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
     if parsed.username:
@@ -252,7 +252,7 @@ def _apply_round(plans: list[_Plan]) -> list[_Plan]:
         commands.extend(_phone_commands(plan))
         spans.append((plan, start, len(commands)))
     answers = dynsec_control(
-        url=settings.MQTT_PROVISION_URL, commands=commands, timeout=settings.MQTT_PUBLISH_TIMEOUT_SECONDS
+        url=settings.MQTT_PROVISION_URL or "", commands=commands, timeout=settings.MQTT_PUBLISH_TIMEOUT_SECONDS
     )
     again = []
     for plan, start, end in spans:
@@ -429,7 +429,7 @@ def broker_setup(*, admin_username: str, admin_password: str, actor=None) -> lis
         raise BrokerError("MQTT_URL and MQTT_PROVISION_URL must use two different accounts")
     if admin_username in (publisher, provisioner):
         raise BrokerError("the administrator account must not be one of finlock's own accounts")
-    url = _with_account(settings.MQTT_PROVISION_URL, admin_username, admin_password)
+    url = _with_account(settings.MQTT_PROVISION_URL or "", admin_username, admin_password)
     timeout = settings.MQTT_PUBLISH_TIMEOUT_SECONDS
     accounts = {publisher: (publisher_password, PUBLISHER_ROLE), provisioner: (provisioner_password, PROVISIONER_ROLE)}
 
@@ -451,7 +451,7 @@ def broker_setup(*, admin_username: str, admin_password: str, actor=None) -> lis
     done, second = [], []
     for command, answer in zip(first, answers, strict=True):
         error = answer.get("error", "")
-        name = command.get("rolename") or command.get("username") or "default access"
+        name = str(command.get("rolename") or command.get("username") or "default access")
         if not error:
             done.append(f"{command['command']} {name}")
         elif error == "Role already exists":
@@ -461,7 +461,7 @@ def broker_setup(*, admin_username: str, admin_password: str, actor=None) -> lis
         else:
             raise BrokerError(f"{command['command']} {name}: {error}")
     for command, answer in zip(second, dynsec_control(url=url, commands=second, timeout=timeout), strict=True):
-        name = command.get("rolename") or command["username"]
+        name = str(command.get("rolename") or command["username"])
         if answer.get("error"):
             raise BrokerError(f"{command['command']} {name}: {answer['error']}")
         done.append(f"{command['command']} {name}")

@@ -95,7 +95,7 @@ def _command_history(device: Device) -> list[DeviceCommand]:
     attempts = Prefetch("delivery_attempts", queryset=DeliveryAttempt.objects.order_by("at", "id"))
     commands = list(device.commands.order_by("-seq").prefetch_related(attempts)[:COMMAND_HISTORY])
     for command in commands:
-        command.status = delivery_status(command)
+        command.status = delivery_status(command)  # type: ignore[attr-defined]  # shown by the template
     return commands
 
 

@@ -31,7 +31,7 @@ class UserAdmin(AuditedAdmin, BaseUserAdmin):
     list_display = ["username", "email", "organisation", "role", "is_active", "last_login"]
     list_filter = ["role", "organisation", "is_active"]
     search_fields = ["username", "email", "first_name", "last_name"]
-    fieldsets = BaseUserAdmin.fieldsets + (("Organisation", {"fields": ("organisation", "role")}),)
+    fieldsets = (*(BaseUserAdmin.fieldsets or ()), ("Organisation", {"fields": ("organisation", "role")}))
     add_fieldsets = BaseUserAdmin.add_fieldsets + (("Organisation", {"fields": ("organisation", "role", "email")}),)
 
     def user_change_password(self, request, id, form_url=""):

@@ -144,7 +144,7 @@ _RATE = re.compile(r"^\d+/(s|sec|second|m|min|minute|h|hour|d|day)$")
 
 def env_rate(name: str, default: str) -> str:
     """A DRF throttle rate such as ``120/min`` (requests per s, min, hour or day)."""
-    value = env_str(name, default).strip()
+    value = (env_str(name, default) or default).strip()
     if not _RATE.match(value):
         raise ImproperEnvironment(f"{name} must look like 120/min (per s, min, hour or day); got {value!r}")
     return value

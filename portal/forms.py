@@ -47,7 +47,7 @@ class WebhookForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["events"].choices = WebhookEventName.choices
+        choice_field(self, "events").choices = WebhookEventName.choices
 
     def clean_url(self):
         # The model says so too; checked here as well so every mistake is named at once.
@@ -55,6 +55,13 @@ class WebhookForm(forms.Form):
         if not url.lower().startswith("https://") and not settings.DEBUG:
             raise forms.ValidationError("Use an https:// address.")
         return url
+
+
+def choice_field(form: forms.BaseForm, name: str) -> forms.ChoiceField:
+    """The form's choice field ``name`` (to set its choices when the form is made)."""
+    field = form.fields[name]
+    assert isinstance(field, forms.ChoiceField), f"{name} is not a choice field"
+    return field
 
 
 def form_errors_from(form: forms.BaseForm, exc: ValidationError) -> None:

@@ -64,8 +64,9 @@ def client_ip(request: HttpRequest | None) -> str | None:
     hops = [hop.strip() for hop in header.split(",")] if header.strip() else []
     if not hops or len(hops) > _MAX_FORWARDED_HOPS:
         return peer
-    addresses = [_address(hop) for hop in hops]
-    if any(address is None for address in addresses):
+    parsed = [_address(hop) for hop in hops]
+    addresses = [address for address in parsed if address is not None]
+    if len(addresses) != len(parsed):
         return peer
     for address in reversed(addresses):
         if not _trusted(address, networks):

@@ -173,7 +173,7 @@ class User(AbstractUser):
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="staff")
     role = models.CharField(max_length=20, choices=Role.choices)
 
-    objects = StaffManager()
+    objects = StaffManager()  # type: ignore[misc]  # django-stubs declares it a ClassVar on AbstractUser
     REQUIRED_FIELDS = ["email"]
 
     class Meta:

@@ -22,8 +22,8 @@ Pure Python and RE2; no Django.
 from __future__ import annotations
 
 import functools
-import re._constants as _sre_constants
-import re._parser as _sre_parser
+import re._constants as _sre_constants  # type: ignore[import-not-found]  # private module, no stub
+import re._parser as _sre_parser  # type: ignore[import-not-found]  # private module, no stub
 
 import re2
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import MultipleObjectsReturned, ObjectDoesNotExist, PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import Http404
 
 from portal.models import ApiKey, Organisation, OrganisationKind, Role
+
+M = TypeVar("M", bound=Model)
 
 
 class Right(StrEnum):
@@ -165,7 +168,7 @@ def visible_provider_ids(actor) -> set[int] | None:
     return {org.id}
 
 
-def scope(qs: QuerySet, actor, *, provider_field: str = "provider") -> QuerySet:
+def scope(qs: QuerySet[M], actor, *, provider_field: str = "provider") -> QuerySet[M]:
     """Restrict ``qs`` to the actor's tenant scope."""
     ids = visible_provider_ids(actor)
     if ids is None:
@@ -173,19 +176,19 @@ def scope(qs: QuerySet, actor, *, provider_field: str = "provider") -> QuerySet:
     return qs.filter(**{f"{provider_field}__in": ids})
 
 
-def scoped_list(qs: QuerySet, actor, right: Right, *, provider_field: str = "provider") -> QuerySet:
+def scoped_list(qs: QuerySet[M], actor, right: Right, *, provider_field: str = "provider") -> QuerySet[M]:
     """A list the actor may read: 403 without ``right``, else scoped."""
     require(actor, right)
     return scope(qs, actor, provider_field=provider_field)
 
 
-def scoped_get(qs: QuerySet, actor, right: Right, *, provider_field: str = "provider", **lookup) -> Model:
+def scoped_get(qs: QuerySet[M], actor, right: Right, *, provider_field: str = "provider", **lookup) -> M:
     """One object: 404 outside the tenant scope, then 403 without ``right``."""
     try:
         obj = scope(qs, actor, provider_field=provider_field).get(**lookup)
-    except (qs.model.DoesNotExist, ValueError, TypeError):
+    except (ObjectDoesNotExist, ValueError, TypeError):
         raise Http404("No such object.") from None
-    except qs.model.MultipleObjectsReturned:
+    except MultipleObjectsReturned:
         raise Http404("Ambiguous lookup.") from None
     require(actor, right)
     return obj

@@ -41,7 +41,7 @@ APPROVAL_REQUESTER_KEY = "requested_by_id"
 _MONEY_OBJECT_TYPES = "payments."
 
 
-def audit_events_for(actor) -> QuerySet[AuditEvent]:
+def audit_events_for(actor: User) -> QuerySet[AuditEvent]:
     """The audit trail an actor may read.
 
     * platform staff: every event;
@@ -62,7 +62,7 @@ def audit_events_for(actor) -> QuerySet[AuditEvent]:
     return events.filter(organisation_id=org.pk)
 
 
-def audit_provider_for(actor, slug: str) -> Organisation | None:
+def audit_provider_for(actor: User, slug: str) -> Organisation | None:
     """The provider whose trail ``actor`` narrows to with ``?provider=<slug>``: 404 outside its audit scope."""
     require(actor, Right.VIEW_AUDIT)
     slug = (slug or "").strip()
@@ -76,7 +76,7 @@ def audit_provider_for(actor, slug: str) -> Organisation | None:
     return provider
 
 
-def same_browser_approvals(actor, *, provider: Organisation | None = None) -> QuerySet[AuditEvent]:
+def same_browser_approvals(actor: User, *, provider: Organisation | None = None) -> QuerySet[AuditEvent]:
     """Approvals whose requester and approver both signed in from one browser shortly before.
 
     An approval event (``APPROVAL_ACTIONS``) is listed when, within the four-eyes look-back

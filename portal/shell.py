@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from portal.models import User
 from portal.permissions import Right, has_right
 
 
@@ -28,7 +30,7 @@ class HomePanel:
     order: int
     template: str
     right: Right
-    context: Callable[[object], dict] = field(default=lambda user: {})
+    context: Callable[[User], dict[str, Any]] = field(default=lambda user: {})
     roles: frozenset[str] | None = None
 
 

@@ -26,7 +26,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.audit import audit_record
 from portal.browsers import browser_cookie_set
-from portal.forms import LoginForm, TokenForm, WebhookForm, form_errors_from
+from portal.forms import LoginForm, TokenForm, WebhookForm, choice_field, form_errors_from
 from portal.http import client_ip, next_url
 from portal.models import ApiKey, OrganisationKind, ProviderWebhook, User, WebhookEvent
 from portal.permissions import Right, require, scoped_get
@@ -218,7 +218,7 @@ class StaffCreateForm(forms.Form):
     def __init__(self, *args, organisation, **kwargs):
         super().__init__(*args, **kwargs)
         # No role is preselected: an admin account is never made by not looking at the field.
-        self.fields["role"].choices = [("", "Choose a role…"), *staff_roles_for(organisation)]
+        choice_field(self, "role").choices = [("", "Choose a role…"), *staff_roles_for(organisation)]
 
 
 class StaffRoleForm(forms.Form):
@@ -226,7 +226,7 @@ class StaffRoleForm(forms.Form):
 
     def __init__(self, *args, organisation, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["role"].choices = staff_roles_for(organisation)
+        choice_field(self, "role").choices = staff_roles_for(organisation)
 
 
 def _own(request, model, pk: int, *, field: str):

@@ -62,4 +62,4 @@ class BulkReportSerializer(serializers.Serializer):
     rows = serializers.IntegerField()
     created = serializers.IntegerField()
     rejected = serializers.IntegerField()
-    errors = BulkErrorSerializer(many=True)
+    errors = BulkErrorSerializer(many=True)  # type: ignore[assignment]  # a field named like Serializer.errors

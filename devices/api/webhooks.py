@@ -34,14 +34,14 @@ class DeviceLockedSerializer(WebhookEventSerializer):
     """The body of ``device.locked``."""
 
     event = event_name_field("device.locked")
-    data = DeviceStateDataSerializer()
+    data = DeviceStateDataSerializer()  # type: ignore[assignment]  # a field named like Serializer.data
 
 
 class DeviceUnlockedSerializer(WebhookEventSerializer):
     """The body of ``device.unlocked``."""
 
     event = event_name_field("device.unlocked")
-    data = DeviceStateDataSerializer()
+    data = DeviceStateDataSerializer()  # type: ignore[assignment]  # a field named like Serializer.data
 
 
 class CommandSerializer(serializers.Serializer):

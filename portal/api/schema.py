@@ -17,7 +17,7 @@ class ErrorSerializer(serializers.Serializer):
     """The body of every 4xx answer."""
 
     detail = serializers.CharField(help_text="What went wrong, in a sentence.")
-    errors = serializers.DictField(
+    errors = serializers.DictField(  # type: ignore[assignment]  # a field named like Serializer.errors
         required=False,
         help_text="On 400 only: the fields to fix, each with its messages "
         '(nested for nested input, e.g. {"customer": {"phone": [...]}}).',
