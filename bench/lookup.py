@@ -124,8 +124,8 @@ def give_story(contract, *, payments: int, commands: int) -> None:
 
     from devices.models import DeviceCommand
     from devices.services.commands import StateChange, device_states_apply
-    from payments.models import Payment
     from payments.ledger.services import payment_ingest
+    from payments.models import Payment
 
     have = Payment.objects.filter(provider=contract.provider, external_id__startswith=PAYMENT_PREFIX).count()
     for n in range(have, payments):

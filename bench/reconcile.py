@@ -70,8 +70,8 @@ def main(argv=None) -> int:
 
     from bench.checkin import _imei
     from devices.models import Device
-    from payments.statements.imports import statement_import_create, statement_import_run
     from payments.contracts.services import contract_create, customer_create
+    from payments.statements.imports import statement_import_create, statement_import_run
     from payments.statements.parsers.detect import parse_statement
     from portal.models import Organisation
 

@@ -77,8 +77,8 @@ def main(argv=None) -> int:
     from django.db import connection
     from django.utils import timezone
 
-    from payments.models import Contract
     from payments.locks.services import lock_sweep
+    from payments.models import Contract
 
     call_command("migrate", verbosity=0)
     have = Contract.objects.filter(number__contains="-B").count()

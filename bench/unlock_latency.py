@@ -116,10 +116,10 @@ def main(argv=None) -> int:
     from demo.generator import ensure_organisations
     from devices.models import Device
     from devices.protocol import topic_for
-    from payments.models import Contract, LockPolicy
     from payments.contracts.services import customer_create
-    from payments.locks.services import lock_sweep
     from payments.ledger.services import payment_ingest
+    from payments.locks.services import lock_sweep
+    from payments.models import Contract, LockPolicy
 
     call_command("migrate", verbosity=0)
     provider = ensure_organisations()["dialog"]

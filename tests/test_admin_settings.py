@@ -26,8 +26,8 @@ from rest_framework.test import APIClient
 
 from devices.agent.render import ScreenView, render_html
 from devices.models import DeviceCommand
-from payments.models import LockScreenText, PaymentChannel
 from payments.locks.sweep import apply_decisions
+from payments.models import LockScreenText, PaymentChannel
 from portal.models import ApiKey, AuditEvent, User
 from portal.services import staff_set_active
 from tests.conftest import signed_in

@@ -8,8 +8,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from devices.models import Device
-from payments.models import LockPolicy, Payment
 from payments.locks.services import lock_sweep
+from payments.models import LockPolicy, Payment
 from tests.factories import make_contract
 
 URL = "/api/v1/payments/"

@@ -15,8 +15,8 @@ from devices.agent import Agent
 from devices.agent.client import HttpTransport
 from devices.models import Device, DeviceCommand
 from devices.services.tokens import enrollment_token_create
-from payments.models import LockPolicy, PaymentChannel
 from payments.locks.services import lock_sweep
+from payments.models import LockPolicy, PaymentChannel
 from tests.conftest import browser_sign_in, shot
 from tests.factories import make_contract
 

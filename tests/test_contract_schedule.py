@@ -8,9 +8,9 @@ from django.core.exceptions import ValidationError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from payments.contracts.selectors import contract_position
 from payments.models import Installment, nth_due_date
 from payments.money import split_evenly
-from payments.contracts.selectors import contract_position
 from tests.factories import DeviceFactory, make_contract
 
 

@@ -12,9 +12,9 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
+from payments.models import CsvColumnMapping
 from payments.statements.forms import CsvMappingForm
 from payments.statements.imports import statement_import_create, statement_import_run
-from payments.models import CsvColumnMapping
 from payments.statements.mappings import csv_mapping_save
 from payments.statements.parsers.csv_format import KNOWN_MAPPINGS, CsvMapping
 from payments.statements.parsers.detect import parse_statement

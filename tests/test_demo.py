@@ -23,8 +23,8 @@ from demo import generator
 from demo.management.commands.demo import DEMO_USERS, demo_api_keys_path
 from demo.management.commands.totp_code import current_code
 from devices.models import Device, normalise_imei
-from payments.models import Contract, Customer, Installment
 from payments.locks.sweep import changed_contract_ids
+from payments.models import Contract, Customer, Installment
 from portal.audit_verify import audit_verify_chain
 from portal.models import ApiKey, AuditEvent, Organisation, User
 

@@ -18,8 +18,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from devices import delivery
 from devices.models import DeviceCommand, DeviceGateway
-from payments.statements.imports import CREDIT_BATCH, statement_import_create
 from payments.models import LockPolicy, Payment, StatementImport, StatementLine
+from payments.statements.imports import CREDIT_BATCH, statement_import_create
 from payments.tasks import import_statement
 from portal.models import AuditEvent
 from tests import factories, test_delivery

@@ -3,8 +3,8 @@
 import pytest
 from django.core.exceptions import ValidationError
 
-from payments.models import LockPolicy, LockScreenText, validate_lock_screen_text
 from payments.locks.services import lock_policy_update
+from payments.models import LockPolicy, LockScreenText, validate_lock_screen_text
 from portal.models import AuditEvent
 
 GOOD = {

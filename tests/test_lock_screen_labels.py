@@ -18,9 +18,9 @@ from devices.agent import screen as agent_render
 from devices.agent.render import ScreenView, render_html, render_text
 from devices.keys import public_keys
 from devices.models import DeviceCommand
-from payments import lockscreen
-from payments.models import PaymentChannel
+from payments.locks import screen as lockscreen
 from payments.locks.services import lock_sweep
+from payments.models import PaymentChannel
 from tests.factories import CustomerFactory, make_contract
 from tests.test_agent import lock_screen
 

@@ -3,8 +3,8 @@
 import datetime as dt
 
 from devices.models import DeviceCommand
-from payments.models import LockScreenText
 from payments.locks.services import lock_sweep
+from payments.models import LockScreenText
 from portal.models import AuditEvent
 from tests.factories import CustomerFactory, make_contract
 

@@ -7,9 +7,9 @@ import pytest
 
 from devices.models import Device, DeviceCommand
 from devices.protocol import verify
-from payments.models import Contract, LockOverride, PaymentChannel
-from payments.locks.services import contract_lock_evaluate, lock_sweep
 from payments.contracts.services import contract_set_status
+from payments.locks.services import contract_lock_evaluate, lock_sweep
+from payments.models import Contract, LockOverride, PaymentChannel
 from portal.models import AuditEvent
 from tests.factories import make_contract
 

@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from devices.models import Device
-from payments.models import LockPolicy, Payment
 from payments.ledger.mpesa import ValidationResult, parse_amount, parse_trans_time, payer_name, payer_phone
 from payments.locks.services import lock_sweep
+from payments.models import LockPolicy, Payment
 from portal.services import api_key_create
 from tests.factories import ProviderFactory, make_contract
 from tests.samples import SAMPLES as SHARED_SAMPLES

@@ -21,9 +21,9 @@ from devices.agent.mqtt import MqttListener
 from devices.models import Device
 from devices.protocol import topic_for
 from devices.services.tokens import enrollment_token_create
-from payments.models import LockPolicy, Payment
 from payments.ledger.mpesa import DARAJA_TIME_ZONE
 from payments.locks.services import lock_sweep
+from payments.models import LockPolicy, Payment
 from portal.services import api_key_create
 from tests.factories import make_contract
 from tests.samples import SAMPLES as SHARED_SAMPLES

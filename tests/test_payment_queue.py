@@ -10,9 +10,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from devices.models import Device
-from payments.models import LockPolicy, Payment
-from payments.locks.services import lock_sweep
 from payments.ledger.services import payment_ingest
+from payments.locks.services import lock_sweep
+from payments.models import LockPolicy, Payment
 from portal.models import AuditEvent
 from tests.factories import make_contract
 

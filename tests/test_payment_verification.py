@@ -8,9 +8,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from django.utils import timezone
 
-from payments.models import LockPolicy, Payment, PaymentProof
-from payments.locks.services import lock_sweep
 from payments.ledger.services import payment_ingest
+from payments.locks.services import lock_sweep
+from payments.models import LockPolicy, Payment, PaymentProof
 from tests.factories import UserFactory, make_contract
 
 RECEIVED = timezone.now() - dt.timedelta(hours=1)

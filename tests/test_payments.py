@@ -10,11 +10,11 @@ from django.db import connection
 from django.utils import timezone
 
 from devices.models import Device, DeviceCommand
-from payments.models import Contract, Installment, LockPolicy, Payment, PaymentAllocation
 from payments.ledger.errors import PaymentAlreadyVerified, PaymentConflict
 from payments.ledger.services import payment_ingest
-from payments.locks.services import lock_sweep
 from payments.ledger.verify import payment_match_manual, payment_reverse, payment_verify
+from payments.locks.services import lock_sweep
+from payments.models import Contract, Installment, LockPolicy, Payment, PaymentAllocation
 from portal.models import AuditEvent
 from tests.factories import CustomerFactory, make_contract
 

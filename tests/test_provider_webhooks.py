@@ -45,10 +45,10 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from devices.services.checkin import device_ack
 from devices.services.commands import StateChange, device_states_apply
 from devices.services.tokens import enrollment_token_create
-from payments.statements.imports import statement_import_create, statement_import_run
-from payments.models import LockPolicy
-from payments.locks.services import lock_sweep
 from payments.ledger.services import payment_ingest
+from payments.locks.services import lock_sweep
+from payments.models import LockPolicy
+from payments.statements.imports import statement_import_create, statement_import_run
 from portal.models import AuditEvent, ProviderWebhook, WebhookEvent
 from portal.outbound import standard_webhook_headers
 from portal.webhooks import webhook_create, webhook_events_redeliver_pending

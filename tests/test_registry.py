@@ -5,8 +5,8 @@ from django.core.exceptions import ValidationError
 
 from devices.models import normalise_imei
 from devices.services.registry import device_create
-from payments.models import Customer
 from payments.contracts.services import customer_create
+from payments.models import Customer
 from portal.models import AuditEvent
 
 

@@ -10,9 +10,9 @@ import pytest
 from django.core.management import call_command
 
 from devices.models import Device
-from payments.statements.imports import statement_import_create, statement_import_run
-from payments.models import LockPolicy, Payment, StatementLine
 from payments.locks.services import lock_sweep
+from payments.models import LockPolicy, Payment, StatementLine
+from payments.statements.imports import statement_import_create, statement_import_run
 from tests.factories import CustomerFactory, ProviderFactory, make_contract
 from tests.samples import SAMPLES  # noqa: E402
 
@@ -423,8 +423,8 @@ def test_an_import_that_never_reached_the_broker_is_queued_by_the_periodic_job(b
 def test_a_queued_import_is_queued_again_only_when_its_task_may_be_lost(berlin, celery_eager):
     from django.utils import timezone
 
-    from payments.statements.imports import REQUEUE_PENDING_AFTER, statement_imports_requeue
     from payments.models import StatementImport
+    from payments.statements.imports import REQUEUE_PENDING_AFTER, statement_imports_requeue
 
     record = _upload(berlin)
     StatementImport.objects.filter(pk=record.pk).update(queued_at=timezone.now())  # its task is in the queue
@@ -438,8 +438,8 @@ def test_a_queued_import_is_queued_again_only_when_its_task_may_be_lost(berlin, 
 def test_an_import_whose_worker_died_is_run_again_once_and_a_live_one_is_left_alone(berlin, celery_eager, settings):
     from django.utils import timezone
 
-    from payments.statements.imports import statement_imports_requeue
     from payments.models import StatementImport
+    from payments.statements.imports import statement_imports_requeue
 
     now = timezone.now()
     limit = dt.timedelta(seconds=settings.STATEMENT_IMPORT_HARD_LIMIT_SECONDS)
@@ -463,8 +463,8 @@ def test_an_import_left_running_for_good_by_the_old_code_ends_with_its_reason(be
     """A UTF-7 camt file left its import "running" with no start recorded; the periodic job finishes it."""
     from django.utils import timezone
 
-    from payments.statements.imports import statement_imports_requeue
     from payments.models import StatementImport
+    from payments.statements.imports import statement_imports_requeue
 
     stuck = statement_import_create(provider=berlin, filename="utf7.xml", raw=camt_declaring("UTF-7"), actor=None)
     fresh = _upload(berlin)  # uploaded just now and being run: not stuck, left alone
@@ -482,8 +482,8 @@ def test_an_import_left_running_for_good_by_the_old_code_ends_with_its_reason(be
 def test_an_import_whose_runs_keep_dying_ends_failed_instead_of_looping(berlin, celery_eager, settings):
     from django.utils import timezone
 
-    from payments.statements.imports import MAX_ATTEMPTS, statement_imports_requeue
     from payments.models import StatementImport
+    from payments.statements.imports import MAX_ATTEMPTS, statement_imports_requeue
     from portal.models import AuditEvent
 
     record = _upload(berlin)

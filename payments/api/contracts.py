@@ -22,9 +22,9 @@ from devices.models import Device
 from devices.selectors import devices_by_imei
 from payments.api.base import api_client, money_field
 from payments.api.errors import api_validation_error
+from payments.contracts.selectors import ContractPosition, contract_position, contracts_with_totals, provider_today
+from payments.contracts.services import contract_create, customer_create
 from payments.models import Contract, ContractStatus, Customer, Frequency, Installment
-from payments.selectors import ContractPosition, contract_position, contracts_with_totals, provider_today
-from payments.services import contract_create, customer_create
 from portal.api.pagination import NewestFirstPagination
 from portal.api.parsers import JSONParser
 from portal.http import client_ip

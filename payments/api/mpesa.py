@@ -21,14 +21,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from payments.api.base import api_client
-from payments.mpesa import (
+from payments.ledger.errors import PaymentConflict
+from payments.ledger.mpesa import (
     DARAJA_FIELDS,
     C2BTransaction,
     ValidationResult,
     mpesa_confirmation_ingest,
     validation_decision,
 )
-from payments.services import PaymentConflict
 from portal.api.authentication import ApiKeyAuthentication
 from portal.api.parsers import DecimalJSONParser
 from portal.http import client_ip

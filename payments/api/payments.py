@@ -12,8 +12,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from payments.api.base import api_client
+from payments.ledger.errors import PaymentConflict
+from payments.ledger.services import payment_ingest
 from payments.models import ChannelKind, Payment, PaymentStatus
-from payments.services import PaymentConflict, payment_ingest
 from portal.api.pagination import NewestFirstPagination
 from portal.api.parsers import JSONParser
 from portal.api.schema import ErrorSerializer

@@ -300,8 +300,3 @@ def payment_confirm(*, payment: Payment, actor: Actor, ip_address: str | None = 
         ):
             _check_confirmable(Payment.objects.select_related(*related).get(pk=payment.pk))
     return Payment.objects.select_related("contract", *related).get(pk=payment.pk)
-
-
-# The old private names, for the re-export module payments/services.py until it goes.
-_payment_apply = payment_apply
-_payment_confirm = provisional_payment_confirm

@@ -67,10 +67,6 @@ class _ProofForm(forms.Form):
         return upload
 
 
-#: The old name, for the re-export module payments/forms.py until it goes.
-_ProofMixin = _ProofForm
-
-
 class VerifyExistingForm(_ProofForm):
     """Confirm a payment found by its transaction id; a receipt may be attached."""
 

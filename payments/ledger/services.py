@@ -84,15 +84,6 @@ def check_payment_input(
     return external_id, money
 
 
-# The old private names, for modules not yet moved to the public ones (payments.statements.reconcile and the
-# re-export modules payments/services.py); removed with them.
-_payment_request_fields = payment_request_fields
-
-
-def _check_payment_input(**fields: Any) -> Any:
-    return check_payment_input(**fields)
-
-
 def payment_ingest(
     *,
     provider: Organisation,

@@ -125,10 +125,6 @@ def _payment_detail_context(request: HttpRequest, payment: Payment, *, error: st
     }
 
 
-#: The old name, for the re-export module payments/views.py until it goes.
-_confirm_refusal = payment_confirm_refusal
-
-
 @login_required
 @require_POST
 def payment_confirm_view(request: HttpRequest, pk: int) -> HttpResponse:

@@ -10,46 +10,6 @@ lock API (``payments.locks.services``). Every write is atomic and audited. Right
 are checked here as well as in the views (a service may be called from elsewhere): another tenant's object is
 ``Http404``, a missing right ``PermissionDenied``, bad input ``ValidationError``.
 
-Import from the submodule (``from support.services.cases import case_open``). The names below
-are re-exported only for code not yet moved to the submodules; this shim goes away.
+Import from the submodule (``from support.services.cases import case_open``); this package re-exports
+nothing.
 """
-
-from support.services.cases import (
-    assignable_staff,
-    case_assign,
-    case_note,
-    case_open,
-    case_resolve,
-    case_verify_identity,
-)
-from support.services.common import device_latest_contract
-from support.services.reviews import MAX_PROOF_FILES, proof_review_decide, proof_review_submit
-from support.services.unlocks import (
-    LIVE_CONTRACT_STATUSES,
-    ApprovalResult,
-    UnlockAlreadyDecided,
-    max_temp_unlock_hours,
-    unlock_request_approve,
-    unlock_request_create,
-    unlock_request_reject,
-)
-
-__all__ = [
-    "LIVE_CONTRACT_STATUSES",
-    "MAX_PROOF_FILES",
-    "ApprovalResult",
-    "UnlockAlreadyDecided",
-    "assignable_staff",
-    "case_assign",
-    "case_note",
-    "case_open",
-    "case_resolve",
-    "case_verify_identity",
-    "device_latest_contract",
-    "max_temp_unlock_hours",
-    "proof_review_decide",
-    "proof_review_submit",
-    "unlock_request_approve",
-    "unlock_request_create",
-    "unlock_request_reject",
-]

@@ -11,7 +11,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from payments.imports import statement_import_create, statement_import_run
+from payments.statements.imports import statement_import_create, statement_import_run
 from portal.models import Organisation, OrganisationKind
 
 
