@@ -315,15 +315,7 @@ def _record_approval(
         },
         ip_address=ip_address,
     )
-    if unlock.case_id:
-        CaseEvent.objects.create(
-            case_id=unlock.case_id,
-            kind=CaseEventKind.NOTE,
-            actor=approver,
-            at=now,
-            text=f"Unlock request #{unlock.pk} approved: {applied.outcome}",
-            data={"unlock_request": unlock.pk},
-        )
+    _note_on_case(unlock, approver=approver, now=now, text=f"approved: {applied.outcome}")
 
 
 def unlock_request_approve(
@@ -381,13 +373,18 @@ def unlock_request_reject(
             after={"status": UnlockStatus.REJECTED, "note": note},
             ip_address=ip_address,
         )
-        if unlock.case_id:
-            CaseEvent.objects.create(
-                case_id=unlock.case_id,
-                kind=CaseEventKind.NOTE,
-                actor=approver,
-                at=now,
-                text=f"Unlock request #{unlock.pk} rejected: {note}",
-                data={"unlock_request": unlock.pk},
-            )
+        _note_on_case(unlock, approver=approver, now=now, text=f"rejected: {note}")
     return unlock
+
+
+def _note_on_case(unlock: UnlockRequest, *, approver: User, now: dt.datetime, text: str) -> None:
+    """The decision on a request made from a hotline case, as a note on that case."""
+    if unlock.case_id:
+        CaseEvent.objects.create(
+            case_id=unlock.case_id,
+            kind=CaseEventKind.NOTE,
+            actor=approver,
+            at=now,
+            text=f"Unlock request #{unlock.pk} {text}",
+            data={"unlock_request": unlock.pk},
+        )
