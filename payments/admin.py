@@ -44,9 +44,24 @@ class ContractAdmin(AuditedAdmin):
     list_filter = ["provider", "status", "frequency"]
     search_fields = ["=number", "=device__imei", "=customer__phone", "customer__name"]
     list_select_related = ["provider", "customer", "device"]
-    raw_id_fields = ["device", "customer"]
+    raw_id_fields = ["customer"]
     inlines = [InstallmentInline]
-    readonly_fields = ["currency", "financed_amount", "installment_count", "frequency", "first_due_date"]
+    # The lock state changes only through the lock API (payments.locks.services), which writes the signed
+    # command with it; the number and device are the contract's identity; the status through contract_set_status.
+    readonly_fields = [
+        "number",
+        "device",
+        "status",
+        "currency",
+        "financed_amount",
+        "installment_count",
+        "frequency",
+        "first_due_date",
+        "lock_state",
+        "lock_reason",
+        "lock_changed_at",
+        "arrears_cleared_at",
+    ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Contracts are created through the API or services so the schedule is generated with them.
@@ -83,6 +98,10 @@ class LockOverrideAdmin(AuditedAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: LockOverride | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: LockOverride | None = None) -> bool:
+        # Removing a hold or an unlock would change a lock without a decision or a command.
         return False
 
 

@@ -74,3 +74,18 @@ def test_every_model_has_an_admin_page_that_opens_and_records_written_by_service
     assert missing == []
     assert operator_client.get("/admin/payments/payment/add/").status_code == 403
     assert operator_client.get("/admin/devices/devicecommand/add/").status_code == 403
+
+
+def test_the_admin_cannot_change_a_lock_behind_the_lock_api(operator_client, provider_a, operator):
+    """A lock changes only through payments.locks.services (decided, signed, audited): the admin shows it, no more."""
+    from payments.locks.services import contract_dispute_hold
+    from payments.models import LockOverride
+
+    contract = make_contract(provider_a, number="DLG-77")
+    page = operator_client.get(f"/admin/payments/contract/{contract.pk}/change/").content.decode()
+    assert 'name="lock_state"' not in page and 'name="status"' not in page and 'name="number"' not in page
+    hold = contract_dispute_hold(contract=contract, actor=operator, reason="Customer disputes the schedule")
+    assert operator_client.get(f"/admin/payments/lockoverride/{hold.pk}/delete/").status_code == 403
+    operator_client.post(f"/admin/payments/lockoverride/{hold.pk}/delete/", {"post": "yes"})
+    assert LockOverride.objects.filter(pk=hold.pk).exists()
+    assert AuditEvent.objects.filter(action="lock_override.create", object_id=str(hold.pk)).exists()
