@@ -1,4 +1,4 @@
-"""The one lock API (payments.locks.services): every way a lock changes outside the sweep is decided, signed and audited.
+"""The one lock API (payments.locks.services): every lock change outside the sweep is decided, signed and audited.
 
 A dispute hold keeps an overdue owner unlocked; a temporary unlock ends and the sweep locks again; a release is
 final whatever the money says; a phone without a contract can be released; a release without a reason is refused.
