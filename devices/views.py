@@ -21,6 +21,7 @@ from devices.selectors import device_last_refused_enrolment, devices_by_imei, en
 from devices.services.credentials import device_key_fingerprint
 from devices.services.enrolment import device_reenrollment_code_issue
 from devices.services.tokens import enrollment_token_create, enrollment_token_revoke
+from portal.forms import form_errors_from
 from portal.http import client_ip
 from portal.models import OrganisationKind
 from portal.permissions import Right, has_right, require, scoped_get, scoped_list
@@ -174,8 +175,7 @@ def enrollment_tokens(request):
                 ip_address=client_ip(request),
             )
         except ValidationError as exc:
-            for name, errors in exc.message_dict.items():
-                form.add_error(name if name in form.fields else None, errors)
+            form_errors_from(form, exc)
         else:
             form = EnrollmentTokenForm()
     response = render(

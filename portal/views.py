@@ -430,8 +430,7 @@ def webhooks(request):
                 ip_address=client_ip(request),
             )
         except ValidationError as exc:
-            for field, errors in exc.message_dict.items():
-                form.add_error(field if field in form.fields else None, errors)
+            form_errors_from(form, exc)
         else:
             # Rendered, not redirected: the secret is shown on this response only and
             # never stored anywhere a later request could read it back.
