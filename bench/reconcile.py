@@ -5,7 +5,7 @@
 Creates a euro provider with ``--contracts`` active contracts, generates a CSV statement in
 the 1822direkt export format with ``--lines`` entries (about 80 % credits quoting a contract
 number as payers do — exact, lower case, spaced, with leading zeros dropped — or quoting
-nothing, 20 % debits), then imports it with ``payments.imports`` (parse, store every line
+nothing, 20 % debits), then imports it with ``payments.statements.imports`` (parse, store every line
 once, credit payments, match and allocate) and reports lines per second. The baseline is
 parsing the same bytes alone (``payments.statements.parse_statement``), the floor of any
 import. Target: ≥ 5,000 lines/s. The last line printed is a JSON object

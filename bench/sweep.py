@@ -6,7 +6,7 @@ Loads ``--contracts`` benchmark contracts with ``bench/seed.py`` when the databa
 fewer, runs one sweep to bring every contract's lock state up to date (its changes are
 written with signed commands, like production's first run), then times, in the same run:
 
-* **value**: a steady-state sweep (``payments.services.lock_sweep``) over every live
+* **value**: a steady-state sweep (``payments.locks.services.lock_sweep``) over every live
   contract: the SQL pass per provider plus the writes of whatever changed;
 * **baseline**: one hand-written SQL aggregate over the same tables, the least work any
   sweep must do (the oldest unpaid past-due installment per live contract).

@@ -203,7 +203,7 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": CHECKIN_FLUSH_SECONDS},
     },
     # Payments recorded from a receipt that no channel confirmed within the provider's
-    # provisional_confirm_days are flagged to finance (payments.services.payments_flag_unconfirmed).
+    # provisional_confirm_days are flagged to finance (payments.ledger.services.payments_flag_unconfirmed).
     "payments.flag-unconfirmed": {
         "task": "payments.flag_unconfirmed_payments",
         "schedule": 3600.0,
@@ -216,7 +216,7 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": 25},
     },
     # Statement imports whose task never reached the broker (it was down at upload), was lost
-    # with a restarted Redis, or whose worker died mid-import are queued again (payments/imports.py).
+    # with a restarted Redis, or whose worker died mid-import are queued again (payments/statements/imports.py).
     "payments.requeue-imports": {
         "task": "payments.requeue_imports",
         "schedule": 60.0,

@@ -41,7 +41,7 @@ WINDOW_DAYS = 30
 LOCK_STATES = (LockState.LOCKED,)
 UNLOCK_STATES = (LockState.UNLOCKED, LockState.TEMP_UNLOCKED, LockState.RELEASED)
 # Section 3: the states a contract leaves a lock for when its arrears are cleared
-# (payments.sweep.apply_decisions): the phone is usable again in each of them.
+# (payments.locks.sweep.apply_decisions): the phone is usable again in each of them.
 CLEARED_STATES = (LockState.UNLOCKED, LockState.REMINDER, LockState.RELEASED)
 _NO_SEQ = 2**31 - 1  # larger than any command sequence number
 

@@ -636,7 +636,7 @@ def _plan_one(
     if decision.state != expected:
         raise AssertionError(
             f"{number}: the lock decision says {decision.state} where a {situation} contract is {expected}; "
-            "demo/generator.py and payments/decision.py disagree."
+            "demo/generator.py and payments/locks/decision.py disagree."
         )
     if expected == LockState.UNLOCKED:
         changed = created_at  # enrolled unlocked at the sale

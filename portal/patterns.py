@@ -1,6 +1,6 @@
 """Regular expressions that users type: the one place they are checked, compiled and run.
 
-A finance officer's CSV mapping carries patterns (``payments/statements/csv_format.py``).
+A finance officer's CSV mapping carries patterns (``payments/statements/parsers/csv_format.py``).
 Python's ``re`` backtracks: ``^(a+)+$`` against a line of 30 ``a`` and a ``b`` takes seconds,
 and the worker running it stalls for every provider. So every pattern a user supplies is
 compiled here with RE2 (``google-re2``), whose matching time grows linearly with the text

@@ -825,7 +825,7 @@ def test_oversized_file_is_refused(monkeypatch):
 
 
 def test_csv_mapping_saved_as_json_round_trips():
-    # payments.imports stores a mapping as JSON and rebuilds it with CsvMapping(**saved).
+    # payments.statements.imports stores a mapping as JSON and rebuilds it with CsvMapping(**saved).
     saved = json.loads(json.dumps(dataclasses.asdict(KNOWN_MAPPINGS["vrbank_umsatzanzeige"])))
     mapping = CsvMapping(**saved)
     assert mapping == KNOWN_MAPPINGS["vrbank_umsatzanzeige"] and hash(mapping)

@@ -22,6 +22,10 @@ SERVICE_MODULES = {
     "payments/statements/reconcile.py",
     "payments/statements/receipts.py",
     "payments/statements/mappings.py",
+    "payments/statements/allocation.py",
+    "payments/statements/bulk.py",
+    "payments/statements/entries.py",
+    "portal/webhooks.py",
     "portal/audit.py",
     "portal/outbox.py",
 }

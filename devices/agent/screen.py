@@ -21,7 +21,7 @@ from typing import Any
 EMERGENCY_NUMBER = "112"
 
 # Every fixed word the screen shows, in English: the one source of the built-in wording.
-# The server sends the same keys translated in ``screen.labels`` (payments/lockscreen.py
+# The server sends the same keys translated in ``screen.labels`` (payments/locks/screen.py
 # LABELS mirrors this table; a test keeps them identical). ``{name}`` placeholders are
 # filled here; a label from the server is used only if it has exactly the same ones.
 LABELS: dict[str, str] = {

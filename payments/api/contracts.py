@@ -6,7 +6,6 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
-from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import QuerySet
@@ -21,10 +20,10 @@ from rest_framework.response import Response
 from devices.models import Device
 from devices.selectors import devices_by_imei
 from payments.api.base import api_client, money_field
-from payments.api.errors import api_validation_error
 from payments.contracts.selectors import ContractPosition, contract_position, contracts_with_totals, provider_today
 from payments.contracts.services import contract_create, customer_create
 from payments.models import Contract, ContractStatus, Customer, Frequency, Installment
+from portal.api.exceptions import api_validation_error
 from portal.api.pagination import NewestFirstPagination
 from portal.api.parsers import JSONParser
 from portal.http import client_ip
@@ -230,7 +229,7 @@ class ContractFilter(filters.FilterSet):
 
 
 # contract_create's argument names that differ from the request's field names.
-SERVICE_TO_REQUEST = {"device": "device_imei", NON_FIELD_ERRORS: "non_field_errors"}
+SERVICE_TO_REQUEST = {"device": "device_imei"}
 
 UNKNOWN_DEVICE = {
     "detail": "The request is invalid; nothing was changed.",

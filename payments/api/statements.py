@@ -14,9 +14,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from payments.api.base import api_client
-from payments.api.errors import api_validation_error
 from payments.models import StatementImport
 from payments.statements.imports import statement_import_create, statement_imports_enqueue
+from portal.api.exceptions import api_validation_error
 from portal.api.pagination import NewestFirstPagination
 from portal.api.schema import ErrorSerializer
 from portal.http import client_ip

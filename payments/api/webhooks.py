@@ -1,7 +1,7 @@
 """The provider event payments sends (``payment.matched``), described for the OpenAPI document.
 
 The body is built by ``payments.ledger.confirm.payment_apply`` (one payment) and
-``payments.reconcile.statement_lines_credit`` (a statement's credits); a test holds every
+``payments.statements.reconcile.statement_lines_credit`` (a statement's credits); a test holds every
 body finlock sends to this description (tests/test_provider_webhooks.py).
 """
 

@@ -3,7 +3,7 @@
 A pure function of the contract's status and schedule, the provider's lock policy,
 the active overrides (temporary unlock, dispute hold), the state the contract is in
 and the clock. No database, no side effects: the sweep (set-based SQL in
-``payments.sweep``) must agree with it, and property tests hold it to its promises:
+``payments.locks.sweep``) must agree with it, and property tests hold it to its promises:
 
 * never ``locked`` without a reminder having been due first;
 * never a lock *starting* outside the policy's allowed hours and weekdays;

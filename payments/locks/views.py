@@ -102,7 +102,7 @@ def lock_screen_preview_command(
     """The ``screen`` and ``allowed_numbers`` the next ``state`` command would carry, for sample values.
 
     Built exactly as the sweep builds a real command (``ProviderScreenData.load`` and
-    ``screen_build`` of ``payments.lockscreen``, see ``payments.sweep.apply_decisions``):
+    ``screen_build`` of ``payments.locks.screen``, see ``payments.locks.sweep.apply_decisions``):
     the provider's saved texts, active payment channels in their order, service centres
     and the platform's fallback contacts; only the contract, owner and amounts are samples.
     ``texts`` (unsaved wording for ``language``) replaces the saved one; nothing is written.

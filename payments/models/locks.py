@@ -59,7 +59,7 @@ def _validate_weekdays(value: object) -> None:
 class LockPolicy(models.Model):
     """A provider's rules for reminders and locks, edited by its admin.
 
-    The lock decision (``payments.decision``) reads it; every change is audited.
+    The lock decision (``payments.locks.decision``) reads it; every change is audited.
     """
 
     #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
@@ -117,7 +117,7 @@ class LockPolicy(models.Model):
         validators=[MinValueValidator(1)],
         help_text=_("Flag a device whose unlock is not acknowledged this long after the arrears were cleared."),
     )
-    # Payments an agent records from a customer's receipt alone (payments.services.payment_record_from_proof).
+    # Payments an agent records from a customer's receipt alone (payments.ledger.verify.payment_record_from_proof).
     provisional_installments = models.PositiveSmallIntegerField(
         default=1,
         validators=[MaxValueValidator(12)],

@@ -43,7 +43,7 @@ class StatementImport(models.Model):
     api_key = models.ForeignKey("portal.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # Queueing and claiming (payments/imports.py): when a task for it last reached the broker
+    # Queueing and claiming (payments/statements/imports.py): when a task for it last reached the broker
     # (None: never, so the periodic job queues it), when a run last claimed it, and how many
     # runs have claimed it (a run the worker lost is retried a bounded number of times).
     queued_at = models.DateTimeField(null=True, blank=True)

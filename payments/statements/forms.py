@@ -130,7 +130,7 @@ class CsvMappingForm(forms.Form):
     """A saved CSV column mapping: how to read one bank's export. Field names are CsvMapping's.
 
     Parsing only (text → the dataclass's types); whether the settings can read a file is
-    decided by ``payments.services.csv_mapping_problems``, whose reasons land on the fields.
+    decided by ``payments.statements.mappings.csv_mapping_problems``, whose reasons land on the fields.
     ``sample`` is not part of the mapping: a file to preview it with, never stored.
     """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
@@ -10,7 +12,8 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 
-def validation_errors(exc: DjangoValidationError) -> dict:
+def validation_errors(exc: DjangoValidationError) -> dict[str, list[str]]:
+    """A service's refusal as the API's field errors (Django's ``__all__`` named ``non_field_errors``)."""
     if hasattr(exc, "error_dict"):
         return {
             # Django's "__all__" is the same thing DRF calls non_field_errors: one name for clients.
@@ -18,6 +21,23 @@ def validation_errors(exc: DjangoValidationError) -> dict:
             for field, errs in exc.error_dict.items()
         }
     return {"non_field_errors": exc.messages}
+
+
+def api_validation_error(
+    exc: DjangoValidationError, *, renamed: Mapping[str, str] | None = None, nested_under: str | None = None
+) -> exceptions.ValidationError:
+    """DRF's ``ValidationError`` for a service's refusal, in the request's own field names.
+
+    For a view that calls more than one service or whose fields are not the service's arguments:
+    ``renamed`` maps a service's argument names to the request's fields (``device`` → ``device_imei``);
+    ``nested_under`` reports every message under that request field (a nested object such as ``customer``).
+    """
+    errors = validation_errors(exc)
+    if renamed:
+        errors = {renamed.get(field, field): messages for field, messages in errors.items()}
+    if nested_under is not None:
+        return exceptions.ValidationError({nested_under: errors})
+    return exceptions.ValidationError(errors)
 
 
 def exception_handler(exc, context):
