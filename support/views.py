@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 
 from devices.models import Device
 from devices.selectors import devices_by_imei
+from payments.locks.selectors import max_temp_unlock_hours
 from payments.models import Contract, contract_number_key
 from portal.forms import form_errors_from
 from portal.four_eyes import four_eyes_refusal
@@ -62,7 +63,6 @@ from support.services.common import device_latest_contract
 from support.services.reviews import proof_review_decide, proof_review_submit
 from support.services.unlocks import (
     UnlockAlreadyDecided,
-    max_temp_unlock_hours,
     unlock_request_approve,
     unlock_request_create,
     unlock_request_reject,

@@ -84,3 +84,10 @@ def test_a_phone_without_a_contract_is_released_with_the_same_screen_shape(provi
     assert payload["screen"]["amount_overdue"] == "0" and payload["screen"]["contract_number"] == ""
     assert Device.objects.get(pk=device.pk).desired_state == LockState.RELEASED
     assert AuditEvent.objects.filter(action="device.release", object_id=str(device.pk)).exists()
+
+
+def test_a_temporary_unlock_longer_than_the_policy_allows_is_refused_whoever_asks(overdue, agent_a):
+    with pytest.raises(ValidationError) as refused:
+        contract_temp_unlock(contract=overdue, actor=agent_a, hours=10_000, reason="Too long", now=TUESDAY_MORNING)
+    assert "hours" in refused.value.message_dict
+    assert not overdue.overrides.exists()

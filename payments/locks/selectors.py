@@ -67,3 +67,12 @@ def decide_contract(contract: Contract, *, rules: Rules, now: dt.datetime) -> De
         zone=contract.provider.zone,
         current=contract.lock_state,
     )
+
+
+def max_temp_unlock_hours(provider: Organisation) -> int:
+    """The provider's longest temporary unlock (the policy default until the admin saves one)."""
+    hours = LockPolicy.objects.filter(provider=provider).values_list("max_temp_unlock_hours", flat=True).first()
+    if hours is not None:
+        return hours
+    default: int = LockPolicy._meta.get_field("max_temp_unlock_hours").default
+    return default

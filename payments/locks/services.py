@@ -17,6 +17,7 @@ from devices.models import Device, LockState
 from devices.services.commands import StateChange, device_states_apply
 from payments.locks.decision import Decision
 from payments.locks.screen import ProviderScreenData, screen_build, screen_without_contract
+from payments.locks.selectors import max_temp_unlock_hours
 from payments.locks.sweep import SweepReport, apply_decisions, run_sweep
 from payments.models import Contract, LockOverride, LockPolicy, LockScreenText, OverrideKind
 from portal.audit import audit_record, audited_update, snapshot
@@ -228,8 +229,12 @@ def contract_temp_unlock(
 ) -> LockOverride:
     """Unlock a contract's phone for ``hours`` (a temporary-unlock override), decided at once.
 
-    See ``contract_override_add``.
+    ``hours`` is at most the provider's ``max_temp_unlock_hours`` whoever asks (``ValidationError``
+    otherwise). See ``contract_override_add``.
     """
+    cap = max_temp_unlock_hours(contract.provider)
+    if isinstance(hours, bool) or not 1 <= hours <= cap:
+        raise ValidationError({"hours": [f"A whole number of hours from 1 to {cap} (the provider's lock policy)."]})
     now = now or timezone.now()
     return contract_override_add(
         contract=contract,

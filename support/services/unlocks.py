@@ -16,11 +16,12 @@ from django.utils import timezone
 
 from devices.models import Device, LockState, OfflineCode, OfflineCodeKind
 from devices.services.offline import MAX_OFFLINE_DAYS, device_offline_rekey, offline_code_issue
+from payments.locks.selectors import max_temp_unlock_hours
 from payments.locks.services import contract_release, contract_temp_unlock, device_release
-from payments.models import Contract, ContractStatus, LockOverride, LockPolicy
+from payments.models import Contract, ContractStatus, LockOverride
 from portal.audit import audit_record, snapshot
 from portal.four_eyes import four_eyes_check
-from portal.models import Organisation, User
+from portal.models import User
 from portal.permissions import Right, require
 from portal.templatetags.finlock import local
 from support.models import (
@@ -46,15 +47,6 @@ class ApprovalResult:
 
     unlock_request: UnlockRequest
     offline_token: str | None = None
-
-
-def max_temp_unlock_hours(provider: Organisation) -> int:
-    """The provider's longest temporary unlock (the policy default until the admin saves one)."""
-    hours = LockPolicy.objects.filter(provider=provider).values_list("max_temp_unlock_hours", flat=True).first()
-    if hours is not None:
-        return hours
-    default: int = LockPolicy._meta.get_field("max_temp_unlock_hours").default
-    return default
 
 
 def _check_temporary(device: Device, contract: Contract | None, hours: object) -> tuple[Contract, int]:
