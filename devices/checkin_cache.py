@@ -39,7 +39,6 @@ database path. Figures: ``bench/checkin.py`` and the README.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -60,7 +59,7 @@ from rest_framework.throttling import SimpleRateThrottle
 
 from devices.keys import public_keys
 from devices.models import Device, DeviceCommand
-from devices.protocol import STATES
+from devices.protocol import CREDENTIAL_PREFIX, MAX_SEQ, STATES, secret_digest
 from portal.cache import OutageLog
 
 log = logging.getLogger(__name__)
@@ -75,8 +74,6 @@ SEEN_FLUSHING = PREFIX + "seen:flushing"
 FLUSH_LOCK = PREFIX + "flush-lock"
 GENERATION_SECONDS = 86_400
 GENERATION_SEQUENCE = PREFIX + "genseq"  # never expires: see _BUMP
-CREDENTIAL_PREFIX = "fld_"  # devices.services.credentials.CREDENTIAL_PREFIX (kept here to avoid a cycle)
-MAX_SEQ = 2_000_000_000  # devices.api.device_serializers.MAX_SEQ
 APP_VERSION_LENGTH = 40
 FLUSH_BATCH = 10_000
 
@@ -191,11 +188,6 @@ def _run_script(script, keys: list[str], args: list) -> Any:
 
 def enabled() -> bool:
     return _client() is not None
-
-
-def credential_digest(credential: str) -> str:
-    """SHA-256 hex of a device credential (the same digest the database keeps)."""
-    return hashlib.sha256(credential.encode()).hexdigest()
 
 
 def render(data) -> bytes:
@@ -499,7 +491,7 @@ def _routine_checkin(request) -> _Ask | None:
     limit, window = _rate()
     now = time.time()
     return _Ask(
-        digest=credential_digest(credential),
+        digest=secret_digest(credential),
         last_seq=last_seq,
         app_version=app_version,
         limit=limit,

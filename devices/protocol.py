@@ -7,6 +7,7 @@ produce the same bytes. The specification is ``docs/lock-pipeline.md``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Any
 
@@ -14,6 +15,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 PROTOCOL_VERSION = 1
+#: Every device credential starts with this (an enrolment token with ``ENROLLMENT_TOKEN_PREFIX``).
+CREDENTIAL_PREFIX = "fld_"
+ENROLLMENT_TOKEN_PREFIX = "fle_"
+#: The highest command sequence number a phone reports or acknowledges.
+MAX_SEQ = 2_000_000_000
 STATES = ("unlocked", "reminder", "locked", "temp_unlocked", "released")
 
 
@@ -92,3 +98,8 @@ def verify(envelope: Any, public_keys: dict[str, str]) -> dict[str, Any]:
     if not isinstance(command.get("seq"), int) or command["seq"] < 1:
         raise Rejected("missing sequence number")
     return command
+
+
+def secret_digest(secret: str) -> str:
+    """SHA-256 hex of a device credential or enrolment token: only this is stored, and a check-in is found by it."""
+    return hashlib.sha256(secret.encode()).hexdigest()

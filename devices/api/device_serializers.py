@@ -6,10 +6,9 @@ field must never be locked out of its check-ins by an older server.
 
 from rest_framework import serializers
 
-from devices.protocol import STATES
+from devices.protocol import MAX_SEQ, STATES
 
 # Sequence numbers are stored in 32-bit columns, with room for the server to issue more.
-MAX_SEQ = 2_000_000_000
 
 
 class EnrollSerializer(serializers.Serializer):

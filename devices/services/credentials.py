@@ -8,22 +8,15 @@ from devices.models import (
     Device,
 )
 from devices.protocol import (
+    CREDENTIAL_PREFIX,
     b64,
+    secret_digest,
     unb64,
 )
-
-CREDENTIAL_PREFIX = "fld_"
-ENROLLMENT_TOKEN_PREFIX = "fle_"
-
 
 # Re-enrolment codes: 16 characters of Crockford's base32 (80 bits), typed by a person on the phone.
 REENROLLMENT_CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 REENROLLMENT_CODE_LENGTH = 16
-
-
-def secret_digest(secret: str) -> str:
-    """SHA-256 hex of a device credential or enrolment token: only this is stored."""
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def device_key_fingerprint(device_key: str) -> str:

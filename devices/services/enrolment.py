@@ -26,22 +26,22 @@ from devices.models import (
     normalise_imei,
 )
 from devices.protocol import (
+    CREDENTIAL_PREFIX,
     b64,
     enrollment_message,
     public_key_from_b64,
+    secret_digest,
     topic_for,
 )
 from devices.services.access import require_in_scope
 from devices.services.commands import device_current_envelope
 from devices.services.credentials import (
-    CREDENTIAL_PREFIX,
     REENROLLMENT_CODE_ALPHABET,
     REENROLLMENT_CODE_LENGTH,
     device_key_fingerprint,
     exact_b64,
     normalise_reenrollment_code,
     reenrollment_code_digest_of,
-    secret_digest,
 )
 from portal.audit import audit_record
 from portal.models import AuditEvent, User

@@ -13,7 +13,7 @@ from devices.models import (
     EnrollmentToken,
     max_length,
 )
-from devices.services.credentials import ENROLLMENT_TOKEN_PREFIX, secret_digest
+from devices.protocol import ENROLLMENT_TOKEN_PREFIX, secret_digest
 from portal.audit import audit_record, audited_update, snapshot
 from portal.models import Organisation, OrganisationKind, User
 from portal.types import Actor
