@@ -831,3 +831,16 @@ def test_csv_mapping_saved_as_json_round_trips():
     assert mapping == KNOWN_MAPPINGS["vrbank_umsatzanzeige"] and hash(mapping)
     parsed = parse_statement(_read("csv/de_vrbank_genobank_unterallgaeu_export.csv"), "x.csv", csv_mapping=mapping)
     assert len(parsed.lines) == 5
+
+
+def test_every_format_the_parsers_read_can_be_chosen_on_the_page_in_the_api_and_the_command():
+    from payments.api.statements import StatementUploadSerializer
+    from payments.management.commands.import_statement import Command
+    from payments.statements.forms import StatementUploadForm
+    from payments.statements.parsers.types import FORMATS
+
+    assert set(FORMATS) == {"mt940", "camt052", "camt053", "camt054", "csv"}
+    page = {value for value, _label in StatementUploadForm.base_fields["format"].choices} - {""}
+    api = set(StatementUploadSerializer().fields["format"].choices) - {""}
+    command = next(a for a in Command().create_parser("manage.py", "import_statement")._actions if a.dest == "format")
+    assert page == api == set(command.choices) == set(FORMATS)

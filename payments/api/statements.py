@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from payments.api.base import api_client
 from payments.models import StatementImport
 from payments.statements.imports import statement_import_create, statement_imports_enqueue
+from payments.statements.parsers.types import FORMATS
 from portal.api.exceptions import api_validation_error
 from portal.api.pagination import NewestFirstPagination
 from portal.api.schema import ErrorSerializer
@@ -26,9 +27,9 @@ from portal.permissions import Right, scope
 
 
 class StatementUploadSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="MT940, camt.053/054 (XML) or a CSV export; up to 50 MB.")
+    file = serializers.FileField(help_text="MT940, camt.052/053/054 (XML) or a CSV export; up to 50 MB.")
     format = serializers.ChoiceField(
-        choices=["", "mt940", "camt053", "camt054", "csv"],
+        choices=["", *FORMATS],
         required=False,
         default="",
         help_text="Empty: detected from the content.",

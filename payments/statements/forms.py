@@ -10,19 +10,14 @@ from django import forms
 from payments.models import CsvColumnMapping
 from payments.statements.mappings import csv_mapping_problems
 from payments.statements.parsers.csv_format import CsvMapping
+from payments.statements.parsers.types import FORMAT_LABELS
 
 
 class StatementUploadForm(forms.Form):
     file = forms.FileField(help_text="MT940, camt.053/054 (XML) or a CSV export; up to 50 MB.")
     format = forms.ChoiceField(
         required=False,
-        choices=[
-            ("", "Detect"),
-            ("mt940", "MT940"),
-            ("camt053", "camt.053"),
-            ("camt054", "camt.054"),
-            ("csv", "CSV"),
-        ],
+        choices=[("", "Detect"), *FORMAT_LABELS.items()],
     )
     csv_mapping = forms.ChoiceField(
         required=False,

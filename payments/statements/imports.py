@@ -46,7 +46,7 @@ from payments.statements.entries import (
 )
 from payments.statements.parsers.csv_format import CsvMapping
 from payments.statements.parsers.detect import parse_statement
-from payments.statements.parsers.types import StatementError
+from payments.statements.parsers.types import MAX_STATEMENT_BYTES, StatementError
 from payments.statements.parsers.types import StatementLine as ParsedLine
 from payments.statements.receipts import receipt_not_confirmed_note
 from payments.statements.reconcile import statement_lines_credit
@@ -58,7 +58,6 @@ from portal.types import Actor
 
 log = logging.getLogger(__name__)
 
-MAX_STATEMENT_BYTES = 50 * 1024 * 1024
 # Lines credited per transaction (payments/statements/reconcile.py): large enough that the fixed cost
 # of a batch vanishes, small enough that the progress bar moves and locks are brief.
 CREDIT_BATCH = 5000

@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from payments.statements.imports import statement_import_create, statement_import_run
+from payments.statements.parsers.types import FORMATS
 from portal.models import Organisation, OrganisationKind
 
 
@@ -21,7 +22,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", type=Path)
         parser.add_argument("--provider", required=True, help="provider slug")
-        parser.add_argument("--format", choices=["mt940", "camt053", "camt054", "camt052", "csv"], default=None)
+        parser.add_argument("--format", choices=FORMATS, default=None)
         parser.add_argument("--mapping", default="", help="name of a saved CSV column mapping")
 
     def handle(self, *args: Any, file: Path, provider: str, format: str | None, mapping: str, **options: Any) -> None:

@@ -7,13 +7,8 @@ import re
 from .camt import parse_camt
 from .csv_format import CsvMapping, parse_csv
 from .mt940 import parse_mt940
-from .types import FormatName, ParsedStatement, StatementError
+from .types import FORMATS, MAX_STATEMENT_BYTES, FormatName, ParsedStatement, StatementError
 
-# Far above any real daily or monthly statement; keeps a stray upload (a
-# database dump, a video) from being read into memory and parsed.
-MAX_STATEMENT_BYTES = 50 * 1024 * 1024
-
-_FORMATS = ("mt940", "camt053", "camt054", "camt052", "csv")
 _CAMT_NAMESPACE_RE = re.compile(rb"camt\.05([234])\.001")
 _CAMT_VERSIONS: dict[bytes, FormatName] = {b"2": "camt052", b"3": "camt053", b"4": "camt054"}
 _CAMT_ROOTS: dict[bytes, FormatName] = {
@@ -66,8 +61,8 @@ def parse_statement(
             f"the file is {len(raw) // (1024 * 1024)} MiB; statements over {MAX_STATEMENT_BYTES // (1024 * 1024)} MiB "
             "are refused"
         )
-    if format is not None and format not in _FORMATS:
-        raise StatementError(f"unknown statement format {format!r} (one of {', '.join(_FORMATS)})")
+    if format is not None and format not in FORMATS:
+        raise StatementError(f"unknown statement format {format!r} (one of {', '.join(FORMATS)})")
     found = format or detect_format(raw, filename)
     if found == "mt940":
         return parse_mt940(raw)

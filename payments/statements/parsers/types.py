@@ -15,12 +15,24 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import Literal, get_args
 
 from babel.numbers import get_currency_name, get_currency_precision
 
 Direction = Literal["credit", "debit"]
 FormatName = Literal["mt940", "camt053", "camt054", "camt052", "csv"]
+#: Every format finlock reads, for every list that offers a choice (the upload form, the API, the command).
+FORMATS: tuple[FormatName, ...] = get_args(FormatName)
+FORMAT_LABELS: dict[FormatName, str] = {
+    "mt940": "MT940",
+    "camt053": "camt.053",
+    "camt054": "camt.054",
+    "camt052": "camt.052",
+    "csv": "CSV",
+}
+#: Far above any real daily or monthly statement; keeps a stray upload (a database dump, a video) from being
+#: read into memory and parsed.
+MAX_STATEMENT_BYTES = 50 * 1024 * 1024
 
 # German GVC codes (Geschäftsvorfallcodes) of returns, in MT940 :86: and in
 # camt proprietary bank transaction codes: 109 returned SEPA direct debit,
