@@ -3,6 +3,7 @@ by a second person or by the channel's own record."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +35,29 @@ from portal.types import Actor
 from portal.webhooks import webhook_event_emit
 
 
+def allocation_plan(installments: Iterable[Installment], amount: Decimal) -> list[tuple[Installment | None, Decimal]]:
+    """How ``amount`` is allocated: to the open ``installments`` in the order given (oldest first), the rest credit.
+
+    The one rule for one payment (``_allocate``) and a statement's batch
+    (``payments.statements.allocation``): each installment takes what it still lacks; money beyond the
+    whole schedule is ``(None, rest)``, held as credit, never lost. Pure: the callers write the result.
+    """
+    plan: list[tuple[Installment | None, Decimal]] = []
+    remaining = amount
+    for installment in installments:
+        if remaining <= 0:
+            break
+        open_amount = installment.amount_due - installment.amount_paid
+        if open_amount <= 0:
+            continue
+        take = min(remaining, open_amount)
+        plan.append((installment, take))
+        remaining -= take
+    if remaining > 0:
+        plan.append((None, remaining))
+    return plan
+
+
 def _allocate(*, payment: Payment, contract: Contract, amount: Decimal) -> list[PaymentAllocation]:
     """Allocate ``amount`` of ``payment`` to the contract's open installments, oldest first; beyond them as credit.
 
@@ -48,18 +72,11 @@ def _allocate(*, payment: Payment, contract: Contract, amount: Decimal) -> list[
         .filter(contract=contract, amount_paid__lt=F("amount_due"))
         .order_by("due_date", "number")
     )
-    remaining = amount
     allocations: list[PaymentAllocation] = []
-    for installment in installments:
-        if remaining <= 0:
-            break
-        take = min(remaining, installment.amount_due - installment.amount_paid)
-        Installment.objects.filter(pk=installment.pk).update(amount_paid=F("amount_paid") + take)
+    for installment, take in allocation_plan(installments, amount):
+        if installment is not None:
+            Installment.objects.filter(pk=installment.pk).update(amount_paid=F("amount_paid") + take)
         allocations.append(PaymentAllocation(payment=payment, contract=contract, installment=installment, amount=take))
-        remaining -= take
-    if remaining > 0:
-        # Beyond the whole schedule: held as credit, never lost.
-        allocations.append(PaymentAllocation(payment=payment, contract=contract, installment=None, amount=remaining))
     PaymentAllocation.objects.bulk_create(allocations)
     return allocations
 

@@ -16,6 +16,7 @@ from decimal import Decimal
 from django.db.models import F
 
 from devices.models import LockState
+from payments.ledger.confirm import allocation_plan
 from payments.locks.services import contracts_lock_evaluate
 from payments.models import Contract, ContractStatus, Installment, PaymentAllocation, PaymentStatus
 from payments.statements.bulk import bulk_set_columns, copy_rows, reserve_ids
@@ -37,21 +38,14 @@ class LockedContracts:
     touched: dict[int, Installment] = field(default_factory=dict)
 
     def allocate(self, payment_id: int, contract_id: int, amount: Decimal) -> None:
-        """Allocate ``amount`` to the contract's open installments, oldest first."""
-        remaining = amount
-        for installment in self.open_by_contract[contract_id]:
-            if remaining <= 0:
-                break
-            open_amount = installment.amount_due - installment.amount_paid
-            if open_amount <= 0:
+        """Allocate ``amount`` to the contract's open installments, oldest first (``allocation_plan``'s rule)."""
+        for installment, take in allocation_plan(self.open_by_contract[contract_id], amount):
+            if installment is None:  # beyond the whole schedule: held as credit, never lost
+                self.allocations.append((payment_id, contract_id, None, take))
                 continue
-            take = min(remaining, open_amount)
             installment.amount_paid += take
             self.touched[installment.pk] = installment
             self.allocations.append((payment_id, contract_id, installment.pk, take))
-            remaining -= take
-        if remaining > 0:  # beyond the whole schedule: held as credit, never lost
-            self.allocations.append((payment_id, contract_id, None, remaining))
 
 
 def contracts_lock_for_allocation(contract_ids: list[int]) -> LockedContracts:
