@@ -25,6 +25,7 @@ from portal.forms import form_errors_from
 from portal.http import client_ip
 from portal.models import OrganisationKind
 from portal.permissions import Right, has_right, require, scoped_get, scoped_list
+from portal.shell import links_for
 
 #: The device page shows this many of the newest commands.
 COMMAND_HISTORY = 20
@@ -66,7 +67,9 @@ def _detail_context(request, device: Device, **extra) -> dict:
         else None,
         "last_refused_enrolment": device_last_refused_enrolment(device),
         "can_issue_reenrollment_code": has_right(request.user, Right.MANAGE_DEVICES) and device.enrolled_at is not None,
-        "can_request_rekey": has_right(request.user, Right.REQUEST_UNLOCK) and device.enrolled_at is not None,
+        # What other apps add to this page (a rekey request, the contracts): devices names no app above it.
+        "enrolment_links": links_for("device.enrolment", request.user, device),
+        "financing_links": links_for("device.financing", request.user, device),
         **extra,
     }
 

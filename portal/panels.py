@@ -3,7 +3,7 @@
 from portal.models import Role
 from portal.permissions import Right
 from portal.selectors import audit_events_for, organisations_overview
-from portal.shell import HomePanel, NavItem, register_nav, register_panel
+from portal.shell import HomePanel, NavItem, PageLink, register_link, register_nav, register_panel
 
 
 def register() -> None:
@@ -12,6 +12,7 @@ def register() -> None:
     register_nav(NavItem(85, "portal:settings", "Settings", Right.MANAGE_SETTINGS))
     register_nav(NavItem(86, "portal:webhooks", "Webhooks", Right.MANAGE_SETTINGS))
     register_nav(NavItem(90, "portal:audit", "Audit trail", Right.VIEW_AUDIT))
+    register_link(PageLink("settings.tabs", 40, "portal:webhooks", "Webhooks", Right.MANAGE_SETTINGS))
     register_panel(
         HomePanel(
             10,

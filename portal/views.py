@@ -42,7 +42,7 @@ from portal.services import (
     staff_roles_for,
     staff_set_active,
 )
-from portal.shell import panels_for
+from portal.shell import links_for, panels_for
 from portal.webhooks import (
     webhook_create,
     webhook_event_retry,
@@ -259,6 +259,7 @@ def settings_page(request):
             "api_keys": org.api_keys.order_by("revoked_at", "-created_at") if org.is_provider else [],
             "service_centers": org.service_centers.all() if org.kind == OrganisationKind.PROVIDER else [],
             "api_key_form": ApiKeyForm(),
+            "tabs": links_for("settings.tabs", request.user) if org.is_provider else [],
         },
     )
 

@@ -1,7 +1,7 @@
 """Navigation contributed by the people's side (registered from ``SupportConfig.ready``)."""
 
 from portal.permissions import Right
-from portal.shell import NavItem, register_nav
+from portal.shell import NavItem, PageLink, register_link, register_nav
 
 
 def register() -> None:
@@ -11,3 +11,15 @@ def register() -> None:
     register_nav(NavItem(42, "support:reviews", "Proof reviews", Right.APPROVE_UNLOCK))
     register_nav(NavItem(42, "support:reviews", "Proof reviews", Right.UPLOAD_PROOF))
     register_nav(NavItem(44, "support:unlocks", "Unlock requests", Right.REQUEST_UNLOCK))
+    register_link(
+        PageLink(
+            "device.enrolment",
+            10,
+            "support:unlock_new",
+            "Ask for a new offline-code key →",
+            Right.REQUEST_UNLOCK,
+            query="device={pk}&kind=rekey",
+            note="(for a phone that lost its own; another person approves)",
+            when=lambda device: device.enrolled_at is not None,
+        )
+    )

@@ -22,6 +22,7 @@ import re
 import pytest
 from django.core.exceptions import ValidationError
 from django.test import Client
+from django.urls import reverse
 from rest_framework.test import APIClient
 
 from devices.agent.render import ScreenView, render_html
@@ -473,3 +474,25 @@ def test_adding_staff_preselects_no_role(as_user, admin_a):
     refused = client.post("/settings/staff/new/", {"username": "hurried"})
     assert "Choose the role this person needs" in refused.content.decode()
     assert not User.objects.filter(username="hurried").exists()
+
+
+def test_the_settings_page_links_every_part_of_the_settings_each_app_contributes(as_user, admin_a, finance_a):
+    """Each app adds its own tab (portal names none of them): lock screen, channels, policy, webhooks, tokens."""
+    page = as_user(admin_a).get(reverse("portal:settings")).content.decode()
+    tabs = page[page.index('aria-label="More settings"') :].split("</nav>")[0]
+    wanted = ["locks:screen", "locks:channels", "locks:policy", "portal:webhooks", "devices:enrollment_tokens"]
+    positions = [tabs.index(f'href="{reverse(name)}"') for name in wanted]
+    assert positions == sorted(positions)
+    assert as_user(finance_a).get(reverse("portal:settings")).status_code == 403
+
+
+def test_the_device_page_offers_what_other_apps_add_only_to_those_who_may_use_it(as_user, admin_a, technician):
+    from tests.factories import make_contract
+
+    contract = make_contract(admin_a.organisation, number="DLG-5")
+    url = reverse("devices:detail", args=[contract.device_id])
+    contracts_link = f'href="{reverse("payments:contracts")}?device={contract.device_id}"'
+    assert contracts_link in as_user(admin_a).get(url).content.decode()
+    technician_page = as_user(technician).get(url)
+    assert technician_page.status_code == 200  # a technician looks phones up, and never sees money
+    assert contracts_link not in technician_page.content.decode()
