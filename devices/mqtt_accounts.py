@@ -42,6 +42,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
 import paho.mqtt.client as mqtt
@@ -55,6 +56,7 @@ from devices.models import Device, MqttAccount
 from devices.protocol import topic_for
 from portal.audit import AuditEntry, audit_record, audit_record_many
 from portal.queue import enqueue_each
+from portal.types import Actor
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ def phone_role(device_uid: str) -> str:
     return f"{PHONE_ROLE_PREFIX}{device_uid}"
 
 
-def account_for_enrolment(*, device: Device) -> dict | None:
+def account_for_enrolment(*, device: Device) -> dict[str, str] | None:
     """The enrolment's hook: the phone's MQTT credential for the answer, or None when accounts are off.
 
     Runs inside ``device_enroll``'s transaction, after the new device credential is set.
@@ -129,7 +131,7 @@ def _client_for(url: str, client_id: str) -> tuple[mqtt.Client, str, int]:
     return client, host, port
 
 
-def dynsec_control(*, url: str, commands: list[dict], timeout: float) -> list[dict]:
+def dynsec_control(*, url: str, commands: list[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
     """Send ``commands`` to the dynamic-security plugin as the account in ``url``; its answers, in order.
 
     Every account allowed to read the plugin's answers receives all of them, so each
@@ -144,18 +146,18 @@ def dynsec_control(*, url: str, commands: list[dict], timeout: float) -> list[di
     client, host, port = _client_for(url, f"finlock-provision-{token[:16]}")
     client.connect_timeout = timeout
     connected, subscribed, answered = threading.Event(), threading.Event(), threading.Event()
-    state: dict = {}
-    answers: dict[int, dict] = {}
+    state: dict[str, Any] = {}
+    answers: dict[int, dict[str, Any]] = {}
 
-    def on_connect(_client, _userdata, _flags, reason_code, _properties):
+    def on_connect(_client: Any, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any) -> None:
         state["connect"] = reason_code
         connected.set()
 
-    def on_subscribe(_client, _userdata, _mid, reason_codes, _properties):
+    def on_subscribe(_client: Any, _userdata: Any, _mid: Any, reason_codes: Any, _properties: Any) -> None:
         state["subscribe"] = reason_codes
         subscribed.set()
 
-    def on_message(_client, _userdata, message):
+    def on_message(_client: Any, _userdata: Any, message: Any) -> None:
         try:
             responses = json.loads(message.payload).get("responses") or []
         except (ValueError, AttributeError):
@@ -223,7 +225,7 @@ class _Plan:
     done: bool = False
 
 
-def _phone_commands(plan: _Plan) -> list[dict]:
+def _phone_commands(plan: _Plan) -> list[dict[str, Any]]:
     role = phone_role(plan.username)
     client = {
         "username": plan.username,
@@ -245,7 +247,7 @@ def _phone_commands(plan: _Plan) -> list[dict]:
 
 def _apply_round(plans: list[_Plan]) -> list[_Plan]:
     """One message to the plugin for ``plans``; returns the plans that need a second round."""
-    commands: list[dict] = []
+    commands: list[dict[str, Any]] = []
     spans: list[tuple[_Plan, int, int]] = []
     for plan in plans:
         start = len(commands)
@@ -415,7 +417,7 @@ ROLES = {
 }
 
 
-def broker_setup(*, admin_username: str, admin_password: str, actor=None) -> list[str]:
+def broker_setup(*, admin_username: str, admin_password: str, actor: Actor = None) -> list[str]:
     """Set the broker up for finlock (idempotent): default access, the two roles, finlock's two accounts.
 
     Signs in as the dynamic-security administrator (``mosquitto_ctrl dynsec init``) at the
@@ -433,7 +435,7 @@ def broker_setup(*, admin_username: str, admin_password: str, actor=None) -> lis
     timeout = settings.MQTT_PUBLISH_TIMEOUT_SECONDS
     accounts = {publisher: (publisher_password, PUBLISHER_ROLE), provisioner: (provisioner_password, PROVISIONER_ROLE)}
 
-    def client(command: str, username: str) -> dict:
+    def client(command: str, username: str) -> dict[str, Any]:
         password, role = accounts[username]
         # clientid "" clears any binding: finlock's workers connect with a fresh client id each time.
         return {

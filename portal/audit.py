@@ -21,14 +21,14 @@ from portal import audit_keys
 from portal.audit_keys import UnknownAuditKey
 from portal.models import AuditChainHead, AuditEvent, Organisation, User
 from portal.queue import registered_task
-from portal.types import Actor
+from portal.types import Actor, AuditActor
 
 log = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 
 
-def actor_label(actor: Actor) -> str:
+def actor_label(actor: AuditActor) -> str:
     if actor is None:
         return "system"
     if isinstance(actor, User):
@@ -38,10 +38,12 @@ def actor_label(actor: Actor) -> str:
 
 #: Every field list ``snapshot`` has used in this process, by (model label, requested fields):
 #: the resolved fields. A cache, and the record the test suite checks for secrets.
-AUDITED_FIELD_LISTS: dict[tuple[str, tuple[str, ...] | None], tuple[models.Field, ...]] = {}
+AUDITED_FIELD_LISTS: dict[tuple[str, tuple[str, ...] | None], tuple[models.Field[Any, Any], ...]] = {}
 
 
-def audited_fields(model: type[models.Model], fields: Iterable[str] | None = None) -> tuple[models.Field, ...]:
+def audited_fields(
+    model: type[models.Model], fields: Iterable[str] | None = None
+) -> tuple[models.Field[Any, Any], ...]:
     """The fields of ``model`` that may enter the audit trail: an explicit allow-list, never a guess.
 
     A model declares its list as ``audit_fields`` (names of concrete or many-to-many fields; a
@@ -68,7 +70,7 @@ def audited_fields(model: type[models.Model], fields: Iterable[str] | None = Non
         found = [model._meta.get_field(name) for name in names]
     except Exception as exc:  # FieldDoesNotExist: a typo must not silently drop a field
         raise ImproperlyConfigured(f"{model._meta.label}: {exc}") from None
-    resolved = cast(tuple[models.Field, ...], tuple(found))  # the names are the model's own columns
+    resolved = cast("tuple[models.Field[Any, Any], ...]", tuple(found))  # the names are the model's own columns
     AUDITED_FIELD_LISTS[key] = resolved
     return resolved
 
@@ -82,7 +84,8 @@ def snapshot(obj: models.Model, fields: Iterable[str] | None = None) -> dict[str
             data[field.name] = sorted(getattr(obj, field.name).values_list("pk", flat=True)) if obj.pk else []
         else:
             data[field.attname] = getattr(obj, field.attname)
-    return _json_safe(data)
+    safe: dict[str, Any] = _json_safe(data)
+    return safe
 
 
 def _json_safe(value: Any) -> Any:
@@ -156,21 +159,22 @@ class AuditEntry:
     action: str
     obj: models.Model | None = None
     organisation: Organisation | None = None
-    before: dict | None = None
-    after: dict | None = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
     object_type: str = ""
     object_id: str = ""
     object_repr: str = ""
 
 
-def _organisation_of(obj) -> int | None:
+def _organisation_of(obj: models.Model | None) -> int | None:
     if obj is None:
         return None
     if isinstance(obj, Organisation):
         return obj.pk
     for attr in ("provider_id", "organisation_id"):
         if getattr(obj, attr, None):
-            return getattr(obj, attr)
+            found: int | None = getattr(obj, attr)
+            return found
     return None
 
 
@@ -190,7 +194,9 @@ def _locked_head() -> AuditChainHead:
     return head
 
 
-def audit_record_many(*, actor, entries: list[AuditEntry], ip_address: str | None = None) -> list[AuditEvent]:
+def audit_record_many(
+    *, actor: AuditActor, entries: list[AuditEntry], ip_address: str | None = None
+) -> list[AuditEvent]:
     """Append a batch of events to the chain in one transaction.
 
     Each event's hash is keyed with the current audit key and the head is signed again,
@@ -267,12 +273,12 @@ def _enqueue_checkpoint() -> None:
 
 def audit_record(
     *,
-    actor,
+    actor: AuditActor,
     action: str,
     obj: models.Model | None = None,
     organisation: Organisation | None = None,
-    before: dict | None = None,
-    after: dict | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
     ip_address: str | None = None,
     object_repr: str = "",
 ) -> AuditEvent:

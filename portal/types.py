@@ -12,3 +12,7 @@ if TYPE_CHECKING:  # types need only the names; the modules import Django's auth
 #: provider's system through its API key, or ``None`` for the system itself (a periodic job, a payment
 #: channel's callback, a phone).
 Actor: TypeAlias = "User | ApiClient | None"
+
+#: Who an audit event names: an ``Actor``, or the label of something that is not a person or a key
+#: (``"device:<uid>"`` for a phone, the name of a job).
+AuditActor: TypeAlias = "User | ApiClient | str | None"

@@ -88,7 +88,7 @@ def _audited(hook: ProviderWebhook) -> dict[str, Any]:
 # --- emitting -----------------------------------------------------------------
 
 
-def webhook_event_emit(*, provider: Organisation | int, event: str, payload: dict) -> list[WebhookEvent]:
+def webhook_event_emit(*, provider: Organisation | int, event: str, payload: dict[str, Any]) -> list[WebhookEvent]:
     """Record ``event`` for every enabled endpoint of ``provider`` subscribed to it; queue delivery on commit.
 
     Call it inside the transaction that makes the change: the rows commit or roll back
@@ -127,7 +127,9 @@ def webhook_event_emit(*, provider: Organisation | int, event: str, payload: dic
     return rows
 
 
-def webhook_events_emit(*, provider: Organisation | int, event: str, payloads: list[dict]) -> list[WebhookEvent]:
+def webhook_events_emit(
+    *, provider: Organisation | int, event: str, payloads: list[dict[str, Any]]
+) -> list[WebhookEvent]:
     """:func:`webhook_event_emit` for many events of one kind at once (a statement import's matches).
 
     One read of the provider's endpoints and one insert, whatever the number of events;
@@ -260,7 +262,7 @@ def webhook_events_redeliver_pending(*, now: dt.datetime | None = None, limit: i
 
 
 def webhook_create(
-    *, provider: Organisation, url: str, events: list[str], actor, ip_address: str | None = None
+    *, provider: Organisation, url: str, events: list[str], actor: Actor, ip_address: str | None = None
 ) -> tuple[ProviderWebhook, str]:
     """Create an endpoint for ``provider``; returns the row and its secret (shown to the admin once).
 
@@ -286,7 +288,7 @@ def webhook_create(
 
 
 def webhook_secret_rotate(
-    *, webhook: ProviderWebhook, actor, ip_address: str | None = None
+    *, webhook: ProviderWebhook, actor: Actor, ip_address: str | None = None
 ) -> tuple[ProviderWebhook, str]:
     """Give ``webhook`` a new secret; returns the row and the new secret (shown to the admin once).
 
@@ -331,7 +333,9 @@ def webhook_secret_rotate(
     return locked, secret
 
 
-def webhook_secret_overlap_end(*, webhook: ProviderWebhook, actor, ip_address: str | None = None) -> ProviderWebhook:
+def webhook_secret_overlap_end(
+    *, webhook: ProviderWebhook, actor: Actor, ip_address: str | None = None
+) -> ProviderWebhook:
     """Stop the previous secret signing now (it leaked, or the receiver has switched); audited.
 
     Changes nothing when no previous secret signs. Audited as ``webhook.secret_overlap_end``.
