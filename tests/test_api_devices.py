@@ -56,6 +56,15 @@ def test_registering_a_device_returns_it_unlocked_and_audits_it_against_the_key(
     assert audit_verify_chain().ok
 
 
+def test_a_device_is_registered_as_json_and_the_schema_declares_only_that(api_a, provider_a):
+    """A generated client gets one request body type for POST /devices/ (a CSV goes to the bulk upload)."""
+    form = api_a.post(DEVICES, {"imei": VALID, "serial_number": "R58N", "maker": "Samsung", "model": "A15"})
+    assert form.status_code == 415
+    assert not Device.objects.filter(provider=provider_a).exists()
+    schema = api_a.get("/api/schema/", {"format": "json"}).json()
+    assert list(schema["paths"][DEVICES]["post"]["requestBody"]["content"]) == ["application/json"]
+
+
 def test_an_imei_typed_as_printed_on_the_box_is_stored_as_digits(api_a):
     response = api_a.post(DEVICES, {"imei": "49-015420-323751-8", "imei2": make_imei()}, format="json")
     assert response.status_code == 201, response.json()
