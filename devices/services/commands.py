@@ -27,7 +27,7 @@ from devices.protocol import (
     sign,
 )
 from portal.audit import AuditEntry, audit_record_many
-from portal.types import Actor
+from portal.types import AuditActor
 
 # Ids per SELECT ... FOR UPDATE and rows per bulk write: well under every backend's
 # limit on query parameters, and few enough round trips for 10,000 changes at once.
@@ -93,7 +93,7 @@ def _check_change(change: StateChange) -> None:
     _check_wire_value(change.screen, "screen")
 
 
-def device_states_apply(*, changes: list[StateChange], actor: Actor | str = None) -> list[DeviceCommand]:
+def device_states_apply(*, changes: list[StateChange], actor: AuditActor = None) -> list[DeviceCommand]:
     """Record desired lock states and issue one signed command per change (the outbox).
 
     All in one transaction, the caller's if there is one: the devices' rows are
@@ -242,7 +242,7 @@ def latest_command(device_id: int) -> DeviceCommand | None:
     return DeviceCommand.objects.filter(device_id=device_id).order_by("-seq").first()
 
 
-def reissue_current_state(device: Device, *, latest: DeviceCommand | None, actor: Actor | str = None) -> DeviceCommand:
+def reissue_current_state(device: Device, *, latest: DeviceCommand | None, actor: AuditActor = None) -> DeviceCommand:
     """Issue the device's desired state again, with the newest command's screen if there is one."""
     state, expires_at = device.desired_state, None
     if state == LockState.TEMP_UNLOCKED:

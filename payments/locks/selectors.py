@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from django.core.exceptions import ValidationError
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
@@ -67,6 +68,18 @@ def decide_contract(contract: Contract, *, rules: Rules, now: dt.datetime) -> De
         zone=contract.provider.zone,
         current=contract.lock_state,
     )
+
+
+def temp_unlock_hours_checked(provider: Organisation, hours: object) -> int:
+    """``hours`` of a temporary unlock once within the provider's policy (1 to ``max_temp_unlock_hours``).
+
+    The one check, for a request when it is made and for the lock API when it is granted;
+    ``ValidationError`` on ``hours`` otherwise.
+    """
+    cap = max_temp_unlock_hours(provider)
+    if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= cap:
+        raise ValidationError({"hours": [f"A whole number of hours from 1 to {cap} (the provider's lock policy)."]})
+    return hours
 
 
 def max_temp_unlock_hours(provider: Organisation) -> int:

@@ -17,26 +17,15 @@ from devices.models import Device, LockState
 from devices.services.commands import StateChange, device_states_apply
 from payments.locks.decision import Decision
 from payments.locks.screen import ProviderScreenData, screen_build, screen_without_contract
-from payments.locks.selectors import max_temp_unlock_hours
+from payments.locks.selectors import temp_unlock_hours_checked
 from payments.locks.sweep import SweepReport, apply_decisions, run_sweep
 from payments.models import Contract, LockOverride, LockPolicy, LockScreenText, OverrideKind
 from portal.audit import audit_record, audited_update, snapshot
 from portal.models import Organisation, User
 from portal.types import Actor
 
-LOCK_POLICY_FIELDS = (
-    "grace_days",
-    "reminder_days_before",
-    "reminder_days_after",
-    "lock_start_hour",
-    "lock_end_hour",
-    "lock_weekdays",
-    "max_temp_unlock_hours",
-    "unlock_alert_minutes",
-    "provisional_installments",
-    "provisional_max_amount",
-    "provisional_confirm_days",
-)
+#: What the policy form and the API may change: the model's audited fields but its provider and timestamp.
+LOCK_POLICY_FIELDS = tuple(name for name in LockPolicy.audit_fields if name not in ("provider", "updated_at"))
 
 
 def lock_policy_update(
@@ -213,8 +202,7 @@ def contract_override_add(
             after=snapshot(override),
             ip_address=ip_address,
         )
-        apply_decisions([contract.pk], now=now, actor=actor)
-        contract.refresh_from_db(fields=["lock_state", "lock_reason", "lock_changed_at", "arrears_cleared_at"])
+        contract_lock_evaluate(contract=contract, actor=actor, now=now)
     return override
 
 
@@ -232,9 +220,7 @@ def contract_temp_unlock(
     ``hours`` is at most the provider's ``max_temp_unlock_hours`` whoever asks (``ValidationError``
     otherwise). See ``contract_override_add``.
     """
-    cap = max_temp_unlock_hours(contract.provider)
-    if isinstance(hours, bool) or not 1 <= hours <= cap:
-        raise ValidationError({"hours": [f"A whole number of hours from 1 to {cap} (the provider's lock policy)."]})
+    hours = temp_unlock_hours_checked(contract.provider, hours)
     now = now or timezone.now()
     return contract_override_add(
         contract=contract,

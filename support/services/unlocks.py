@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from devices.models import Device, LockState, OfflineCode, OfflineCodeKind
 from devices.services.offline import MAX_OFFLINE_DAYS, device_offline_rekey, offline_code_issue
-from payments.locks.selectors import max_temp_unlock_hours
+from payments.locks.selectors import temp_unlock_hours_checked
 from payments.locks.services import contract_release, contract_temp_unlock, device_release
 from payments.models import Contract, ContractStatus, LockOverride
 from portal.audit import audit_record, snapshot
@@ -51,9 +51,7 @@ class ApprovalResult:
 
 def _check_temporary(device: Device, contract: Contract | None, hours: object) -> tuple[Contract, int]:
     """The contract and hours of a temporary unlock, once they pass the provider's policy; else ``ValidationError``."""
-    cap = max_temp_unlock_hours(device.provider)
-    if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= cap:
-        raise ValidationError({"hours": [f"A whole number of hours from 1 to {cap} (the provider's lock policy)."]})
+    hours = temp_unlock_hours_checked(device.provider, hours)
     if contract is None or contract.status not in LIVE_CONTRACT_STATUSES:
         raise ValidationError(
             {"kind": ["A temporary unlock needs an active contract on this phone; ask for a release instead."]}
