@@ -57,9 +57,9 @@ from redis import exceptions as redis_exceptions
 from rest_framework.renderers import JSONRenderer
 from rest_framework.throttling import SimpleRateThrottle
 
-from devices.keys import public_keys
+from devices.keys import key_statement
 from devices.models import Device, DeviceCommand
-from devices.protocol import CREDENTIAL_PREFIX, MAX_SEQ, STATES, secret_digest
+from devices.protocol import CREDENTIAL_PREFIX, MAX_SEQ, PROTOCOL_VERSION, STATES, envelope_of, secret_digest
 from portal.cache import OutageLog
 
 log = logging.getLogger(__name__)
@@ -209,15 +209,15 @@ def _forget_rate(*, setting, **kwargs):
 
 
 @functools.cache
-def _server_keys() -> bytes:
-    """The rendered key list (it changes only with settings, which restart the process)."""
-    return render(public_keys())
+def _key_statement() -> bytes:
+    """The rendered key statement (it changes only with settings, which restart the process)."""
+    return render(key_statement())
 
 
 @receiver(setting_changed)
-def _forget_server_keys(*, setting, **kwargs):
+def _forget_key_statement(*, setting, **kwargs):
     if setting.startswith("DEVICE_SIGNING"):
-        _server_keys.cache_clear()
+        _key_statement.cache_clear()
 
 
 def rate_count(device_id: int) -> tuple[int, int, int] | None:
@@ -318,16 +318,16 @@ def fill(device_id: int) -> None:
         latest = (
             DeviceCommand.objects.filter(device_id=device_id)
             .order_by("-seq")
-            .values_list("payload", "signature")
+            .values_list("body", "key_id", "signature", "version")
             .first()
         )
-        if row is None or latest is None or not row[0]:
+        if row is None or latest is None or not row[0] or latest[3] != PROTOCOL_VERSION:
             return
         digest, reported_seq, command_seq = row
-        payload, signature = latest
+        body, key_id, signature, _version = latest
         # "<generation> <digest> <reported_seq> <command_seq> <envelope JSON>": split, not parsed.
         record = b"%d %s %d %d " % (generation, digest.encode(), reported_seq, command_seq) + render(
-            {"command": payload, "signature": signature}
+            envelope_of(body.encode("utf-8"), key_id=key_id, signature=signature)
         )
         pipe = client.pipeline(transaction=False)
         pipe.set(f"{PREFIX}rec:{device_id}", record, ex=settings.CHECKIN_CACHE_SECONDS)
@@ -410,7 +410,7 @@ def _local_store(digest: str, entry: _Local) -> None:
 
 def _answer_bytes(envelope: bytes) -> HttpResponse:
     response = HttpResponse(
-        b'{"envelope":' + envelope + b',"server_keys":' + _server_keys() + b"}",
+        b'{"envelope":' + envelope + b',"key_statement":' + _key_statement() + b"}",
         content_type="application/json",
     )
     # What DRF adds to the database path's answer, so a client cannot tell the paths apart.

@@ -13,14 +13,19 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
+from django.db import IntegrityError, transaction
 from django.dispatch import receiver
+from django.utils import timezone
 
-from devices.protocol import b64, unb64
+from devices.models import KeyStatement
+from devices.protocol import KIND_KEY_STATEMENT, b64, payload_bytes, seal, unb64
+from portal.audit import audit_record
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,54 @@ def public_keys() -> dict[str, str]:
     keys = {kid: b64(raw) for kid, raw in settings.DEVICE_SIGNING_PUBLIC_KEYS.items()}
     keys[key_id] = public_key_b64(private_key)
     return keys
+
+
+def key_statement() -> dict[str, Any]:
+    """The envelope of the newest key statement, writing a new one if the configured keys changed.
+
+    Check-in and enrolment answers carry it. A phone replaces its trusted key set only by a
+    statement with a higher ``seq`` signed by a key it already trusts, so the configured set
+    changes as docs/lock-pipeline.md "Rotating the signing key" says: announce the new key
+    (signed by the old), then sign with it, then retire the old one (signed by the new).
+    """
+    return _statement_for(tuple(sorted(public_keys().items()))).envelope
+
+
+@functools.cache
+def _statement_for(keys: tuple[tuple[str, str], ...]) -> KeyStatement:
+    wanted = dict(keys)
+    latest = KeyStatement.objects.order_by("-seq").first()
+    if latest is not None and latest.keys == wanted:
+        return latest
+    key_id, private_key = current_signer()
+    seq = (latest.seq if latest else 0) + 1
+    body = payload_bytes(
+        {
+            "kind": KIND_KEY_STATEMENT,
+            "seq": seq,
+            "issued_at": timezone.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "keys": wanted,
+        }
+    )
+    envelope = seal(body, key_id=key_id, private_key=private_key)
+    try:
+        with transaction.atomic():
+            statement = KeyStatement.objects.create(
+                seq=seq, body=body.decode("utf-8"), key_id=key_id, signature=envelope["signature"]
+            )
+            audit_record(
+                actor="server configuration",
+                action="device.key_statement",
+                obj=statement,
+                before={"keys": sorted(latest.keys) if latest else []},
+                after={"keys": sorted(wanted), "seq": seq, "signed_by": key_id},
+            )
+    except IntegrityError:
+        # Race: two processes noticing the new key set at once both write seq n+1; the
+        # unique seq lets one win, and the other serves the winner's statement.
+        statement = KeyStatement.objects.get(seq=seq)
+    log.warning("Key statement %s: phones now trust %s", statement.seq, ", ".join(sorted(wanted)))
+    return statement
 
 
 def _development_key(path: Path) -> tuple[str, bytes]:
@@ -85,5 +138,6 @@ def _development_key(path: Path) -> tuple[str, bytes]:
 @receiver(setting_changed)
 def _forget_cached_key(*, setting, **kwargs):
     # Tests switch keys with override_settings; the cached signer must follow.
-    if setting in {"DEVICE_SIGNING_KEY", "DEVICE_SIGNING_KEY_FILE"}:
+    if setting in {"DEVICE_SIGNING_KEY", "DEVICE_SIGNING_KEY_FILE", "DEVICE_SIGNING_PUBLIC_KEYS"}:
         current_signer.cache_clear()
+        _statement_for.cache_clear()

@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -17,6 +18,7 @@ from django.utils.translation import gettext_lazy as _
 from stdnum import imei as stdnum_imei
 from stdnum.exceptions import ValidationError as StdnumError
 
+from devices.protocol import envelope_of
 from portal.models import Organisation, OrganisationKind
 from portal.outbound import validate_webhook_secret, webhook_secret_generate
 
@@ -240,9 +242,12 @@ class EnrollmentToken(models.Model):
 class DeviceCommand(models.Model):
     """One signed lock-state command for one device: the outbox row delivery works from.
 
-    Written in the same transaction as the change of desired state; ``payload`` is the
-    exact command that was signed (see docs/lock-pipeline.md), ``signature`` its Ed25519
-    signature. Never edited after issue except for delivery bookkeeping.
+    Written in the same transaction as the change of desired state; ``body`` is the exact
+    UTF-8 JSON text whose bytes were signed (protocol version 2, docs/lock-pipeline.md),
+    ``signature`` its Ed25519 signature in base64. Never edited after issue except for
+    delivery bookkeeping. ``version`` 1 marks a command signed under the retired version 1
+    (before this upgrade): it is never served again; a phone checking in is issued its
+    state anew.
     """
 
     #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
@@ -267,7 +272,8 @@ class DeviceCommand(models.Model):
     state = models.CharField(max_length=20, choices=LockState.choices)
     reason = models.CharField(max_length=300, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
-    payload = models.JSONField()
+    body = models.TextField()
+    version = models.PositiveSmallIntegerField(default=2)
     signature = models.CharField(max_length=100)
     key_id = models.CharField(max_length=40)
     issued_at = models.DateTimeField(default=timezone.now)
@@ -294,8 +300,43 @@ class DeviceCommand(models.Model):
         return f"{self.device_id}#{self.seq} {self.state}"
 
     @property
-    def envelope(self) -> dict:
-        return {"command": self.payload, "signature": self.signature}
+    def payload(self) -> dict[str, Any]:
+        """The command, parsed from the signed bytes (for the portal and tests; phones verify first)."""
+        return json.loads(self.body)
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        """What every channel carries: ``{"v": 2, "payload", "key_id", "signature"}``."""
+        return envelope_of(self.body.encode("utf-8"), key_id=self.key_id, signature=self.signature)
+
+
+class KeyStatement(models.Model):
+    """A signed statement of the server keys phones must trust (docs/lock-pipeline.md, "Keys").
+
+    A new one is written whenever the configured key set changes, with the next ``seq``,
+    signed by the current key; phones replace their trusted set only with a statement
+    signed by a key they already trust. ``body`` is the exact signed UTF-8 JSON text.
+    """
+
+    seq = models.PositiveIntegerField(unique=True)
+    body = models.TextField()
+    key_id = models.CharField(max_length=40)
+    signature = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-seq"]
+
+    def __str__(self) -> str:
+        return f"key statement {self.seq}"
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return dict(json.loads(self.body)["keys"])
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        return envelope_of(self.body.encode("utf-8"), key_id=self.key_id, signature=self.signature)
 
 
 class Channel(models.TextChoices):

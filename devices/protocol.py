@@ -1,12 +1,19 @@
-"""The wire protocol between finlock and a phone, with no Django in it.
+"""The wire protocol between finlock and a phone (version 2), with no Django in it.
 
-Shared by the server (which signs) and the reference agent (which verifies), so both
-produce the same bytes. The specification is ``docs/lock-pipeline.md``.
+Shared by the server (which signs) and the reference agent (which verifies). The
+specification is ``docs/lock-pipeline.md``; Python is not the spec: the published test
+vectors in ``docs/protocol/vectors/`` are, and a Java program checks them too.
+
+Version 2 signs **bytes, not objects**: the signer serialises the JSON once, signs those
+UTF-8 bytes and sends them base64-encoded inside the envelope. The phone verifies the
+signature over the decoded bytes and only then parses them, so no implementation ever
+has to reproduce anyone's serialisation (no canonical form anywhere).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 from typing import Any
@@ -14,13 +21,24 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Every device credential starts with this (an enrolment token with ``ENROLLMENT_TOKEN_PREFIX``).
 CREDENTIAL_PREFIX = "fld_"
 ENROLLMENT_TOKEN_PREFIX = "fle_"
-#: The highest command sequence number a phone reports or acknowledges.
+#: The highest command sequence number the server ever issues (and a phone reports or
+#: acknowledges). It fits a signed 32-bit integer, a JavaScript number and every JSON parser.
 MAX_SEQ = 2_000_000_000
 STATES = ("unlocked", "reminder", "locked", "temp_unlocked", "released")
+#: The states a lease may end in: a phone out of contact is reminded or locked, never released.
+LEASE_EXPIRY_STATES = ("reminder", "locked")
+#: What a signed payload is: a signature made for one kind never passes as the other.
+KIND_COMMAND = "command"
+KIND_KEY_STATEMENT = "key_statement"
+#: The largest envelope a phone accepts (bytes of its JSON text); anything larger is refused
+#: unparsed. A command of the demo is 2-4 KB; the largest (Sinhala labels) about 7 KB.
+MAX_ENVELOPE_BYTES = 32_768
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
 
 
 def topic_for(device_uid: str) -> str:
@@ -28,28 +46,67 @@ def topic_for(device_uid: str) -> str:
     return f"finlock/v1/devices/{device_uid}/command"
 
 
-def canonical(command: dict[str, Any]) -> bytes:
-    """The exact bytes that are signed: sorted keys, no whitespace, ASCII only."""
-    return json.dumps(command, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
-        "ascii"
+def payload_bytes(payload: dict[str, Any]) -> bytes:
+    """Serialise a payload once, as the bytes that are signed and sent.
+
+    Any valid JSON would do: the phone never re-serialises. The server writes UTF-8 with
+    sorted keys and no whitespace (Sinhala, Tamil and emoji as themselves, a third of the
+    size of ``\\u`` escapes), and refuses floats and non-finite numbers, which print
+    differently across languages (amounts are decimal strings).
+    """
+    _check_wire_value(payload, "payload")
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
     )
 
 
+def _check_wire_value(value: object, where: str) -> None:
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_wire_value(item, f"{where}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: key {key!r} is not a string")
+            _check_wire_value(item, f"{where}.{key}")
+        return
+    raise ValueError(f"{where} is a {type(value).__name__}; a payload holds only str, int, bool, None, list, dict")
+
+
 def b64(data: bytes) -> str:
+    """Standard base64 (RFC 4648 section 4: ``+/``) with ``=`` padding: the only encoding on the wire."""
     return base64.b64encode(data).decode("ascii")
 
 
 def unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode("ascii"), validate=True)
+    """Decode standard base64 with padding; anything else (URL-safe, unpadded, spaces) is a ``ValueError``."""
+    try:
+        data = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError("not standard base64 with padding") from exc
+    if b64(data) != text:  # refuses non-zero trailing bits: one text per byte string
+        raise ValueError("not standard base64 with padding")
+    return data
 
 
-def sign(command: dict[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:
-    """The envelope sent on every channel: ``{"command": ..., "signature": base64}``."""
-    return {"command": command, "signature": b64(private_key.sign(canonical(command)))}
+def seal(body: bytes, *, key_id: str, private_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """The envelope of signed bytes: ``{"v": 2, "payload", "key_id", "signature"}``."""
+    return envelope_of(body, key_id=key_id, signature=b64(private_key.sign(body)))
+
+
+def envelope_of(body: bytes, *, key_id: str, signature: str) -> dict[str, Any]:
+    """The envelope of bytes already signed (a stored command): the same four members."""
+    return {"v": PROTOCOL_VERSION, "payload": b64(body), "key_id": key_id, "signature": signature}
 
 
 def public_key_from_b64(text: str) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(unb64(text))
+    raw = unb64(text)
+    if len(raw) != PUBLIC_KEY_BYTES:
+        raise ValueError("a public key is 32 raw bytes")
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 #: First line of the bytes a phone signs to enrol: names what the signature is for, so a
@@ -73,31 +130,87 @@ def enrollment_message(*, challenge: str, imei: str, device_key: str) -> bytes:
 
 
 class Rejected(ValueError):
-    """A command the phone must not apply; the message says why."""
+    """A payload the phone must not apply; ``code`` is the verdict of docs/protocol/vectors."""
+
+    def __init__(self, code: str, message: str = ""):
+        super().__init__(message or code)
+        self.code = code
 
 
-def verify(envelope: Any, public_keys: dict[str, str]) -> dict[str, Any]:
-    """Check an envelope's shape and signature; return the command or raise ``Rejected``.
+def open_envelope(envelope: Any, trusted_keys: dict[str, str], *, kind: str = KIND_COMMAND) -> dict[str, Any]:
+    """Check an envelope's version, key and signature, then parse its payload; or raise ``Rejected``.
 
-    ``public_keys`` maps key ids to base64 public keys (all keys the server announced).
-    Device, IMEI and sequence checks are the caller's: they need the phone's own state.
+    The order is the specification's (docs/lock-pipeline.md, "What the phone does"): the
+    signature is checked over the decoded bytes before anything in them is read.
+    ``trusted_keys`` maps key ids to base64 public keys. Device, IMEI, sequence and lease
+    checks are the caller's: they need the phone's own state.
     """
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("command"), dict):
-        raise Rejected("not a command envelope")
-    command = envelope["command"]
-    key_id = command.get("key_id")
-    if key_id not in public_keys:
-        raise Rejected(f"unknown signing key {key_id!r}")
+    if isinstance(envelope, bytes | str):
+        if len(envelope) > MAX_ENVELOPE_BYTES:
+            raise Rejected("too_large", "envelope larger than 32768 bytes")
+        try:
+            envelope = json.loads(envelope)
+        except ValueError as exc:
+            raise Rejected("malformed", "not JSON") from exc
+    if not isinstance(envelope, dict):
+        raise Rejected("malformed", "not an envelope")
+    if envelope.get("v") != PROTOCOL_VERSION or isinstance(envelope.get("v"), bool):
+        raise Rejected("unknown_version", f"envelope version {envelope.get('v')!r}")
+    key_id, payload, signature = envelope.get("key_id"), envelope.get("payload"), envelope.get("signature")
+    if not isinstance(key_id, str) or not isinstance(payload, str) or not isinstance(signature, str):
+        raise Rejected("malformed", "key_id, payload and signature are strings")
+    if key_id not in trusted_keys:
+        raise Rejected("unknown_key", f"unknown signing key {key_id!r}")
     try:
-        signature = unb64(str(envelope.get("signature", "")))
-        public_key_from_b64(public_keys[key_id]).verify(signature, canonical(command))
+        body, raw_signature = unb64(payload), unb64(signature)
+    except ValueError as exc:
+        raise Rejected("malformed", "payload or signature is not standard base64") from exc
+    try:
+        if len(raw_signature) != SIGNATURE_BYTES:
+            raise InvalidSignature
+        public_key_from_b64(trusted_keys[key_id]).verify(raw_signature, body)
     except (InvalidSignature, ValueError) as exc:
-        raise Rejected("bad signature") from exc
-    if command.get("v") != PROTOCOL_VERSION or command.get("state") not in STATES:
-        raise Rejected("unsupported command version or state")
-    if not isinstance(command.get("seq"), int) or command["seq"] < 1:
-        raise Rejected("missing sequence number")
+        raise Rejected("bad_signature", "bad signature") from exc
+    try:
+        parsed = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Rejected("malformed", "payload is not UTF-8 JSON") from exc
+    if not isinstance(parsed, dict) or parsed.get("kind") != kind:
+        raise Rejected("wrong_kind", f"not a {kind}")
+    return parsed
+
+
+def check_command(command: dict[str, Any]) -> dict[str, Any]:
+    """The fields every command must hold, with their types (after ``open_envelope``); or ``Rejected``."""
+    seq = command.get("seq")
+    if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
+        raise Rejected("malformed", "seq is an integer from 1 to MAX_SEQ")
+    if command.get("state") not in STATES:
+        raise Rejected("malformed", f"unknown state {command.get('state')!r}")
+    imeis = command.get("imeis")
+    if not isinstance(command.get("device"), str) or not isinstance(imeis, list) or not imeis:
+        raise Rejected("malformed", "device and imeis are required")
+    if command.get("lease_until") is not None and command.get("lease_expiry_state") not in LEASE_EXPIRY_STATES:
+        raise Rejected("malformed", "a lease names the state it expires into")
     return command
+
+
+def check_key_statement(statement: dict[str, Any]) -> dict[str, str]:
+    """The key set of a verified key statement (ids to base64 raw public keys); or ``Rejected``."""
+    keys, seq = statement.get("keys"), statement.get("seq")
+    if type(seq) is not int or seq < 1 or not isinstance(keys, dict) or not keys:
+        raise Rejected("malformed", "a key statement has a positive seq and at least one key")
+    for key_id, key in keys.items():
+        try:
+            public_key_from_b64(key)
+        except (TypeError, ValueError) as exc:
+            raise Rejected("malformed", f"key {key_id!r} is not 32 raw bytes in base64") from exc
+    return dict(keys)
+
+
+def payload_of(envelope: dict[str, Any]) -> dict[str, Any]:
+    """The payload of an envelope WITHOUT checking its signature: for logs, benches and tests only."""
+    return json.loads(unb64(envelope["payload"]).decode("utf-8"))
 
 
 def secret_digest(secret: str) -> str:

@@ -46,7 +46,7 @@ from devices.agent.state import (
     append_log,
 )
 from devices.agent.times import format_time, parse_time, utc_now
-from devices.protocol import Rejected, b64, enrollment_message, topic_for, unb64, verify
+from devices.protocol import Rejected, b64, check_command, enrollment_message, open_envelope, topic_for, unb64
 
 APP_VERSION = "finlock-reference-agent/1.0"
 
@@ -179,7 +179,7 @@ class Agent:
         if st.enrolment is None:
             raise Rejected("not enrolled: no server keys to verify with")
         # 1. a known key and a valid signature over the canonical form
-        command = verify(envelope, st.enrolment.server_keys)
+        command = check_command(open_envelope(envelope, st.enrolment.server_keys))
         # 2. this phone, by its public id and by its IMEI
         if command.get("device") != st.enrolment.device or command.get("imei") != st.enrolment.imei:
             raise Rejected("command for another device")

@@ -55,8 +55,13 @@ class AckSerializer(serializers.Serializer):
 
 
 class EnvelopeSerializer(serializers.Serializer):
-    command = serializers.DictField(help_text="The command (see docs/lock-pipeline.md), signed in canonical form.")
-    signature = serializers.CharField(help_text="Base64 of the 64-byte Ed25519 signature.")
+    v = serializers.IntegerField(help_text="Protocol version: 2. A phone refuses any other and checks in.")
+    payload = serializers.CharField(
+        help_text="Standard base64 (with padding) of the exact UTF-8 JSON bytes that were signed: a Command "
+        "or a KeyStatement. Verify the signature over the decoded bytes, then parse them."
+    )
+    key_id = serializers.CharField(help_text="The server key that signed the payload.")
+    signature = serializers.CharField(help_text="Standard base64 (with padding) of the 64-byte Ed25519 signature.")
 
 
 class OfflineSerializer(serializers.Serializer):
@@ -73,7 +78,9 @@ class MqttAccountSerializer(serializers.Serializer):
 class EnrollAnswerSerializer(serializers.Serializer):
     device = serializers.UUIDField(help_text="The device's public id, used in the MQTT topic and every command.")
     credential = serializers.CharField(help_text="Send as Authorization: Device <credential>; shown once.")
-    server_keys = serializers.DictField(child=serializers.CharField(), help_text="key_id → base64 Ed25519 public key.")
+    key_statement = EnvelopeSerializer(
+        help_text="The newest signed key statement (payload: KeyStatement): the server keys a phone trusts."
+    )
     offline = OfflineSerializer(
         allow_null=True,
         help_text="Only on the enrolment that hands the device's offline-code secret out, which happens once "
@@ -90,8 +97,9 @@ class EnrollAnswerSerializer(serializers.Serializer):
 
 class CheckinAnswerSerializer(serializers.Serializer):
     envelope = EnvelopeSerializer()
-    server_keys = serializers.DictField(
-        child=serializers.CharField(), help_text="Every key id to accept (announced before a key signs)."
+    key_statement = EnvelopeSerializer(
+        help_text="The newest signed key statement: a phone replaces its trusted keys by a newer one signed "
+        "by a key it already trusts (a key is announced before it signs)."
     )
 
 

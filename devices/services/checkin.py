@@ -16,9 +16,7 @@ from devices.models import (
     DeviceCommand,
     LockState,
 )
-from devices.protocol import (
-    STATES,
-)
+from devices.protocol import MAX_SEQ, STATES
 from devices.services.commands import device_current_envelope, latest_command, reissue_current_state
 from portal.audit import audit_record
 from portal.webhooks import webhook_event_emit
@@ -93,7 +91,10 @@ def device_checkin(*, device: Device, state: str, last_seq: int, app_version: st
     ``last_seq`` above anything the server issued means the server lost commands it
     had sent (a database restored from a backup): the phone would ignore every new
     command with a lower seq, so the sequence jumps past it and the current state is
-    issued again.
+    issued again. The jump stops short of ``MAX_SEQ``: the command it issues must be one the
+    phone can still acknowledge and report (a phone reporting ``MAX_SEQ`` itself is answered
+    its current command and needs a staff re-key; no server ever issued seq ``MAX_SEQ``
+    without the phone applying it).
     """
     if state not in STATES:
         raise ValidationError({"state": [f"One of {', '.join(STATES)}."]})
@@ -110,7 +111,9 @@ def device_checkin(*, device: Device, state: str, last_seq: int, app_version: st
         Device.objects.filter(pk=device.pk).update(last_checkin_at=now, app_version=app_version)
         # Race: two check-ins both seeing the old command_seq would both jump; the
         # condition lets only the first move it.
-        jumped = Device.objects.filter(pk=device.pk, command_seq__lt=last_seq).update(command_seq=last_seq)
+        jumped = last_seq < MAX_SEQ and Device.objects.filter(pk=device.pk, command_seq__lt=last_seq).update(
+            command_seq=last_seq
+        )
         if jumped:
             log.warning(
                 "Device %s reported seq %s beyond the last issued; issuing its state again", device.uid, last_seq

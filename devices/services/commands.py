@@ -22,9 +22,14 @@ from devices.models import (
     max_length,
 )
 from devices.protocol import (
+    KIND_COMMAND,
+    LEASE_EXPIRY_STATES,
+    MAX_SEQ,
     PROTOCOL_VERSION,
     STATES,
-    sign,
+    envelope_of,
+    payload_bytes,
+    seal,
 )
 from portal.audit import AuditEntry, audit_record_many
 from portal.types import AuditActor
@@ -42,8 +47,11 @@ class StateChange:
 
     ``screen`` and ``allowed_numbers`` travel inside the signed command as they are, so
     they may hold only strings, integers, booleans, None, lists and dicts (amounts as
-    decimal strings): every implementation must produce the same canonical bytes.
-    ``expires_at`` is required for ``temp_unlocked`` and refused for any other state.
+    decimal strings). ``expires_at`` is required for ``temp_unlocked`` and refused for any
+    other state. The lease (docs/lock-pipeline.md, "Offline leases") is the decision's:
+    ``lease_until`` is when a phone that has not heard from the server moves to
+    ``lease_expiry_state``, warning ``lease_warning_days`` before, never outside
+    ``lock_window`` in ``time_zone`` (the owner's IANA zone).
     """
 
     device_id: int
@@ -52,45 +60,38 @@ class StateChange:
     screen: dict[str, Any] = field(default_factory=dict)
     allowed_numbers: list[str] = field(default_factory=list)
     expires_at: dt.datetime | None = None
+    lease_until: dt.datetime | None = None
+    lease_expiry_state: str | None = None
+    lease_warning_days: int = 0
+    time_zone: str = "UTC"
+    lock_window: dict[str, Any] | None = None
 
 
-def _wire_time(value: dt.datetime) -> str:
+def wire_time(value: dt.datetime) -> str:
     """ISO 8601 UTC with a ``Z``, to the second: the form every command carries."""
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _check_wire_value(value: object, where: str) -> None:
-    if value is None or isinstance(value, str | bool | int):
-        return
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_wire_value(item, f"{where}[{index}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"{where}: key {key!r} is not a string")
-            _check_wire_value(item, f"{where}.{key}")
-        return
-    # Floats print differently across languages and Decimals are not JSON at all:
-    # either would break the signature on the phone (amounts are decimal strings).
-    raise ValueError(f"{where} is a {type(value).__name__}; a command holds only str, int, bool, None, list, dict")
-
-
 def _check_change(change: StateChange) -> None:
+    where = f"device {change.device_id}"
     if change.state not in STATES:
-        raise ValueError(f"device {change.device_id}: unknown state {change.state!r}")
+        raise ValueError(f"{where}: unknown state {change.state!r}")
     if (change.state == LockState.TEMP_UNLOCKED) != (change.expires_at is not None):
-        raise ValueError(f"device {change.device_id}: expires_at is required for temp_unlocked and only for it")
-    if change.expires_at is not None and timezone.is_naive(change.expires_at):
-        raise ValueError(f"device {change.device_id}: expires_at must be timezone-aware")
+        raise ValueError(f"{where}: expires_at is required for temp_unlocked and only for it")
+    for name in ("expires_at", "lease_until"):
+        value = getattr(change, name)
+        if value is not None and timezone.is_naive(value):
+            raise ValueError(f"{where}: {name} must be timezone-aware")
+    if (change.lease_until is None) != (change.lease_expiry_state is None):
+        raise ValueError(f"{where}: a lease needs both its end and the state it expires into")
+    if change.lease_expiry_state is not None and change.lease_expiry_state not in LEASE_EXPIRY_STATES:
+        raise ValueError(f"{where}: a lease expires into one of {LEASE_EXPIRY_STATES}")
     if not isinstance(change.screen, dict):
-        raise ValueError(f"device {change.device_id}: screen must be a dict")
+        raise ValueError(f"{where}: screen must be a dict")
     if not isinstance(change.allowed_numbers, list | tuple) or not all(
         isinstance(n, str) for n in change.allowed_numbers
     ):
-        raise ValueError(f"device {change.device_id}: allowed_numbers must be a list of strings")
-    _check_wire_value(change.screen, "screen")
+        raise ValueError(f"{where}: allowed_numbers must be a list of strings")
 
 
 def device_states_apply(*, changes: list[StateChange], actor: AuditActor = None) -> list[DeviceCommand]:
@@ -162,40 +163,58 @@ def _lock_devices(ids: list[int]) -> dict[int, Device]:
 def _issue(change: StateChange, device: Device, signing: _Signing) -> tuple[DeviceCommand, AuditEntry]:
     """Apply ``change`` to the locked ``device`` in memory; its signed command (unsaved) and audit entry."""
     before = {"state": device.desired_state, "reason": device.desired_reason, "seq": device.command_seq}
+    if device.command_seq >= MAX_SEQ:
+        # Never reached in practice (one command a minute for 3,800 years), but a seq above
+        # MAX_SEQ could be neither acknowledged nor reported: refuse rather than strand the phone.
+        raise ValueError(f"device {device.pk}: sequence numbers exhausted (MAX_SEQ {MAX_SEQ}); re-key the device")
     reason = change.reason[: DeviceCommand._meta.get_field("reason").max_length]
     expires_at = change.expires_at.replace(microsecond=0) if change.expires_at else None
+    lease_until = change.lease_until.replace(microsecond=0) if change.lease_until else None
     device.command_seq += 1
     device.desired_state = change.state
     device.desired_reason = reason[:REASON_LENGTH]
     device.desired_changed_at = signing.now
     device.updated_at = signing.now
     payload = {
-        "v": PROTOCOL_VERSION,
+        "kind": KIND_COMMAND,
         "device": str(device.uid),
-        "imei": device.imei,
+        "imeis": [imei for imei in (device.imei, device.imei2) if imei],
         "seq": device.command_seq,
         "state": change.state,
         "reason": reason,
-        "issued_at": _wire_time(signing.issued_at),
-        "expires_at": _wire_time(expires_at) if expires_at else None,
-        "key_id": signing.key_id,
+        "issued_at": wire_time(signing.issued_at),
+        "expires_at": wire_time(expires_at) if expires_at else None,
+        "lease_until": wire_time(lease_until) if lease_until else None,
+        "lease_expiry_state": change.lease_expiry_state,
+        "lease_warning_days": change.lease_warning_days,
+        "time_zone": change.time_zone,
+        "lock_window": change.lock_window,
         "screen": change.screen,
         "allowed_numbers": list(change.allowed_numbers),
     }
-    envelope = sign(payload, signing.private_key)
+    body = payload_bytes(payload)
+    envelope = seal(body, key_id=signing.key_id, private_key=signing.private_key)
     command = DeviceCommand(
         device=device,
         seq=device.command_seq,
         state=change.state,
         reason=reason,
         expires_at=expires_at,
-        payload=payload,
+        body=body.decode("utf-8"),
+        version=PROTOCOL_VERSION,
         signature=envelope["signature"],
         key_id=signing.key_id,
         issued_at=signing.issued_at,
         next_attempt_at=signing.now,
     )
-    after = {"state": change.state, "reason": reason, "seq": device.command_seq, "expires_at": expires_at}
+    after = {
+        "state": change.state,
+        "reason": reason,
+        "seq": device.command_seq,
+        "expires_at": expires_at,
+        "lease_until": lease_until,
+        "lease_expiry_state": change.lease_expiry_state,
+    }
     return command, AuditEntry(action="device.state", obj=device, before=before, after=after)
 
 
@@ -253,19 +272,29 @@ def reissue_current_state(device: Device, *, latest: DeviceCommand | None, actor
             state, expires_at = LockState.UNLOCKED, None
     payload = latest.payload if latest is not None else {}
     (command,) = device_states_apply(
-        changes=[
-            StateChange(
-                device_id=device.pk,
-                state=state,
-                reason=device.desired_reason,
-                screen=payload.get("screen") or {},
-                allowed_numbers=payload.get("allowed_numbers") or [],
-                expires_at=expires_at,
-            )
-        ],
-        actor=actor,
+        changes=[_again(device.pk, state, device.desired_reason, payload, expires_at)], actor=actor
     )
     return command
+
+
+def _again(
+    device_id: int, state: str, reason: str, payload: dict[str, Any], expires_at: dt.datetime | None
+) -> StateChange:
+    """The change that issues a state again with the newest command's screen, window and lease."""
+    lease_until = payload.get("lease_until") if state == payload.get("state") else None
+    return StateChange(
+        device_id=device_id,
+        state=state,
+        reason=reason,
+        screen=payload.get("screen") or {},
+        allowed_numbers=payload.get("allowed_numbers") or [],
+        expires_at=expires_at,
+        lease_until=dt.datetime.fromisoformat(lease_until) if lease_until else None,
+        lease_expiry_state=payload.get("lease_expiry_state") if lease_until else None,
+        lease_warning_days=int(payload.get("lease_warning_days") or 0),
+        time_zone=payload.get("time_zone") or "UTC",
+        lock_window=payload.get("lock_window"),
+    )
 
 
 def device_current_envelope(device: Device) -> dict[str, Any]:
@@ -277,15 +306,19 @@ def device_current_envelope(device: Device) -> dict[str, Any]:
     """
     # Every check-in comes here: read just the two columns, no model instance.
     latest_row = (
-        DeviceCommand.objects.filter(device_id=device.pk).order_by("-seq").values_list("payload", "signature")[:1]
+        DeviceCommand.objects.filter(device_id=device.pk)
+        .order_by("-seq")
+        .values_list("body", "key_id", "signature", "version")[:1]
     )
-    for payload, signature in latest_row:
-        return {"command": payload, "signature": signature}
+    for body, key_id, signature, version in latest_row:
+        if version == PROTOCOL_VERSION:
+            return envelope_of(body.encode("utf-8"), key_id=key_id, signature=signature)
     with transaction.atomic():
-        # Race: two check-ins of a never-commanded device at once would each issue a
-        # first command; with the row locked the second sees the first's command.
+        # Race: two check-ins of a never-commanded device (or one whose newest command was
+        # signed under version 1) at once would each issue a command; with the row locked
+        # the second sees the first's command.
         locked = Device.objects.select_for_update().get(pk=device.pk)
         latest = latest_command(device.pk)
-        if latest is None:
-            latest = reissue_current_state(locked, latest=None)
+        if latest is None or latest.version != PROTOCOL_VERSION:
+            latest = reissue_current_state(locked, latest=latest)
     return latest.envelope

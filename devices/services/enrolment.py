@@ -19,7 +19,7 @@ from django.utils.crypto import salted_hmac
 from openpaygo.token_shared import OpenPAYGOTokenShared
 
 from devices import checkin_cache, mqtt_accounts
-from devices.keys import public_keys
+from devices.keys import key_statement
 from devices.models import (
     Device,
     EnrollmentToken,
@@ -125,7 +125,7 @@ class Enrollment:
 
     device: Device
     credential: str
-    server_keys: dict[str, str]
+    key_statement: dict[str, Any]
     offline: dict[str, Any] | None
     mqtt_topic: str
     envelope: dict[str, Any]
@@ -136,7 +136,7 @@ class Enrollment:
         return {
             "device": str(self.device.uid),
             "credential": self.credential,
-            "server_keys": self.server_keys,
+            "key_statement": self.key_statement,
             "offline": self.offline,
             "mqtt_topic": self.mqtt_topic,
             "mqtt": self.mqtt,
@@ -396,7 +396,7 @@ def _enrol(
     return Enrollment(
         device=device,
         credential=credential,
-        server_keys=public_keys(),
+        key_statement=key_statement(),
         offline=offline,
         mqtt_topic=topic_for(str(device.uid)),
         envelope=device_current_envelope(device),
