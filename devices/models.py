@@ -120,6 +120,9 @@ class Device(models.Model):
     desired_state = models.CharField(max_length=20, choices=LockState.choices, default=LockState.UNLOCKED)
     desired_reason = models.CharField(max_length=200, blank=True)
     desired_changed_at = models.DateTimeField(null=True, blank=True)
+    # When a check-in should be answered a renewed lease (half the offline period before the
+    # current command's lease ends); None when the command in force has no lease.
+    lease_renew_at = models.DateTimeField(null=True, blank=True)
     reported_state = models.CharField(max_length=20, choices=LockState.choices, blank=True)
     reported_at = models.DateTimeField(null=True, blank=True)
     last_checkin_at = models.DateTimeField(null=True, blank=True)
@@ -272,6 +275,9 @@ class DeviceCommand(models.Model):
     state = models.CharField(max_length=20, choices=LockState.choices)
     reason = models.CharField(max_length=300, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # The signed lease's end, and when a check-in renews it (copied to the device).
+    lease_until = models.DateTimeField(null=True, blank=True)
+    lease_renew_at = models.DateTimeField(null=True, blank=True)
     body = models.TextField()
     version = models.PositiveSmallIntegerField(default=2)
     signature = models.CharField(max_length=100)

@@ -38,6 +38,15 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="devicecommand", name="version", field=models.PositiveSmallIntegerField(default=2)
         ),
+        migrations.AddField(
+            model_name="device", name="lease_renew_at", field=models.DateTimeField(blank=True, null=True)
+        ),
+        migrations.AddField(
+            model_name="devicecommand", name="lease_until", field=models.DateTimeField(blank=True, null=True)
+        ),
+        migrations.AddField(
+            model_name="devicecommand", name="lease_renew_at", field=models.DateTimeField(blank=True, null=True)
+        ),
         migrations.CreateModel(
             name="KeyStatement",
             fields=[

@@ -100,6 +100,14 @@ def device_checkin(*, device: Device, state: str, last_seq: int, app_version: st
         raise ValidationError({"state": [f"One of {', '.join(STATES)}."]})
     now = timezone.now()
     app_version = (app_version or "")[: Device._meta.get_field("app_version").max_length]
+    renew = device.lease_renew_at is not None and device.lease_renew_at <= now
+    if renew:
+        # Check-in always renews the lease: the same state again, with a lease counted from now.
+        with transaction.atomic():
+            locked = Device.objects.select_for_update().get(pk=device.pk)
+            # Race: two check-ins at once would both renew; the locked re-read lets one.
+            if locked.lease_renew_at is not None and locked.lease_renew_at <= now:
+                reissue_current_state(locked, latest=latest_command(device.pk), actor=f"device {device.uid}")
     if last_seq <= device.reported_seq and last_seq <= device.command_seq:
         # The usual check-in: the phone reports nothing newer than the server knows. Both
         # counters only ever grow, so a ``device`` read moments ago can only understate them

@@ -48,10 +48,12 @@ class StateChange:
     ``screen`` and ``allowed_numbers`` travel inside the signed command as they are, so
     they may hold only strings, integers, booleans, None, lists and dicts (amounts as
     decimal strings). ``expires_at`` is required for ``temp_unlocked`` and refused for any
-    other state. The lease (docs/lock-pipeline.md, "Offline leases") is the decision's:
-    ``lease_until`` is when a phone that has not heard from the server moves to
-    ``lease_expiry_state``, warning ``lease_warning_days`` before, never outside
-    ``lock_window`` in ``time_zone`` (the owner's IANA zone).
+    other state. The lease (docs/lock-pipeline.md, "Offline leases") comes from the
+    decision: with ``offline_lock_days`` set (the provider's offline policy; None = no lease)
+    a phone that has not heard from the server by ``lease_until`` = the later of now +
+    ``offline_lock_days`` and ``paid_until`` (and a temporary unlock's end) moves to
+    ``lease_expiry_state``, warning ``lease_warning_days`` before, never starting a lock
+    outside ``lock_window`` in ``time_zone`` (the owner's IANA zone). A check-in renews it.
     """
 
     device_id: int
@@ -60,8 +62,9 @@ class StateChange:
     screen: dict[str, Any] = field(default_factory=dict)
     allowed_numbers: list[str] = field(default_factory=list)
     expires_at: dt.datetime | None = None
-    lease_until: dt.datetime | None = None
-    lease_expiry_state: str | None = None
+    paid_until: dt.datetime | None = None
+    offline_lock_days: int | None = None
+    lease_expiry_state: str = "locked"
     lease_warning_days: int = 0
     time_zone: str = "UTC"
     lock_window: dict[str, Any] | None = None
@@ -78,14 +81,14 @@ def _check_change(change: StateChange) -> None:
         raise ValueError(f"{where}: unknown state {change.state!r}")
     if (change.state == LockState.TEMP_UNLOCKED) != (change.expires_at is not None):
         raise ValueError(f"{where}: expires_at is required for temp_unlocked and only for it")
-    for name in ("expires_at", "lease_until"):
+    for name in ("expires_at", "paid_until"):
         value = getattr(change, name)
         if value is not None and timezone.is_naive(value):
             raise ValueError(f"{where}: {name} must be timezone-aware")
-    if (change.lease_until is None) != (change.lease_expiry_state is None):
-        raise ValueError(f"{where}: a lease needs both its end and the state it expires into")
-    if change.lease_expiry_state is not None and change.lease_expiry_state not in LEASE_EXPIRY_STATES:
+    if change.lease_expiry_state not in LEASE_EXPIRY_STATES:
         raise ValueError(f"{where}: a lease expires into one of {LEASE_EXPIRY_STATES}")
+    if change.offline_lock_days is not None and not 1 <= change.offline_lock_days <= 365:
+        raise ValueError(f"{where}: offline_lock_days is 1 to 365 days")
     if not isinstance(change.screen, dict):
         raise ValueError(f"{where}: screen must be a dict")
     if not isinstance(change.allowed_numbers, list | tuple) or not all(
@@ -169,7 +172,13 @@ def _issue(change: StateChange, device: Device, signing: _Signing) -> tuple[Devi
         raise ValueError(f"device {device.pk}: sequence numbers exhausted (MAX_SEQ {MAX_SEQ}); re-key the device")
     reason = change.reason[: DeviceCommand._meta.get_field("reason").max_length]
     expires_at = change.expires_at.replace(microsecond=0) if change.expires_at else None
-    lease_until = change.lease_until.replace(microsecond=0) if change.lease_until else None
+    lease_until = _lease_until(change, signing.issued_at, expires_at)
+    # A check-in after half the offline period renews the lease (devices.services.checkin).
+    renew_at = (
+        lease_until - dt.timedelta(days=change.offline_lock_days) / 2
+        if lease_until is not None and change.offline_lock_days
+        else None
+    )
     device.command_seq += 1
     device.desired_state = change.state
     device.desired_reason = reason[:REASON_LENGTH]
@@ -185,8 +194,10 @@ def _issue(change: StateChange, device: Device, signing: _Signing) -> tuple[Devi
         "issued_at": wire_time(signing.issued_at),
         "expires_at": wire_time(expires_at) if expires_at else None,
         "lease_until": wire_time(lease_until) if lease_until else None,
-        "lease_expiry_state": change.lease_expiry_state,
+        "lease_expiry_state": change.lease_expiry_state if lease_until else None,
         "lease_warning_days": change.lease_warning_days,
+        "paid_until": wire_time(change.paid_until) if change.paid_until else None,
+        "offline_lock_days": change.offline_lock_days,
         "time_zone": change.time_zone,
         "lock_window": change.lock_window,
         "screen": change.screen,
@@ -200,6 +211,8 @@ def _issue(change: StateChange, device: Device, signing: _Signing) -> tuple[Devi
         state=change.state,
         reason=reason,
         expires_at=expires_at,
+        lease_until=lease_until,
+        lease_renew_at=renew_at,
         body=body.decode("utf-8"),
         version=PROTOCOL_VERSION,
         signature=envelope["signature"],
@@ -213,9 +226,23 @@ def _issue(change: StateChange, device: Device, signing: _Signing) -> tuple[Devi
         "seq": device.command_seq,
         "expires_at": expires_at,
         "lease_until": lease_until,
-        "lease_expiry_state": change.lease_expiry_state,
+        "lease_expiry_state": change.lease_expiry_state if lease_until else None,
     }
     return command, AuditEntry(action="device.state", obj=device, before=before, after=after)
+
+
+#: States a lease applies to: a phone that is usable now. A locked or released phone has
+#: nothing to fall to when out of contact.
+LEASED_STATES = frozenset({LockState.UNLOCKED, LockState.REMINDER, LockState.TEMP_UNLOCKED})
+
+
+def _lease_until(change: StateChange, now: dt.datetime, expires_at: dt.datetime | None) -> dt.datetime | None:
+    """When a phone out of contact stops keeping ``change``'s state: None without an offline policy."""
+    if change.offline_lock_days is None or change.state not in LEASED_STATES:
+        return None
+    ends = [now + dt.timedelta(days=change.offline_lock_days)]
+    ends += [value for value in (change.paid_until, expires_at) if value is not None]
+    return max(ends).replace(microsecond=0)
 
 
 def _mirror_newest_commands(ids: list[int], now: dt.datetime) -> None:
@@ -230,6 +257,7 @@ def _mirror_newest_commands(ids: list[int], now: dt.datetime) -> None:
             command_seq=Subquery(newest.values("seq")[:1]),
             desired_state=Subquery(newest.values("state")[:1]),
             desired_reason=Left(Subquery(newest.values("reason")[:1]), REASON_LENGTH),
+            lease_renew_at=Subquery(newest.values("lease_renew_at")[:1]),
             desired_changed_at=now,
             updated_at=now,
         )
@@ -280,8 +308,8 @@ def reissue_current_state(device: Device, *, latest: DeviceCommand | None, actor
 def _again(
     device_id: int, state: str, reason: str, payload: dict[str, Any], expires_at: dt.datetime | None
 ) -> StateChange:
-    """The change that issues a state again with the newest command's screen, window and lease."""
-    lease_until = payload.get("lease_until") if state == payload.get("state") else None
+    """The change that issues a state again with the newest command's screen, window and lease policy."""
+    paid_until = payload.get("paid_until")
     return StateChange(
         device_id=device_id,
         state=state,
@@ -289,8 +317,9 @@ def _again(
         screen=payload.get("screen") or {},
         allowed_numbers=payload.get("allowed_numbers") or [],
         expires_at=expires_at,
-        lease_until=dt.datetime.fromisoformat(lease_until) if lease_until else None,
-        lease_expiry_state=payload.get("lease_expiry_state") if lease_until else None,
+        paid_until=dt.datetime.fromisoformat(paid_until) if paid_until else None,
+        offline_lock_days=payload.get("offline_lock_days"),
+        lease_expiry_state=payload.get("lease_expiry_state") or "locked",
         lease_warning_days=int(payload.get("lease_warning_days") or 0),
         time_zone=payload.get("time_zone") or "UTC",
         lock_window=payload.get("lock_window"),
