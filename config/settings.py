@@ -186,6 +186,9 @@ CHECKIN_LOCAL_ENTRIES = env_int("CHECKIN_LOCAL_ENTRIES", 10_000, minimum=1)
 AUDIT_CHECKPOINT_FILE = env_path("AUDIT_CHECKPOINT_FILE", VAR_DIR / "audit-checkpoints.jsonl")
 AUDIT_CHECKPOINT_MINUTES = env_int("AUDIT_CHECKPOINT_MINUTES", 5, minimum=1)
 AUDIT_CHECKPOINT_EVENTS = env_int("AUDIT_CHECKPOINT_EVENTS", 1000, minimum=0)
+# A command row goes this many days after it was issued once its phone acknowledged a newer one
+# (the audit trail keeps every change). At least 30: the dashboard's 30-day figures read commands.
+COMMAND_RETENTION_DAYS = env_int("COMMAND_RETENTION_DAYS", 30, minimum=30)
 CELERY_BEAT_SCHEDULE = {
     "lock-sweep": {"task": "payments.lock_sweep", "schedule": LOCK_SWEEP_SECONDS},
     # Re-queues undelivered device commands whose next attempt is due, so a broker or
@@ -229,6 +232,9 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    # Command rows older than COMMAND_RETENTION_DAYS that a newer acknowledged one superseded
+    # (devices/services/pruning.py). Daily; a run stops after its budget and the next continues.
+    "devices.prune-commands": {"task": "devices.prune_commands", "schedule": 86_400.0, "options": {"expires": 3600}},
     # A signed checkpoint of the audit chain head outside the database (portal/audit.py).
     "portal.audit-checkpoint": {
         "task": "portal.audit_checkpoint",

@@ -11,6 +11,7 @@ from celery.app.task import Task
 
 from devices import delivery, mqtt_accounts
 from devices.services.checkin import device_checkins_flush
+from devices.services.pruning import commands_prune
 from portal.outbox import retry_later
 
 
@@ -47,3 +48,9 @@ def sync_mqtt_account(device_id: int) -> int:
 def sync_mqtt_accounts() -> int:
     """Every phone whose broker account is behind its enrolment (every 60 s from beat)."""
     return mqtt_accounts.mqtt_accounts_sync().synced
+
+
+@shared_task(name="devices.prune_commands", ignore_result=True, soft_time_limit=660, time_limit=720)
+def prune_commands() -> int:
+    """Delete superseded command rows past their retention (daily from beat; devices.services.pruning)."""
+    return commands_prune()
