@@ -11,10 +11,19 @@ Stories:
 * it is OpenAPI 3.1 and its ``webhooks`` describe every event finlock POSTs to a provider's
   systems, with the Standard Webhooks signing headers (tests/test_provider_webhooks.py holds
   the bodies finlock sends to these descriptions);
+* the signed payloads are described once (``devices.api.payloads``): a real command and a real
+  key statement hold exactly the members of the published ``Command`` and ``KeyStatement``,
+  with their types, in the device document and (the command, for ``gateway.command``) in the
+  provider document; the envelopes say their payload is base64 of one of them;
+* nothing in either document makes a generated client declare one enum several times (a
+  nullable choice is ``oneOf: [enum, null]``); tests/test_generated_client.py builds and uses
+  the clients;
 * ``/api/docs/`` renders the interactive docs from our own static files.
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 import jsonschema
 import pytest
@@ -22,6 +31,9 @@ import yaml
 from drf_spectacular.validation import validate_schema
 from rest_framework.test import APIClient
 
+from devices.keys import key_statement
+from devices.protocol import payload_of
+from devices.services.commands import StateChange, device_states_apply
 from tests.factories import DeviceFactory, make_contract
 
 EXPECTED_OPERATIONS = {
@@ -158,7 +170,9 @@ def response_validator(schema: dict, component: str):
         return node
 
     defs = to_json_schema(schema["components"]["schemas"])
-    return jsonschema.Draft202012Validator({"$ref": f"#/$defs/{component}", "$defs": defs})
+    return jsonschema.Draft202012Validator(
+        {"$ref": f"#/$defs/{component}", "$defs": defs}, format_checker=jsonschema.FormatChecker()
+    )
 
 
 def test_real_answers_match_the_schema(schema, api_a, provider_a):
@@ -190,3 +204,94 @@ def test_the_interactive_docs_render_from_our_own_files_and_point_at_the_schema(
     script = client.get("/api/docs/?script=")
     assert script.status_code == 200
     assert "/api/schema/" in script.content.decode()
+
+
+# --- the signed payloads ----------------------------------------------------------------------
+
+
+def issued_commands(provider) -> list[dict]:
+    """Real commands as ``devices.services.commands`` signs them, between them every member null and not."""
+    now = dt.datetime.now(dt.UTC)
+    device = DeviceFactory(provider=provider, imei2="356938035643809")
+    changes = [
+        StateChange(
+            device_id=device.pk,
+            state="unlocked",
+            reason="Paid",
+            screen={"title": "Dialog Finance", "amount_due": "8333.33", "payment_channels": []},
+            allowed_numbers=["+94777575727"],
+            paid_until=now + dt.timedelta(days=20),
+            offline_lock_days=7,
+            lease_warning_days=3,
+            time_zone="Asia/Colombo",
+            lock_window={"start_hour": 9, "end_hour": 17, "weekdays": [0, 1, 2, 3, 4]},
+        ),
+        StateChange(device_id=device.pk, state="temp_unlocked", reason="Grace", expires_at=now + dt.timedelta(hours=4)),
+        StateChange(device_id=device.pk, state="locked", reason="Overdue", lease_expiry_state="reminder"),
+    ]
+    return [command.envelope for command in device_states_apply(changes=changes)]
+
+
+def nullable(member: dict) -> bool:
+    types = member.get("type")
+    return (isinstance(types, list) and "null" in types) or {"type": "null"} in member.get("oneOf", [])
+
+
+def test_real_commands_hold_exactly_the_members_and_types_the_schemas_publish(schema, provider_a):
+    device_document = APIClient().get("/api/device/v1/schema/?format=json").json()
+    envelopes = issued_commands(provider_a)
+    for document in (device_document, schema):
+        command = document["components"]["schemas"]["Command"]
+        assert set(command["required"]) == set(command["properties"])  # every member always present
+        envelope = document["components"]["schemas"]["CommandEnvelope"]["properties"]["payload"]
+        assert (envelope["contentEncoding"], envelope["contentMediaType"]) == ("base64", "application/json")
+        assert envelope["contentSchema"] == {"$ref": "#/components/schemas/Command"}
+        seen_null, seen_value = set(), set()
+        for sent in envelopes:
+            assert [e.message for e in response_validator(document, "CommandEnvelope").iter_errors(sent)] == []
+            payload = payload_of(sent)
+            assert set(payload) == set(command["properties"])
+            assert [e.message for e in response_validator(document, "Command").iter_errors(payload)] == []
+            seen_null |= {name for name, value in payload.items() if value is None}
+            seen_value |= {name for name, value in payload.items() if value is not None}
+        # The cases above put every nullable member both ways, so both types were checked.
+        may_be_null = {name for name, member in command["properties"].items() if nullable(member)}
+        assert may_be_null == seen_null
+        assert may_be_null <= seen_value
+    gateway = schema["webhooks"]["gateway.command"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert gateway == {"$ref": "#/components/schemas/CommandEnvelope"}
+
+
+def test_a_real_key_statement_holds_exactly_the_members_and_types_the_device_schema_publishes(db):
+    document = APIClient().get("/api/device/v1/schema/?format=json").json()
+    statement = document["components"]["schemas"]["KeyStatement"]
+    envelope = key_statement()
+    assert [e.message for e in response_validator(document, "KeyStatementEnvelope").iter_errors(envelope)] == []
+    payload = payload_of(envelope)
+    assert set(payload) == set(statement["properties"]) == set(statement["required"])
+    assert [e.message for e in response_validator(document, "KeyStatement").iter_errors(payload)] == []
+    payload_schema = document["components"]["schemas"]["KeyStatementEnvelope"]["properties"]["payload"]
+    assert payload_schema["contentSchema"] == {"$ref": "#/components/schemas/KeyStatement"}
+    for answer in ("EnrollAnswer", "CheckinAnswer"):
+        members = document["components"]["schemas"][answer]["properties"]
+        # A member with its own description is {"allOf": [{"$ref": ...}], "description": ...}.
+        assert members["envelope"]["allOf"] == [{"$ref": "#/components/schemas/CommandEnvelope"}], answer
+        assert members["key_statement"]["allOf"] == [{"$ref": "#/components/schemas/KeyStatementEnvelope"}], answer
+
+
+def test_no_nullable_choice_is_an_enum_holding_null(schema):
+    """``type: [string, null]`` with ``null`` among the values makes openapi-python-client declare three enums."""
+
+    def enums_with_null(node, where=""):
+        if isinstance(node, dict):
+            if None in node.get("enum", []) and node.get("enum") != [None]:
+                yield where
+            for key, value in node.items():
+                yield from enums_with_null(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                yield from enums_with_null(value, f"{where}[{index}]")
+
+    device_document = APIClient().get("/api/device/v1/schema/?format=json").json()
+    assert list(enums_with_null(schema)) == []
+    assert list(enums_with_null(device_document)) == []

@@ -16,7 +16,12 @@ DEVICE_SCHEMA_SETTINGS = {
         "enrolment token and a challenge from `enroll/challenge` signed with the phone's device key "
         "returns a credential; send it as `Authorization: Device <credential>` to "
         "`checkin` and `ack`. Every answer carrying a command holds the signed envelope "
-        '`{"command": ..., "signature": ...}`, to verify with the keys from `enroll`.'
+        '`{"v": 2, "payload", "key_id", "signature"}` (`CommandEnvelope`): `payload` is base64 of the exact '
+        "signed UTF-8 JSON bytes of a `Command`. Verify the signature over the decoded bytes with a trusted "
+        "key, then parse them. The trusted keys come in `key_statement` (`KeyStatementEnvelope`, whose payload is "
+        "a `KeyStatement`), in the same envelope. Base64 is the standard alphabet with `=` padding (RFC 4648 "
+        "section 4) everywhere; keys are raw 32-byte Ed25519 public keys, signatures 64 bytes; times are "
+        "`YYYY-MM-DDTHH:MM:SSZ` (UTC)."
     ),
     "SCHEMA_PATH_PREFIX": r"/api/device/v1",
     "PREPROCESSING_HOOKS": [],

@@ -6,6 +6,7 @@ field must never be locked out of its check-ins by an older server.
 
 from rest_framework import serializers
 
+from devices.api.payloads import CommandEnvelopeSerializer, KeyStatementEnvelopeSerializer
 from devices.protocol import MAX_SEQ, STATES
 
 # Sequence numbers are stored in 32-bit columns, with room for the server to issue more.
@@ -54,16 +55,6 @@ class AckSerializer(serializers.Serializer):
     state = serializers.ChoiceField(choices=STATES, help_text="The state the phone is in after applying it.")
 
 
-class EnvelopeSerializer(serializers.Serializer):
-    v = serializers.IntegerField(help_text="Protocol version: 2. A phone refuses any other and checks in.")
-    payload = serializers.CharField(
-        help_text="Standard base64 (with padding) of the exact UTF-8 JSON bytes that were signed: a Command "
-        "or a KeyStatement. Verify the signature over the decoded bytes, then parse them."
-    )
-    key_id = serializers.CharField(help_text="The server key that signed the payload.")
-    signature = serializers.CharField(help_text="Standard base64 (with padding) of the 64-byte Ed25519 signature.")
-
-
 class OfflineSerializer(serializers.Serializer):
     secret = serializers.CharField(help_text="OpenPAYGO secret key, 32 hex digits.")
     starting_code = serializers.IntegerField()
@@ -78,8 +69,9 @@ class MqttAccountSerializer(serializers.Serializer):
 class EnrollAnswerSerializer(serializers.Serializer):
     device = serializers.UUIDField(help_text="The device's public id, used in the MQTT topic and every command.")
     credential = serializers.CharField(help_text="Send as Authorization: Device <credential>; shown once.")
-    key_statement = EnvelopeSerializer(
-        help_text="The newest signed key statement (payload: KeyStatement): the server keys a phone trusts."
+    key_statement = KeyStatementEnvelopeSerializer(
+        help_text="The newest signed key statement: the server keys a phone trusts. A new phone takes it if it "
+        "verifies with one of its own keys (or a key pinned in the app)."
     )
     offline = OfflineSerializer(
         allow_null=True,
@@ -92,12 +84,14 @@ class EnrollAnswerSerializer(serializers.Serializer):
         allow_null=True,
         help_text="The phone's own MQTT account; null when the broker needs none (development).",
     )
-    envelope = EnvelopeSerializer()
+    envelope = CommandEnvelopeSerializer(help_text="The device's current signed command.")
 
 
 class CheckinAnswerSerializer(serializers.Serializer):
-    envelope = EnvelopeSerializer()
-    key_statement = EnvelopeSerializer(
+    envelope = CommandEnvelopeSerializer(
+        help_text="The device's current signed command (a renewed lease when the check-in renewed it)."
+    )
+    key_statement = KeyStatementEnvelopeSerializer(
         help_text="The newest signed key statement: a phone replaces its trusted keys by a newer one signed "
         "by a key it already trusts (a key is announced before it signs)."
     )

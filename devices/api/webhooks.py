@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from devices.api.payloads import CommandEnvelopeSerializer, nullable_choice_field
 from devices.models import LockState
-from devices.protocol import PROTOCOL_VERSION
 from portal.api.webhook_schema import WebhookEventSerializer, event_name_field, webhook
 
 
@@ -21,10 +21,8 @@ class DeviceStateDataSerializer(serializers.Serializer):
     imei = serializers.RegexField(r"^[0-9]{15}$", help_text="The phone's IMEI.")
     device = serializers.UUIDField(help_text="The device's public id (the MQTT topic's, and every command's).")
     state = serializers.ChoiceField(choices=LockState.choices, help_text="The state the phone confirmed.")
-    previous_state = serializers.ChoiceField(
-        choices=LockState.choices,
-        allow_null=True,
-        help_text="The state the phone confirmed before; null if it never confirmed one.",
+    previous_state = nullable_choice_field(
+        tuple(LockState.values), "The state the phone confirmed before; null if it never confirmed one."
     )
     seq = serializers.IntegerField(min_value=1, help_text="The sequence number of the command the phone applied.")
     at = serializers.DateTimeField(help_text="When finlock received the confirmation (UTC).")
@@ -44,33 +42,6 @@ class DeviceUnlockedSerializer(WebhookEventSerializer):
     data = DeviceStateDataSerializer()  # type: ignore[assignment]  # a field named like Serializer.data
 
 
-class CommandSerializer(serializers.Serializer):
-    """A lock-state command as signed (``devices.services.commands.device_states_apply``; docs/lock-pipeline.md)."""
-
-    v = serializers.ChoiceField(choices=[PROTOCOL_VERSION], help_text="The protocol version.")
-    device = serializers.UUIDField(help_text="The device's public id.")
-    imei = serializers.RegexField(r"^[0-9]{15}$", help_text="The phone's IMEI.")
-    seq = serializers.IntegerField(min_value=1, help_text="Per device, rising; a phone applies each once.")
-    state = serializers.ChoiceField(choices=LockState.choices, help_text="The state the phone is to be in.")
-    reason = serializers.CharField(allow_blank=True, help_text="Why, in plain words.")
-    issued_at = serializers.DateTimeField(help_text="UTC, to the second.")
-    expires_at = serializers.DateTimeField(
-        allow_null=True, help_text="When a temporary unlock ends (UTC); null for any other state."
-    )
-    key_id = serializers.CharField(help_text="The server key that signed the command.")
-    screen = serializers.DictField(help_text="What the lock screen shows (docs/lock-pipeline.md).")
-    allowed_numbers = serializers.ListField(
-        child=serializers.CharField(), help_text="Numbers the phone may call while locked."
-    )
-
-
-class GatewayEnvelopeSerializer(serializers.Serializer):
-    """The body of ``gateway.command``: the signed envelope, exactly as a phone receives it."""
-
-    command = CommandSerializer()
-    signature = serializers.CharField(help_text="Base64 of the Ed25519 signature over the command's canonical form.")
-
-
 DEVICE_LOCKED = webhook(
     "device.locked",
     body=DeviceLockedSerializer,
@@ -87,10 +58,11 @@ DEVICE_UNLOCKED = webhook(
 )
 GATEWAY_COMMAND = webhook(
     "gateway.command",
-    body=GatewayEnvelopeSerializer,
+    body=CommandEnvelopeSerializer,
     summary="A signed lock-state command, to the provider's device gateway",
     description="Only for a provider with a device-management gateway (configured by the operator): every "
     "command for its phones, the same envelope a phone receives over MQTT and at check-in "
-    "(docs/lock-pipeline.md), signed with the gateway's secret; `webhook-id` is `cmd_<command id>`. "
+    "(docs/lock-pipeline.md: `payload` is base64 of the signed bytes of a `Command`), the whole body "
+    "signed with the gateway's secret; `webhook-id` is `cmd_<command id>`. "
     "Only a device's latest command is sent; a phone applies a sequence number once.",
 )
