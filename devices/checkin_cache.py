@@ -4,12 +4,13 @@ Every enrolled phone checks in every few minutes, so check-in is by far the busi
 call finlock serves; almost always the phone reports nothing new and only needs its
 current signed command again. With ``REDIS_URL`` set, each device has a *record* in
 Redis holding what that answer needs (its credential digest, the two sequence counters
-and the rendered envelope), and one Lua script per check-in finds the record by the
-credential's digest, counts the request against the device's rate limit and notes the
-check-in time in a buffer that ``devices.checkin_flush.checkins_flush`` writes to the database every few
-seconds (set-based). Anything unusual (no record, a stale one, a body the fast path does
-not fully understand, a phone reporting a sequence newer than the record) falls through
-to the database path in ``devices.services.checkin.device_checkin``, which then refills the record.
+and the signed command, compressed: ``devices/checkin_record.py``), and one Lua script per
+check-in finds the record by the credential's digest, counts the request against the
+device's rate limit and notes the check-in time in a buffer that
+``devices.checkin_flush.checkins_flush`` writes to the database every few seconds
+(set-based). Anything unusual (no record, a stale one, a body the fast path does not fully
+understand, a phone reporting a sequence newer than the record) falls through to the
+database path in ``devices.services.checkin.device_checkin``, which then refills the record.
 
 Correctness rests on a per-device *generation* counter:
 
@@ -54,12 +55,13 @@ from django.db import transaction
 from django.dispatch import receiver
 from django.http import HttpResponse
 from redis import exceptions as redis_exceptions
-from rest_framework.renderers import JSONRenderer
 from rest_framework.throttling import SimpleRateThrottle
 
+from devices import checkin_record
+from devices.checkin_record import render
 from devices.keys import key_statement
 from devices.models import Device, DeviceCommand
-from devices.protocol import CREDENTIAL_PREFIX, MAX_SEQ, PROTOCOL_VERSION, STATES, envelope_of, secret_digest
+from devices.protocol import CREDENTIAL_PREFIX, MAX_SEQ, PROTOCOL_VERSION, STATES, secret_digest
 from portal.cache import OutageLog
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,12 @@ _outage = OutageLog(
     "check-in cache: Redis", "check-ins are answered from the database and counted in this process's memory", logger=log
 )
 
-PREFIX = "finlock:checkin:v1:"  # the version changes with the record format: old records are ignored
+PREFIX = "finlock:checkin:v1:"
+# The record's key names its format: a process still running the previous format (during a
+# rolling restart) neither reads nor serves a record of this one, while both share the
+# generation counters, so an invalidation by either reaches both.
+RECORD = PREFIX + "recz:"
+DICTIONARY = PREFIX + "dict:"  # + id: a compression dictionary shared by records (devices/checkin_record.py)
 SEEN = PREFIX + "seen"  # hash: device id -> "<epoch ms>|<credential digest>|<app version>"
 SEEN_FLUSHING = PREFIX + "seen:flushing"
 FLUSH_LOCK = PREFIX + "flush-lock"
@@ -87,7 +94,7 @@ _LUA = """
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
 local prefix = '@PREFIX@'
-local record = redis.call('GET', prefix .. 'rec:' .. id)
+local record = redis.call('GET', '@RECORD@' .. id)
 local generation = redis.call('GET', prefix .. 'gen:' .. id) or '0'
 local digest = string.sub(KEYS[1], @DIGEST_AT@)
 -- Only a current record of this very credential counts the request: a credential replaced
@@ -104,7 +111,12 @@ if count == 1 then redis.call('EXPIRE', window, ARGV[4]) end
 redis.call('HSET', '@SEEN@', id, ARGV[1] .. '|' .. digest .. '|' .. ARGV[2])
 return {id, record, generation, count}
 """
-_LUA = _LUA.replace("@PREFIX@", PREFIX).replace("@SEEN@", SEEN).replace("@DIGEST_AT@", str(len(PREFIX + "cred:") + 1))
+_LUA = (
+    _LUA.replace("@PREFIX@", PREFIX)
+    .replace("@RECORD@", RECORD)
+    .replace("@SEEN@", SEEN)
+    .replace("@DIGEST_AT@", str(len(PREFIX + "cred:") + 1))
+)
 
 # The memory level's round trip: is the answer this process remembers still current, and
 # count the request. KEYS: gen:<id>, rate:<id>:<window>, the seen hash. ARGV: the generation
@@ -188,11 +200,6 @@ def _run_script(script, keys: list[str], args: list) -> Any:
 
 def enabled() -> bool:
     return _client() is not None
-
-
-def render(data) -> bytes:
-    """JSON exactly as the device API's DRF renderer writes it, so both paths answer the same bytes."""
-    return JSONRenderer().render(data)
 
 
 @functools.cache
@@ -301,7 +308,10 @@ def invalidate_on_commit(device_ids) -> None:
 def fill(device_id: int) -> None:
     """Store the device's current check-in answer in Redis, tagged with the generation read first.
 
-    Called after the database path answered a check-in. Never raises.
+    Called after the database path answered a check-in. Never raises. The record lives
+    ``CHECKIN_CACHE_SECONDS``, but never past the device's ``lease_renew_at``: from then on a
+    check-in must reach the database path, which renews the lease (devices.services.checkin),
+    so a renewal that is due is never hidden behind a cached answer; none is stored once it is due.
     """
     found = _client()
     if found is None:
@@ -312,7 +322,7 @@ def fill(device_id: int) -> None:
         generation = int(client.get(f"{PREFIX}gen:{device_id}") or 0)
         row = (
             Device.objects.filter(pk=device_id, enrolled_at__isnull=False)
-            .values_list("credential_digest", "reported_seq", "command_seq")
+            .values_list("credential_digest", "reported_seq", "command_seq", "lease_renew_at")
             .first()
         )
         latest = (
@@ -323,14 +333,26 @@ def fill(device_id: int) -> None:
         )
         if row is None or latest is None or not row[0] or latest[3] != PROTOCOL_VERSION:
             return
-        digest, reported_seq, command_seq = row
+        digest, reported_seq, command_seq, renew_at = row
+        seconds = checkin_record.record_seconds(renew_at)
+        if seconds <= 0:
+            return
         body, key_id, signature, _version = latest
-        # "<generation> <digest> <reported_seq> <command_seq> <envelope JSON>": split, not parsed.
-        record = b"%d %s %d %d " % (generation, digest.encode(), reported_seq, command_seq) + render(
-            envelope_of(body.encode("utf-8"), key_id=key_id, signature=signature)
+        record, dictionary = checkin_record.record_bytes(
+            generation=generation,
+            digest=digest,
+            reported_seq=reported_seq,
+            command_seq=command_seq,
+            body=body,
+            key_id=key_id,
+            signature=signature,
         )
         pipe = client.pipeline(transaction=False)
-        pipe.set(f"{PREFIX}rec:{device_id}", record, ex=settings.CHECKIN_CACHE_SECONDS)
+        if dictionary:  # kept as long as any record may use it; refreshed by every fill
+            pipe.set(
+                DICTIONARY + checkin_record.dictionary_id(dictionary), dictionary, ex=settings.CHECKIN_CACHE_SECONDS
+            )
+        pipe.set(f"{RECORD}{device_id}", record, ex=seconds)
         pipe.set(f"{PREFIX}cred:{digest}", device_id, ex=settings.CHECKIN_CACHE_SECONDS)
         pipe.execute()
     except redis_exceptions.RedisError as exc:
@@ -548,7 +570,7 @@ def _answer_from_record(request, found, ask: _Ask) -> HttpResponse | None:
     if not record:
         return None
     try:
-        record_generation, record_digest, reported_seq, command_seq, envelope = record.split(b" ", 4)
+        record_generation, record_digest, reported_seq, command_seq, dictionary, command = record.split(b" ", 5)
         reported_seq, command_seq = int(reported_seq), int(command_seq)
     except ValueError:
         return None  # not a record this code wrote: the database path answers and rewrites it
@@ -556,6 +578,13 @@ def _answer_from_record(request, found, ask: _Ask) -> HttpResponse | None:
         return None  # stale, or the credential was replaced by a new enrolment
     if not (ask.last_seq <= reported_seq and ask.last_seq <= command_seq):
         return None  # the phone reports something new: the database path records it
+    try:
+        shared = checkin_record.dictionary_get(dictionary.decode(), lambda name: found[0].get(DICTIONARY + name))
+        if shared is None:
+            return None  # expired or evicted: the database path answers and stores it again
+        envelope = checkin_record.record_envelope(command, shared)  # tens of µs (bench/checkin.py)
+    except (ValueError, redis_exceptions.RedisError):
+        return None
     if settings.CHECKIN_LOCAL_SECONDS:
         _local_store(
             ask.digest,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from devices.models import (
 from devices.protocol import (
     KIND_COMMAND,
     LEASE_EXPIRY_STATES,
+    MAX_ENVELOPE_BYTES,
     MAX_SEQ,
     PROTOCOL_VERSION,
     STATES,
@@ -205,6 +207,7 @@ def _issue(change: StateChange, device: Device, signing: _Signing) -> tuple[Devi
     }
     body = payload_bytes(payload)
     envelope = seal(body, key_id=signing.key_id, private_key=signing.private_key)
+    _check_envelope_size(envelope, device)
     command = DeviceCommand(
         device=device,
         seq=device.command_seq,
@@ -229,6 +232,21 @@ def _issue(change: StateChange, device: Device, signing: _Signing) -> tuple[Devi
         "lease_expiry_state": change.lease_expiry_state if lease_until else None,
     }
     return command, AuditEntry(action="device.state", obj=device, before=before, after=after)
+
+
+class CommandTooLarge(ValueError):
+    """A command whose envelope a phone would refuse unread (over ``MAX_ENVELOPE_BYTES``): never issued."""
+
+
+def _check_envelope_size(envelope: dict[str, Any], device: Device) -> None:
+    """Refuse a command its phone would refuse as ``too_large``: issued, it would be retried and never applied."""
+    # The envelope's text on every channel (members only ASCII, no whitespace; the order does not change the size).
+    size = len(json.dumps(envelope, separators=(",", ":")).encode("ascii"))
+    if size > MAX_ENVELOPE_BYTES:
+        raise CommandTooLarge(
+            f"device {device.pk} ({device.uid}): the command's envelope would be {size} bytes, over the "
+            f"{MAX_ENVELOPE_BYTES} a phone accepts; shorten its lock screen (texts, payment channels, service centres)"
+        )
 
 
 #: States a lease applies to: a phone that is usable now. A locked or released phone has
