@@ -121,31 +121,38 @@ def make_command(device, *, private_key, state="locked", reason="Installment ove
     from django.utils import timezone
 
     from devices.models import DeviceCommand
-    from devices.protocol import PROTOCOL_VERSION, sign
+    from devices.protocol import KIND_COMMAND, payload_bytes, seal
 
     Device.objects.filter(pk=device.pk).update(command_seq=F("command_seq") + 1, desired_state=state)
     device.refresh_from_db()
     issued_at = (fields.pop("issued_at", None) or timezone.now()).astimezone(dt.UTC)
     payload = {
-        "v": PROTOCOL_VERSION,
+        "kind": KIND_COMMAND,
         "device": str(device.uid),
-        "imei": device.imei,
+        "imeis": [imei for imei in (device.imei, device.imei2) if imei],
         "seq": device.command_seq,
         "state": state,
         "reason": reason,
         "issued_at": issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "expires_at": None,
-        "key_id": key_id,
+        "lease_until": None,
+        "lease_expiry_state": None,
+        "lease_warning_days": 0,
+        "paid_until": None,
+        "offline_lock_days": None,
+        "time_zone": "UTC",
+        "lock_window": None,
         "screen": {"language": "en", "title": "Locked", "provider": {"name": device.provider.name}},
         "allowed_numbers": ["112"],
     }
-    envelope = sign(payload, private_key)
+    body = payload_bytes(payload)
+    envelope = seal(body, key_id=key_id, private_key=private_key)
     return DeviceCommand.objects.create(
         device=device,
         seq=device.command_seq,
         state=state,
         reason=reason,
-        payload=envelope["command"],
+        body=body.decode("utf-8"),
         signature=envelope["signature"],
         key_id=key_id,
         issued_at=issued_at,

@@ -35,7 +35,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from devices import delivery
 from devices.keys import public_key_b64
 from devices.models import DeliveryAttempt, DeviceCommand, DeviceGateway
-from devices.protocol import topic_for, verify
+from devices.protocol import check_command, open_envelope, payload_of, topic_for
 from portal.models import AuditEvent
 from portal.outbound import standard_webhook_headers
 from tests import factories
@@ -82,7 +82,7 @@ class FakeGateway:
         self.statuses = list(statuses)
 
     def seqs(self) -> list[int]:
-        return [json.loads(r["body"])["command"]["seq"] for r in self.requests]
+        return [payload_of(json.loads(r["body"]))["seq"] for r in self.requests]
 
     def close(self) -> None:
         self.server.shutdown()
@@ -166,7 +166,7 @@ class Subscriber:
         return [json.loads(m.payload) for m in self.messages if m.payload]
 
     def seqs(self) -> list[int]:
-        return [e["command"]["seq"] for e in self.envelopes()]
+        return [payload_of(e)["seq"] for e in self.envelopes()]
 
     def close(self) -> None:
         self.client.disconnect()
@@ -238,7 +238,7 @@ def test_a_command_is_retained_on_its_topic_for_a_phone_that_connects_later(devi
         received = retained_on(topic)
         assert received == [command.envelope]
         # The phone can verify what it got with the server's public key.
-        applied = verify(received[0], {"test-key": public_key_b64(signing_key)})
+        applied = check_command(open_envelope(received[0], {"test-key": public_key_b64(signing_key)}))
         assert applied["seq"] == command.seq and applied["state"] == "locked"
 
         command.refresh_from_db()
@@ -349,7 +349,8 @@ def test_the_gateway_gets_the_signed_envelope_and_failures_back_off_exponentiall
     )
     with pytest.raises(WebhookVerificationError, match="too old"):
         Webhook(GATEWAY_SECRET).verify(last["body"], {**last["headers"], **stale})
-    tampered = last["body"].replace(b'"locked"', b'"released"')
+    # The command is base64 inside the envelope: tamper with a member the JSON shows as it is.
+    tampered = last["body"].replace(b'"test-key"', b'"some-key"')
     assert tampered != last["body"]
     with pytest.raises(WebhookVerificationError, match="No matching signature"):
         Webhook(GATEWAY_SECRET).verify(tampered, last["headers"])

@@ -2,8 +2,9 @@
 
 Stories:
 * a phone enrols with its IMEI and the provider's enrolment token and gets a
-  credential, the server's public keys, its offline-code data, its MQTT topic and a
-  signed command that verifies with those keys;
+  credential, the server's signed key statement, its offline-code data, its MQTT topic
+  and a signed command that verifies with the keys of that statement; a dual-SIM phone
+  enrolled with either IMEI gets commands naming both;
 * a wrong token and an unknown IMEI get the very same answer, so the API cannot be
   used to learn which IMEIs are financed;
 * after a factory reset the phone enrols again, signing with the device key it kept in
@@ -11,14 +12,16 @@ Stories:
   lock; the credential it had before stops working, and the offline-code secret is not
   handed out again (the phone kept it; tests/test_enrolment_takeover.py);
 * a check-in always answers the current signed command, so a missed push heals;
-* a key rotation reaches enrolled phones: a check-in also answers the key list, so a
-  phone learns the next key before it signs;
+* a key rotation reaches enrolled phones: a check-in also answers the signed key
+  statement, so a phone learns the next key (signed by a key it trusts) before it signs,
+  and forgets a retired key only once a statement signed by the new key says so;
 * an acknowledgement moves the reported state only forward: a replayed or late
   acknowledgement never overrides a newer one;
 * a bad or missing credential is 401 with the challenge; a phone calling too often
   is told to slow down (429); a malformed body is 400 naming the field;
 * a server restored from a backup (which forgot commands the phone applied) issues
-  the current state again with a sequence number the phone accepts;
+  the current state again with a sequence number the phone accepts, never one above
+  MAX_SEQ (which the phone could neither acknowledge nor report);
 * the device API is documented in its own OpenAPI document, and no garbage sent to
   it makes the server fail (5xx).
 """
@@ -40,11 +43,13 @@ from schemathesis.core import NotSet
 
 from devices import protocol
 from devices.models import DeviceCommand, EnrollmentToken
+from devices.protocol import MAX_SEQ
 from devices.services.commands import StateChange, device_states_apply
 from devices.services.enrolment import enrollment_challenge_issue
 from devices.services.tokens import enrollment_token_create
 from portal.models import AuditEvent
 from tests.factories import DeviceFactory, device_key_b64, enrolment_body, make_imei
+from tests.phone import first_trust, learn, read_command
 
 ENROLL = "/api/device/v1/enroll"
 CHECKIN = "/api/device/v1/checkin"
@@ -80,6 +85,11 @@ def as_phone(credential) -> APIClient:
     return client
 
 
+def command_for(device, envelope: dict, keys: dict[str, str]) -> dict:
+    """The command a phone applies: signed by a trusted key, well-formed, and meant for it."""
+    return read_command(envelope, keys, device=str(device.uid), imeis=[device.imei])
+
+
 def lock(device, reason="Installment of 15 Jan 2026 overdue 12 days (grace 3 days)"):
     (command,) = device_states_apply(
         changes=[
@@ -107,8 +117,9 @@ def test_a_phone_enrols_and_gets_everything_it_needs_signed(phone, token_a):
     offline = body["offline"]
     assert len(offline["secret"]) == 32 and int(offline["secret"], 16) >= 0
     assert isinstance(offline["starting_code"], int) and offline["count"] == 0
-    command = protocol.verify(body["envelope"], body["server_keys"])
-    assert (command["device"], command["imei"], command["state"]) == (str(phone.uid), phone.imei, "unlocked")
+    keys, _seq = first_trust(body["key_statement"])
+    command = command_for(phone, body["envelope"], keys)
+    assert (command["imeis"], command["state"]) == ([phone.imei, phone.imei2], "unlocked")
 
     phone.refresh_from_db()
     assert phone.enrolled_at is not None and phone.app_version == "1.0.0"
@@ -128,6 +139,19 @@ def test_a_phone_may_enrol_with_its_second_imei_typed_as_printed(phone, token_a)
 
     assert response.status_code == 201, response.json()
     assert response.json()["device"] == str(phone.uid)
+
+
+def test_a_dual_sim_phone_enrolled_with_its_second_imei_receives_commands_naming_both(phone, token_a):
+    enrolled = enroll(phone.imei2, token_a).json()
+    keys, _seq = first_trust(enrolled["key_statement"])
+    # Whichever SIM slot it read its IMEI from, the phone finds one of its IMEIs in every command.
+    assert command_for(phone, enrolled["envelope"], keys)["imeis"] == [phone.imei, phone.imei2]
+    command = lock(phone)
+
+    answer = as_phone(enrolled["credential"]).post(CHECKIN, {"state": "unlocked", "last_seq": 1}, format="json")
+
+    current = command_for(phone, answer.json()["envelope"], keys)
+    assert (current["seq"], current["state"], current["imeis"]) == (command.seq, "locked", [phone.imei, phone.imei2])
 
 
 def test_every_refusal_gives_the_same_answer_revealing_nothing(phone, token_a, provider_b, admin_a):
@@ -171,7 +195,8 @@ def test_after_a_factory_reset_the_phone_gets_its_current_lock_back_and_the_old_
 
     assert again.status_code == 201
     body = again.json()
-    current = protocol.verify(body["envelope"], body["server_keys"])
+    keys, _seq = first_trust(body["key_statement"])
+    current = command_for(phone, body["envelope"], keys)
     assert (current["seq"], current["state"]) == (command.seq, "locked")
     assert body["credential"] != first["credential"]
     assert (
@@ -222,7 +247,8 @@ def test_a_check_in_answers_the_current_signed_command(phone, enrolled):
     )
 
     assert response.status_code == 200, response.json()
-    current = protocol.verify(response.json()["envelope"], enrolled["server_keys"])
+    keys, _seq = first_trust(enrolled["key_statement"])
+    current = command_for(phone, response.json()["envelope"], keys)
     assert (current["seq"], current["state"]) == (command.seq, "locked")
     phone.refresh_from_db()
     assert phone.last_checkin_at is not None and phone.app_version == "1.0.1"
@@ -264,32 +290,94 @@ def test_a_server_restored_from_a_backup_reissues_the_state_with_a_seq_the_phone
     response = as_phone(enrolled["credential"]).post(CHECKIN, {"state": "locked", "last_seq": 7}, format="json")
 
     assert response.status_code == 200
-    current = protocol.verify(response.json()["envelope"], enrolled["server_keys"])
+    current = command_for(phone, response.json()["envelope"], first_trust(enrolled["key_statement"])[0])
     assert current["seq"] == 8 and current["state"] == "locked"
     phone.refresh_from_db()
     assert phone.command_seq == 8 and phone.desired_state == "locked"
 
 
+def test_a_jump_to_just_below_max_seq_issues_max_seq_which_the_phone_can_acknowledge_and_report(phone, enrolled):
+    lock(phone)
+    client = as_phone(enrolled["credential"])
+    keys, _seq = first_trust(enrolled["key_statement"])
+
+    response = client.post(CHECKIN, {"state": "locked", "last_seq": MAX_SEQ - 1}, format="json")
+
+    assert response.status_code == 200
+    current = command_for(phone, response.json()["envelope"], keys)
+    assert (current["seq"], current["state"]) == (MAX_SEQ, "locked")
+    ack = client.post(ACK, {"seq": MAX_SEQ, "state": "locked"}, format="json")
+    assert ack.status_code == 200 and ack.json() == {"ok": True}
+    reported = client.post(CHECKIN, {"state": "locked", "last_seq": MAX_SEQ}, format="json")
+    assert reported.status_code == 200
+    assert command_for(phone, reported.json()["envelope"], keys)["seq"] == MAX_SEQ  # nothing newer issued
+    phone.refresh_from_db()
+    assert (phone.command_seq, phone.reported_seq, phone.reported_state) == (MAX_SEQ, MAX_SEQ, "locked")
+    assert DeviceCommand.objects.filter(device=phone).count() == 3  # enrolment's, the lock, the re-issue
+
+
+def test_a_phone_reporting_max_seq_is_answered_its_current_command_and_nothing_above_max_seq(phone, enrolled):
+    command = lock(phone)
+    keys, _seq = first_trust(enrolled["key_statement"])
+
+    response = as_phone(enrolled["credential"]).post(CHECKIN, {"state": "locked", "last_seq": MAX_SEQ}, format="json")
+
+    assert response.status_code == 200
+    current = command_for(phone, response.json()["envelope"], keys)
+    assert (current["seq"], current["state"]) == (command.seq, "locked")
+    phone.refresh_from_db()
+    assert phone.command_seq == command.seq  # no jump: the next seq would be above MAX_SEQ
+    assert not DeviceCommand.objects.filter(device=phone, seq__gt=command.seq).exists()
+    # Above MAX_SEQ is no sequence number at all.
+    above = as_phone(enrolled["credential"]).post(CHECKIN, {"state": "locked", "last_seq": MAX_SEQ + 1}, format="json")
+    assert above.status_code == 400 and "last_seq" in above.json()["errors"]
+
+
 def test_a_key_rotation_reaches_an_enrolled_phone_through_its_check_ins(settings, phone, token_a):
     old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     settings.DEVICE_SIGNING_KEY = ("k2025", old.private_bytes_raw())
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {}
     enrolled = enroll(phone.imei, token_a).json()
     client = as_phone(enrolled["credential"])
-    assert set(enrolled["server_keys"]) == {"k2025"}
+    held = first_trust(enrolled["key_statement"])
+    keys, first_seq = held
+    assert set(keys) == {"k2025"}
 
-    # 1. The operator announces the next key; the phone learns it at its next check-in.
+    def check_in() -> dict:
+        return client.post(CHECKIN, {"state": "unlocked", "last_seq": 1}, format="json").json()
+
+    # 1. The operator announces the next key; the phone learns it at its next check-in, from a
+    #    statement signed by the key it already trusts.
     settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": new.public_key().public_bytes_raw()}
-    learnt = client.post(CHECKIN, {"state": "unlocked", "last_seq": 1}, format="json").json()["server_keys"]
-    assert set(learnt) == {"k2025", "k2026"}
+    statement = check_in()["key_statement"]
+    assert statement["key_id"] == "k2025"
+    held = learn(held, statement)
+    assert (set(held[0]), held[1]) == ({"k2025", "k2026"}, first_seq + 1)
 
-    # 2. The new key signs; the old one stays listed. The phone verifies with what it learnt.
+    # 2. The new key signs; the old one stays listed: the same set, so no new statement.
     settings.DEVICE_SIGNING_KEY = ("k2026", new.private_bytes_raw())
     settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2025": old.public_key().public_bytes_raw()}
     lock(phone)
-    answer = client.post(CHECKIN, {"state": "unlocked", "last_seq": 1}, format="json").json()
-    command = protocol.verify(answer["envelope"], learnt)
-    assert (command["key_id"], command["state"]) == ("k2026", "locked")
-    assert protocol.verify(enrolled["envelope"], answer["server_keys"])["seq"] == 1  # the old command still verifies
+    answer = check_in()
+    assert protocol.payload_of(answer["key_statement"])["seq"] == first_seq + 1
+    assert learn(held, answer["key_statement"]) == held
+    assert answer["envelope"]["key_id"] == "k2026"
+    assert command_for(phone, answer["envelope"], held[0])["state"] == "locked"
+    assert command_for(phone, enrolled["envelope"], held[0])["seq"] == 1  # the old command still verifies
+
+    # 3. The old key is retired: a statement signed by the new key drops it.
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {}
+    statement = check_in()["key_statement"]
+    assert statement["key_id"] == "k2026"
+    held = learn(held, statement)
+    assert (set(held[0]), held[1]) == ({"k2026"}, first_seq + 2)
+    with pytest.raises(protocol.Rejected) as refused:
+        protocol.open_envelope(enrolled["envelope"], held[0])
+    assert refused.value.code == "unknown_key"
+    # A phone that missed step 1 cannot jump to the new set: nothing it trusts signed it.
+    with pytest.raises(protocol.Rejected) as skipped:
+        learn(first_trust(enrolled["key_statement"]), statement)
+    assert skipped.value.code == "unknown_key"
 
 
 # --- acknowledgement --------------------------------------------------------------------

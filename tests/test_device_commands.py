@@ -32,16 +32,23 @@ from portal.audit_verify import audit_verify_chain
 from portal.models import AuditEvent
 from tests.factories import DeviceFactory
 
+#: Every member of a version 2 command (docs/lock-pipeline.md, "Command payload"): always present.
 SPEC_FIELDS = {
-    "v",
+    "kind",
     "device",
-    "imei",
+    "imeis",
     "seq",
     "state",
     "reason",
     "issued_at",
     "expires_at",
-    "key_id",
+    "lease_until",
+    "lease_expiry_state",
+    "lease_warning_days",
+    "paid_until",
+    "offline_lock_days",
+    "time_zone",
+    "lock_window",
     "screen",
     "allowed_numbers",
 }
@@ -100,10 +107,10 @@ def test_the_signed_command_has_exactly_the_spec_fields_and_verifies(provider_a)
     (command,) = device_states_apply(changes=[lock(phone)])
 
     payload = command.payload
-    assert set(payload) == SPEC_FIELDS
-    assert payload["v"] == 1
+    assert set(payload) == SPEC_FIELDS  # no "v", "imei" or "key_id": those are the envelope's or gone
+    assert payload["kind"] == "command"
     assert payload["device"] == str(phone.uid)
-    assert payload["imei"] == phone.imei
+    assert payload["imeis"] == [phone.imei]
     assert payload["seq"] == 1
     assert payload["state"] == "locked"
     assert payload["reason"].startswith("Installment of 15 Jan 2026")
@@ -111,10 +118,16 @@ def test_the_signed_command_has_exactly_the_spec_fields_and_verifies(provider_a)
     assert payload["expires_at"] is None
     assert payload["screen"] == SCREEN
     assert payload["allowed_numbers"] == ["+94777575727", "119", "112"]
-    assert payload["key_id"] == command.key_id
+    # Without an offline policy there is no lease.
+    assert (payload["lease_until"], payload["lease_expiry_state"], payload["offline_lock_days"]) == (None, None, None)
 
     stored = DeviceCommand.objects.get(pk=command.pk)
-    assert protocol.verify(stored.envelope, public_keys()) == payload
+    envelope = stored.envelope
+    assert set(envelope) == {"v", "payload", "key_id", "signature"}
+    assert (envelope["v"], envelope["key_id"]) == (2, command.key_id)
+    # The envelope carries exactly the stored bytes that were signed, and they verify.
+    assert protocol.unb64(envelope["payload"]) == stored.body.encode("utf-8")
+    assert protocol.check_command(protocol.open_envelope(envelope, public_keys())) == payload
 
 
 def test_a_temporary_unlock_carries_its_end_in_utc(provider_a):
@@ -126,7 +139,7 @@ def test_a_temporary_unlock_carries_its_end_in_utc(provider_a):
     )
 
     assert command.payload["expires_at"] == "2026-11-25T09:00:15Z"
-    assert protocol.verify(command.envelope, public_keys())["state"] == "temp_unlocked"
+    assert protocol.open_envelope(command.envelope, public_keys())["state"] == "temp_unlocked"
 
 
 def test_every_change_is_audited_with_the_state_before_and_after(provider_a, agent_a):
@@ -177,13 +190,13 @@ def test_a_phone_without_a_command_gets_a_signed_one_for_its_current_state(provi
     meant_locked = DeviceFactory(provider=provider_a, desired_state="locked", desired_reason="Overdue")
 
     envelope = device_current_envelope(new_phone)
-    assert protocol.verify(envelope, public_keys())["state"] == "unlocked"
-    assert envelope["command"]["screen"] == {}
+    assert protocol.check_command(protocol.open_envelope(envelope, public_keys()))["state"] == "unlocked"
+    assert protocol.payload_of(envelope)["screen"] == {}
     # Asking again answers the same command rather than issuing another.
     assert device_current_envelope(new_phone) == envelope
     assert DeviceCommand.objects.filter(device=new_phone).count() == 1
 
-    assert device_current_envelope(meant_locked)["command"]["state"] == "locked"
+    assert protocol.payload_of(device_current_envelope(meant_locked))["state"] == "locked"
     assert Device.objects.get(pk=meant_locked.pk).desired_state == "locked"
 
 
@@ -194,4 +207,5 @@ def test_the_current_envelope_is_the_newest_command(provider_a):
 
     envelope = device_current_envelope(phone)
 
-    assert envelope["command"]["seq"] == 2 and envelope["command"]["state"] == "released"
+    newest = protocol.open_envelope(envelope, public_keys())
+    assert newest["seq"] == 2 and newest["state"] == "released"

@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 
 from devices.keys import public_keys
 from devices.models import Device, DeviceCommand, LockState
-from devices.protocol import verify
+from devices.protocol import check_command, open_envelope
 from payments.locks.services import (
     contract_dispute_hold,
     contract_release,
@@ -34,7 +34,7 @@ def overdue(provider_a):
 
 def _last_payload(device_id: int) -> dict:
     command = DeviceCommand.objects.filter(device_id=device_id).order_by("-seq").first()
-    return verify(command.envelope, public_keys())
+    return check_command(open_envelope(command.envelope, public_keys()))
 
 
 def test_a_dispute_hold_keeps_an_overdue_owner_unlocked_until_it_is_lifted(overdue, finance_a):

@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from devices.models import Device, DeviceCommand
-from devices.protocol import verify
+from devices.protocol import check_command, open_envelope
 from payments.contracts.services import contract_set_status
 from payments.locks.services import contract_lock_evaluate, lock_sweep
 from payments.models import Contract, LockOverride, PaymentChannel
@@ -44,7 +44,7 @@ def test_an_owner_overdue_past_grace_is_locked_with_a_screen_that_says_how_to_ge
     command = DeviceCommand.objects.get(device=device)
     from devices.keys import public_keys
 
-    payload = verify(command.envelope, public_keys())
+    payload = check_command(open_envelope(command.envelope, public_keys()))
     screen = payload["screen"]
     assert payload["state"] == "locked" and payload["seq"] == 1
     assert screen["provider"]["name"] == "Dialog Finance"

@@ -24,7 +24,7 @@ from django.urls import reverse
 
 from devices.keys import public_keys
 from devices.models import Device, DeviceCommand
-from devices.protocol import verify
+from devices.protocol import check_command, open_envelope
 from devices.services.tokens import enrollment_token_create
 from payments.locks.services import lock_policy_update, lock_sweep
 from payments.models import Contract, LockOverride
@@ -91,7 +91,7 @@ def test_an_approved_temporary_unlock_issues_the_signed_command_at_once(locked, 
     )  # Colombo time
     command = newest_command(locked.device_id)
     assert command.state == "temp_unlocked"
-    payload = verify(command.envelope, public_keys())  # signed: the phone will accept it
+    payload = check_command(open_envelope(command.envelope, public_keys()))  # signed: the phone will accept it
     assert payload["state"] == "temp_unlocked" and payload["expires_at"] == "2026-02-18T05:30:00Z"
     assert Contract.objects.get(pk=locked.pk).lock_state == "temp_unlocked"
     actions = set(AuditEvent.objects.values_list("action", flat=True))
@@ -214,7 +214,10 @@ def test_a_release_removes_the_lock_for_good_without_touching_the_money(locked, 
     contract = Contract.objects.get(pk=locked.pk)
     assert contract.lock_state == "released" and contract.status == "active"
     command = newest_command(locked.device_id)
-    assert command.state == "released" and verify(command.envelope, public_keys())["state"] == "released"
+    assert (
+        command.state == "released"
+        and check_command(open_envelope(command.envelope, public_keys()))["state"] == "released"
+    )
     assert AuditEvent.objects.filter(action="contract.release", object_id=str(locked.pk)).exists()
     # Weeks later, still overdue on paper: the sweep never locks it again.
     assert lock_sweep(now=TUESDAY_MORNING + dt.timedelta(days=30)).total_changed == 0
