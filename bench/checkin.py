@@ -2,9 +2,16 @@
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/finlock_bench .venv/bin/python bench/checkin.py
 
-Enrols ``--devices`` phones of a benchmark provider (each with a signed current command),
-starts gunicorn with production settings on a free port, then drives, in the same run and
-with the same client, for ``--seconds`` each:
+Enrols ``--devices`` phones of the demo's two providers, each with a signed current command
+whose lock screen the real screen builder (payments/locks/screen.py) wrote in the owner's
+language (English, Sinhala, Tamil, Swahili, in turn), then prints the sizes at stake for a
+million phones: bytes per command (median and largest signed body and envelope, and the
+Sinhala ones), bytes per phone in Redis (``MEMORY USAGE`` of the check-in records, and of
+everything a phone keeps there, divided by the phones; also what the records would take
+uncompressed and compressed without the shared dictionary) and the cost of unpacking a
+record on a check-in. Target: at most 2 KB per phone in Redis. Then it starts gunicorn with
+production settings on a free port and drives, in the same run and with the same client, for
+``--seconds`` each:
 
 * **baseline**: ``GET /healthz``, a bare Django JSON view behind the full middleware stack;
 * **value**: ``POST /api/device/v1/checkin`` as the phones do (credential, JSON body), each
@@ -20,7 +27,7 @@ its own baseline; those figures are printed and included under ``levels``.
 Both are requests per second of 200 answers, measured with ``wrk`` when it is installed
 (``apt-get install wrk``: a C client that leaves the CPU to the server) and otherwise with
 Python client processes. Target: ratio = value / baseline ≥ 0.70.
-The last line printed is a JSON object ``{"metric", "value", "baseline", "ratio", ...}``.
+The last line printed is a JSON object ``{"metric", "value", "baseline", "ratio", ..., "sizes"}``.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ def parse_args(argv):
     parser.add_argument("--seconds", type=float, default=10.0, help="load time per endpoint")
     parser.add_argument("--clients", type=int, default=4, help="client processes, one keep-alive connection each")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--sizes-only", action="store_true", help="print the sizes and stop (no load)")
     return parser.parse_args(argv)
 
 
@@ -71,32 +79,70 @@ def _imei() -> str:
     return body + luhn.calc_check_digit(body)
 
 
-def enrol_devices(count: int) -> list[str]:
-    """Benchmark devices with credentials and a current signed command; returns credentials."""
+#: The owners' languages, in turn, per provider: every screen language the demo has.
+LANGUAGES = {"dialog": ("en", "si", "ta"), "jamii": ("sw", "en")}
+RECORD_TARGET = 2048
+
+
+def _demo_changes(devices) -> list:
+    """Each phone's lock, with the screen the real builder writes for a demo owner in its language."""
+    import datetime as dt
+    from decimal import Decimal
+    from types import SimpleNamespace
+
+    from devices.services.commands import StateChange
+    from payments.locks.screen import ProviderScreenData, screen_build
+
+    data = {}
+    changes = []
+    for i, device in enumerate(devices):
+        provider = device.provider
+        if provider.pk not in data:
+            data[provider.pk] = ProviderScreenData.load(provider)
+        languages = LANGUAGES[provider.slug]
+        # Stand-ins with just what screen_build reads: the benchmark needs screens, not contracts.
+        contract = SimpleNamespace(
+            customer=SimpleNamespace(preferred_language=languages[i // 2 % len(languages)]),
+            currency=provider.currency,
+            number=f"BENCH-{i:06d}",
+            device=device,
+        )
+        decision = SimpleNamespace(
+            amount_overdue=Decimal("12500.00"), overdue_since=dt.date(2026, 1, 15), state="locked"
+        )
+        changes.append(
+            StateChange(
+                device_id=device.pk,
+                state="locked",
+                reason="benchmark",
+                screen=screen_build(data=data[provider.pk], contract=contract, decision=decision),
+                allowed_numbers=data[provider.pk].allowed_numbers(),
+                time_zone=provider.time_zone,
+                lock_window={"start_hour": 8, "end_hour": 18, "weekdays": [0, 1, 2, 3, 4, 5]},
+            )
+        )
+    return changes
+
+
+def enrol_devices(count: int) -> tuple[list[int], list[str]]:
+    """Benchmark devices with credentials and a current signed command; returns their ids and credentials."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from demo.generator import ensure_organisations
     from devices.models import Device
     from devices.protocol import b64, enrollment_message
-    from devices.services.commands import StateChange, device_states_apply
+    from devices.services.commands import device_states_apply
     from devices.services.enrolment import device_enroll, enrollment_challenge_issue
     from devices.services.tokens import enrollment_token_create
 
-    provider = ensure_organisations()["dialog"]
-    _token, secret = enrollment_token_create(provider=provider, name="bench", actor=None)
-    devices = Device.objects.bulk_create([Device(provider=provider, imei=_imei()) for _ in range(count)])
-    device_states_apply(
-        changes=[
-            StateChange(
-                device_id=d.pk,
-                state="locked",
-                reason="benchmark",
-                screen={"title": "Locked", "amount_overdue": "12500.00", "currency": "LKR"},
-                allowed_numbers=["+94117100100", "119"],
-            )
-            for d in devices
-        ]
+    orgs = ensure_organisations()
+    secrets_of = {}
+    for slug in LANGUAGES:
+        _token, secrets_of[slug] = enrollment_token_create(provider=orgs[slug], name="bench", actor=None)
+    devices = Device.objects.bulk_create(
+        [Device(provider=orgs[("dialog", "jamii")[i % 2]], imei=_imei()) for i in range(count)]
     )
+    device_states_apply(changes=_demo_changes(devices))
     credentials = []
     for device in devices:
         # As a phone enrols: a challenge signed with the device key it generates.
@@ -106,14 +152,107 @@ def enrol_devices(count: int) -> list[str]:
         signature = b64(key.sign(enrollment_message(challenge=challenge, imei=device.imei, device_key=device_key)))
         enrollment = device_enroll(
             imei=device.imei,
-            token_secret=secret,
+            token_secret=secrets_of[device.provider.slug],
             device_key=device_key,
             challenge=challenge,
             signature=signature,
             app_version="bench",
         )
         credentials.append(enrollment.credential)
-    return credentials
+    return [d.pk for d in devices], credentials
+
+
+def _median(values):
+    import statistics
+
+    return int(statistics.median(values)) if values else 0
+
+
+def command_sizes(device_ids: list[int]) -> dict:
+    """Median and largest signed body and envelope in bytes over the phones' current commands (and the Sinhala ones)."""
+    from devices.delivery import envelope_bytes
+    from devices.models import DeviceCommand
+
+    rows = [
+        (len(c.body.encode()), len(envelope_bytes(c)), c.payload["screen"].get("language"))
+        for c in DeviceCommand.objects.filter(device_id__in=device_ids)
+        .order_by("device_id", "-seq")
+        .distinct("device_id")
+    ]
+    sinhala = [r for r in rows if r[2] == "si"]
+    return {
+        "commands": len(rows),
+        "body_median": _median([r[0] for r in rows]),
+        "body_max": max(r[0] for r in rows),
+        "envelope_median": _median([r[1] for r in rows]),
+        "envelope_max": max(r[1] for r in rows),
+        "sinhala_body_median": _median([r[0] for r in sinhala]),
+        "sinhala_envelope_max": max((r[1] for r in sinhala), default=0),
+    }
+
+
+def redis_sizes(device_ids: list[int]) -> dict:
+    """Bytes per phone in Redis (``MEMORY USAGE``), as deployed and as it would be otherwise; the unpack cost."""
+    import zlib
+
+    from devices import checkin_cache, checkin_record
+    from devices.checkin_record import render
+    from devices.models import Device, DeviceCommand
+    from devices.protocol import envelope_of
+
+    client = checkin_cache.redis_client()
+    for device_id in device_ids:
+        checkin_cache.fill(device_id)
+    phones = len(device_ids)
+
+    def usage(keys) -> int:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+        return sum(size or 0 for size in pipe.execute())
+
+    records = [f"{checkin_cache.RECORD}{i}" for i in device_ids]
+    digests = dict(Device.objects.filter(pk__in=device_ids).values_list("pk", "credential_digest"))
+    others = [f"{checkin_cache.PREFIX}cred:{digests[i]}" for i in device_ids]
+    others += [f"{checkin_cache.PREFIX}gen:{i}" for i in device_ids]
+    dictionaries = client.keys(f"{checkin_cache.DICTIONARY}*")
+    record_bytes = usage(records)
+    everything = record_bytes + usage(others) + usage(dictionaries)
+
+    # The same records as the previous format stored them (the rendered envelope) and zlib without the dictionary,
+    # under scratch keys, measured the same way and deleted.
+    latest = DeviceCommand.objects.filter(device_id__in=device_ids).order_by("device_id", "-seq").distinct("device_id")
+    plain, zlib_only = 0, 0
+    for command in latest.iterator():
+        head = b"1 %s %d %d " % (digests[command.device_id].encode(), command.seq, command.seq)
+        envelope = render(envelope_of(command.body.encode(), key_id=command.key_id, signature=command.signature))
+        signed = render([command.key_id, command.signature]) + b"\n" + command.body.encode()
+        client.set("finlock:bench:plain", head + envelope)
+        client.set("finlock:bench:zlib", head + b"- " + zlib.compress(signed, checkin_record.RECORD_COMPRESSION))
+        plain += usage(["finlock:bench:plain"])
+        zlib_only += usage(["finlock:bench:zlib"])
+    client.delete("finlock:bench:plain", "finlock:bench:zlib")
+
+    # What a check-in answered from the Redis record spends unpacking it (dictionary already in memory).
+    timings = []
+    for record in client.mget(records):
+        _g, _d, _r, _c, name, command = record.split(b" ", 5)
+        shared = checkin_record.dictionary_get(name.decode(), lambda n: client.get(checkin_cache.DICTIONARY + n))
+        started = time.perf_counter()
+        for _ in range(20):
+            checkin_record.record_envelope(command, shared)
+        timings.append((time.perf_counter() - started) / 20 * 1e6)
+    return {
+        "phones": phones,
+        "record_bytes_per_phone": round(record_bytes / phones),
+        "all_keys_bytes_per_phone": round(everything / phones),
+        "dictionaries": len(dictionaries),
+        "uncompressed_record_bytes_per_phone": round(plain / phones),
+        "zlib_without_dictionary_bytes_per_phone": round(zlib_only / phones),
+        "unpack_microseconds_median": round(sorted(timings)[len(timings) // 2], 1),
+        "unpack_microseconds_max": round(max(timings), 1),
+        "target_bytes_per_phone": RECORD_TARGET,
+    }
 
 
 def _client(port, kind, seconds, credentials, start_at, results):
@@ -276,8 +415,27 @@ def main(argv=None) -> int:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    credentials = enrol_devices(args.devices)
+    device_ids, credentials = enrol_devices(args.devices)
     print(f"enrolled {len(credentials)} benchmark phones", flush=True)
+    sizes = {"command": command_sizes(device_ids)}
+    c = sizes["command"]
+    print(
+        f"bytes per command: body median {c['body_median']:,}, max {c['body_max']:,}; envelope median "
+        f"{c['envelope_median']:,}, max {c['envelope_max']:,} (Sinhala: body median {c['sinhala_body_median']:,}, "
+        f"envelope max {c['sinhala_envelope_max']:,}; a phone refuses over 32,768)"
+    )
+    if args.redis_url != "none":
+        sizes["redis"] = r = redis_sizes(device_ids)
+        print(
+            f"bytes per phone in Redis: record {r['record_bytes_per_phone']:,} (uncompressed "
+            f"{r['uncompressed_record_bytes_per_phone']:,}, zlib without the dictionary "
+            f"{r['zlib_without_dictionary_bytes_per_phone']:,}); all its keys {r['all_keys_bytes_per_phone']:,} "
+            f"({r['dictionaries']} shared dictionaries); target {RECORD_TARGET:,}"
+        )
+        print(f"unpacking a record: {r['unpack_microseconds_median']} µs median, {r['unpack_microseconds_max']} µs max")
+    if args.sizes_only:
+        print(json.dumps({"metric": "checkin_sizes", "sizes": sizes}))
+        return 0 if sizes.get("redis", {}).get("all_keys_bytes_per_phone", 0) <= RECORD_TARGET else 1
 
     value, baseline, bad_value, bad_base = measure(args, server_env, credentials)
     print(f"bare JSON view: {baseline:,.0f} req/s ({bad_base} non-200)")
@@ -309,6 +467,7 @@ def main(argv=None) -> int:
                 "client": "wrk" if __import__("shutil").which("wrk") else "python",
                 "seconds": args.seconds,
                 "levels": levels,
+                "sizes": sizes,
             }
         )
     )
