@@ -154,7 +154,8 @@ def open_envelope(envelope: Any, trusted_keys: dict[str, str], *, kind: str = KI
             raise Rejected("malformed", "not JSON") from exc
     if not isinstance(envelope, dict):
         raise Rejected("malformed", "not an envelope")
-    if envelope.get("v") != PROTOCOL_VERSION or isinstance(envelope.get("v"), bool):
+    # The integer 2 only: JSON's 2.0 (a float in most parsers) equals 2 in Python but is no version.
+    if type(envelope.get("v")) is not int or envelope["v"] != PROTOCOL_VERSION:
         raise Rejected("unknown_version", f"envelope version {envelope.get('v')!r}")
     key_id, payload, signature = envelope.get("key_id"), envelope.get("payload"), envelope.get("signature")
     if not isinstance(key_id, str) or not isinstance(payload, str) or not isinstance(signature, str):

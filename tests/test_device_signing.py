@@ -1,12 +1,17 @@
-"""A phone trusts a command only if finlock's key signed it, across key rotations.
+"""A phone trusts a command only if finlock's key signed its exact bytes, across key rotations (protocol v2).
 
 Stories:
-* the server and any phone produce the same canonical bytes for a command, so a
-  signature made in Python verifies in any agent;
-* a command signed with the current key verifies with the public keys the server
-  announces, and any change to it breaks the signature;
-* after a rotation, commands signed with the retired key still verify (phones that
-  have not checked in since keep working), and new ones carry the new key id;
+* the signature covers the exact UTF-8 bytes the server wrote, carried in the envelope as
+  they are: a Sinhala lock screen with a no-break space (U+00A0) verifies without any
+  escaping, and nobody has to reproduce anyone's serialisation (no canonical form);
+* any change of those bytes, or of the key that claims to have signed them, is refused;
+* the envelope's encodings are exactly one: standard base64 with padding, a 64-byte
+  signature; anything else is malformed or a bad signature, never "probably fine";
+* an envelope of another version is refused as such (the phone checks in and learns);
+* a signature made for a command never passes as a key statement, nor the other way;
+* the server writes a new signed key statement whenever its configured key set changes
+  (seq + 1, signed by the current key, audited), and a rotation in three steps moves
+  phones to the new key without ever asking them to trust a key nobody they trust vouched for;
 * a developer without configuration gets a key generated once, private to its
   owner, and the same key on every restart;
 * an operator with a malformed key, or none in production, is stopped at start-up
@@ -16,38 +21,62 @@ Stories:
 from __future__ import annotations
 
 import base64
+import json
 import os
 import stat
+import string
 import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from devices import protocol
-from devices.keys import current_signer, public_key_b64, public_keys
+from devices.keys import current_signer, key_statement, public_key_b64, public_keys
+from devices.models import KeyStatement
+from devices.protocol import KIND_COMMAND, KIND_KEY_STATEMENT, Rejected
+from devices.services.commands import StateChange, device_states_apply
 from portal.env import ImproperEnvironment, env_keyed_bytes
+from portal.models import AuditEvent
+from tests.factories import DeviceFactory
+from tests.phone import first_trust, learn
 from tests.test_settings import _manage
 
 ROOT = Path(__file__).resolve().parent.parent
 
+SINHALA_TITLE = "ගෙවීම ප්\u200dරමාද වී ඇත"  # "payment overdue", with a zero-width joiner
+AMOUNT = "රු.\u00a012,500.00"  # Rs.<U+00A0>12,500.00, as the screen shows it
+
 COMMAND = {
-    "v": 1,
+    "kind": "command",
     "device": "6f1c1f0e-2f4e-4c7b-9a57-8d1c2b3a4f50",
-    "imei": "351234560000648",
+    "imeis": ["351234560000648", "358765430000012"],
     "seq": 7,
     "state": "locked",
     "reason": "Installment of 1 Nov 2026 overdue 12 days (grace 3 days)",
     "issued_at": "2026-11-23T09:00:04Z",
     "expires_at": None,
-    "key_id": "k2026a",
-    "screen": {"title": "Ayubowan — payment overdue", "amount_overdue": "12500.00", "emergency": True},
+    "lease_until": None,
+    "lease_expiry_state": None,
+    "lease_warning_days": 3,
+    "paid_until": None,
+    "offline_lock_days": None,
+    "time_zone": "Asia/Colombo",
+    "lock_window": {"start_hour": 8, "end_hour": 18, "weekdays": [0, 1, 2, 3, 4]},
+    "screen": {"language": "si", "title": SINHALA_TITLE, "amount_overdue": AMOUNT, "emergency": True},
     "allowed_numbers": ["+94117100100", "119"],
 }
 
 
 def seed() -> bytes:
     return os.urandom(32)
+
+
+def failure(envelope, keys, *, kind: str = KIND_COMMAND) -> str:
+    """The verdict a phone gives an envelope it refuses."""
+    with pytest.raises(Rejected) as refused:
+        protocol.open_envelope(envelope, keys, kind=kind)
+    return refused.value.code
 
 
 @pytest.fixture
@@ -57,53 +86,235 @@ def key_2025(settings):
     return settings.DEVICE_SIGNING_KEY
 
 
-def test_the_canonical_form_is_sorted_compact_ascii_and_stable():
-    expected = (
-        b'{"allowed_numbers":["+94117100100","119"],"device":"6f1c1f0e-2f4e-4c7b-9a57-8d1c2b3a4f50",'
-        b'"expires_at":null,"imei":"351234560000648","issued_at":"2026-11-23T09:00:04Z","key_id":"k2026a",'
-        b'"reason":"Installment of 1 Nov 2026 overdue 12 days (grace 3 days)",'
-        b'"screen":{"amount_overdue":"12500.00","emergency":true,"title":"Ayubowan \\u2014 payment overdue"},'
-        b'"seq":7,"state":"locked","v":1}'
-    )
-    assert protocol.canonical(COMMAND) == expected
-    # Key order in memory does not matter: the same command gives the same bytes.
-    assert protocol.canonical(dict(reversed(list(COMMAND.items())))) == expected
-
-
-def test_a_command_signed_with_the_current_key_verifies_and_any_change_breaks_it(key_2025):
+@pytest.fixture
+def sealed(key_2025):
+    """A command sealed with the current key: (envelope, the exact bytes signed)."""
     key_id, private_key = current_signer()
-    assert key_id == "k2025"
-    envelope = protocol.sign(COMMAND | {"key_id": key_id}, private_key)
-    assert len(base64.b64decode(envelope["signature"])) == 64
-
-    assert protocol.verify(envelope, public_keys()) == envelope["command"]
-
-    tampered = {"command": envelope["command"] | {"state": "unlocked"}, "signature": envelope["signature"]}
-    with pytest.raises(protocol.Rejected, match="bad signature"):
-        protocol.verify(tampered, public_keys())
+    body = protocol.payload_bytes(COMMAND)
+    return protocol.seal(body, key_id=key_id, private_key=private_key), body
 
 
-def test_after_a_rotation_commands_signed_with_the_retired_key_still_verify(settings, key_2025):
-    _old_id, old_private = current_signer()
-    old_envelope = protocol.sign(COMMAND | {"key_id": "k2025"}, old_private)
+# --- the exact bytes ------------------------------------------------------------------------
 
-    # The operator rotates: the new key signs, the old public key stays announced.
-    settings.DEVICE_SIGNING_KEY = ("k2026", seed())
-    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2025": old_private.public_key().public_bytes_raw()}
 
-    new_id, new_private = current_signer()
-    assert new_id == "k2026"
+def test_the_signature_covers_the_exact_utf8_bytes_so_sinhala_and_a_no_break_space_need_no_escaping(sealed):
+    envelope, body = sealed
+
+    # Written once, as UTF-8: the Sinhala letters, the joiner and U+00A0 as themselves.
+    assert SINHALA_TITLE.encode("utf-8") in body and b"\xc2\xa0" in body  # U+00A0 as its two UTF-8 bytes
+    assert b"\\u" not in body and AMOUNT.encode("utf-8") in body
+    # The envelope carries those very bytes, and the signature is Ed25519 over them: any
+    # Ed25519 library verifies it without knowing anything about JSON.
+    assert protocol.unb64(envelope["payload"]) == body
+    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_keys()["k2025"]))
+    public.verify(base64.b64decode(envelope["signature"]), body)  # raises if not
+    opened = protocol.open_envelope(envelope, public_keys())
+    assert opened == COMMAND and opened["screen"]["amount_overdue"] == AMOUNT
+    assert protocol.check_command(opened) == COMMAND
+
+    # The same command serialised differently (escaped, spaced, reordered) is other bytes:
+    # the signature does not cover it. Nobody ever re-serialises to check a signature.
+    escaped = json.dumps(COMMAND, ensure_ascii=True, indent=1).encode()
+    assert json.loads(escaped) == COMMAND and escaped != body
+    forged = envelope | {"payload": protocol.b64(escaped)}
+    assert failure(forged, public_keys()) == "bad_signature"
+    # Any serialisation the signer chose verifies, since the bytes travel with it: there is no canonical form.
+    _key_id, private_key = current_signer()
+    assert protocol.open_envelope(protocol.seal(escaped, key_id="k2025", private_key=private_key), public_keys()) == (
+        COMMAND
+    )
+
+
+def test_any_change_of_the_bytes_or_of_the_signing_key_is_refused(settings, sealed):
+    envelope, body = sealed
     keys = public_keys()
-    assert set(keys) == {"k2025", "k2026"}
-    assert keys["k2025"] == public_key_b64(old_private)
-    assert protocol.verify(old_envelope, keys)["seq"] == 7
-    new_envelope = protocol.sign(COMMAND | {"key_id": new_id}, new_private)
-    assert protocol.verify(new_envelope, keys)["key_id"] == "k2026"
 
-    # Once the retired key is dropped from the list, its commands are refused.
+    one_byte = body.replace(b'"locked"', b'"lockee"')
+    assert failure(envelope | {"payload": protocol.b64(one_byte)}, keys) == "bad_signature"
+    other = Ed25519PrivateKey.generate()
+    resigned = protocol.seal(body, key_id="k2025", private_key=other)  # someone else's key, our key's name
+    assert failure(resigned, keys) == "bad_signature"
+    # Another trusted key's name on our signature: it is checked with that key, and fails.
+    assert failure(envelope | {"key_id": "k2026"}, keys | {"k2026": public_key_b64(other)}) == "bad_signature"
+    assert failure(envelope | {"key_id": "k1999"}, keys) == "unknown_key"
+    assert failure(envelope, {"k2026": public_key_b64(other)}) == "unknown_key"
+
+
+# --- encodings ------------------------------------------------------------------------------
+
+
+def test_the_envelope_is_four_members_in_standard_base64_with_padding_and_a_64_byte_signature(sealed):
+    envelope, body = sealed
+
+    assert set(envelope) == {"v", "payload", "key_id", "signature"} and envelope["v"] == 2
+    assert len(envelope["signature"]) == 88 and envelope["signature"].endswith("==")
+    assert len(base64.b64decode(envelope["signature"], validate=True)) == 64
+    assert envelope["payload"] == base64.b64encode(body).decode("ascii")
+    assert all(len(key) == 44 and len(base64.b64decode(key, validate=True)) == 32 for key in public_keys().values())
+
+
+def _with_alphabet_and_padding(key_2025) -> tuple[dict, bytes]:
+    """A sealed command whose payload's base64 holds ``+`` or ``/`` and ends in padding (the reason padded)."""
+    key_id, private_key = current_signer()
+    for extra in range(60):
+        body = protocol.payload_bytes(COMMAND | {"reason": COMMAND["reason"] + "?" * extra + ">"})
+        text = protocol.b64(body)
+        if ("+" in text or "/" in text) and text.endswith("="):
+            return protocol.seal(body, key_id=key_id, private_key=private_key), body
+    raise AssertionError("no such payload")
+
+
+def test_every_other_encoding_is_refused(key_2025):
+    envelope, body = _with_alphabet_and_padding(key_2025)
+    keys = public_keys()
+    payload, signature = envelope["payload"], envelope["signature"]
+    assert protocol.open_envelope(envelope, keys)["kind"] == "command"
+
+    url_safe = base64.urlsafe_b64encode(body).decode()
+    assert url_safe != payload
+    unpadded = payload.rstrip("=")
+    spaced = payload[:40] + "\n" + payload[40:]
+    # The last character before "==" carries 4 unused bits; setting one keeps the bytes but not the text.
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
+    loose = signature[:-3] + alphabet[alphabet.index(signature[-3]) + 1] + "=="
+    assert base64.b64decode(loose) == base64.b64decode(signature)
+    for bad in (
+        {"payload": url_safe},
+        {"payload": unpadded},
+        {"payload": spaced},
+        {"signature": signature.rstrip("=")},
+        {"signature": base64.urlsafe_b64encode(base64.b64decode(signature)).decode().replace("=", "") + "=="},
+        {"signature": loose},
+    ):
+        assert failure(envelope | bad, keys) == "malformed", bad
+    # Valid base64, but not a 64-byte signature.
+    raw = base64.b64decode(signature)
+    for wrong_length in (raw[:63], raw + b"\0", b""):
+        assert failure(envelope | {"signature": protocol.b64(wrong_length)}, keys) == "bad_signature"
+    # Members of the wrong type, and what is no envelope at all.
+    for bad in ({"key_id": 1}, {"payload": None}, {"signature": ["x"]}):
+        assert failure(envelope | bad, keys) == "malformed"
+    for text in ("[]", "not json", '"a string"'):
+        assert failure(text, keys) == "malformed"
+    assert failure("x" * (protocol.MAX_ENVELOPE_BYTES + 1), keys) == "too_large"
+
+
+@pytest.mark.parametrize("version", [1, 3, "2", 2.0, True, None, "missing"])
+def test_an_envelope_of_any_other_version_is_refused_as_unknown_version(sealed, version):
+    envelope, _body = sealed
+    other = {k: v for k, v in envelope.items() if k != "v"}
+    if version != "missing":
+        other["v"] = version
+
+    assert failure(other, public_keys()) == "unknown_version"
+    # The same over the wire, where 2.0 is a JSON number that is no integer.
+    assert failure(json.dumps(other), public_keys()) == "unknown_version"
+
+
+def test_a_command_signature_never_verifies_as_a_key_statement_nor_the_other_way(sealed, db):
+    envelope, _body = sealed
+    keys = public_keys()
+
+    assert failure(envelope, keys, kind=KIND_KEY_STATEMENT) == "wrong_kind"
+    statement = key_statement()
+    assert failure(statement, keys, kind=KIND_COMMAND) == "wrong_kind"
+    assert protocol.open_envelope(statement, keys, kind=KIND_KEY_STATEMENT)["keys"] == keys
+    # A payload naming no kind is neither.
+    _key_id, private_key = current_signer()
+    kindless = {k: v for k, v in COMMAND.items() if k != "kind"}
+    unnamed = protocol.seal(protocol.payload_bytes(kindless), key_id="k2025", private_key=private_key)
+    assert failure(unnamed, keys) == failure(unnamed, keys, kind=KIND_KEY_STATEMENT) == "wrong_kind"
+
+
+# --- the key statement and a rotation -------------------------------------------------------
+
+
+def lock(device, reason: str = "Overdue"):
+    (command,) = device_states_apply(changes=[StateChange(device_id=device.pk, state="locked", reason=reason)])
+    return command
+
+
+def statement_events() -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action="device.key_statement").order_by("id"))
+
+
+def test_the_key_statement_is_written_once_per_configured_key_set_signed_and_audited(key_2025, db):
+    first = key_statement()
+
+    keys, seq = first_trust(first)
+    assert (keys, seq, first["key_id"]) == (public_keys(), 1, "k2025")
+    statement = protocol.open_envelope(first, keys, kind=KIND_KEY_STATEMENT)
+    assert set(statement) == {"kind", "seq", "issued_at", "keys"}
+    assert key_statement() == first  # nothing changed: the same statement, not another
+    assert KeyStatement.objects.count() == 1
+    (event,) = statement_events()
+    assert event.actor_label == "server configuration"
+    assert event.before == {"keys": []} and event.after == {"keys": ["k2025"], "seq": 1, "signed_by": "k2025"}
+
+
+def test_a_rotation_in_three_steps_moves_phones_to_the_new_key(settings, key_2025, provider_a):
+    old_private = current_signer()[1]
+    new_seed = seed()
+    new_private = Ed25519PrivateKey.from_private_bytes(new_seed)
+    new_public = new_private.public_key().public_bytes_raw()
+    phone = DeviceFactory(provider=provider_a)
+    enrolled_with = first_trust(key_statement())  # a phone enrolled before the rotation holds statement 1
+    old_command = lock(phone, "Before the rotation")
+    assert protocol.open_envelope(old_command.envelope, enrolled_with[0])["seq"] == 1
+
+    # 1. Announce: the new public key joins the set; statement 2, signed by the OLD key.
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": new_public}
+    announced = key_statement()
+    assert announced["key_id"] == "k2025"
+    checked_in = learn(enrolled_with, announced)
+    assert (sorted(checked_in[0]), checked_in[1]) == (["k2025", "k2026"], 2)
+    assert checked_in[0]["k2026"] == public_key_b64(new_private)
+    assert lock(phone).key_id == "k2025"  # the old key still signs until step 2
+
+    # 2. Switch: the new key signs, the old stays listed. The same set: no new statement.
+    settings.DEVICE_SIGNING_KEY = ("k2026", new_seed)
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2025": old_private.public_key().public_bytes_raw()}
+    assert key_statement() == announced and KeyStatement.objects.count() == 2
+    new_command = lock(phone, "After the switch")
+    assert new_command.key_id == new_command.envelope["key_id"] == "k2026"
+    assert protocol.open_envelope(new_command.envelope, checked_in[0])["reason"] == "After the switch"
+    # A phone that missed step 1 refuses the new key's commands until it checks in.
+    assert failure(new_command.envelope, enrolled_with[0]) == "unknown_key"
+    # Commands the old key signed still verify (phones that have not checked in keep working).
+    assert protocol.open_envelope(old_command.envelope, checked_in[0])["seq"] == 1
+
+    # 3. Retire: the old key leaves the set; statement 3, signed by the NEW key.
     settings.DEVICE_SIGNING_PUBLIC_KEYS = {}
-    with pytest.raises(protocol.Rejected, match="unknown signing key"):
-        protocol.verify(old_envelope, public_keys())
+    retired = key_statement()
+    assert retired["key_id"] == "k2026"
+    after = learn(checked_in, retired)
+    assert (list(after[0]), after[1]) == (["k2026"], 3)
+    assert failure(old_command.envelope, after[0]) == "unknown_key"  # an absent key is no longer trusted
+    # A phone still on statement 1 cannot skip to 3: nothing it trusts signed it.
+    with pytest.raises(Rejected) as skipped:
+        learn(enrolled_with, retired)
+    assert skipped.value.code == "unknown_key"
+    # The announcement replayed to an up-to-date phone is refused: its signer is no longer trusted.
+    with pytest.raises(Rejected) as replayed:
+        learn(after, announced)
+    assert replayed.value.code == "unknown_key"
+
+    assert [(e.before["keys"], e.after) for e in statement_events()] == [
+        ([], {"keys": ["k2025"], "seq": 1, "signed_by": "k2025"}),
+        (["k2025"], {"keys": ["k2025", "k2026"], "seq": 2, "signed_by": "k2025"}),
+        (["k2025", "k2026"], {"keys": ["k2026"], "seq": 3, "signed_by": "k2026"}),
+    ]
+
+
+def test_a_replayed_older_statement_changes_nothing(settings, key_2025, db):
+    first = key_statement()
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": Ed25519PrivateKey.generate().public_key().public_bytes_raw()}
+    second = key_statement()
+    held = learn(first_trust(first), second)
+
+    assert held[1] == 2
+    assert learn(held, first) == held  # stale: seq 1 is not above 2
+    assert learn(held, second) == held  # the same statement again
 
 
 def test_without_configuration_a_development_key_is_generated_once_and_kept_private(settings, tmp_path):
