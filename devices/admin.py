@@ -6,6 +6,7 @@ from devices.models import (
     DeviceCommand,
     DeviceGateway,
     EnrollmentToken,
+    KeyStatement,
     MqttAccount,
     OfflineCode,
 )
@@ -75,3 +76,10 @@ class MqttAccountAdmin(ReadOnlyAdmin):
     @admin.display(boolean=True, description="password in sync")
     def in_sync(self, obj: MqttAccount) -> bool:
         return obj.synced_digest == obj.device.credential_digest
+
+
+@admin.register(KeyStatement)
+class KeyStatementAdmin(ReadOnlyAdmin):
+    """The signed key statements phones trust (written by devices/keys.py when the configured keys change)."""
+
+    list_display = ["seq", "key_id", "created_at"]

@@ -132,13 +132,14 @@ def test_lock_states_follow_the_situations_and_the_sweep_has_nothing_to_change(d
 def test_every_demo_phone_holds_a_signed_command_for_its_state(demo):
     from devices.keys import public_keys
     from devices.models import Device, DeviceCommand
-    from devices.protocol import verify
+    from devices.protocol import check_command, open_envelope
 
     for device in Device.objects.all():
         command = DeviceCommand.objects.filter(device=device).order_by("-seq").first()
         assert command is not None, device.imei
-        payload = verify(command.envelope, public_keys())
-        assert payload["state"] == device.desired_state and payload["imei"] == device.imei
+        payload = check_command(open_envelope(command.envelope, public_keys()))
+        assert payload["state"] == device.desired_state and payload["device"] == str(device.uid)
+        assert payload["imeis"] == [imei for imei in (device.imei, device.imei2) if imei]
         if device.reported_state == device.desired_state:
             assert device.reported_seq == command.seq  # the phone has acknowledged it
     locked = DeviceCommand.objects.filter(state="locked").first()
