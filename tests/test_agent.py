@@ -1,9 +1,10 @@
 """The reference device agent, from the phone owner's and the provider's point of view.
 
 No server here: each test plays the server itself with its own Ed25519 key, signing
-commands exactly as docs/lock-pipeline.md says, and hands them to an ``Agent`` whose state
-lives in a temporary directory. The helpers (``Provider``, ``Clock``, ``FakeTransport``)
-are reused by the HTTP and MQTT agent tests.
+commands and key statements exactly as docs/lock-pipeline.md says (protocol v2: the exact
+payload bytes are signed), and hands them to an ``Agent`` whose state lives in a temporary
+directory. The helpers (``Provider``, ``Clock``, ``FakeTransport``, ``agent_at``) are reused by
+the HTTP, MQTT and lease agent tests.
 """
 
 from __future__ import annotations
@@ -22,12 +23,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from openpaygo import TokenType
 
-from devices.agent import Agent, ApiError, render_html, render_text
+from devices.agent import Agent, AgentError, ApiError, render_html, render_text
 from devices.agent.render import WIDTH, ScreenView
-from devices.protocol import b64, enrollment_message, sign, unb64
+from devices.protocol import (
+    KIND_COMMAND,
+    KIND_KEY_STATEMENT,
+    b64,
+    enrollment_message,
+    payload_bytes,
+    payload_of,
+    seal,
+    unb64,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 IMEI = "351234560000648"
+IMEI2 = "351234560000655"  # the second SIM slot of the same phone
 OFFLINE_SECRET = "dac86b1a29ab82edc5fbbc41ec9530f6"
 OFFLINE_STARTING_CODE = 516959010
 START = dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC)
@@ -84,40 +95,101 @@ def lock_screen(**overrides) -> dict:
     return screen
 
 
+def wire(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Clock:
+    """The phone's clocks, moved by hand: the wall clock (``now``, only stamps the log; the
+    owner may set it to anything) and the monotonic clock leases run on (restarts at a reboot)."""
+
+    def __init__(self, now: dt.datetime = START):
+        self.now = now
+        self.mono = 1000.0
+        self.boots = 1
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def boot_id(self) -> str:
+        return f"boot-{self.boots}"
+
+    def advance(self, **delta) -> None:
+        step = dt.timedelta(**delta)
+        self.now += step
+        self.mono += step.total_seconds()
+
+    def set_wall_clock(self, when: dt.datetime) -> None:
+        """The owner changes the date in the settings: the monotonic clock does not move."""
+        self.now = when
+
+    def reboot(self, **off) -> None:
+        """Off for ``off`` (the wall clock moves on), then on again: the monotonic clock restarts."""
+        self.now += dt.timedelta(**off)
+        self.mono, self.boots = 7.0, self.boots + 1
+
+
+def agent_at(path, clock: Clock, **kwargs) -> Agent:
+    """An agent on ``path`` whose clocks are ``clock``'s."""
+    return Agent(path, clock=clock, monotonic=clock.monotonic, boot_id=clock.boot_id, **kwargs)
+
+
 class Provider:
     """Plays the finlock server for one phone: holds the signing key, numbers the commands."""
 
-    def __init__(self, key_id: str = "k2026a", device: str | None = None, imei: str = IMEI):
+    def __init__(
+        self,
+        key_id: str = "k2026a",
+        device: str | None = None,
+        imei: str = IMEI,
+        *,
+        imeis: list[str] | None = None,
+        key: Ed25519PrivateKey | None = None,
+        clock: Clock | None = None,
+    ):
         self.key_id = key_id
-        self.key = Ed25519PrivateKey.generate()
+        self.key = key or Ed25519PrivateKey.generate()
         self.device = device or str(uuid.uuid4())
         self.imei = imei
+        self.imeis = imeis or [imei]
+        self.clock = clock or Clock()
         self.seq = 0
+        self.statement_seq = 0
 
     @property
     def server_keys(self) -> dict[str, str]:
         return {self.key_id: public_b64(self.key)}
 
     def command(self, state: str, seq: int | None = None, **overrides) -> dict:
+        """A command payload with every member of docs/lock-pipeline.md, issued now (server time)."""
         if seq is None:
             self.seq += 1
             seq = self.seq
         command = {
-            "v": 1,
+            "kind": KIND_COMMAND,
             "device": self.device,
-            "imei": self.imei,
+            "imeis": self.imeis,
             "seq": seq,
             "state": state,
             "reason": f"test: {state}",
-            "issued_at": "2026-11-23T09:00:04Z",
+            "issued_at": wire(self.clock.now),
             "expires_at": None,
-            "key_id": self.key_id,
+            "lease_until": None,
+            "lease_expiry_state": None,
+            "lease_warning_days": 0,
+            "paid_until": None,
+            "offline_lock_days": None,
+            "time_zone": "Asia/Colombo",
+            "lock_window": None,
             "screen": {},
             "allowed_numbers": ["+94777575727", "119", "110", "112"],
         }
         if state in ("locked", "temp_unlocked"):
             command["screen"] = lock_screen()
-        elif state == "reminder":
+        elif state in ("reminder", "unlocked"):
             command["screen"] = lock_screen(
                 title="Payment reminder from Dialog Finance",
                 body="Please pay LKR 12,500.00 for contract DLG-2026-000417 to keep using your phone.",
@@ -126,29 +198,37 @@ class Provider:
         return command
 
     def envelope(self, state: str, seq: int | None = None, **overrides) -> dict:
-        return sign(self.command(state, seq, **overrides), self.key)
+        return self.seal(self.command(state, seq, **overrides))
+
+    def seal(self, payload: dict, key: Ed25519PrivateKey | None = None) -> dict:
+        return seal(payload_bytes(payload), key_id=self.key_id, private_key=key or self.key)
+
+    def key_statement(
+        self, keys: dict[str, str] | None = None, *, seq: int | None = None, signer: Provider | None = None
+    ) -> dict:
+        """The signed statement of the keys phones must trust (this provider's own by default)."""
+        if seq is None:
+            seq = self.statement_seq + 1
+        self.statement_seq = max(self.statement_seq, seq)
+        body = payload_bytes(
+            {
+                "kind": KIND_KEY_STATEMENT,
+                "seq": seq,
+                "issued_at": wire(self.clock.now),
+                "keys": keys or self.server_keys,
+            }
+        )
+        signer = signer or self
+        return seal(body, key_id=signer.key_id, private_key=signer.key)
 
     def enrol(self, agent: Agent, **extra) -> None:
+        extra.setdefault("key_statement", self.key_statement(seq=max(self.statement_seq, 1)))
         agent.install_enrolment(
             device=self.device,
             imei=self.imei,
-            server_keys=self.server_keys,
             offline={"secret": OFFLINE_SECRET, "starting_code": OFFLINE_STARTING_CODE},
             **extra,
         )
-
-
-class Clock:
-    """The phone's clock, moved by hand."""
-
-    def __init__(self, now: dt.datetime = START):
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, **delta) -> None:
-        self.now += dt.timedelta(**delta)
 
 
 class FakeTransport:
@@ -166,9 +246,10 @@ class FakeTransport:
         self.calls.append((call, body, credential))
         if call == "ack":
             if self.agent_dir is not None:
-                # What a crash right now would leave: the acknowledged command must already be on disk.
-                on_disk = json.loads((self.agent_dir / "agent.json").read_text())
-                self.seq_on_disk_at_ack.append(on_disk["last_seq"])
+                # What a crash right now would leave: the acknowledged command must already be in
+                # protected storage.
+                on_disk = json.loads((self.agent_dir / "protected" / "lock.json").read_text())
+                self.seq_on_disk_at_ack.append(on_disk["phone"]["last_seq"])
             if self.fail_acks:
                 raise ApiError("cannot reach server: connection refused")
             if self.refuse_acks:
@@ -188,14 +269,14 @@ def clock():
 
 
 @pytest.fixture
-def provider():
-    return Provider()
+def provider(clock):
+    return Provider(clock=clock)
 
 
 @pytest.fixture
 def phone(tmp_path, provider, clock):
     """An enrolled phone with no server to talk to (acknowledgements wait)."""
-    agent = Agent(tmp_path / "phone", clock=clock)
+    agent = agent_at(tmp_path / "phone", clock)
     provider.enrol(agent)
     return agent
 
@@ -241,7 +322,7 @@ def test_every_way_to_pay_shows_the_exact_account_and_reference(phone, provider)
 
 def test_the_phone_persists_a_command_before_acknowledging_it(tmp_path, provider, clock):
     transport = FakeTransport(agent_dir=tmp_path / "phone")
-    agent = Agent(tmp_path / "phone", clock=clock, transport=transport)
+    agent = agent_at(tmp_path / "phone", clock, transport=transport)
     provider.enrol(agent, credential="cred-123", server_url="http://finlock.test")
 
     agent.handle_envelope(provider.envelope("locked"))
@@ -254,7 +335,7 @@ def test_the_phone_persists_a_command_before_acknowledging_it(tmp_path, provider
 
 def test_an_unreachable_server_gets_the_acknowledgement_at_the_next_check_in(tmp_path, provider, clock):
     transport = FakeTransport()
-    agent = Agent(tmp_path / "phone", clock=clock, transport=transport)
+    agent = agent_at(tmp_path / "phone", clock, transport=transport)
     provider.enrol(agent, credential="cred-123", server_url="http://finlock.test")
     transport.fail_acks = True
     lock = provider.envelope("locked")
@@ -274,7 +355,7 @@ def test_an_unreachable_server_gets_the_acknowledgement_at_the_next_check_in(tmp
 
 def test_an_acknowledgement_the_server_refuses_is_not_retried_forever(tmp_path, provider, clock):
     transport = FakeTransport()
-    agent = Agent(tmp_path / "phone", clock=clock, transport=transport)
+    agent = agent_at(tmp_path / "phone", clock, transport=transport)
     provider.enrol(agent, credential="cred-123", server_url="http://finlock.test")
     transport.refuse_acks = True
     lock = provider.envelope("locked")
@@ -312,7 +393,7 @@ def test_a_late_unlock_never_overrides_a_newer_lock(phone, provider):
 
     outcome = phone.handle_envelope(old_unlock, source="mqtt")
 
-    assert not outcome.accepted
+    assert not outcome.accepted and outcome.verdict == "stale"
     assert outcome.reason == "replayed or stale (seq 5 <= 6)"
     assert phone.state.state == "locked"
     assert last_log(phone)["event"] == "rejected"
@@ -331,20 +412,21 @@ def test_a_late_lock_never_overrides_a_newer_unlock(phone, provider):
 def test_a_forged_signature_is_refused(phone, provider):
     phone.handle_envelope(provider.envelope("locked"))
     forger = Ed25519PrivateKey.generate()
-    forged = sign(provider.command("unlocked"), forger)  # right key id, wrong key
+    forged = provider.seal(provider.command("unlocked"), key=forger)  # right key id, wrong key
 
     outcome = phone.handle_envelope(forged)
 
-    assert outcome.reason == "bad signature"
+    assert outcome.verdict == "bad_signature" and outcome.reason == "bad signature"
     assert phone.state.state == "locked"
 
 
 def test_a_command_altered_after_signing_is_refused(phone, provider):
     phone.handle_envelope(provider.envelope("locked"))
     envelope = provider.envelope("locked")
-    envelope["command"]["state"] = "unlocked"
+    altered = payload_of(envelope) | {"state": "unlocked"}
+    envelope["payload"] = b64(payload_bytes(altered))  # the signature was made over other bytes
 
-    assert phone.handle_envelope(envelope).reason == "bad signature"
+    assert phone.handle_envelope(envelope).verdict == "bad_signature"
     assert phone.state.state == "locked"
 
 
@@ -353,23 +435,13 @@ def test_a_command_signed_with_an_unknown_key_is_refused(phone, provider):
 
     outcome = phone.handle_envelope(stranger.envelope("unlocked", seq=9))
 
-    assert outcome.reason == "unknown signing key 'k-unknown'"
+    assert outcome.verdict == "unknown_key"
     assert phone.state.last_seq == 0
-
-
-def test_commands_signed_before_a_key_rotation_still_verify(tmp_path, clock):
-    old, new = Provider(key_id="k2025"), None
-    new = Provider(key_id="k2026", device=old.device)
-    agent = Agent(tmp_path / "phone", clock=clock)
-    agent.install_enrolment(device=old.device, imei=IMEI, server_keys={**old.server_keys, **new.server_keys})
-
-    assert agent.handle_envelope(old.envelope("locked", seq=1)).accepted
-    assert agent.handle_envelope(new.envelope("unlocked", seq=2)).accepted
 
 
 @pytest.mark.parametrize(
     "field,value",
-    [("device", str(uuid.uuid4())), ("imei", "490154203237518")],
+    [("device", str(uuid.uuid4())), ("imeis", ["490154203237518"])],
     ids=["another device id", "another IMEI"],
 )
 def test_a_validly_signed_command_for_another_phone_is_refused(phone, provider, field, value):
@@ -377,20 +449,37 @@ def test_a_validly_signed_command_for_another_phone_is_refused(phone, provider, 
 
     outcome = phone.handle_envelope(envelope)
 
-    assert outcome.reason == "command for another device"
+    assert outcome.verdict == "other_device" and outcome.reason == "command for another device"
     assert phone.state.last_seq == 0
 
 
-def test_garbage_on_the_channel_is_refused_not_fatal(phone):
-    assert phone.handle_envelope(b"not json at all").reason == "not a command envelope"
-    assert phone.handle_envelope({"command": "x"}).reason == "not a command envelope"
-    assert phone.handle_envelope(b'{"command": {"key_id": "k2026a"}}').reason == "bad signature"
+def test_garbage_on_the_channel_is_refused_not_fatal(phone, provider):
+    good = provider.envelope("locked")
+    cases = {
+        b"not json at all": "malformed",
+        b"[1, 2]": "malformed",
+        b"x" * 40_000: "too_large",
+        json.dumps({"command": "x"}): "unknown_version",  # a v1 envelope: the phone checks in
+        json.dumps(good | {"v": 3}): "unknown_version",
+        json.dumps(good | {"v": True}): "unknown_version",
+        json.dumps(good | {"key_id": 7}): "malformed",
+        json.dumps(good | {"payload": good["payload"].rstrip("=")}): "malformed",  # base64 without padding
+        json.dumps(good | {"signature": b64(b"short")}): "bad_signature",
+        json.dumps(provider.key_statement()): "wrong_kind",  # a signed statement is not a command
+        json.dumps(provider.seal(provider.command("locked", seq=0))): "malformed",
+    }
+    for raw, verdict in cases.items():
+        assert phone.handle_envelope(raw).verdict == verdict, raw[:60]
+    assert phone.state.last_seq == 0
+    assert phone.handle_envelope(json.dumps(good)).accepted  # the same envelope as text applies
 
 
 def test_a_phone_that_has_not_enrolled_applies_nothing(tmp_path, provider):
     agent = Agent(tmp_path / "phone")
 
-    assert agent.handle_envelope(provider.envelope("locked")).reason == "not enrolled: no server keys to verify with"
+    outcome = agent.handle_envelope(provider.envelope("locked"))
+
+    assert outcome.verdict == "not_enrolled" and outcome.reason == "not enrolled: no trusted keys to verify with"
 
 
 def test_a_paid_off_phone_stays_released_for_good(phone, provider):
@@ -420,6 +509,107 @@ def test_the_log_stays_bounded_and_counts_repeated_refusals(phone, provider, mon
     assert phone.log[-1]["seq"] == 30  # the newest are kept
 
 
+# --- who the phone is, and whom it trusts ------------------------------------------------------
+
+
+def test_a_dual_sim_phone_enrolled_with_its_second_imei_applies_commands_naming_both(tmp_path, clock):
+    provider = Provider(imei=IMEI2, imeis=[IMEI, IMEI2], clock=clock)  # the server knows both slots
+    transport = FakeTransport()
+    agent = agent_at(tmp_path / "phone", clock, transport=transport)
+    transport.post = lambda url, call, body, cred=None: (
+        transport.calls.append((call, body, cred))
+        or {
+            "enroll/challenge": {"challenge": "Y2hhbGxlbmdl"},
+            "enroll": {
+                "device": provider.device,
+                "credential": "cred",
+                "key_statement": provider.key_statement(),
+                "envelope": provider.envelope("locked"),
+            },
+        }.get(call, {"ok": True})
+    )
+
+    outcome = agent.enroll("http://finlock.test", IMEI2, "enrol-token", imeis=[IMEI2, IMEI])
+
+    assert outcome.accepted and agent.state.state == "locked"
+    assert transport.bodies("enroll")[0]["imei"] == IMEI2
+    assert agent.state.enrolment.imeis == [IMEI2, IMEI]
+    # A command naming only the first slot is still this phone's; another phone's IMEI is not.
+    assert agent.handle_envelope(provider.envelope("unlocked", imeis=[IMEI])).accepted
+    refused = agent.handle_envelope(provider.envelope("locked", imeis=["490154203237518"]))
+    assert refused.verdict == "other_device" and agent.state.state == "unlocked"
+
+
+def test_the_signing_key_rotates_through_key_statements_at_check_in(tmp_path, clock):
+    """docs/lock-pipeline.md, "Rotation": announce (signed by old), sign with new, retire old (signed by new)."""
+    old = Provider(key_id="k2026a", clock=clock)
+    new = Provider(key_id="k2027a", device=old.device, clock=clock)
+    transport = FakeTransport()
+    agent = agent_at(tmp_path / "phone", clock, transport=transport)
+    old.enrol(agent, credential="cred", server_url="http://finlock.test")
+    transport.checkin_answer = {"envelope": old.envelope("locked", seq=1), "key_statement": old.key_statement(seq=1)}
+    agent.checkin()
+
+    # (1) The new key is announced, signed by the old one.
+    both = {**old.server_keys, **new.server_keys}
+    transport.checkin_answer = {"envelope": old.envelope("locked", seq=1), "key_statement": old.key_statement(both)}
+    agent.checkin()
+    assert agent.phone.trusted_key_ids == ["k2026a", "k2027a"] and agent.phone.key_statement_seq == 2
+    # (2) Commands are now signed by the new key.
+    transport.checkin_answer = {
+        "envelope": new.envelope("unlocked", seq=2),
+        "key_statement": old.key_statement(both, seq=2),
+    }
+    assert agent.checkin().accepted
+    # (3) The old key is retired by a statement the new key signs: it is no longer trusted.
+    transport.checkin_answer = {
+        "envelope": new.envelope("unlocked", seq=2),
+        "key_statement": old.key_statement(new.server_keys, seq=3, signer=new),
+    }
+    agent.checkin()
+    assert agent.phone.trusted_key_ids == ["k2027a"]
+    assert agent.handle_envelope(old.envelope("locked", seq=3)).verdict == "unknown_key"
+    assert agent.protected.phone["trusted_keys"] == new.server_keys  # kept through a reset
+    assert [e["event"] for e in agent.log if e["event"].startswith("key_statement")] == ["key_statement_apply"] * 2
+
+
+def test_a_key_statement_from_an_untrusted_key_or_an_old_one_changes_nothing(phone, provider):
+    attacker = Provider(key_id="k2026a", device=provider.device)  # claims the trusted key id
+    assert phone.receive_key_statement(attacker.key_statement(attacker.server_keys, seq=9)) == "bad_signature"
+    stranger = Provider(key_id="k-evil", device=provider.device)
+    assert phone.receive_key_statement(stranger.key_statement(seq=9)) == "unknown_key"
+    assert phone.receive_key_statement(provider.key_statement(seq=1)) == "stale"  # the one it holds
+    bad_key = provider.key_statement({"k-short": b64(b"not 32 bytes")}, seq=5)
+    assert phone.receive_key_statement(bad_key) == "malformed"
+    assert phone.receive_key_statement(provider.envelope("locked")) == "wrong_kind"
+
+    assert phone.phone.trusted_key_ids == ["k2026a"] and phone.phone.key_statement_seq == 1
+    assert phone.handle_envelope(provider.envelope("locked")).accepted
+    assert phone.log[-2]["event"] == "key_statement_wrong_kind"
+
+
+def test_a_new_phone_refuses_an_enrolment_whose_statement_does_not_verify(tmp_path, clock):
+    provider, other = Provider(clock=clock), Provider(key_id="k2026a", clock=clock)
+    agent = agent_at(tmp_path / "phone", clock)
+
+    with pytest.raises(AgentError, match="its key statement was refused: bad_signature"):
+        provider.enrol(agent, key_statement=provider.key_statement(signer=other))
+    assert agent.phone is None or not agent.phone.trusted_keys
+
+
+def test_an_envelope_of_an_unknown_version_is_refused_and_the_phone_checks_in(tmp_path, provider, clock):
+    transport = FakeTransport()
+    agent = agent_at(tmp_path / "phone", clock, transport=transport)
+    provider.enrol(agent, credential="cred", server_url="http://finlock.test")
+    transport.checkin_answer = {"envelope": provider.envelope("locked"), "key_statement": provider.key_statement(seq=1)}
+
+    outcome = agent.handle_envelope(provider.envelope("unlocked") | {"v": 3}, source="mqtt")
+
+    assert outcome.verdict == "unknown_version"
+    assert len(transport.bodies("checkin")) == 1  # the server answers in the version it speaks
+    assert agent.state.state == "locked" and agent.state.last_seq == 1
+
+
 # --- restart, reset, and the owner's data -----------------------------------------------------
 
 
@@ -428,7 +618,7 @@ def test_the_lock_survives_a_reboot(phone, provider, clock):
     phone.handle_envelope(old_unlock)
     phone.handle_envelope(provider.envelope("locked"))
 
-    rebooted = Agent(phone.store.root, clock=clock)
+    rebooted = agent_at(phone.store.root, clock)
 
     assert rebooted.state.state == "locked" and rebooted.state.last_seq == 2
     assert "LKR 12,500.00" in reads(rebooted)
@@ -437,7 +627,7 @@ def test_the_lock_survives_a_reboot(phone, provider, clock):
 
 def test_a_factory_reset_keeps_the_owners_data_and_does_not_remove_the_lock(tmp_path, provider, clock):
     transport = FakeTransport()
-    agent = Agent(tmp_path / "phone", clock=clock, transport=transport)
+    agent = agent_at(tmp_path / "phone", clock, transport=transport)
     provider.enrol(agent, credential="old-cred", server_url="http://finlock.test")
     old_unlock = provider.envelope("unlocked")
     agent.handle_envelope(old_unlock)
@@ -449,8 +639,9 @@ def test_a_factory_reset_keeps_the_owners_data_and_does_not_remove_the_lock(tmp_
 
     agent.factory_reset()
 
-    # The reset did what a reset does to the agent: credential and sequence are gone ...
-    assert agent.state.enrolment is None and agent.state.last_seq == 0
+    # The reset did what a reset does to the agent: the enrolment and credential are gone ...
+    assert agent.state.enrolment is None
+    assert agent.phone.last_seq == 2  # (the last applied seq is in reset-protected storage)
     # ... but the owner's data is untouched, and the lock screen is still there.
     assert photo.read_bytes() == b"\xff\xd8 the owner's photo"
     assert agent.state.state == "locked"
@@ -465,7 +656,7 @@ def test_a_factory_reset_keeps_the_owners_data_and_does_not_remove_the_lock(tmp_
             return {
                 "device": provider.device,
                 "credential": "new-cred",
-                "server_keys": provider.server_keys,
+                "key_statement": provider.key_statement(seq=1),  # the one it already holds
                 "offline": None,  # handed out once, at the first enrolment; the phone kept it
                 "mqtt_topic": f"finlock/v1/devices/{provider.device}/command",
                 "envelope": current_lock,
@@ -473,7 +664,7 @@ def test_a_factory_reset_keeps_the_owners_data_and_does_not_remove_the_lock(tmp_
         return {"ok": True}
 
     transport.post = enroll_answer
-    assert agent.enroll("http://finlock.test", IMEI, "enrol-token").accepted
+    assert agent.enroll("http://finlock.test", IMEI, "enrol-token").verdict == "same"  # the lock it kept
     sent = transport.bodies("enroll")[0]
     assert sent["imei"] == IMEI and sent["challenge"] == "Y2hhbGxlbmdl"
     public = Ed25519PrivateKey.from_private_bytes(unb64(agent.protected.device_key)).public_key()
@@ -491,7 +682,7 @@ def test_after_a_reset_an_older_command_is_refused_even_as_the_first_one_after_e
     tmp_path, provider, clock
 ):
     """The reset wipes agent.json and its last seq; reset-protected storage keeps it, so a replay cannot unlock."""
-    agent = Agent(tmp_path / "phone", clock=clock)
+    agent = agent_at(tmp_path / "phone", clock)
     provider.enrol(agent)
     old_unlock = provider.envelope("unlocked")
     agent.handle_envelope(old_unlock)
@@ -501,22 +692,22 @@ def test_after_a_reset_an_older_command_is_refused_even_as_the_first_one_after_e
     provider.enrol(agent)  # enrolled again; whoever answers first replays the old unlock
     outcome = agent.handle_envelope(old_unlock)
 
-    assert outcome.status == "rejected" and "applied before a reset" in outcome.reason
+    assert outcome.status == "rejected" and outcome.verdict == "stale"
     assert agent.view().state == "locked"
     assert agent.handle_envelope(provider.envelope("unlocked")).accepted  # a newer command still applies
-    assert agent.protected.last_seq == 3
+    assert agent.protected.phone["last_seq"] == 3
 
 
 def test_a_phone_re_provisioned_under_a_new_identity_does_not_keep_the_old_lock(tmp_path, clock):
     """Sold again on a new contract after a reset: the old contract's release must not bind it."""
-    first = Provider()
-    agent = Agent(tmp_path / "phone", clock=clock)
+    first = Provider(clock=clock)
+    agent = agent_at(tmp_path / "phone", clock)
     first.enrol(agent)
     agent.handle_envelope(first.envelope("released"))
     agent.factory_reset()
     assert agent.state.state == "released"  # still released until the phone enrols again
 
-    second = Provider()
+    second = Provider(key=first.key, clock=clock)  # the same server: the same signing key
     second.enrol(agent)
 
     assert agent.handle_envelope(second.envelope("locked")).accepted
@@ -537,7 +728,7 @@ def test_no_command_deletes_anything_in_the_owners_data(phone, provider):
 
 def test_a_temporary_unlock_ends_with_the_lock_screen_and_a_check_in(tmp_path, provider, clock):
     transport = FakeTransport()
-    agent = Agent(tmp_path / "phone", clock=clock, transport=transport)
+    agent = agent_at(tmp_path / "phone", clock, transport=transport)
     provider.enrol(agent, credential="cred", server_url="http://finlock.test")
     agent.handle_envelope(provider.envelope("locked"))
     temp = provider.envelope("temp_unlocked", expires_at="2026-11-23T11:00:00Z")
@@ -555,14 +746,14 @@ def test_a_temporary_unlock_ends_with_the_lock_screen_and_a_check_in(tmp_path, p
     assert transport.bodies("checkin")[-1]["state"] == "locked"
 
 
-def test_a_temporary_unlock_that_expired_while_the_phone_was_off_is_over_at_boot(phone, provider, clock):
+def test_a_temporary_unlock_that_expired_while_the_agent_was_not_running_is_over_when_it_starts(phone, provider, clock):
     phone.handle_envelope(provider.envelope("locked"))
     phone.handle_envelope(provider.envelope("temp_unlocked", expires_at="2026-11-23T10:00:00Z"))
-    clock.advance(days=1)
+    clock.advance(days=1)  # the same boot: the monotonic clock counted the day
 
-    rebooted = Agent(phone.store.root, clock=clock)
+    restarted = agent_at(phone.store.root, clock)
 
-    assert rebooted.state.state == "locked"
+    assert restarted.state.state == "locked"
 
 
 def test_extending_a_temporary_unlock_still_falls_back_to_the_lock(phone, provider, clock):
@@ -581,7 +772,7 @@ def test_a_temporary_unlock_without_an_expiry_is_refused(phone, provider):
 
     outcome = phone.handle_envelope(provider.envelope("temp_unlocked", expires_at=None))
 
-    assert outcome.reason == "temporary unlock without a valid expires_at"
+    assert outcome.verdict == "malformed"
     assert phone.state.state == "locked"
 
 
@@ -607,7 +798,7 @@ def test_an_offline_code_unlocks_the_phone_for_its_days_and_only_once(phone, pro
     result = phone.enter_code(token)
 
     assert result.ok and result.days == 7
-    assert phone.state.state == "temp_unlocked"
+    assert phone.state.state == "unlocked" and phone.view().offline_unlock  # unlocked by offline code
     assert phone.state.expires_at == "2026-11-30T09:00:00Z"
     assert "by an offline code" in reads(phone)
 
@@ -615,7 +806,7 @@ def test_an_offline_code_unlocks_the_phone_for_its_days_and_only_once(phone, pro
     assert not replay.ok and replay.message == "That code has already been used on this phone."
 
     # Still used after a reboot, and after a factory reset: the counter is in protected storage.
-    assert not Agent(phone.store.root, clock=clock).enter_code(token).ok
+    assert not agent_at(phone.store.root, clock).enter_code(token).ok
     phone.factory_reset()
     assert not phone.enter_code(token).ok
 
@@ -794,10 +985,10 @@ def test_the_command_line_shows_status_renders_html_and_takes_codes(phone, provi
     assert refused.returncode == 1 and "already been used" in refused.stdout
 
     phone.install_enrolment(
-        device=provider.device, imei=IMEI, server_keys=provider.server_keys, credential="device-cred-secret"
+        device=provider.device, imei=IMEI, key_statement=provider.key_statement(seq=1), credential="device-cred-secret"
     )
     dump = cli("status", "--json").stdout
-    assert json.loads(dump)["agent"]["state"] == "temp_unlocked"
+    assert json.loads(dump)["agent"]["state"] == "unlocked"  # by the offline code
     # The secret mints codes and the credential impersonates the phone: never printed.
     assert OFFLINE_SECRET not in dump and "device-cred-secret" not in dump
 

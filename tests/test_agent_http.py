@@ -37,6 +37,7 @@ class StubFinlock:
     def __init__(self) -> None:
         self.provider = Provider()
         self.current = self.provider.envelope("locked")
+        self.statement = self.provider.key_statement()  # the newest signed key statement
         self.credential: str | None = None
         self.device_key: str | None = None
         self.reenrollment_code: str | None = None
@@ -57,7 +58,7 @@ class StubFinlock:
         if authorization != f"Device {self.credential}" or self.credential is None:
             return 401, {"detail": "Invalid device credential."}
         if call == "checkin":
-            return 200, {"envelope": self.current, "server_keys": self.provider.server_keys}
+            return 200, {"envelope": self.current, "key_statement": self.statement}
         if call == "ack":
             return 200, {"ok": True}
         return 404, {"detail": "Not found."}
@@ -90,7 +91,7 @@ class StubFinlock:
         return 201, {
             "device": self.provider.device,
             "credential": self.credential,
-            "server_keys": self.provider.server_keys,
+            "key_statement": self.statement,
             "offline": offline,
             "mqtt_topic": topic_for(self.provider.device),
             "envelope": self.current,
@@ -179,7 +180,7 @@ def test_a_factory_reset_phone_enrols_again_and_is_locked_again(server, phone):
     old_credential, device_key = server.credential, server.device_key
     phone.factory_reset()
 
-    assert phone.enroll(server.url, IMEI, ENROLMENT_TOKEN).accepted
+    assert phone.enroll(server.url, IMEI, ENROLMENT_TOKEN).verdict == "same"  # the lock it kept through the reset
 
     assert phone.state.state == "locked"
     assert server.credential != old_credential
@@ -274,15 +275,17 @@ def test_run_once_enrols_checks_in_and_writes_the_html_screen(server, tmp_path):
     assert server.heard("checkin")  # it checked in after enrolling
 
 
-def test_after_a_key_rotation_announced_at_check_in_the_phone_accepts_the_new_key_and_keeps_the_old(server, phone):
+def test_after_a_key_rotation_announced_at_check_in_the_phone_accepts_the_new_key(server, phone):
     phone.enroll(server.url, IMEI, ENROLMENT_TOKEN)
-    # The server publishes its new key first (phones learn it at check-in), then signs with it.
+    # The server announces its new key first (a statement signed by the old key), then signs with it.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    old = Provider(key_id="k2026a", device=server.provider.device, key=server.provider.key)
     server.provider.key_id, server.provider.key = "k2027a", Ed25519PrivateKey.generate()
+    server.statement = old.key_statement({**old.server_keys, **server.provider.server_keys}, seq=2)
     server.current = server.provider.envelope("unlocked")
 
     outcome = phone.checkin()
 
     assert outcome.accepted and phone.state.state == "unlocked"
-    assert set(phone.state.enrolment.server_keys) == {"k2026a", "k2027a"}
+    assert phone.phone.trusted_key_ids == ["k2026a", "k2027a"]

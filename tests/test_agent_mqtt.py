@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.agent import Agent
 from devices.agent.mqtt import MqttListener, parse_mqtt_url
-from devices.protocol import sign, topic_for
+from devices.protocol import topic_for
 from tests.test_agent import Provider, reads
 
 pytestmark = pytest.mark.mqtt
@@ -110,7 +110,7 @@ def test_a_pushed_unlock_applies_and_a_forged_one_does_not(broker, topic, phone,
     assert wait_for(lambda: phone.state.state == "locked")
     assert listener.wait_subscribed(5)
 
-    forged = sign(provider.command("unlocked"), Ed25519PrivateKey.generate())
+    forged = provider.seal(provider.command("unlocked"), key=Ed25519PrivateKey.generate())
     publish(broker, topic, _json(forged))
     assert wait_for(lambda: phone.log[-1]["event"] == "rejected")
     assert phone.log[-1]["reason"] == "bad signature"

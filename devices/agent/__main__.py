@@ -27,10 +27,11 @@ from pathlib import Path
 
 from devices.agent.client import ApiError, HttpTransport
 from devices.agent.core import Agent, AgentError
+from devices.agent.phone import Phone
 from devices.agent.render import render_html, render_text
 from devices.agent.rules import Outcome
-from devices.agent.state import StateError, write_text_atomic
-from devices.agent.times import parse_time
+from devices.agent.state import ProtectedState, StateError, write_text_atomic
+from devices.agent.times import format_time
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 REENROLL_HELP = "a one-time re-enrolment code from the provider (only when the phone lost its device key)"
@@ -75,7 +76,7 @@ def _enroll_until_done(agent: Agent, args: argparse.Namespace, stop: threading.E
     delay = 1.0
     while not stop.is_set():
         try:
-            outcome = agent.enroll(args.server, args.imei, args.token, args.reenroll_code)
+            outcome = agent.enroll(args.server, args.imei, args.token, args.reenroll_code, imeis=_imeis(args))
         except ApiError as exc:
             if exc.status == 400:
                 _say(REFUSED_HINT)
@@ -131,6 +132,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _imeis(args: argparse.Namespace) -> list[str]:
+    """Every IMEI of the phone: the one it enrols with and the other SIM slot's, if given."""
+    return [imei for imei in (args.imei, args.imei2) if imei]
+
+
 REFUSED_HINT = (
     "enrolment refused: check the IMEI and the token. A phone that enrolled before signs with the device key "
     "in its protected storage; if that storage was lost, the provider's staff issue a re-enrolment code "
@@ -141,7 +147,7 @@ REFUSED_HINT = (
 def cmd_enroll(args: argparse.Namespace) -> int:
     agent = Agent(args.state_dir, transport=HttpTransport(timeout=args.timeout))
     try:
-        outcome = agent.enroll(args.server, args.imei, args.token, args.reenroll_code)
+        outcome = agent.enroll(args.server, args.imei, args.token, args.reenroll_code, imeis=_imeis(args))
     except ApiError as exc:
         if exc.status == 400:
             _say(REFUSED_HINT)
@@ -168,20 +174,22 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     agent = Agent(args.state_dir)
     agent.tick()
-    st, prot = agent.state, agent.protected
+    st, prot, phone = agent.state, agent.protected, agent.phone
     if args.json:
         print(json.dumps(_redacted({"agent": asdict(st), "protected": asdict(prot)}), indent=2))
         return EXIT_OK
     e = st.enrolment
     lines = [
         f"device:      {e.device if e else 'not enrolled'}",
-        f"imei:        {e.imei if e else '-'}",
+        f"imei:        {', '.join(e.imeis or [e.imei]) if e else '-'}",
         f"server:      {(e.server_url or '-') if e else '-'}",
         f"mqtt topic:  {(e.mqtt_topic or '-') if e else '-'}",
         f"state:       {st.state}" + (f" until {st.expires_at}" if st.expires_at else ""),
         f"last seq:    {st.last_seq}" + (f" (not yet acknowledged: seq {st.unacked['seq']})" if st.unacked else ""),
+        f"keys:        {_keys_line(phone)}",
+        f"lease:       {_lease_line(agent)}",
         f"check-in:    {st.last_checkin_at or 'never'}",
-        f"offline:     {_offline_line(prot)}",
+        f"offline:     {_offline_line(prot, phone)}",
         f"device key:  {'kept in protected storage' if prot.device_key else 'none yet (made at the first enrolment)'}",
         f"user data:   {agent.user_data_dir} ({sum(1 for _ in agent.user_data_dir.rglob('*'))} entries, never deleted)",
     ]
@@ -199,15 +207,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _offline_line(prot) -> str:
-    off = prot.offline
-    if off.released:
+def _offline_line(prot: ProtectedState, phone: Phone | None) -> str:
+    if phone is not None and phone.offline_released:
         return "released by a code"
-    if not off.secret:
+    if not prot.offline.secret:
         return "not set up"
-    until = parse_time(off.until)
-    extra = f", unlocked until {off.until}" if until else ""
-    return f"ready (counter {off.last_count}{extra})"
+    until = phone.offline_until if phone is not None else None
+    extra = f", usable until {format_time(until)} (trusted time)" if until else ""
+    return f"ready (counter {prot.offline.last_count}{extra})"
+
+
+def _keys_line(phone: Phone | None) -> str:
+    if phone is None or not phone.trusted_keys:
+        return "none trusted yet"
+    return f"{', '.join(phone.trusted_key_ids)} (key statement {phone.key_statement_seq})"
+
+
+def _lease_line(agent: Agent) -> str:
+    view = agent.view()
+    phone = agent.phone
+    command = phone.command if phone is not None else None
+    if not command or not command.get("lease_until"):
+        return "none"
+    line = f"until {command['lease_until']}, then {command.get('lease_expiry_state')}"
+    if view.warning_at is not None:
+        line += f" (takes effect {format_time(view.warning_at)})"
+    return line + (", warning shown" if view.warning else "")
 
 
 def _redacted(dump: dict) -> dict:
@@ -272,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--server", help="finlock base URL, e.g. http://127.0.0.1:8000 (needed to enrol)")
     run.add_argument("--mqtt", help="broker URL, e.g. mqtt://127.0.0.1:1883 (omit for check-ins only)")
     run.add_argument("--imei", help="this phone's IMEI (needed to enrol)")
+    run.add_argument("--imei2", help="the IMEI of the second SIM slot of a dual-SIM phone")
     run.add_argument("--token", help="the enrolment token from the provider (needed to enrol)")
     run.add_argument("--reenroll-code", help=REENROLL_HELP)
     run.add_argument("--checkin-every", type=float, default=60.0, metavar="SECONDS", help="default 60")
@@ -283,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     enroll = sub.add_parser("enroll", parents=[common, network], help="enrol with the server once")
     enroll.add_argument("--server", required=True)
     enroll.add_argument("--imei", required=True)
+    enroll.add_argument("--imei2", help="the IMEI of the second SIM slot of a dual-SIM phone")
     enroll.add_argument("--token", required=True)
     enroll.add_argument("--reenroll-code", help=REENROLL_HELP)
     enroll.set_defaults(func=cmd_enroll)

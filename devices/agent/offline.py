@@ -15,7 +15,7 @@ import openpaygo
 from openpaygo import OpenPAYGOTokenDecoder, TokenType
 
 from devices.agent.state import OfflineState
-from devices.agent.times import format_time, human_time, parse_time
+from devices.agent.times import human_time
 
 # Standard OpenPAYGO tokens are 9 digits, extended ones 12 (restricted digit sets are not used).
 MAX_TOKEN_DIGITS = 12
@@ -36,6 +36,8 @@ class CodeResult:
     kind: str | None = None
     days: int | None = None
     count: int | None = None
+    #: Until when the code keeps the phone usable (trusted time), for a time code.
+    until: dt.datetime | None = None
 
 
 def normalise(token: str) -> str | None:
@@ -53,10 +55,15 @@ def _used_after(past: list[int], value: int, count: int, token_type: int) -> lis
     return OpenPAYGOTokenDecoder.update_used_counts(list(past) or [count], value, count, token_type)
 
 
-def apply_code(token: str, offline: OfflineState, now: dt.datetime) -> CodeResult:
-    """Decode ``token`` and, when valid, update ``offline`` in place (counters and unlock expiry).
+def apply_code(
+    token: str, offline: OfflineState, now: dt.datetime, current_until: dt.datetime | None = None
+) -> CodeResult:
+    """Decode ``token`` and, when valid, count it as used in ``offline`` (in place).
 
-    The caller persists ``offline`` afterwards; a refused code changes nothing.
+    ``now`` is the phone's trusted time and ``current_until`` what earlier codes granted;
+    the result says what the code grants, and the caller gives it to the phone
+    (``Phone.offline_code`` / ``Phone.offline_release``) and persists both. A refused code
+    changes nothing.
     """
     if not offline.secret or offline.starting_code is None:
         return CodeResult(False, "Offline codes are not set up on this phone yet: it must enrol once first.")
@@ -85,22 +92,26 @@ def apply_code(token: str, offline: OfflineState, now: dt.datetime) -> CodeResul
     kind = KIND_BY_TYPE[token_type]
 
     if token_type == TokenType.DISABLE_PAYG:
-        offline.released = True
-        offline.until = None
         return CodeResult(True, "Paid off: this phone is released for good.", kind=kind, count=count)
     if token_type == TokenType.COUNTER_SYNC:
         return CodeResult(True, "Code counter synchronised. Nothing else changed.", kind=kind, count=count)
 
     if token_type == TokenType.ADD_TIME:
-        # Days add to what is left of an earlier code, so paying early never loses a day.
-        current = parse_time(offline.until)
-        start = current if current and current > now else now
+        # Days add to what is left of an earlier code, so paying early never loses a day
+        # (Phone.offline_code(add=True) counts the same way).
+        start = current_until if current_until and current_until > now else now
         until = start + dt.timedelta(days=value)
     else:  # SET_TIME: the provider states the remaining time outright (0 ends it now).
         until = now + dt.timedelta(days=value)
-    offline.until = format_time(until)
     if until <= now:
-        return CodeResult(True, "The offline unlock has been ended by your provider.", kind=kind, days=0, count=count)
+        return CodeResult(
+            True, "The offline unlock has been ended by your provider.", kind=kind, days=0, count=count, until=until
+        )
     return CodeResult(
-        True, f"Unlocked for {value} day(s), until {human_time(until)}.", kind=kind, days=value, count=count
+        True,
+        f"Unlocked for {value} day(s), until {human_time(until)}.",
+        kind=kind,
+        days=value,
+        count=count,
+        until=until,
     )

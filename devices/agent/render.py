@@ -21,7 +21,7 @@ from devices.agent.screen import (
     content,
     dial_string,
 )
-from devices.agent.times import human_time
+from devices.agent.times import human_time, local_time, zone_named
 
 __all__ = ["WIDTH", "ScreenView", "render_html", "render_text"]
 
@@ -113,6 +113,28 @@ def _unlocked(c: Content, view: ScreenView) -> str:
     return c.label("unlocked_how", how=how)
 
 
+def _lease_lines(c: Content, view: ScreenView) -> list[str]:
+    """The offline lease, in words: since when the server is silent; what happens when, and how to avoid it.
+
+    Times are local to the command's zone with the UTC offset (the owner reads the clock on
+    the wall; the offset makes it unambiguous). On the plain status screen the ways to pay
+    and the hotline are listed too: the reminder and lock screens show them already.
+    """
+    zone = zone_named(view.time_zone)
+    lines = []
+    if view.offline_since is not None:
+        lines.append(c.label("offline_since", since=local_time(view.offline_since, zone)))
+    if view.warning and view.warning_at is not None:
+        key = "lease_warning_lock" if view.warning_state == "locked" else "lease_warning_reminder"
+        lines.append(c.label(key, when=local_time(view.warning_at, zone)))
+        lines.append(c.label("lease_how_to_avoid"))
+        if view.state not in ("reminder", "locked"):
+            lines.extend(f"{c.label('pay')}: {', '.join(_pay_line(c, ch))}" for ch in c.channels)
+            if c.hotlines:
+                lines.append(f"{c.label('hotline')}: {', '.join(c.hotlines)}")
+    return lines
+
+
 def _pay_line(c: Content, ch: PaymentChannel) -> list[str]:
     account = c.label("pay_account", account=ch.account) if ch.account else ""
     return [p for p in (ch.name, account, ch.reference) if p]
@@ -128,6 +150,11 @@ def render_text(view: ScreenView) -> str:
         _text_reminder(box, c)
     else:
         _text_status(box, c, view)
+    lease = _lease_lines(c, view)
+    if lease:
+        box.rule()
+        for line in lease:
+            box.text(line)
     box.rule()
     if view.state == "locked" and c.allowed:
         box.item(c.label("calls_allowed"), ", ".join(c.allowed))
@@ -280,6 +307,10 @@ def render_html(view: ScreenView) -> str:
     else:
         main = _html_status(c, view)
         title = _headline(c, view.state)
+    lease = _lease_lines(c, view)
+    if lease:
+        main += '\n<div class="notice" id="lease-warning" role="alert">' + "".join(f"<p>{_e(x)}</p>" for x in lease)
+        main += "</div>"
     return (
         "<!DOCTYPE html>\n"
         f'<html lang="{_e(c.language)}">\n<head>\n<meta charset="utf-8">\n'

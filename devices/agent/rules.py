@@ -1,22 +1,35 @@
-"""The rules of a phone's state, without I/O: which command is in force, what the phone shows
-now, and how an outcome is logged (docs/lock-pipeline.md, "What the phone must do with a command").
+"""Small rules of the agent around the phone model, without I/O: outcomes and how they are logged,
+IMEIs, the enrolment answer's MQTT account and OpenPAYGO set-up.
 
-Used by ``devices.agent.core`` (the agent); only the standard library and the agent's own state.
+The phone's decisions themselves are ``devices.agent.phone`` (docs/lock-pipeline.md); only
+the standard library and the agent's own state here.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from devices.agent.state import AgentState, OfflineState, ProtectedState, append_log
-from devices.agent.times import format_time, parse_time
+from devices.agent.times import format_time
+from devices.protocol import unb64
 
-# What a temporary unlock may fall back to; anything else (or nothing known) falls back to
-# "locked", because a temporary unlock is only ever granted to lift a lock.
-FALLBACK_STATES = ("unlocked", "reminder", "locked")
+#: What each refusal means, for the log and the command line (the verdict is the code).
+VERDICT_REASONS = {
+    "unknown_version": "envelope version this phone does not speak; checking in",
+    "malformed": "not a well-formed envelope or command",
+    "too_large": "envelope larger than 32768 bytes",
+    "unknown_key": "signed with a key this phone does not trust",
+    "bad_signature": "bad signature",
+    "wrong_kind": "signed payload is not a command",
+    "other_device": "command for another device",
+    "stale": "replayed or stale",
+    "released_final": "released is final",
+    "not_enrolled": "not enrolled: no trusted keys to verify with",
+}
 
 
 @dataclass(frozen=True)
@@ -24,13 +37,15 @@ class Outcome:
     """What became of one envelope.
 
     ``status`` is ``applied``, ``duplicate`` (the command already in force, delivered again:
-    MQTT retains it and every check-in repeats it) or ``rejected`` with the reason.
+    MQTT retains it and every check-in repeats it; verdict ``same``) or ``rejected``;
+    ``verdict`` is the phone's (docs/protocol/vectors), ``reason`` says it in words.
     """
 
     status: str
     reason: str
     seq: int | None = None
     state: str | None = None
+    verdict: str = ""
 
     @property
     def accepted(self) -> bool:
@@ -40,64 +55,6 @@ class Outcome:
 def normalise_imei(imei: str) -> str:
     """The 15 digits, whatever spacing or dashes the IMEI was typed with."""
     return re.sub(r"[\s-]", "", str(imei))
-
-
-def in_force(st: AgentState, prot: ProtectedState) -> tuple[dict | None, dict | None]:
-    """The command in force and its fallback; after a reset, the copy kept in protected storage."""
-    if st.command is not None:
-        return st.command, st.fallback_command
-    return prot.command, prot.fallback_command
-
-
-def effective_state(st: AgentState, prot: ProtectedState, now: dt.datetime) -> tuple[str, dt.datetime | None]:
-    """The state the phone shows at ``now``, and until when it lasts if time-limited."""
-    command, fallback = in_force(st, prot)
-    off: OfflineState = prot.offline
-    if off.released or (command and command.get("state") == "released"):
-        return "released", None
-    until: dt.datetime | None = None
-    if command is None:
-        base = "unlocked"
-    elif command.get("state") == "temp_unlocked":
-        expires = parse_time(command.get("expires_at"))
-        if expires and expires > now:
-            base, until = "temp_unlocked", expires
-        else:
-            previous = (fallback or {}).get("state")
-            base = previous if previous in FALLBACK_STATES else "locked"
-    else:
-        base = command.get("state") or "unlocked"
-    # An offline code the owner typed lifts a lock for the days it carries.
-    offline_until = parse_time(off.until)
-    if offline_until and offline_until > now:
-        if base == "locked":
-            return "temp_unlocked", offline_until
-        if base == "temp_unlocked" and until and offline_until > until:
-            return base, offline_until
-    return base, until
-
-
-def refresh_state(
-    st: AgentState, prot: ProtectedState, now: dt.datetime, *, note_expiry: bool = True
-) -> tuple[bool, bool]:
-    """Bring ``st.state`` up to date; return (changed, a temporary unlock just expired)."""
-    state, until = effective_state(st, prot, now)
-    expires_at = format_time(until) if until else None
-    if (state, expires_at) == (st.state, st.expires_at):
-        return False, False
-    expired = note_expiry and st.state == "temp_unlocked" and state not in ("temp_unlocked", "released")
-    if expired:
-        append_log(
-            st,
-            {
-                "at": format_time(now),
-                "event": "expired",
-                "state": state,
-                "reason": f"temporary unlock ended at {st.expires_at}; back to {state}",
-            },
-        )
-    st.state, st.expires_at = state, expires_at
-    return True, expired
 
 
 def log_outcome(st: AgentState, now: dt.datetime, source: str, outcome: Outcome) -> None:
@@ -134,7 +91,7 @@ def mqtt_account(mqtt: Any) -> dict[str, str | None]:
     return {"mqtt_username": None, "mqtt_password": None}
 
 
-def install_offline(prot: ProtectedState, offline: dict[str, Any] | None, *, same_identity: bool = False) -> str:
+def install_offline(prot: ProtectedState, offline: dict[str, Any] | None) -> str:
     """Take the OpenPAYGO secret and starting code from the enrolment answer (sent once per secret)."""
     if not isinstance(offline, dict) or not offline:
         # The server hands the secret out once; the phone keeps it in protected storage.
@@ -149,22 +106,27 @@ def install_offline(prot: ProtectedState, offline: dict[str, Any] | None, *, sam
         return "offline codes not set up: the secret must be 32 hex digits"
     if (prot.offline.secret, prot.offline.starting_code) != (secret, starting_code):
         # A new secret: codes made with the old one no longer decode, and the counter starts
-        # again. For the same identity (a staff re-key) what codes already granted stays: days
-        # paid for, and a release, which is final. A new identity is a new PAYG set-up.
-        kept = prot.offline
+        # again. What codes already granted (days paid for, a release) is the phone's and
+        # stays for the same identity; a new identity is a new PAYG set-up (Agent.install_enrolment).
         prot.offline = OfflineState(secret=secret, starting_code=starting_code)
-        if same_identity:
-            prot.offline.until, prot.offline.released = kept.until, kept.released
     return "offline codes ready"
 
 
+def unverified_command(envelope: Any) -> dict[str, Any]:
+    """The payload of an envelope read WITHOUT checking it: only to label a log entry."""
+    try:
+        wire = json.loads(envelope) if isinstance(envelope, bytes | str) else envelope
+        parsed = json.loads(unb64(wire["payload"]).decode("utf-8"))
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
 def seq_of(envelope: Any) -> int | None:
-    command = envelope.get("command") if isinstance(envelope, dict) else None
-    seq = command.get("seq") if isinstance(command, dict) else None
-    return seq if isinstance(seq, int) else None
+    seq = unverified_command(envelope).get("seq")
+    return seq if type(seq) is int else None
 
 
 def state_of(envelope: Any) -> str | None:
-    command = envelope.get("command") if isinstance(envelope, dict) else None
-    state = command.get("state") if isinstance(command, dict) else None
+    state = unverified_command(envelope).get("state")
     return state if isinstance(state, str) else None

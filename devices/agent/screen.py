@@ -80,6 +80,13 @@ LABELS: dict[str, str] = {
     "by_provider": "by your provider",
     "released_note": "Paid off. This phone can no longer be locked.",
     "not_enrolled": "Not enrolled with a server yet.",
+    # The offline lease: what will happen, when, and how to avoid it.
+    "lease_warning_lock": "This phone will be locked from {when} unless it hears from the server before then.",
+    "lease_warning_reminder": "From {when} this phone will show a payment reminder unless it hears from the server.",
+    "lease_how_to_avoid": (
+        "To avoid it: connect to the internet so the phone checks in, pay via a payment channel, or call the hotline."
+    ),
+    "offline_since": "This phone has not heard from the server since {since}. Connect it to the internet or pay.",
 }
 # Longer than any honest translation of a label; a longer one is cut.
 LABEL_MAX_CHARS = 200
@@ -97,6 +104,14 @@ class ScreenView:
     imei: str | None = None
     enrolled: bool = True
     offline_unlock: bool = False
+    # The offline lease (docs/lock-pipeline.md, "Offline lease"): a warning shows what will
+    # happen (``warning_state``: reminder or locked), when (``warning_at``, said in
+    # ``time_zone``, the owner's) and how to avoid it; ``offline_since`` once the lease ended.
+    warning: bool = False
+    warning_state: str | None = None
+    warning_at: dt.datetime | None = None
+    time_zone: str = "UTC"
+    offline_since: dt.datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,21 @@
 
 The state directory holds three things with three different lifetimes:
 
-``agent.json``
-    The enrolment: device id, IMEI, credential, the server's public keys, the last applied
-    sequence number, the applied command and the bounded log. A factory reset wipes this
-    file, exactly as a reset wipes an app's data on a real phone.
-``protected/lock.json``
+``agent.json`` (ordinary storage)
+    The enrolment (device id, IMEIs, credential, server URL, MQTT account and password),
+    what the screen shows, an acknowledgement not yet delivered, and the bounded log. A
+    factory reset wipes this file, exactly as a reset wipes an app's data on a real phone.
+``protected/lock.json`` (reset-protected storage)
     What a real finance-lock agent keeps in reset-protected storage (Android's persistent
-    data block, the same place factory-reset protection lives): the phone's device key
-    (the Ed25519 private key it generated at its first enrolment: it signs every later
-    enrolment, so the phone can enrol again after a reset and nobody else can), the device
-    id it enrolled as and the last applied sequence number (a command older than that is
-    refused even after a reset), a copy of the command in force, so the lock screen
-    survives a reset until the phone enrols again, and the OpenPAYGO secret and counters
-    (handed out once by the server; a code cannot be typed twice by resetting in between).
+    data block, where factory-reset protection lives): the phone's device key (the Ed25519
+    private key it generated at its first enrolment: it signs every later enrolment, so the
+    phone can enrol again after a reset and nobody else can); the OpenPAYGO secret and
+    counters (a code cannot be typed twice by resetting in between); and the phone's
+    protocol state (``devices.agent.phone.Phone``): device id, the trusted keys and the seq
+    of the key statement that named them, the last applied seq and the command in force
+    (with the one a temporary unlock returns to), what offline codes granted, and the
+    trusted-time anchor, with the last trusted time checkpointed and the boot it was taken
+    in (docs/lock-pipeline.md, "Offline lease": a restart keeps trusted time).
 ``user-data/``
     Stands in for the owner's photos and messages. The agent never deletes it, for any
     command and on a reset: the product promise is that a lock never costs the owner data.
@@ -33,11 +35,12 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
-FORMAT = 1
+# 2: protocol v2 (the phone's protocol state moved to protected storage).
+FORMAT = 2
 LOG_LIMIT = 200
 
 AGENT_FILE = "agent.json"
@@ -57,7 +60,8 @@ class Enrolment:
 
     device: str
     imei: str
-    server_keys: dict[str, str]
+    # Every IMEI of the phone (dual SIM: both slots); ``imei`` is the one it enrolled with.
+    imeis: list[str] = field(default_factory=list)
     credential: str | None = None
     server_url: str | None = None
     mqtt_topic: str | None = None
@@ -69,15 +73,14 @@ class Enrolment:
 
 @dataclass
 class AgentState:
-    """``agent.json``: the enrolment and the protocol state (wiped by a factory reset)."""
+    """``agent.json``: the enrolment and what the screen shows (wiped by a factory reset)."""
 
     enrolment: Enrolment | None = None
+    # A copy of the protected last applied seq, for the status page and the check-in report.
     last_seq: int = 0
-    # The last applied server command, and the one a temporary unlock falls back to.
-    command: dict[str, Any] | None = None
-    fallback_command: dict[str, Any] | None = None
-    # What the phone shows now (a temporary unlock may have expired since the command).
+    # What the phone shows now, and whether with the lease warning.
     state: str = "unlocked"
+    warning: bool = False
     expires_at: str | None = None
     # An acknowledgement the server has not received yet: retried on every check-in.
     unacked: dict[str, Any] | None = None
@@ -88,11 +91,10 @@ class AgentState:
     def from_dict(cls, data: dict[str, Any]) -> AgentState:
         enrolment = data.get("enrolment")
         return cls(
-            enrolment=Enrolment(**enrolment) if enrolment else None,
+            enrolment=Enrolment(**_known(Enrolment, enrolment)) if enrolment else None,
             last_seq=int(data.get("last_seq") or 0),
-            command=data.get("command"),
-            fallback_command=data.get("fallback_command"),
             state=data.get("state") or "unlocked",
+            warning=bool(data.get("warning")),
             expires_at=data.get("expires_at"),
             unacked=data.get("unacked"),
             last_checkin_at=data.get("last_checkin_at"),
@@ -102,41 +104,44 @@ class AgentState:
 
 @dataclass
 class OfflineState:
-    """OpenPAYGO Token counters and what the codes typed so far granted."""
+    """OpenPAYGO Token secret and counters (what the codes granted is the phone's: ``Phone.offline_until``)."""
 
     secret: str | None = None
     starting_code: int | None = None
     last_count: int = 0
     used_counts: list[int] = field(default_factory=list)
-    # Until when codes unlock the phone, and whether a "disable PAYG" code released it for good.
-    until: str | None = None
-    released: bool = False
 
 
 @dataclass
 class ProtectedState:
     """``protected/lock.json``: survives a factory reset, like a real agent's protected partition."""
 
-    command: dict[str, Any] | None = None
-    fallback_command: dict[str, Any] | None = None
     offline: OfflineState = field(default_factory=OfflineState)
     # The device key's 32-byte Ed25519 private seed (standard base64): losing it means
     # re-enrolling only with a re-enrolment code from the provider's staff.
     device_key: str | None = None
-    # The identity last enrolled as, and the last sequence number applied under it.
-    device: str | None = None
-    last_seq: int = 0
+    # The phone's protocol state (``Phone.to_dict()``); None before the first enrolment.
+    phone: dict[str, Any] | None = None
+    # Trusted time checkpointed (at least hourly and at every write) and the boot it was
+    # taken in: after a reboot the monotonic clock restarts and trusted time resumes here.
+    elapsed: str | None = None
+    boot_id: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProtectedState:
         return cls(
-            command=data.get("command"),
-            fallback_command=data.get("fallback_command"),
-            offline=OfflineState(**(data.get("offline") or {})),
+            offline=OfflineState(**_known(OfflineState, data.get("offline") or {})),
             device_key=data.get("device_key"),
-            device=data.get("device"),
-            last_seq=int(data.get("last_seq") or 0),
+            phone=data.get("phone"),
+            elapsed=data.get("elapsed"),
+            boot_id=data.get("boot_id"),
         )
+
+
+def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The members of ``data`` the dataclass ``kind`` has (a newer agent's extra members are ignored)."""
+    names = {f.name for f in fields(kind)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 def append_log(state: AgentState, entry: dict[str, Any]) -> None:

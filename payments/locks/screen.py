@@ -135,6 +135,18 @@ LABELS: dict[str, str] = {
     "by_provider": gettext_noop("by your provider"),
     "released_note": gettext_noop("Paid off. This phone can no longer be locked."),
     "not_enrolled": gettext_noop("Not enrolled with a server yet."),
+    "lease_warning_lock": gettext_noop(
+        "This phone will be locked from {when} unless it hears from the server before then."
+    ),
+    "lease_warning_reminder": gettext_noop(
+        "From {when} this phone will show a payment reminder unless it hears from the server."
+    ),
+    "lease_how_to_avoid": gettext_noop(
+        "To avoid it: connect to the internet so the phone checks in, pay via a payment channel, or call the hotline."
+    ),
+    "offline_since": gettext_noop(
+        "This phone has not heard from the server since {since}. Connect it to the internet or pay."
+    ),
 }
 
 
