@@ -1,0 +1,224 @@
+"""The protocol v2 lease cases: trusted time, warnings, the lock window, offline codes, temporary unlocks.
+
+Expectations WRITTEN BY HAND from docs/lock-pipeline.md "Offline lease", as in tools/protocol_vector_cases.py.
+Times: a command issued on Monday 2 March 2026 06:00 UTC is 11:30 in Colombo (UTC+05:30, no daylight saving).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tools.protocol_vector_build import DAY, WEEKDAYS_9_TO_17, at, case, cmd, code, command, phone, sealed
+
+CASES: list[dict[str, Any]] = []
+add = CASES.append
+
+# --- The offline lease: trusted time, warnings, the lock window, offline codes ---------------------------
+
+_lease7 = {"lease_until": "2026-03-09T06:00:00Z", "lease_expiry_state": "locked", "offline_lock_days": 7}
+add(
+    case(
+        "lease_clock_set_back",
+        "A 7-day lease with a 3-day warning, the phone's own clock set back (and forward): only the "
+        "monotonic time counts. Unlocked, warned from day 4, locked at day 7 exactly, and it stays locked.",
+        ["lease", "trusted time", "wall clock ignored", "warning boundary"],
+        phone(),
+        [
+            cmd(sealed(command(seq=2, **_lease7)), "apply", "unlocked", 2),
+            at(DAY, "2026-03-03T06:00:00Z", "unlocked", False),
+            at(DAY, "2031-01-01T00:00:00Z", "unlocked", False),
+            at(4 * DAY - 1, "2026-03-06T05:59:59Z", "unlocked", False),
+            at(4 * DAY, "2026-02-01T00:00:00Z", "unlocked", True),
+            at(7 * DAY - 1, "2025-12-31T00:00:00Z", "unlocked", True),
+            at(7 * DAY, "2025-12-30T00:00:00Z", "locked", False),
+            at(60 * DAY, "2026-03-02T06:00:00Z", "locked", False),
+        ],
+    )
+)
+
+add(
+    case(
+        "lease_lock_window",
+        "Time zone Asia/Colombo (UTC+05:30), locks may start 09:00-17:00 Monday to Friday. The lease ends "
+        "Friday 17:30 local: warned from Thursday 17:30; reminder and warning over the weekend and until "
+        "Monday 08:59:59; locked from Monday 09:00:00 and still at 18:00.",
+        ["lease", "lock window", "time zone", "warning"],
+        phone(),
+        [
+            cmd(
+                sealed(
+                    command(
+                        seq=2,
+                        lease_until="2026-03-06T12:00:00Z",
+                        lease_expiry_state="locked",
+                        lease_warning_days=1,
+                        paid_until="2026-03-06T12:00:00Z",
+                        offline_lock_days=4,
+                        lock_window=WEEKDAYS_9_TO_17,
+                    )
+                ),
+                "apply",
+                "unlocked",
+                2,
+            ),
+            at(280_799, "2026-03-05T11:59:59Z", "unlocked", False),
+            at(280_800, "2026-03-05T12:00:00Z", "unlocked", True),
+            at(367_199, "2026-03-06T11:59:59Z", "unlocked", True),
+            at(367_200, "2026-03-06T12:00:00Z", "reminder", True),
+            at(432_000, "2026-03-07T06:00:00Z", "reminder", True),
+            at(595_799, "2026-03-09T03:29:59Z", "reminder", True),
+            at(595_800, "2026-03-09T03:30:00Z", "locked", False),
+            at(628_200, "2026-03-09T12:30:00Z", "locked", False),
+        ],
+    )
+)
+
+add(
+    case(
+        "lease_lock_window_edges",
+        "A lease ending Tuesday 07:00 Colombo time, before the 09:00 window opens that day: reminder and "
+        "warning until 08:59:59, locked at 09:00. Then a new command with a window of Friday 20:00-24:00 "
+        "(end_hour 24) and a lease ending Friday 10:00: reminder and warning until 19:59:59, locked at 20:00.",
+        ["lease", "lock window", "end_hour 24", "new command resets the lease"],
+        phone(),
+        [
+            cmd(
+                sealed(
+                    command(
+                        seq=2,
+                        issued_at="2026-03-01T01:30:00Z",
+                        lease_until="2026-03-03T01:30:00Z",
+                        lease_expiry_state="locked",
+                        lease_warning_days=1,
+                        offline_lock_days=2,
+                        lock_window=WEEKDAYS_9_TO_17,
+                    )
+                ),
+                "apply",
+                "unlocked",
+                2,
+            ),
+            at(DAY - 1, "2026-03-02T01:29:59Z", "unlocked", False),
+            at(2 * DAY, "2026-03-03T01:30:00Z", "reminder", True),
+            at(2 * DAY + 7199, "2026-03-03T03:29:59Z", "reminder", True),
+            at(2 * DAY + 7200, "2026-03-03T03:30:00Z", "locked", False),
+            cmd(
+                sealed(
+                    command(
+                        seq=3,
+                        issued_at="2026-03-04T04:30:00Z",
+                        lease_until="2026-03-06T04:30:00Z",
+                        lease_expiry_state="locked",
+                        lease_warning_days=0,
+                        offline_lock_days=2,
+                        lock_window={"start_hour": 20, "end_hour": 24, "weekdays": [4]},
+                    )
+                ),
+                "apply",
+                "unlocked",
+                3,
+            ),
+            at(2 * DAY - 1, "2026-03-06T04:29:59Z", "unlocked", False),
+            at(2 * DAY, "2026-03-06T04:30:00Z", "reminder", True),
+            at(2 * DAY + 35_999, "2026-03-06T14:29:59Z", "reminder", True),
+            at(2 * DAY + 36_000, "2026-03-06T14:30:00Z", "locked", False),
+            at(3 * DAY, "2026-03-07T04:30:00Z", "locked", False),
+        ],
+    )
+)
+
+add(
+    case(
+        "lease_expiry_reminder",
+        "A lease that expires into `reminder` (a dispute hold: the phone must never lock): unlocked, warned "
+        "from day 4, reminder (no warning: nothing more will happen) from day 7, still reminder at day 30.",
+        ["lease", "lease_expiry_state reminder"],
+        phone(),
+        [
+            cmd(
+                sealed(command(seq=2, **{**_lease7, "lease_expiry_state": "reminder"}, lock_window=WEEKDAYS_9_TO_17)),
+                "apply",
+                "unlocked",
+                2,
+            ),
+            at(3 * DAY, "2026-03-05T06:00:00Z", "unlocked", False),
+            at(4 * DAY, "2026-03-06T06:00:00Z", "unlocked", True),
+            at(7 * DAY, "2026-03-09T06:00:00Z", "reminder", False),
+            at(30 * DAY, "2026-04-01T06:00:00Z", "reminder", False),
+        ],
+    )
+)
+
+add(
+    case(
+        "lease_reminder_to_locked",
+        "A `reminder` command with a lease expiring into `locked` shows reminder, then reminder with the "
+        "warning, then locked. A `locked` command (no lease) stays locked.",
+        ["lease", "reminder", "locked"],
+        phone(),
+        [
+            cmd(sealed(command(seq=2, state="reminder", reason="due today", **_lease7)), "apply", "reminder", 2),
+            at(DAY, "2026-03-03T06:00:00Z", "reminder", False),
+            at(5 * DAY, "2026-03-07T06:00:00Z", "reminder", True),
+            at(7 * DAY, "2026-03-09T06:00:00Z", "locked", False),
+            cmd(
+                sealed(command(seq=3, state="locked", reason="overdue", issued_at="2026-03-09T06:00:00Z")),
+                "apply",
+                "locked",
+                3,
+            ),
+            at(100 * DAY, "2026-06-17T06:00:00Z", "locked", False),
+        ],
+    )
+)
+
+add(
+    case(
+        "offline_code_extends_lease",
+        "Locked by a 7-day lease at day 8, the owner enters an offline code for 5 days: unlocked until day "
+        "13 (5 days from entry, not from the lease's end), locked again at day 13 exactly.",
+        ["offline code", "lease", "lifts a lease lock"],
+        phone(),
+        [
+            cmd(sealed(command(seq=2, **_lease7, lease_warning_days=0)), "apply", "unlocked", 2),
+            at(7 * DAY - 1, "2026-03-09T05:59:59Z", "unlocked", False),
+            at(8 * DAY, "2026-03-10T06:00:00Z", "locked", False),
+            code(5, "unlocked", False),
+            at(12 * DAY + DAY // 2, "2026-01-01T00:00:00Z", "unlocked", False),
+            at(13 * DAY - 1, "2026-03-15T05:59:59Z", "unlocked", False),
+            at(13 * DAY, "2026-03-15T06:00:00Z", "locked", False),
+        ],
+    )
+)
+
+add(
+    case(
+        "temp_unlocked_expiry",
+        "A locked phone is unlocked for 2 hours (temp_unlocked, issued an hour later): temp_unlocked until "
+        "expires_at (clock set back meanwhile), then what the previous command showed: locked.",
+        ["temp_unlocked", "expires_at"],
+        phone(),
+        [
+            cmd(sealed(command(seq=2, state="locked", reason="overdue")), "apply", "locked", 2),
+            at(3600, "2026-03-02T07:00:00Z", "locked", False),
+            cmd(
+                sealed(
+                    command(
+                        seq=3,
+                        state="temp_unlocked",
+                        reason="agent visit",
+                        issued_at="2026-03-02T07:00:00Z",
+                        expires_at="2026-03-02T09:00:00Z",
+                    )
+                ),
+                "apply",
+                "temp_unlocked",
+                3,
+            ),
+            at(3600, "2026-03-02T08:00:00Z", "temp_unlocked", False),
+            at(7199, "2026-03-01T08:59:59Z", "temp_unlocked", False),
+            at(7200, "2026-03-01T09:00:00Z", "locked", False),
+            at(DAY, "2026-03-03T07:00:00Z", "locked", False),
+        ],
+    )
+)
