@@ -16,7 +16,7 @@ import pytest
 from devices.agent import Agent
 from devices.agent import screen as agent_render
 from devices.agent.render import ScreenView, render_html, render_text
-from devices.keys import public_keys
+from devices.keys import key_statement
 from devices.models import DeviceCommand
 from payments.locks import screen as lockscreen
 from payments.locks.services import lock_sweep
@@ -42,10 +42,12 @@ def flat(text_screen: str) -> str:
 
 
 def phone_shows(command: DeviceCommand, tmp_path) -> Agent:
-    """The reference agent, enrolled with the server's keys, after the server's signed command."""
+    """The reference agent, enrolled with the server's key statement, after the server's signed command."""
     payload = command.payload
     phone = Agent(tmp_path / "phone")
-    phone.install_enrolment(device=payload["device"], imei=payload["imei"], server_keys=public_keys())
+    phone.install_enrolment(
+        device=payload["device"], imei=payload["imeis"][0], imeis=payload["imeis"], key_statement=key_statement()
+    )
     assert phone.handle_envelope(command.envelope).accepted
     return phone
 
