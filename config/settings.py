@@ -282,18 +282,24 @@ DELIVERY_WEBHOOK_TIMEOUT_SECONDS = env_int("DELIVERY_WEBHOOK_TIMEOUT_SECONDS", 1
 MQTT_PUBLISH_TIMEOUT_SECONDS = env_int("MQTT_PUBLISH_TIMEOUT_SECONDS", 10, minimum=1)
 
 # --- Task queues and time limits ----------------------------------------------
-# Two queues: "celery" for device commands, webhooks and the periodic jobs, "imports" for
-# statement imports only, so a long import can never hold up a lock or unlock. Production
-# runs one worker per queue (`celery -A config worker -Q celery` and `... -Q imports`); a
-# worker started without -Q consumes both.
+# Three queues: "unlocks" for the commands that give a phone back (unlock, release, temporary
+# unlock: devices.deliver_unlock, chosen per command state by devices/delivery.py), "celery" for
+# locks, reminders, lock-screen refreshes, webhooks and the periodic jobs, and "imports" for
+# statement imports only. So neither a long import nor 100,000 queued locks can hold up an
+# unlock. Production runs one worker per queue (`celery -A config worker -Q unlocks`,
+# `... -Q celery` and `... -Q imports`); a worker started without -Q consumes all three.
 # Each queue has its own exchange and routing key: a Queue given by name alone is bound to the
-# default exchange with the default key, and then every message lands in both queues.
+# default exchange with the default key, and then every message lands in every queue.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_QUEUES = (
     Queue("celery", Exchange("celery", type="direct"), routing_key="celery"),
     Queue("imports", Exchange("imports", type="direct"), routing_key="imports"),
+    Queue("unlocks", Exchange("unlocks", type="direct"), routing_key="unlocks"),
 )
-CELERY_TASK_ROUTES = {"payments.import_statement": {"queue": "imports"}}
+CELERY_TASK_ROUTES = {
+    "payments.import_statement": {"queue": "imports"},
+    "devices.deliver_unlock": {"queue": "unlocks"},
+}
 # Every task has a soft limit (it receives SoftTimeLimitExceeded and ends in a consistent
 # state) and a hard one (the worker kills the process). Enforced by the prefork pool, the
 # worker's default; `--pool solo` and `threads` ignore them.
@@ -316,6 +322,7 @@ CELERY_TASK_ANNOTATIONS = {
     # the next sweep continues where a stopped one left off.
     "payments.lock_sweep": {"soft_time_limit": 900, "time_limit": 960},
     "devices.deliver_command": {"soft_time_limit": _PUSH_LIMIT, "time_limit": _PUSH_LIMIT + 15},
+    "devices.deliver_unlock": {"soft_time_limit": _PUSH_LIMIT, "time_limit": _PUSH_LIMIT + 15},
     "portal.deliver_webhook_event": {
         "soft_time_limit": DELIVERY_WEBHOOK_TIMEOUT_SECONDS + 20,
         "time_limit": DELIVERY_WEBHOOK_TIMEOUT_SECONDS + 35,

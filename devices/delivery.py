@@ -40,6 +40,13 @@ Decisions worth knowing (the portal shows the outcome of each):
 * **At least once.** A worker that dies after a publish but before its transaction
   commits pushes the same command again on the retry. That is harmless: the same
   sequence number is applied once by the phone, and the retained message is the same.
+* **Unlocks never wait behind locks.** A command that gives the phone back (``unlocked``,
+  ``temp_unlocked``, ``released``) is delivered by ``devices.deliver_unlock``, routed to
+  the ``unlocks`` queue (``CELERY_TASK_ROUTES``) that a worker of its own consumes; locks
+  and reminders go by ``devices.deliver_command`` on the usual ``celery`` queue. So a
+  portfolio's 100,000 locks queued at 08:00 never delay the phone of someone who just
+  paid. Both tasks run the same ``command_deliver``; the per-device lock above keeps their
+  pushes in order. In-process mode (no broker) has no queues: both run at once, as before.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -60,16 +68,19 @@ from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devices.models import Channel, DeliveryAttempt, DeviceCommand, DeviceGateway
+from devices.models import Channel, DeliveryAttempt, DeviceCommand, DeviceGateway, LockState
 from devices.protocol import topic_for
 from portal.outbound import PushError, backoff_seconds, signed_post
 from portal.outbox import ERROR_LIMIT, OutboxTable, Outcome
+from portal.queue import enqueue_each
 from portal.types import Actor
 
 __all__ = [
     "COMMANDS",
     "NO_CHANNEL_NOTE",
     "SUPERSEDED_PREFIX",
+    "UNLOCK_STATES",
+    "UNLOCK_TASK",
     "DeliveryError",
     "Outcome",
     "backoff_seconds",
@@ -98,8 +109,46 @@ NO_CHANNEL_NOTE = (
 #: Namespace of the per-device advisory lock (an arbitrary constant that no other lock in finlock uses).
 _ADVISORY_NAMESPACE = 0x0F1C_0DE1
 
+#: States that give a phone back: delivered on the ``unlocks`` queue, ahead of any lock backlog.
+UNLOCK_STATES = (LockState.UNLOCKED, LockState.TEMP_UNLOCKED, LockState.RELEASED)
+#: The task that delivers them (the same work as ``devices.deliver_command``; routed to "unlocks").
+UNLOCK_TASK = "devices.deliver_unlock"
+#: Ids per state lookup when queueing (well under every backend's limit on query parameters).
+_ROUTE_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class CommandsOutbox(OutboxTable[DeviceCommand]):
+    """The commands' outbox: ``portal.outbox``'s, but every queueing routes by the command's state.
+
+    Overriding ``enqueue`` covers every path that queues a command (a new command on commit,
+    the periodic redelivery, a staff retry): an unlock is always queued as ``UNLOCK_TASK``.
+    """
+
+    def enqueue(self, ids: Iterable[int]) -> int:
+        """Queue the unlocks first (``UNLOCK_TASK``), then the rest; return how many were queued.
+
+        One query per 5,000 ids reads their states. Never raises for a broker outage: the
+        first failure ends the run, and the periodic job queues what is left.
+        """
+        pending = list(ids)
+        unlocks: set[int] = set()
+        for start in range(0, len(pending), _ROUTE_BATCH):
+            unlocks.update(
+                DeviceCommand.objects.filter(
+                    pk__in=pending[start : start + _ROUTE_BATCH], state__in=UNLOCK_STATES
+                ).values_list("pk", flat=True)
+            )
+        first = [pk for pk in pending if pk in unlocks]
+        queued = enqueue_each(UNLOCK_TASK, first, what=self.what)
+        if len(queued) < len(first):  # the broker failed: the others would wait out the same outage
+            return len(queued)
+        rest = [pk for pk in pending if pk not in unlocks]
+        return len(queued) + len(enqueue_each(self.task_name, rest, what=self.what))
+
+
 #: The commands' outbox table: claim, backoff, redelivery, dead letters and retry are ``portal.outbox``'s.
-COMMANDS: OutboxTable[DeviceCommand] = OutboxTable(
+COMMANDS: CommandsOutbox = CommandsOutbox(
     model=DeviceCommand,
     task_name="devices.deliver_command",
     what="command",
@@ -326,6 +375,8 @@ def command_deliver(*, command_id: int) -> Outcome:
 
 def commands_enqueue(command_ids: Iterable[int]) -> int:
     """Queue delivery tasks for ``command_ids`` (for ``transaction.on_commit``); return how many were queued.
+
+    Unlocks go first and on their own queue (``CommandsOutbox.enqueue``).
 
     Never raises for a broker outage: the commands are durable rows, so a failed enqueue
     only delays them until ``commands_redeliver_pending`` runs after the broker is back.

@@ -26,6 +26,18 @@ def deliver_command(self: Task, command_id: int) -> str:
     return outcome.status
 
 
+@shared_task(bind=True, name=delivery.UNLOCK_TASK, max_retries=None, ignore_result=True)
+def deliver_unlock(self: Task, command_id: int) -> str:
+    """``deliver_command`` for an unlock, a release or a temporary unlock, on the ``unlocks`` queue.
+
+    A task of its own so that routing (``CELERY_TASK_ROUTES``) puts it, and its retries, on a
+    queue no lock backlog stands in (``devices.delivery``, "Unlocks never wait behind locks").
+    """
+    outcome = delivery.command_deliver(command_id=command_id)
+    retry_later(self, outcome, log_prefix="deliver", what="command", row_id=command_id)
+    return outcome.status
+
+
 @shared_task(name="devices.redeliver_pending", ignore_result=True)
 def redeliver_pending() -> int:
     """Re-queue undelivered commands whose next attempt is due (every 30 s from beat)."""

@@ -65,7 +65,9 @@ def test_an_mpesa_payment_of_the_arrears_unlocks_the_phone_over_mqtt_at_once(
     device_id = overdue_contract.device_id
     listener = MqttListener(enrolled_phone, settings.MQTT_URL).start()
     try:
-        with start_worker(app, queues=["celery"], perform_ping_check=False, pool="solo", loglevel="WARNING"):
+        # Locks travel on "celery", the unlock on its own "unlocks" queue (devices/delivery.py).
+        queues = ["celery", "unlocks"]
+        with start_worker(app, queues=queues, perform_ping_check=False, pool="solo", loglevel="WARNING"):
             report = lock_sweep()
             assert report.changed == {"locked": 1}
             wait_for(lambda: enrolled_phone.view().state == "locked", what="the phone to show the lock")
