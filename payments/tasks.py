@@ -5,13 +5,19 @@ Queues and time limits are set in one place, ``config/settings.py`` (``CELERY_TA
 import never holds up a device command.
 """
 
+import logging
 from typing import Any
 
 from celery import shared_task
+from celery.app.task import Task
 
 from payments.ledger.services import payments_flag_unconfirmed
+from payments.locks.refresh import RefreshBatch, lock_screens_refresh_after_change, lock_screens_refresh_batch
 from payments.locks.services import lock_sweep as lock_sweep_run
 from payments.statements.imports import statement_import_run, statement_imports_requeue
+from portal.outbound import BROKER_ERRORS
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(name="payments.lock_sweep", ignore_result=True)
@@ -39,3 +45,33 @@ def requeue_imports() -> int:
     """Queue again the imports that wait or whose run was lost (every 60 s from beat)."""
 
     return statement_imports_requeue()
+
+
+@shared_task(bind=True, name="payments.refresh_lock_screens", ignore_result=True)
+def refresh_lock_screens(self: Task, provider_id: int, after_id: int = 0) -> int:
+    """One batch of a lock-screen refresh (``payments.locks.refresh``), then the next batch queued behind the others.
+
+    Re-queued rather than looped, so locks, reminders and webhooks on the same queue interleave
+    with a refresh of 100,000 phones (and unlocks have a queue of their own). In-process mode
+    (no broker) does every batch here. Retry-safe: a batch run again skips phones already refreshed.
+    """
+    refreshed = 0
+    while True:
+        batch: RefreshBatch = lock_screens_refresh_batch(provider_id=provider_id, after_id=after_id)
+        refreshed += batch.refreshed
+        if batch.next_after is None:
+            return refreshed
+        if not self.request.is_eager:
+            try:
+                self.apply_async(args=(provider_id, batch.next_after))
+            except BROKER_ERRORS as exc:
+                # The phones after this one keep their screen until their next command or refresh.
+                log.warning("refresh: provider %s stopped after contract %s: %s", provider_id, batch.next_after, exc)
+            return refreshed
+        after_id = batch.next_after
+
+
+@shared_task(name="payments.refresh_lock_screens_after_change", ignore_result=True)
+def refresh_lock_screens_after_change(event_id: int) -> int | None:
+    """Queued by the Django admin after an organisation change (its audit event's id): refresh the screens."""
+    return lock_screens_refresh_after_change(event_id=event_id)

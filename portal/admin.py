@@ -13,6 +13,10 @@ from portal.admin_mixins import AuditedAdmin, ReadOnlyAdmin
 from portal.audit import audit_record
 from portal.http import client_ip
 from portal.models import ApiKey, AuditEvent, Organisation, ProviderWebhook, User, WebhookEvent
+from portal.queue import enqueue_each
+
+#: payments.locks.refresh's task: refreshes the lock screens an organisation change shows on.
+LOCK_SCREEN_REFRESH_TASK = "payments.refresh_lock_screens_after_change"
 
 admin.site.site_header = "finlock administration"
 admin.site.site_title = "finlock"
@@ -24,6 +28,15 @@ class OrganisationAdmin(AuditedAdmin):
     list_filter = ["kind", "country"]
     search_fields = ["name", "slug"]
     filter_horizontal = ["served_providers"]
+
+    def audited(self, event: AuditEvent) -> None:
+        """A provider's, service centre's or the platform's contacts show on lock screens: refresh them.
+
+        Queued once the change commits, by the task's registered name (portal imports no
+        payments); payments reads from the event what changed and which phones show it.
+        """
+        if event.before != event.after:
+            transaction.on_commit(lambda: enqueue_each(LOCK_SCREEN_REFRESH_TASK, [event.pk], what="audit event"))
 
 
 @admin.register(User)

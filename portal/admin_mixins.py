@@ -7,6 +7,7 @@ from django.db import transaction
 
 from portal.audit import audit_record, snapshot
 from portal.http import client_ip
+from portal.models import AuditEvent
 
 
 class AuditedAdmin(admin.ModelAdmin):
@@ -36,7 +37,7 @@ class AuditedAdmin(admin.ModelAdmin):
         with transaction.atomic():
             super().save_related(request, form, formsets, change)
             obj = form.instance
-            audit_record(
+            event = audit_record(
                 actor=request.user,
                 action=f"{obj._meta.model_name}.{'update' if change else 'create'}",
                 obj=obj,
@@ -44,11 +45,12 @@ class AuditedAdmin(admin.ModelAdmin):
                 after=self._snapshot(obj),
                 ip_address=client_ip(request),
             )
+            self.audited(event)
 
     def delete_model(self, request, obj):
         before = self._snapshot(obj)
         with transaction.atomic():
-            audit_record(
+            event = audit_record(
                 actor=request.user,
                 action=f"{obj._meta.model_name}.delete",
                 obj=obj,
@@ -56,6 +58,10 @@ class AuditedAdmin(admin.ModelAdmin):
                 ip_address=client_ip(request),
             )
             super().delete_model(request, obj)
+            self.audited(event)
+
+    def audited(self, event: AuditEvent) -> None:
+        """Called in the change's transaction once its event is written: what else the change needs (none here)."""
 
     def delete_queryset(self, request, queryset):
         for obj in queryset:

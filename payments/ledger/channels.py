@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 
+from payments.locks.refresh import lock_screens_refresh
 from payments.models import (
     ChannelKind,
     PaymentChannel,
@@ -59,7 +60,15 @@ def payment_channel_save(
             after=snapshot(channel, PAYMENT_CHANNEL_FIELDS),
             ip_address=ip_address,
         )
+        _refresh_screens(channel, actor, ip_address)
     return channel
+
+
+def _refresh_screens(channel: PaymentChannel, actor: Actor, ip_address: str | None) -> None:
+    """The provider's phones now showing a reminder or a lock list the channels anew (``payments.locks.refresh``)."""
+    lock_screens_refresh(
+        provider_ids=[channel.provider_id], changed=["payment_channels"], actor=actor, ip_address=ip_address
+    )
 
 
 def payment_channel_set_active(
@@ -80,6 +89,7 @@ def payment_channel_set_active(
                 after={"active": active},
                 ip_address=ip_address,
             )
+            _refresh_screens(channel, actor, ip_address)
     return channel
 
 
@@ -115,4 +125,5 @@ def payment_channel_move(*, channel: PaymentChannel, up: bool, actor: Actor, ip_
             after={"order": order},
             ip_address=ip_address,
         )
+        _refresh_screens(channel, actor, ip_address)
     return True

@@ -16,6 +16,7 @@ from django.utils import timezone
 from devices.models import Device, LockState
 from devices.services.commands import StateChange, device_states_apply
 from payments.locks.decision import Decision
+from payments.locks.refresh import lock_screens_refresh
 from payments.locks.screen import ProviderScreenData, screen_build, screen_without_contract
 from payments.locks.selectors import temp_unlock_hours_checked
 from payments.locks.sweep import SweepReport, apply_decisions, run_sweep
@@ -282,14 +283,16 @@ def lock_screen_text_save(
     with transaction.atomic():
         text = LockScreenText.objects.select_for_update().filter(provider=provider, language=language).first()
         if text is not None:
-            audited_update(
+            changed = sorted(name for name, value in values.items() if getattr(text, name) != value)
+            if audited_update(
                 text,
                 actor=actor,
                 action="lock_screen_text.change",
                 changes=values,
                 fields=LOCK_SCREEN_TEXT_FIELDS,
                 ip_address=ip_address,
-            )
+            ):
+                _refresh_screens(provider, changed, actor, ip_address)
             return text
         text = LockScreenText(provider=provider, language=language, **values)
         text.full_clean()
@@ -301,4 +304,15 @@ def lock_screen_text_save(
             after=snapshot(text, LOCK_SCREEN_TEXT_FIELDS),
             ip_address=ip_address,
         )
+        _refresh_screens(provider, sorted(values), actor, ip_address)
     return text
+
+
+def _refresh_screens(provider: Organisation, fields: list[str], actor: Actor, ip_address: str | None) -> None:
+    """Phones now showing a reminder or a lock get the new wording (``payments.locks.refresh``)."""
+    lock_screens_refresh(
+        provider_ids=[provider.pk],
+        changed=[f"lock_screen_text.{name}" for name in fields],
+        actor=actor,
+        ip_address=ip_address,
+    )
