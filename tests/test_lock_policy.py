@@ -84,3 +84,22 @@ def test_a_lock_screen_text_with_an_unknown_placeholder_is_rejected_with_the_all
         offline_unlock_hint="Call us",
     )
     text.full_clean()  # every documented placeholder is accepted
+
+
+def test_the_offline_lock_is_off_until_the_admin_turns_it_on_and_its_warning_comes_before_it(admin_a, provider_a):
+    policy = lock_policy_update(provider=provider_a, actor=admin_a, grace_days=4)
+    assert (policy.offline_lock_days, policy.offline_warning_days) == (None, 3)
+    assert policy.rules().offline_lock_days is None
+
+    with pytest.raises(ValidationError) as exc:
+        lock_policy_update(provider=provider_a, actor=admin_a, offline_lock_days=3, offline_warning_days=3)
+    assert "fewer than the 3 offline days" in " ".join(exc.value.message_dict["offline_warning_days"])
+    with pytest.raises(ValidationError) as exc:
+        lock_policy_update(provider=provider_a, actor=admin_a, offline_lock_days=365)
+    assert "offline_lock_days" in exc.value.message_dict
+    assert LockPolicy.objects.get(provider=provider_a).offline_lock_days is None  # nothing changed
+
+    policy = lock_policy_update(provider=provider_a, actor=admin_a, offline_lock_days=200, offline_warning_days=10)
+    assert (policy.rules().offline_lock_days, policy.rules().offline_warning_days) == (200, 10)
+    event = AuditEvent.objects.filter(action="lock_policy.change").latest("id")
+    assert event.before["offline_lock_days"] is None and event.after["offline_warning_days"] == 10

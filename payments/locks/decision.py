@@ -129,3 +129,53 @@ def decide(
         when = "today" if soon == today else f"on {_d(soon)}"
         return Decision(LockState.REMINDER, f"Installment due {when}.")
     return Decision(LockState.UNLOCKED, "Payments are up to date.")
+
+
+def lock_eligible_at(
+    *, earliest_unpaid_due: dt.date | None, rules: Rules, zone: zoneinfo.ZoneInfo
+) -> dt.datetime | None:
+    """When the earliest unpaid installment becomes lockable (a command's ``paid_until``), as aware UTC.
+
+    Its due date plus the grace days, at the start of the lock window of the local day after:
+    ``decide`` locks once an installment is *more* than ``grace_days`` late, so a phone that
+    falls back to its lease never locks before the server itself would. The phone still waits
+    for an allowed weekday (``lock_window``). None when nothing is unpaid.
+    """
+    if earliest_unpaid_due is None:
+        return None
+    day = earliest_unpaid_due + dt.timedelta(days=rules.grace_days + 1)
+    start = dt.datetime.combine(day, dt.time(rules.lock_start_hour), tzinfo=zone)
+    return start.astimezone(dt.UTC)
+
+
+class LeaseTerms(TypedDict):
+    """What a ``devices.services.commands.StateChange`` needs for its offline lease (keyword arguments)."""
+
+    paid_until: dt.datetime | None
+    offline_lock_days: int | None
+    lease_expiry_state: str
+    lease_warning_days: int
+    time_zone: str
+    lock_window: dict[str, int | list[int]]
+
+
+def lease_terms(
+    *, earliest_unpaid_due: dt.date | None, rules: Rules, zone: zoneinfo.ZoneInfo, dispute_hold: bool
+) -> LeaseTerms:
+    """The lease inputs of a command: the provider's offline policy and when the money allows a lock.
+
+    Under a dispute hold the lease expires into ``reminder``: no lock while a dispute is open,
+    not even one the phone takes by itself.
+    """
+    return {
+        "paid_until": lock_eligible_at(earliest_unpaid_due=earliest_unpaid_due, rules=rules, zone=zone),
+        "offline_lock_days": rules.offline_lock_days,
+        "lease_expiry_state": (LockState.REMINDER if dispute_hold else LockState.LOCKED).value,
+        "lease_warning_days": rules.offline_warning_days,
+        "time_zone": zone.key,
+        "lock_window": {
+            "start_hour": rules.lock_start_hour,
+            "end_hour": rules.lock_end_hour,
+            "weekdays": sorted(rules.lock_weekdays),
+        },
+    }

@@ -59,6 +59,30 @@ class LockPolicyForm(forms.Form):
         max_value=90,
         label="Flag to finance when no channel confirmed it after (days)",
     )
+    offline_lock_days = forms.IntegerField(
+        required=False,
+        min_value=3,
+        max_value=200,
+        label="Lock a phone that has not reached finlock for (days)",
+        help_text="3 to 200 days; empty: never (the default).",
+        error_messages={
+            "min_value": "At least 3 days: a shorter time locks phones that are only out of coverage.",
+            "max_value": "At most 200 days.",
+        },
+    )
+    offline_warning_days = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=10,
+        label="Warn the owner this many days before (days)",
+        help_text="1 to 10 days, fewer than the days above; empty: 3.",
+        error_messages={"min_value": "At least 1 day.", "max_value": "At most 10 days."},
+    )
+
+    def clean_offline_warning_days(self) -> int:
+        # Not required, so that a form saved before this setting existed keeps working: empty is the default.
+        value: int | None = self.cleaned_data.get("offline_warning_days")
+        return 3 if value is None else value
 
 
 class LockScreenTextForm(forms.Form):

@@ -15,11 +15,11 @@ from django.utils import timezone
 
 from devices.models import Device, LockState
 from devices.services.commands import StateChange, device_states_apply
-from payments.locks.decision import Decision
+from payments.locks.decision import Decision, lease_terms
 from payments.locks.refresh import lock_screens_refresh
 from payments.locks.screen import ProviderScreenData, screen_build, screen_without_contract
-from payments.locks.selectors import temp_unlock_hours_checked
-from payments.locks.sweep import SweepReport, apply_decisions, run_sweep
+from payments.locks.selectors import policy_rules, temp_unlock_hours_checked
+from payments.locks.sweep import SweepReport, apply_decisions, contract_lease_terms, run_sweep
 from payments.models import Contract, LockOverride, LockPolicy, LockScreenText, OverrideKind
 from portal.audit import audit_record, audited_update, snapshot
 from portal.models import Organisation, User
@@ -101,6 +101,7 @@ def contract_release(
         locked = (
             Contract.objects.select_for_update(of=("self",))
             .select_related("provider", "customer", "device")
+            .prefetch_related("installments", "overrides")
             .get(pk=contract.pk)
         )
         if locked.lock_state == LockState.RELEASED:
@@ -115,6 +116,7 @@ def contract_release(
             reason=decision.reason,
             screen=screen_build(data=screens, contract=locked, decision=decision),
             allowed_numbers=screens.allowed_numbers(),
+            **contract_lease_terms(locked, rules=policy_rules(locked.provider), now=now),
         )
         device_states_apply(changes=[change], actor=actor)
         audit_record(
@@ -160,6 +162,9 @@ def device_release(*, device: Device, actor: Actor, reason: str, ip_address: str
             reason=f"Released for good by {provider.name}.",
             screen=screen_without_contract(data=screens, device=device),
             allowed_numbers=screens.allowed_numbers(),
+            **lease_terms(
+                earliest_unpaid_due=None, rules=policy_rules(provider), zone=provider.zone, dispute_hold=False
+            ),
         )
         device_states_apply(changes=[change], actor=actor)
         audit_record(actor=actor, action="device.release", obj=device, after={"reason": reason}, ip_address=ip_address)
@@ -203,7 +208,9 @@ def contract_override_add(
             after=snapshot(override),
             ip_address=ip_address,
         )
-        contract_lock_evaluate(contract=contract, actor=actor, now=now)
+        # A dispute hold changes how the phone's lease ends even when its state stays: issue it again.
+        apply_decisions([contract.pk], now=now, actor=actor, reissue=kind == OverrideKind.DISPUTE_HOLD)
+        contract.refresh_from_db(fields=["lock_state", "lock_reason", "lock_changed_at", "arrears_cleared_at"])
     return override
 
 

@@ -34,6 +34,7 @@ from django.utils import timezone
 
 from devices.models import LockState
 from devices.services.commands import StateChange, device_states_apply
+from payments.locks.decision import LeaseTerms, lease_terms
 from payments.locks.screen import ProviderScreenData, screen_build
 from payments.locks.selectors import decide_contract, policy_rules
 from payments.models import Contract, ContractStatus, Installment, LockOverride, OverrideKind, Rules
@@ -127,11 +128,15 @@ def changed_contract_ids(provider: Organisation, *, now: dt.datetime) -> tuple[i
     return evaluated, sorted(changed + settled)
 
 
-def apply_decisions(contract_ids: Iterable[int], *, now: dt.datetime, actor: Actor = None) -> dict[str, int]:
+def apply_decisions(
+    contract_ids: Iterable[int], *, now: dt.datetime, actor: Actor = None, reissue: bool = False
+) -> dict[str, int]:
     """Lock the contracts, decide again on fresh rows, and write every change with its signed command.
 
-    Returns ``{new_state: count}``. Runs in one transaction. Private to the lock package: everyone
-    else calls ``payments.locks.services`` (import-linter protects this module).
+    Returns ``{new_state: count}``. Runs in one transaction. With ``reissue`` a contract whose state
+    stays gets its command again all the same (a dispute hold changes the lease, not the state).
+    Private to the lock package: everyone else calls ``payments.locks.services`` (import-linter
+    protects this module).
     """
 
     changed: dict[str, int] = {}
@@ -156,20 +161,17 @@ def apply_decisions(contract_ids: Iterable[int], *, now: dt.datetime, actor: Act
             provider = contract.provider
             if provider.pk not in rules_by_provider:
                 rules_by_provider[provider.pk] = policy_rules(provider)
-            decision = decide_contract(contract, rules=rules_by_provider[provider.pk], now=now)
+            rules = rules_by_provider[provider.pk]
+            decision = decide_contract(contract, rules=rules, now=now)
             if decision.state == contract.lock_state:
-                continue  # a payment or another sweep got there first
-            if contract.lock_state == LockState.LOCKED and decision.state in (
-                LockState.UNLOCKED,
-                LockState.REMINDER,
-                LockState.RELEASED,
-            ):
-                contract.arrears_cleared_at = now
+                if not reissue or decision.state == LockState.RELEASED:
+                    continue  # a payment or another sweep got there first
+                contract.lock_reason, contract.updated_at = decision.reason[:300], now
+            else:
+                _record_change(contract, decision.state, reason=decision.reason, now=now)
+                changed[decision.state] = changed.get(decision.state, 0) + 1
             if provider.pk not in screens:  # only for a change: most payments change nothing
                 screens[provider.pk] = ProviderScreenData.load(provider)
-            contract.lock_state = decision.state
-            contract.lock_reason = decision.reason[:300]
-            contract.lock_changed_at = contract.updated_at = now
             updates.append(contract)
             changes.append(
                 StateChange(
@@ -179,15 +181,43 @@ def apply_decisions(contract_ids: Iterable[int], *, now: dt.datetime, actor: Act
                     screen=screen_build(data=screens[provider.pk], contract=contract, decision=decision),
                     allowed_numbers=screens[provider.pk].allowed_numbers(),
                     expires_at=decision.expires_at,
+                    **contract_lease_terms(contract, rules=rules, now=now),
                 )
             )
-            changed[decision.state] = changed.get(decision.state, 0) + 1
         Contract.objects.bulk_update(
             updates, ["lock_state", "lock_reason", "lock_changed_at", "arrears_cleared_at", "updated_at"]
         )
         if changes:
             device_states_apply(changes=changes, actor=actor)
     return changed
+
+
+def _record_change(contract: Contract, state: str, *, reason: str, now: dt.datetime) -> None:
+    """Move a loaded contract to its new lock state in memory (``apply_decisions`` writes them all at once)."""
+    if contract.lock_state == LockState.LOCKED and state in (
+        LockState.UNLOCKED,
+        LockState.REMINDER,
+        LockState.RELEASED,
+    ):
+        contract.arrears_cleared_at = now
+    contract.lock_state = state
+    contract.lock_reason = reason[:300]
+    contract.lock_changed_at = contract.updated_at = now
+
+
+def contract_lease_terms(contract: Contract, *, rules: Rules, now: dt.datetime) -> LeaseTerms:
+    """The lease inputs of a loaded contract's command (installments and overrides prefetched: no query)."""
+    unpaid = [line.due_date for line in contract.installments.all() if line.amount_paid < line.amount_due]
+    on_hold = any(
+        o.kind == OverrideKind.DISPUTE_HOLD
+        and o.lifted_at is None
+        and o.starts_at <= now
+        and (o.ends_at is None or o.ends_at > now)
+        for o in contract.overrides.all()
+    )
+    return lease_terms(
+        earliest_unpaid_due=min(unpaid, default=None), rules=rules, zone=contract.provider.zone, dispute_hold=on_hold
+    )
 
 
 def run_sweep(*, now: dt.datetime | None = None, batch_size: int = 1000, actor: Actor = None) -> SweepReport:

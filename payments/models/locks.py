@@ -28,10 +28,17 @@ class Rules:
     lock_start_hour: int = 9  # local time, inclusive
     lock_end_hour: int = 17  # local time, exclusive
     lock_weekdays: frozenset[int] = frozenset({0, 1, 2, 3, 4})  # Monday = 0
+    offline_lock_days: int | None = None  # None: no offline lease (the default)
+    offline_warning_days: int = 3
 
     def lock_may_start(self, local: dt.datetime) -> bool:
         """A lock may start only in working hours on allowed weekdays: no phone goes dark at midnight."""
         return local.weekday() in self.lock_weekdays and self.lock_start_hour <= local.hour < self.lock_end_hour
+
+
+#: The offline lease's bounds in days (inclusive): lock after (Knox Guard's 3 to 200), and warn before.
+OFFLINE_LOCK_DAYS = (3, 200)
+OFFLINE_WARNING_DAYS = (1, 10)
 
 
 def _default_reminders_before() -> list[int]:
@@ -76,6 +83,8 @@ class LockPolicy(models.Model):
         "provisional_installments",
         "provisional_max_amount",
         "provisional_confirm_days",
+        "offline_lock_days",
+        "offline_warning_days",
         "updated_at",
     )
 
@@ -142,6 +151,32 @@ class LockPolicy(models.Model):
             "to finance."
         ),
     )
+    # The offline lease (docs/lock-pipeline.md, "Offline lease"): a phone that cannot reach finlock
+    # (SIM removed, flight mode, a blocked server) must not stay usable for ever. 3 to 200 days, as
+    # Knox Guard allows; empty = off, the default, because it locks phones that are merely out of coverage.
+    offline_lock_days = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[
+            MinValueValidator(
+                OFFLINE_LOCK_DAYS[0],
+                _("At least %(limit_value)s days: shorter locks phones that are only out of coverage."),
+            ),
+            MaxValueValidator(OFFLINE_LOCK_DAYS[1], _("At most %(limit_value)s days.")),
+        ],
+        help_text=_(
+            "A phone that has not reached finlock for this many days locks itself (only in the hours a lock may "
+            "start, and never before its installments would lock it). Empty: never."
+        ),
+    )
+    offline_warning_days = models.PositiveSmallIntegerField(
+        default=3,
+        validators=[
+            MinValueValidator(OFFLINE_WARNING_DAYS[0], _("At least %(limit_value)s day.")),
+            MaxValueValidator(OFFLINE_WARNING_DAYS[1], _("At most %(limit_value)s days.")),
+        ],
+        help_text=_("Days before such an offline lock that the phone warns its owner to connect."),
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -149,6 +184,21 @@ class LockPolicy(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(lock_start_hour__lt=models.F("lock_end_hour")), name="lock_window_not_empty"
+            ),
+            models.CheckConstraint(
+                condition=Q(offline_lock_days__isnull=True)
+                | Q(
+                    offline_lock_days__gte=OFFLINE_LOCK_DAYS[0],
+                    offline_lock_days__lte=OFFLINE_LOCK_DAYS[1],
+                    offline_warning_days__lt=models.F("offline_lock_days"),
+                ),
+                name="offline_lease_in_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    offline_warning_days__gte=OFFLINE_WARNING_DAYS[0], offline_warning_days__lte=OFFLINE_WARNING_DAYS[1]
+                ),
+                name="offline_warning_in_range",
             ),
         ]
 
@@ -159,6 +209,16 @@ class LockPolicy(models.Model):
         start, end = self.lock_start_hour, self.lock_end_hour
         if start is not None and end is not None and start >= end:
             raise ValidationError({"lock_end_hour": _("Must be later than the start hour.")})
+        days, warning = self.offline_lock_days, self.offline_warning_days
+        if days is not None and warning is not None and warning >= days:
+            raise ValidationError(
+                {
+                    "offline_warning_days": _(
+                        "Must be fewer than the %(days)s offline days, or the phone warns at once."
+                    )
+                    % {"days": days}
+                }
+            )
 
     def rules(self) -> Rules:
         """The policy as the pure decision reads it."""
@@ -168,6 +228,8 @@ class LockPolicy(models.Model):
             lock_start_hour=self.lock_start_hour,
             lock_end_hour=self.lock_end_hour,
             lock_weekdays=frozenset(self.lock_weekdays),
+            offline_lock_days=self.offline_lock_days,
+            offline_warning_days=self.offline_warning_days,
         )
 
 
