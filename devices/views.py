@@ -17,13 +17,20 @@ from django.views.decorators.http import require_POST
 from devices.delivery import command_retry, delivery_status, with_superseded
 from devices.forms import EnrollmentTokenForm
 from devices.models import DeliveryAttempt, Device, DeviceCommand, EnrollmentToken, LockState
-from devices.selectors import device_last_refused_enrolment, devices_by_imei, enrollment_tokens_of
+from devices.selectors import (
+    SILENT_DAYS_MAX,
+    device_last_refused_enrolment,
+    devices_by_imei,
+    devices_not_heard_from,
+    enrollment_tokens_of,
+    silent_days_default,
+)
 from devices.services.credentials import device_key_fingerprint
 from devices.services.enrolment import device_reenrollment_code_issue
 from devices.services.tokens import enrollment_token_create, enrollment_token_revoke
 from portal.forms import form_errors_from
 from portal.http import client_ip
-from portal.models import OrganisationKind
+from portal.models import Organisation, OrganisationKind
 from portal.permissions import Right, has_right, require, scoped_get, scoped_list
 from portal.shell import links_for
 
@@ -40,8 +47,49 @@ def device_list(request):
         devices = devices_by_imei(devices, q) if any(c.isdigit() for c in q) else devices.filter(serial_number=q)
     if state in LockState.values:
         devices = devices.filter(desired_state=state)
-    page = Paginator(devices.order_by("-id"), 50).get_page(request.GET.get("page"))
-    return render(request, "devices/list.html", {"page": page, "q": q, "state": state, "states": LockState.choices})
+    provider = _list_provider(request)
+    if provider is not None:
+        devices = devices.filter(provider=provider)
+    silent = None
+    if "silent" in request.GET:
+        silent = _silent_days(request.GET["silent"], provider or request.user.organisation)
+        devices = devices_not_heard_from(devices, days=silent, now=timezone.now())
+    else:
+        devices = devices.order_by("-id")
+    page = Paginator(devices, 50).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "q": q,
+        "state": state,
+        "states": LockState.choices,
+        "silent": silent,
+        "provider": provider,
+        "silent_max": SILENT_DAYS_MAX,
+    }
+    return render(request, "devices/list.html", context)
+
+
+def _list_provider(request):
+    """The provider the list is narrowed to (``?provider=<id>``): 404 for one the user may not see."""
+    raw = request.GET.get("provider", "").strip()
+    if not raw:
+        return None
+    return scoped_get(
+        Organisation.objects.filter(kind=OrganisationKind.PROVIDER),
+        request.user,
+        Right.VIEW_DEVICES,
+        provider_field="pk",
+        pk=raw,
+    )
+
+
+def _silent_days(raw: str, provider) -> int:
+    """``?silent=N``: N whole days (1 to SILENT_DAYS_MAX); empty or unreadable: the provider's offline warning."""
+    try:
+        days = int(raw)
+    except ValueError:
+        days = 0
+    return days if 1 <= days <= SILENT_DAYS_MAX else silent_days_default(provider)
 
 
 @login_required
