@@ -176,7 +176,9 @@ def open_envelope(envelope: Any, trusted_keys: dict[str, str], *, kind: str = KI
         parsed = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise Rejected("malformed", "payload is not UTF-8 JSON") from exc
-    if not isinstance(parsed, dict) or parsed.get("kind") != kind:
+    if not isinstance(parsed, dict):
+        raise Rejected("malformed", "payload is not a JSON object")
+    if parsed.get("kind") != kind:
         raise Rejected("wrong_kind", f"not a {kind}")
     return parsed
 
@@ -203,7 +205,7 @@ def check_key_statement(statement: dict[str, Any]) -> dict[str, str]:
         raise Rejected("malformed", "a key statement has a positive seq and at least one key")
     for key_id, key in keys.items():
         try:
-            public_key_from_b64(key)
+            public_key_from_b64(key if isinstance(key, str) else "")
         except (TypeError, ValueError) as exc:
             raise Rejected("malformed", f"key {key_id!r} is not 32 raw bytes in base64") from exc
     return dict(keys)
