@@ -169,7 +169,7 @@ add(
     case(
         "unknown_key",
         "Envelopes naming a key the phone does not trust (a valid signature by that key, an empty id, the "
-        "trusted id in other case): `unknown_key`.",
+        "trusted id in other case): `unknown_key`. The same command signed by the trusted key applies.",
         ["unknown_key"],
         phone(),
         [
@@ -177,6 +177,7 @@ add(
             cmd(sealed(command(seq=2, state="locked"), NEW), "unknown_key", "unlocked", 1),
             cmd(sealed(command(seq=2, state="locked"), "", signer=OLD), "unknown_key", "unlocked", 1),
             cmd(sealed(command(seq=2, state="locked"), OLD.upper(), signer=OLD), "unknown_key", "unlocked", 1),
+            cmd(sealed(command(seq=2, state="locked")), "apply", "locked", 2),
         ],
     )
 )
