@@ -8,6 +8,7 @@ imports no Django and no server module except ``devices.protocol`` (a phone has 
 from devices.agent.client import ApiError, HttpTransport
 from devices.agent.core import APP_VERSION, Agent, AgentError
 from devices.agent.offline import CodeResult
+from devices.agent.phone import Phone
 from devices.agent.render import ScreenView, render_html, render_text
 from devices.agent.rules import Outcome
 
@@ -19,6 +20,7 @@ __all__ = [
     "CodeResult",
     "HttpTransport",
     "Outcome",
+    "Phone",
     "ScreenView",
     "render_html",
     "render_text",
