@@ -146,6 +146,8 @@ def open_envelope(envelope: Any, trusted_keys: dict[str, str], *, kind: str = KI
     checks are the caller's: they need the phone's own state.
     """
     if isinstance(envelope, bytes | str):
+        if isinstance(envelope, str):
+            envelope = envelope.encode("utf-8")  # the bound is in bytes, not characters
         if len(envelope) > MAX_ENVELOPE_BYTES:
             raise Rejected("too_large", "envelope larger than 32768 bytes")
         try:
