@@ -84,16 +84,19 @@ def test_imports_have_their_own_limit_and_a_push_a_tighter_one(settings):
     assert deliver_command.soft_time_limit < settings.CELERY_TASK_SOFT_TIME_LIMIT
 
 
-def test_statement_imports_go_to_their_own_queue_and_nothing_else_does():
+def test_statement_imports_go_to_their_own_queue_and_only_unlocks_to_another():
     from config.celery import app
 
     app.loader.import_default_modules()
     queues = {name: app.amqp.router.route({}, name)["queue"] for name in app.tasks if not name.startswith("celery.")}
     assert queues.pop("payments.import_statement").name == "imports"
+    assert queues.pop("devices.deliver_unlock").name == "unlocks"  # tests/test_unlock_priority.py
     assert {queue.name for queue in queues.values()} == {"celery"}
-    imports, default = app.amqp.queues["imports"], app.amqp.queues["celery"]
-    # Bound apart: a message for one queue is never copied into the other.
-    assert (imports.exchange.name, imports.routing_key) != (default.exchange.name, default.routing_key)
+    bindings = {
+        (q.exchange.name, q.routing_key) for q in (app.amqp.queues[n] for n in ("imports", "celery", "unlocks"))
+    }
+    # Bound apart: a message for one queue is never copied into another.
+    assert len(bindings) == 3
 
 
 def test_the_periodic_job_that_requeues_imports_is_scheduled(settings):
@@ -116,8 +119,8 @@ def test_a_slow_import_occupying_the_imports_worker_does_not_delay_a_device_comm
 ):
     DeviceGateway.objects.create(provider=berlin, url=gateway_server.url, secret=GATEWAY_SECRET)
     device = factories.DeviceFactory(provider=berlin)
-    # The workers as the README runs them: commands and webhooks on one, imports on the other.
-    commands_worker = worker(queues="celery", MQTT_URL="")
+    # The workers as the README runs them, but unlocks and the rest on one: commands on one, imports on the other.
+    commands_worker = worker(queues="unlocks,celery", MQTT_URL="")
     imports_worker = worker(queues="imports", MQTT_URL="")
     record = statement_import_create(
         provider=berlin, filename="year.csv", raw=big_statement(40_000, berlin.today()), actor=None
@@ -144,6 +147,7 @@ def test_a_slow_import_occupying_the_imports_worker_does_not_delay_a_device_comm
         assert gateway_server.seqs() == [command.seq]
         # Each queue reached only its own worker.
         assert "payments.import_statement[" not in commands_worker.log()
+        assert "devices.deliver_unlock[" not in imports_worker.log()
         assert "devices.deliver_command[" not in imports_worker.log()
 
         # And the import still ends, every line once.
