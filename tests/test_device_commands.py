@@ -11,12 +11,14 @@ Stories:
 * a value that would sign differently on another platform (a float) is refused
   before anything is written;
 * a phone that never had a command still gets a signed one, for the state it is
-  meant to be in (a phone meant to be locked is never sent an unlock).
+  meant to be in (a phone meant to be locked is never sent an unlock); a phone whose
+  newest command was signed under version 1 gets its state anew under version 2.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 
 import pytest
@@ -209,3 +211,40 @@ def test_the_current_envelope_is_the_newest_command(provider_a):
 
     newest = protocol.open_envelope(envelope, public_keys())
     assert newest["seq"] == 2 and newest["state"] == "released"
+
+
+def test_a_command_signed_under_version_1_is_never_served_again_its_state_is_issued_anew(provider_a):
+    """After the upgrade: the newest row of a phone holds a version 1 command (its v1 canonical text)."""
+    phone = DeviceFactory(provider=provider_a, desired_state="locked", desired_reason="Overdue", command_seq=4)
+    v1 = {
+        "v": 1,
+        "device": str(phone.uid),
+        "imei": phone.imei,
+        "seq": 4,
+        "state": "locked",
+        "reason": "Overdue",
+        "issued_at": "2026-11-23T09:00:04Z",
+        "expires_at": None,
+        "key_id": "k2025",
+        "screen": SCREEN,
+        "allowed_numbers": ["119"],
+    }
+    DeviceCommand.objects.create(
+        device=phone,
+        seq=4,
+        state="locked",
+        reason="Overdue",
+        body=json.dumps(v1, sort_keys=True, separators=(",", ":")),
+        version=1,
+        signature="A" * 86 + "==",
+        key_id="k2025",
+    )
+
+    envelope = device_current_envelope(phone)
+
+    command = protocol.check_command(protocol.open_envelope(envelope, public_keys()))
+    assert (command["seq"], command["state"], command["reason"]) == (5, "locked", "Overdue")
+    # The screen and the numbers the phone showed carry over into the version 2 command.
+    assert (command["screen"], command["allowed_numbers"]) == (SCREEN, ["119"])
+    assert device_current_envelope(phone) == envelope  # issued once, then served
+    assert list(DeviceCommand.objects.filter(device=phone).values_list("seq", "version")) == [(5, 2), (4, 1)]
