@@ -23,6 +23,7 @@ from demo import generator
 from demo.management.commands.totp_code import DEMO_DEVICE_NAME
 from portal.audit import audit_record, snapshot
 from portal.models import ApiKey, Organisation, User
+from portal.periodic import PeriodicRunner
 from portal.services import api_key_create
 
 
@@ -119,6 +120,12 @@ class Command(BaseCommand):
         if no_serve:
             return
         self._heading(f"Serving http://{addr}/ (Ctrl-C to stop)")
+        if settings.CELERY_TASK_ALWAYS_EAGER:
+            # No broker, so no beat: the sweep, flushes, checkpoints and pruning run in this process.
+            PeriodicRunner(settings.CELERY_BEAT_SCHEDULE).start()
+            self.stdout.write(
+                f"  periodic jobs run in-process ({len(settings.CELERY_BEAT_SCHEDULE)}, as Celery beat would)"
+            )
         call_command("runserver", addr, use_reloader=False)
 
     # --- steps -----------------------------------------------------------------
