@@ -74,7 +74,9 @@ def test_out_of_contact_the_phone_warns_then_locks_and_the_wall_clock_changes_no
     assert phone.log[-1]["event"] == "lease_expired"
     assert "has not heard from the server since 2026-11-23 14:30 (UTC+05:30)" in reads(phone)
 
-    # The next contact renews the lease: a fresh command, unlocked again.
+    # The next contact renews the lease: a fresh command, unlocked again. The server's clock was
+    # never wrong (only the phone's was set back): its command is issued 10 days after the first.
+    clock.set_wall_clock(START + 10 * DAY)
     assert phone.handle_envelope(leased(provider)).accepted
     assert shows(phone) == ("unlocked", False)
 

@@ -349,21 +349,14 @@ def test_offline_the_phone_warns_reminds_then_locks_a_code_buys_days_and_a_payme
     assert parse_wire_time(renewed["lease_until"]) == story.lockable[2] > lease
     assert parse_wire_time(renewed["issued_at"]) >= parse_wire_time(unlocked["issued_at"])  # to the second
     view = phone.view()
-    # Usable, no warning. The spec keeps trusted time where it was (past the code's days), so the screen
-    # says "unlocked"; the reference agent re-anchors at the renewed command's issued_at, which is
-    # the server's real time, weeks before the phone's: the code's ended days run again and it shows
-    # "unlocked by an offline code" (test_a_command_delivered_late_never_turns_trusted_time_back).
-    assert view.state in ("unlocked", "temp_unlocked") and not view.warning
+    # Usable, no warning: trusted time stays where it was (past the code's days), so the screen says
+    # "unlocked" (test_a_command_delivered_late_never_turns_trusted_time_back).
+    assert view.state == "unlocked" and not view.warning
     assert reported(device_id) == "unlocked"
     assert Device.objects.get(pk=device_id).last_checkin_at is not None
     assert (phone.user_data_dir / "photos.txt").read_text() == "the owner's photos"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent bug: Phone._apply anchors trusted time at the command's issued_at even when that is "
-    "earlier than trusted time now; docs/lock-pipeline.md, 'Trusted time': the later of the two",
-)
 def test_a_command_delivered_late_never_turns_trusted_time_back(tmp_path):
     """The owner holds back an unlock (a proxy in front of the phone) and feeds it after the lease ran out.
 

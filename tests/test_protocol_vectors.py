@@ -129,7 +129,9 @@ def _run_with_phone_model(case: dict) -> list[str]:
         in_force=base64.b64decode(in_force["payload"]) if in_force else None,
         pinned_keys=start["pinned_keys"],
     )
-    clock = applied_at = 1_000_000.0  # any value: only differences count
+    # The phone is built holding its command in force, anchored at monotonic 0 (as the Java phone
+    # anchors it at the harness's start): trusted time starts at that command's issued_at.
+    clock = applied_at = 0.0
     problems = []
     for number, step in enumerate(case["steps"], start=1):
         given, expect = step["input"], step["expect"]

@@ -80,7 +80,7 @@ add(
         "warning until 08:59:59, locked at 09:00. Then a new command with a window of Friday 20:00-24:00 "
         "(end_hour 24) and a lease ending Friday 10:00: reminder and warning until 19:59:59, locked at 20:00.",
         ["lease", "lock window", "end_hour 24", "new command resets the lease"],
-        phone(),
+        phone(in_force=None),  # a phone whose first command this is: trusted time starts at its issued_at
         [
             cmd(
                 sealed(
@@ -219,6 +219,38 @@ add(
             at(7199, "2026-03-01T08:59:59Z", "temp_unlocked", False),
             at(7200, "2026-03-01T09:00:00Z", "locked", False),
             at(DAY, "2026-03-03T07:00:00Z", "locked", False),
+        ],
+    )
+)
+
+add(
+    case(
+        "late_command_keeps_trusted_time",
+        "A newer command held back (issued on day 1) and fed in on day 5 must not turn trusted time back: "
+        "trusted time only moves forward. Its lease (day 8) warns from day 5 and locks at day 8 counted from "
+        "the FIRST command's time, not from the late one's issued_at (which would give the held days back).",
+        ["trusted time", "late delivery", "lease"],
+        phone(),
+        [
+            cmd(sealed(command(seq=2, **_lease7)), "apply", "unlocked", 2),
+            at(5 * DAY, "2026-03-07T06:00:00Z", "unlocked", True),
+            cmd(
+                sealed(
+                    command(
+                        seq=3,
+                        issued_at="2026-03-03T06:00:00Z",
+                        lease_until="2026-03-10T06:00:00Z",
+                        lease_expiry_state="locked",
+                        offline_lock_days=7,
+                    )
+                ),
+                "apply",
+                "unlocked",
+                3,
+            ),
+            # Trusted time stays day 5 at the apply: day 7.5 now (with the late issued_at it would be day 3.5).
+            at(2 * DAY + DAY // 2, "2026-03-03T06:00:00Z", "unlocked", True),
+            at(3 * DAY, "2026-03-03T18:00:00Z", "locked", False),
         ],
     )
 )

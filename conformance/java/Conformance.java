@@ -317,6 +317,16 @@ public class Conformance {
             }
         }
 
+        /** Trusted time only moves forward: re-anchor at the later of issuedAt and trusted time now. */
+        void anchorForward(Instant issuedAt, long monotonic) {
+            if (anchorTime != null && issuedAt.isBefore(trustedNow(monotonic))) {
+                anchorTime = trustedNow(monotonic);
+            } else {
+                anchorTime = issuedAt;
+            }
+            anchorMonotonic = monotonic;
+        }
+
         /** Envelope checks 1-5 of the spec, in its order; the parsed payload and its bytes, or Rejected. */
         Object[] open(Object envelope, String kind) throws Rejected {
             if (envelope instanceof String text) {
@@ -372,8 +382,7 @@ public class Conformance {
                 if (seq < lastSeq) return "stale";
                 if (seq == lastSeq) {
                     if (current == null || !Arrays.equals(current.bytes(), bytes)) return "stale";
-                    anchorTime = current.issuedAt();
-                    anchorMonotonic = monotonic;
+                    anchorForward(current.issuedAt(), monotonic);
                     return "same";
                 }
                 if (current != null && current.state().equals("released") && !"released".equals(m.get("state"))) {
@@ -386,8 +395,7 @@ public class Conformance {
                 }
                 current = next;
                 lastSeq = seq;
-                anchorTime = next.issuedAt();
-                anchorMonotonic = monotonic;
+                anchorForward(next.issuedAt(), monotonic);
                 return "apply";
             } catch (Rejected r) {
                 return r.code;

@@ -244,7 +244,8 @@ class Phone:
         else:
             self.previous = None
         self.current, self.last_seq, self.lease_locked = signed, command["seq"], False
-        self._anchor(command, monotonic, forward_only=False)
+        # A newer command held back and fed in late must not give back the days it was held.
+        self._anchor(command, monotonic, forward_only=True)
 
     def _anchor(self, command: dict[str, Any], monotonic: float, *, forward_only: bool) -> None:
         issued_at = parse_wire_time(command["issued_at"])
