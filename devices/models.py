@@ -123,6 +123,8 @@ class Device(models.Model):
     # When a check-in should be answered a renewed lease (half the offline period before the
     # current command's lease ends); None when the command in force has no lease.
     lease_renew_at = models.DateTimeField(null=True, blank=True)
+    # When a check-in last made the sequence jump (devices.services.checkin): at most one a day.
+    seq_jumped_at = models.DateTimeField(null=True, blank=True)
     reported_state = models.CharField(max_length=20, choices=LockState.choices, blank=True)
     reported_at = models.DateTimeField(null=True, blank=True)
     last_checkin_at = models.DateTimeField(null=True, blank=True)

@@ -196,3 +196,25 @@ def test_a_record_never_outlives_the_lease_renewal_so_a_due_renewal_reaches_the_
     renewed = payload_of(checkin(client, last_seq=seq, state="unlocked").json()["envelope"])
     assert renewed["seq"] == seq + 1 and renewed["state"] == "unlocked"  # the database path renewed the lease
     assert Device.objects.get(pk=phone.pk).lease_renew_at > dt.datetime.now(dt.UTC) + dt.timedelta(hours=23)
+
+
+def test_a_provider_with_sixty_channels_still_locks_its_phones_and_no_one_elses_sweep_stops(largest_screen, provider_a):
+    for n in range(55):  # 60 in all: more than any screen can show
+        PaymentChannel.objects.create(
+            provider=provider_a,
+            kind="bank_transfer",
+            name=f"Branch {n:02d} — " + "ශාඛාව " * 20,
+            account=f"0{n:02d}-1234567890",
+            reference="{contract}",
+            instructions="ගෙවීම් උපදෙස් " * 30,
+            position=10 + n,
+        )
+
+    lock_sweep(now=COLOMBO_MORNING)
+
+    command = DeviceCommand.objects.get(device=largest_screen.device)
+    assert command.state == "locked"
+    screen = command.payload["screen"]
+    assert [c["name"] for c in screen["payment_channels"]][:5] == [name for _k, name, _a, _i in CHANNELS]
+    assert len(screen["payment_channels"]) == 6  # the first six by position; the rest are for the portal
+    assert len(envelope_bytes(command)) < MAX_ENVELOPE_BYTES

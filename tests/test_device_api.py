@@ -44,6 +44,7 @@ from schemathesis.core import NotSet
 from devices import protocol
 from devices.models import DeviceCommand, EnrollmentToken
 from devices.protocol import MAX_SEQ
+from devices.services.checkin import MAX_SEQ_JUMP
 from devices.services.commands import StateChange, device_states_apply
 from devices.services.enrolment import enrollment_challenge_issue
 from devices.services.tokens import enrollment_token_create
@@ -296,24 +297,27 @@ def test_a_server_restored_from_a_backup_reissues_the_state_with_a_seq_the_phone
     assert phone.command_seq == 8 and phone.desired_state == "locked"
 
 
-def test_a_jump_to_just_below_max_seq_issues_max_seq_which_the_phone_can_acknowledge_and_report(phone, enrolled):
-    lock(phone)
+def test_a_stolen_credential_can_neither_exhaust_the_sequence_nor_mint_commands(phone, enrolled):
+    command = lock(phone)
     client = as_phone(enrolled["credential"])
     keys, _seq = first_trust(enrolled["key_statement"])
 
+    # Far above anything issued (towards MAX_SEQ): no backup ever lost that many commands.
     response = client.post(CHECKIN, {"state": "locked", "last_seq": MAX_SEQ - 1}, format="json")
-
     assert response.status_code == 200
-    current = command_for(phone, response.json()["envelope"], keys)
-    assert (current["seq"], current["state"]) == (MAX_SEQ, "locked")
-    ack = client.post(ACK, {"seq": MAX_SEQ, "state": "locked"}, format="json")
-    assert ack.status_code == 200 and ack.json() == {"ok": True}
-    reported = client.post(CHECKIN, {"state": "locked", "last_seq": MAX_SEQ}, format="json")
-    assert reported.status_code == 200
-    assert command_for(phone, reported.json()["envelope"], keys)["seq"] == MAX_SEQ  # nothing newer issued
+    assert command_for(phone, response.json()["envelope"], keys)["seq"] == command.seq  # nothing issued
+    far = client.post(CHECKIN, {"state": "locked", "last_seq": command.seq + MAX_SEQ_JUMP + 1}, format="json")
+    assert command_for(phone, far.json()["envelope"], keys)["seq"] == command.seq
+
+    # One genuine-looking jump is honoured (a restored backup) ...
+    first = client.post(CHECKIN, {"state": "locked", "last_seq": command.seq + 5}, format="json")
+    assert command_for(phone, first.json()["envelope"], keys)["seq"] == command.seq + 6
+    # ... but not a second one the same day: repeated check-ins mint nothing more.
+    again = client.post(CHECKIN, {"state": "locked", "last_seq": command.seq + 20}, format="json")
+    assert command_for(phone, again.json()["envelope"], keys)["seq"] == command.seq + 6
     phone.refresh_from_db()
-    assert (phone.command_seq, phone.reported_seq, phone.reported_state) == (MAX_SEQ, MAX_SEQ, "locked")
-    assert DeviceCommand.objects.filter(device=phone).count() == 3  # enrolment's, the lock, the re-issue
+    assert phone.command_seq == command.seq + 6
+    assert DeviceCommand.objects.filter(device=phone).count() == 3  # enrolment's, the lock, the one re-issue
 
 
 def test_a_phone_reporting_max_seq_is_answered_its_current_command_and_nothing_above_max_seq(phone, enrolled):
@@ -326,7 +330,7 @@ def test_a_phone_reporting_max_seq_is_answered_its_current_command_and_nothing_a
     current = command_for(phone, response.json()["envelope"], keys)
     assert (current["seq"], current["state"]) == (command.seq, "locked")
     phone.refresh_from_db()
-    assert phone.command_seq == command.seq  # no jump: the next seq would be above MAX_SEQ
+    assert phone.command_seq == command.seq  # no jump: never up to MAX_SEQ
     assert not DeviceCommand.objects.filter(device=phone, seq__gt=command.seq).exists()
     # Above MAX_SEQ is no sequence number at all.
     above = as_phone(enrolled["credential"]).post(CHECKIN, {"state": "locked", "last_seq": MAX_SEQ + 1}, format="json")

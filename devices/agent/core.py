@@ -47,7 +47,7 @@ from devices.protocol import b64, enrollment_message, topic_for, unb64
 APP_VERSION = "finlock-reference-agent/2.0"
 #: Trusted time is written to protected storage at least this often (and at every write), so
 #: a reboot loses at most this much of it (docs/lock-pipeline.md, "Offline lease").
-CHECKPOINT_SECONDS = 3600.0
+CHECKPOINT_SECONDS = 60.0
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 
 

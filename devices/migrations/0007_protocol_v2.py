@@ -47,6 +47,9 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="devicecommand", name="lease_renew_at", field=models.DateTimeField(blank=True, null=True)
         ),
+        migrations.AddField(
+            model_name="device", name="seq_jumped_at", field=models.DateTimeField(blank=True, null=True)
+        ),
         migrations.CreateModel(
             name="KeyStatement",
             fields=[

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from devices.checkin_flush import checkins_flush
@@ -22,6 +23,11 @@ from portal.audit import audit_record
 from portal.webhooks import webhook_event_emit
 
 log = logging.getLogger(__name__)
+
+#: The most a check-in may move a device's sequence forward, and how often (a server restored
+#: from a backup has lost at most the commands issued since; see device_checkin).
+MAX_SEQ_JUMP = 10_000
+SEQ_JUMP_EVERY = dt.timedelta(days=1)
 
 
 def _device_report(*, device_id: int, seq: int, state: str, via: str, now: dt.datetime) -> bool:
@@ -119,9 +125,15 @@ def device_checkin(*, device: Device, state: str, last_seq: int, app_version: st
         Device.objects.filter(pk=device.pk).update(last_checkin_at=now, app_version=app_version)
         # Race: two check-ins both seeing the old command_seq would both jump; the
         # condition lets only the first move it.
-        jumped = last_seq < MAX_SEQ and Device.objects.filter(pk=device.pk, command_seq__lt=last_seq).update(
-            command_seq=last_seq
-        )
+        # Abuse: whoever holds a phone's credential could report ever higher seqs to exhaust the
+        # sequence (then no lock could be issued) or to mint fresh commands; a restored backup
+        # loses far fewer than MAX_SEQ_JUMP commands and happens far less than daily.
+        jumped = last_seq < MAX_SEQ - MAX_SEQ_JUMP and Device.objects.filter(
+            Q(seq_jumped_at__isnull=True) | Q(seq_jumped_at__lte=now - SEQ_JUMP_EVERY),
+            pk=device.pk,
+            command_seq__lt=last_seq,
+            command_seq__gte=last_seq - MAX_SEQ_JUMP,
+        ).update(command_seq=last_seq, seq_jumped_at=now)
         if jumped:
             log.warning(
                 "Device %s reported seq %s beyond the last issued; issuing its state again", device.uid, last_seq

@@ -313,9 +313,16 @@ def reissue_current_state(device: Device, *, latest: DeviceCommand | None, actor
     if state == LockState.TEMP_UNLOCKED:
         expires_at = latest.expires_at if latest is not None and latest.state == state else None
         if expires_at is None or expires_at <= timezone.now():
-            # A temporary unlock with no known end: normal use is what it granted; the
-            # next sweep decides again from the contract.
-            state, expires_at = LockState.UNLOCKED, None
+            # A temporary unlock that ended: the state it interrupted (what the phone itself
+            # returns to), never a plain unlock a check-in could mint; the sweep decides next.
+            before = (
+                DeviceCommand.objects.filter(device_id=device.pk)
+                .exclude(state=LockState.TEMP_UNLOCKED)
+                .order_by("-seq")
+                .values_list("state", flat=True)
+                .first()
+            )
+            state, expires_at = before or LockState.UNLOCKED, None
     payload = latest.payload if latest is not None else {}
     (command,) = device_states_apply(
         changes=[_again(device.pk, state, device.desired_reason, payload, expires_at)], actor=actor

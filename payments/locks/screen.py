@@ -175,6 +175,10 @@ def language_chain(customer_language: str, provider: Organisation) -> list[str]:
     return chain
 
 
+#: The most payment channels, and service centres, one lock screen lists (first by their order).
+SCREEN_LIST_MAX = 6
+
+
 @dataclass
 class ProviderScreenData:
     """Everything about a provider the screen needs, loaded once per provider (not per contract)."""
@@ -198,10 +202,13 @@ class ProviderScreenData:
         return cls(
             provider=provider,
             texts=texts,
-            channels=list(PaymentChannel.objects.filter(provider=provider, active=True)),
+            # A phone's screen shows a handful; the cap also bounds every command's size, so a
+            # provider with sixty channels cannot push commands past MAX_ENVELOPE_BYTES and stop its
+            # (or anyone's) sweep.
+            channels=list(PaymentChannel.objects.filter(provider=provider, active=True)[:SCREEN_LIST_MAX]),
             service_centers=[
                 {"name": sc.name, "phone": (sc.hotline_numbers or [""])[0], "website": sc.website}
-                for sc in provider.service_centers.order_by("name")
+                for sc in provider.service_centers.order_by("name")[:SCREEN_LIST_MAX]
             ],
             fallback={
                 "name": platform.name,
