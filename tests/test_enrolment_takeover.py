@@ -17,7 +17,14 @@ the IMEI of an enrolled phone would try them, through the device API:
 * a phone that lost its offline-code secret gets a new one only when two people agree
   (request and approval); it is delivered once, at the phone's next proven enrolment, and
   codes made with the old secret stop working;
-* the challenge call needs nothing and answers everyone alike.
+* the challenge call needs nothing and answers everyone alike;
+* a device key belongs to one device: a locked phone that enrols with the IMEI of another,
+  never-enrolled device of its provider (or with another device's re-enrolment code) gets
+  the same 400, nothing changes, the attempt is audited on the device it asked for, and the
+  phone keeps its lock;
+* the reference agent, told by a server that it is now another device while it holds a
+  command in force, refuses and keeps its lock; a released phone, or one that never held a
+  command, may become another device.
 """
 
 from __future__ import annotations
@@ -26,29 +33,38 @@ import base64
 import datetime as dt
 import json
 import re
+import threading
 from pathlib import Path
 
 import openpaygo
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection
 from django.http import Http404
 from django.urls import reverse
 from django.utils import timezone
 from openpaygo import TokenType
 from rest_framework.test import APIClient
 
+from devices.agent import Agent, AgentError, ApiError
 from devices.agent.offline import apply_code
 from devices.agent.state import OfflineState
-from devices.models import Device
-from devices.protocol import enrollment_message
-from devices.services.enrolment import device_reenrollment_code_issue, enrollment_challenge_issue
+from devices.models import Device, EnrollmentToken
+from devices.protocol import enrollment_message, secret_digest, topic_for
+from devices.services.commands import StateChange, device_states_apply
+from devices.services.enrolment import (
+    EnrollmentRefused,
+    device_reenrollment_code_issue,
+    enrollment_challenge_issue,
+)
 from devices.services.offline import offline_code_issue
 from devices.services.tokens import enrollment_token_create
 from portal.models import AuditEvent
 from portal.services import staff_create
 from support.services.unlocks import unlock_request_approve, unlock_request_create
-from tests.factories import DeviceFactory, UserFactory, device_key_b64, enrolment_body, make_imei
+from tests.factories import DeviceFactory, UserFactory, device_key_b64, enrol_device, enrolment_body, make_imei
+from tests.test_agent import Clock, Provider, agent_at
 
 ENROLL = "/api/device/v1/enroll"
 CHALLENGE = "/api/device/v1/enroll/challenge"
@@ -417,3 +433,188 @@ def test_the_device_pages_link_opens_the_request_form_on_a_new_offline_code_key(
     form = client.get(link.replace("&amp;", "&")).content.decode()
     assert re.search(r'<input[^>]*value="rekey"[^>]*checked', form), "the key request is chosen"
     assert not re.search(r'<input[^>]*value="temporary"[^>]*checked', form)
+
+
+# --- a device key belongs to one device: a locked phone cannot become another device ---------------
+
+
+def enrol_as(phone: RealPhone, imei: str, **extra):
+    """What a locked phone tries: another device's IMEI, signed with its own (registered) device key."""
+    body = enrolment_body(imei=imei, token=phone.token, key=phone.key, challenge=fresh_challenge(), **extra)
+    return APIClient().post(ENROLL, body, format="json")
+
+
+def test_a_phone_enrolling_as_a_never_enrolled_device_with_its_key_gets_the_same_400(real_phone, provider_a):
+    other = DeviceFactory(provider=provider_a)  # registered, never enrolled: the token alone would enrol it
+    uses = _token_uses(real_phone)
+    reference = any_refusal(real_phone.token)
+
+    taken = enrol_as(real_phone, other.imei)
+
+    assert taken.status_code == 400 and taken.content == reference.content
+    after = Device.objects.get(pk=other.pk)
+    assert (after.enrolled_at, after.device_key, after.credential_digest, after.offline_sent_at) == (
+        None,
+        "",
+        other.credential_digest,
+        None,
+    )
+    assert _token_uses(real_phone) == uses, "a refused first enrolment uses none of the token"
+    assert real_phone.checkin().status_code == 200, "the phone's own credential still works"
+    refused = AuditEvent.objects.get(action="device.enrol_refused", object_id=str(other.pk))
+    assert refused.after["reason"] == "the device key is registered to another device"
+    assert not AuditEvent.objects.filter(action="device.enrol_refused", object_id=str(real_phone.device.pk)).exists()
+    # The very device the phone is still enrols with its key; the other device with a key of its own.
+    assert real_phone.enroll().status_code == 201
+    assert attacker_enrol(other.imei, real_phone.token).status_code == 201
+
+
+def test_another_devices_reenrollment_code_does_not_move_a_phones_key_either(real_phone, provider_a, admin_a):
+    other = RealPhone(DeviceFactory(provider=provider_a), real_phone.token)  # enrolled, lost its key
+    code, _expires = device_reenrollment_code_issue(device=other.device, actor=admin_a)
+    before = Device.objects.get(pk=other.device.pk)
+
+    taken = enrol_as(real_phone, other.device.imei, code=code)
+
+    assert taken.status_code == 400 and taken.content == any_refusal(real_phone.token).content
+    after = Device.objects.get(pk=other.device.pk)
+    assert (after.device_key, after.credential_digest, after.reenrollment_code_digest) == (
+        before.device_key,
+        before.credential_digest,
+        before.reenrollment_code_digest,
+    ), "nothing changed, and the code is still there for the phone it was issued for"
+    assert other.checkin().status_code == 200
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_one_key_presented_for_four_new_devices_at_once_is_registered_to_one(provider_a, token_a):
+    key = Ed25519PrivateKey.generate()
+    devices = [DeviceFactory(provider=provider_a) for _ in range(4)]
+    enrolled, refused, errors, start = [], [], [], threading.Barrier(len(devices))
+
+    def go(device):
+        try:
+            start.wait()
+            enrolled.append(enrol_device(device.imei, token_a, key=key))
+        except EnrollmentRefused:
+            refused.append(device)
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=go, args=(device,)) for device in devices]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == [] and (len(enrolled), len(refused)) == (1, 3)
+    assert Device.objects.filter(device_key=device_key_b64(key)).count() == 1
+
+
+def _token_uses(phone: RealPhone) -> int:
+    return EnrollmentToken.objects.get(digest=secret_digest(phone.token)).uses
+
+
+class DjangoTransport:
+    """The reference agent's HTTP calls, through Django's test client to the real device API."""
+
+    def post(self, server_url, call, body, credential=None):
+        client = APIClient()
+        if credential:
+            client.credentials(HTTP_AUTHORIZATION=f"Device {credential}")
+        response = client.post(f"/api/device/v1/{call}", body, format="json")
+        if response.status_code >= 400:
+            raise ApiError(f"{call} answered {response.status_code}", status=response.status_code, body=response.json())
+        return response.json()
+
+
+def test_a_locked_reference_phone_cannot_drop_its_lock_by_enrolling_as_another_device(
+    provider_a, token_a, tmp_path, django_capture_on_commit_callbacks
+):
+    mine, other = DeviceFactory(provider=provider_a), DeviceFactory(provider=provider_a)
+    phone = Agent(tmp_path / "phone", transport=DjangoTransport())
+    phone.enroll("http://testserver", mine.imei, token_a)
+    with django_capture_on_commit_callbacks(execute=True):
+        device_states_apply(changes=[StateChange(device_id=mine.pk, state="locked", reason="Overdue")])
+    device_states_apply(changes=[StateChange(device_id=other.pk, state="unlocked", reason="Paid")])
+    phone.checkin()
+    assert phone.view().state == "locked"
+
+    with pytest.raises(ApiError) as refused:
+        phone.enroll("http://testserver", other.imei, token_a)
+
+    assert refused.value.status == 400
+    assert phone.view().state == "locked" and phone.state.enrolment.device == str(mine.uid)
+    assert Device.objects.get(pk=other.pk).enrolled_at is None
+    assert phone.checkin().verdict == "same" and phone.view().state == "locked", "its credential still works"
+
+
+class ForgetfulServer:
+    """A server without the one-key-one-device rule: it enrols the phone as whatever device it names."""
+
+    def __init__(self, device: Provider):
+        self.device = device
+
+    def post(self, server_url, call, body, credential=None):
+        if call == "enroll/challenge":
+            return {"challenge": "Y2hhbGxlbmdl", "expires_in": 300}
+        if call == "enroll":
+            statement = self.device.key_statement(seq=1)
+            return {
+                "device": self.device.device,
+                "credential": "fd1.other",
+                # Both spellings: the answer's single statement, and the chain that replaces it.
+                "key_statement": statement,
+                "key_statements": [statement],
+                "offline": None,
+                "mqtt_topic": topic_for(self.device.device),
+                "envelope": self.device.envelope("unlocked"),
+            }
+        if call == "ack":
+            return {"ok": True}
+        raise AssertionError(f"unexpected call {call}")
+
+
+@pytest.mark.parametrize("state", ["locked", "reminder", "unlocked", "temp_unlocked"])
+def test_the_reference_agent_holding_a_command_never_adopts_another_device_id(tmp_path, state):
+    clock = Clock()
+    key = Ed25519PrivateKey.generate()  # the server signs every device's commands with its key
+    mine = Provider(clock=clock, key=key)
+    other = Provider(clock=clock, key=key, imei=mine.imei)  # the phone's IMEI: only the device id differs
+    phone = agent_at(tmp_path / "phone", clock, transport=ForgetfulServer(other))
+    mine.enrol(phone)
+    extra = {"expires_at": "2026-11-24T09:00:00Z"} if state == "temp_unlocked" else {}
+    assert phone.handle_envelope(mine.envelope(state, **extra)).accepted
+    phone.device_key()  # made at its first enrolment, kept since
+    protected = (tmp_path / "phone" / "protected" / "lock.json").read_text()
+    shown = phone.view().state
+
+    with pytest.raises(AgentError, match=f"device {mine.device}, holding a {state} command, not {other.device}"):
+        phone.enroll("https://finlock.example", mine.imei, "token")
+
+    assert (tmp_path / "phone" / "protected" / "lock.json").read_text() == protected, "nothing changed"
+    assert phone.view().state == shown and phone.state.enrolment.device == mine.device
+    assert phone.log[-1]["event"] == "enrol_refused" and other.device in phone.log[-1]["reason"]
+    # And the other device's unlock is still for another device.
+    assert phone.handle_envelope(other.envelope("unlocked")).verdict == "other_device"
+    assert phone.view().state == shown
+
+
+@pytest.mark.parametrize("held", ["released", None])
+def test_a_released_phone_or_one_without_a_command_may_become_another_device(tmp_path, held):
+    clock = Clock()
+    key = Ed25519PrivateKey.generate()
+    mine = Provider(clock=clock, key=key)
+    other = Provider(clock=clock, key=key, imei=mine.imei)
+    phone = agent_at(tmp_path / "phone", clock, transport=ForgetfulServer(other))
+    mine.enrol(phone)
+    if held:
+        assert phone.handle_envelope(mine.envelope(held)).accepted
+
+    outcome = phone.enroll("https://finlock.example", mine.imei, "token")
+
+    assert outcome.accepted and phone.state.enrolment.device == other.device
+    assert phone.view().state == "unlocked"

@@ -350,6 +350,13 @@ class Agent:
         """
         with self._loaded() as loaded:
             st, prot, old = loaded.st, loaded.prot, loaded.phone
+            if old and old.device != str(device) and old.command and old.state != "released":
+                # A phone holding a command never adopts another device id: it would start afresh
+                # (no command, seq 0) and drop its lock. Nothing changes (docs/lock-pipeline.md).
+                refused = f"this phone is device {old.device}, holding a {old.state} command, not {device}"
+                append_log(st, {"at": format_time(self.clock()), "event": "enrol_refused", "reason": refused})
+                self.store.save_agent(st)
+                raise AgentError(f"enrolment refused: {refused}")
             digits = normalise_imei(imei)
             all_imeis = list(dict.fromkeys([digits, *(normalise_imei(i) for i in imeis or [])]))
             phone = old

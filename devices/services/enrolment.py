@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -64,6 +65,8 @@ _CHALLENGE_LENGTH = _CHALLENGE_BODY + 32  # + HMAC-SHA256
 # A challenge issued by another server whose clock runs slightly ahead is still fresh.
 _CHALLENGE_SKEW = dt.timedelta(seconds=5)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: Namespace of the per-device-key advisory lock (an arbitrary constant no other lock in finlock uses).
+_KEY_LOCK_NAMESPACE = 0x0E4C_0CE5
 
 
 class EnrollmentRefused(ValidationError):
@@ -174,7 +177,24 @@ def _enrolment_proof(
     if device.last_challenge_at is not None and issued_at <= device.last_challenge_at:
         # Each challenge is accepted once per device, and never one older than the last accepted.
         return None, "challenge already used (a replayed or late signature)"
+    if key != device.device_key and _key_registered_elsewhere(device=device, device_key=key):
+        # A device key belongs to one device: a phone (a locked one, say) that enrolled as
+        # another device would drop its own command with the other device's id.
+        return None, "the device key is registered to another device"
     return proof, ""
+
+
+def _key_registered_elsewhere(*, device: Device, device_key: str) -> bool:
+    """Whether a device other than ``device`` has registered ``device_key`` (inside the caller's transaction)."""
+    if connection.vendor == "postgresql":
+        # Race: two enrolments registering one key for two devices (each holding its own
+        # device row) would each see the key free; the lock on the key, held until commit,
+        # makes the second see the first's registration.
+        lock_id = int.from_bytes(hashlib.sha256(device_key.encode()).digest()[:4], "big", signed=True)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_KEY_LOCK_NAMESPACE, lock_id])
+    # SQLite (development): one writer at a time, each transaction taking the write lock first.
+    return Device.objects.filter(device_key=device_key).exclude(pk=device.pk).exists()
 
 
 def device_enroll(
@@ -202,7 +222,8 @@ def device_enroll(
       never re-enrols a device.
 
     Any refusal (bad, revoked, expired or used-up token; IMEI not a device of the token's
-    provider; no valid proof; a challenge already used) raises the same
+    provider; no valid proof; a challenge already used; a ``device_key`` another device
+    registered, since a key belongs to one device) raises the same
     ``EnrollmentRefused`` and changes nothing: the live credential keeps working. A
     refusal for an existing device is audited (``device.enrol_refused``, at most once a
     minute per device). A malformed key, signature or stale challenge is a field error,
