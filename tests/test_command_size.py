@@ -206,7 +206,7 @@ def test_a_provider_with_sixty_channels_still_locks_its_phones_and_no_one_elses_
             name=f"Branch {n:02d} " + "ශාඛාව " * 10,  # near the 80-character limit
             account=f"0{n:02d}-1234567890",
             reference="{contract}",
-            instructions="ගෙවීම් උපදෙස් " * 30,
+            instructions="ගෙවීම් උපදෙස් " * 20,  # near the 300-character limit
             position=10 + n,
         )
 
