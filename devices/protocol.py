@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import json
+import re
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -31,6 +33,14 @@ MAX_SEQ = 2_000_000_000
 STATES = ("unlocked", "reminder", "locked", "temp_unlocked", "released")
 #: The states a lease may end in: a phone out of contact is reminded or locked, never released.
 LEASE_EXPIRY_STATES = ("reminder", "locked")
+#: The states a command may carry a lease in (a phone that is usable now); a locked or released
+#: command has nothing to fall to, so a lease on it is malformed.
+LEASED_STATES = ("unlocked", "reminder", "temp_unlocked")
+#: The largest ``lease_warning_days``: a year (the server's policy allows 1 to 10). Bounded so that
+#: ``lease_until`` minus the warning is a time every implementation can compute.
+MAX_WARNING_DAYS = 365
+#: ``YYYY-MM-DDTHH:MM:SSZ``, ASCII digits only (``re.ASCII``: no other script's digits).
+_WIRE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z", re.ASCII)
 #: What a signed payload is: a signature made for one kind never passes as the other.
 KIND_COMMAND = "command"
 KIND_KEY_STATEMENT = "key_statement"
@@ -185,19 +195,83 @@ def open_envelope(envelope: Any, trusted_keys: dict[str, str], *, kind: str = KI
     return parsed
 
 
+def read_wire_time(value: object) -> dt.datetime | None:
+    """A wire time (``YYYY-MM-DDTHH:MM:SSZ``, a real UTC date and time) as an aware datetime; None otherwise.
+
+    Strict, as every phone must read it (docs/lock-pipeline.md, "The command"): exactly two digits
+    per field, year 0001 to 9999, hour 00 to 23, second 00 to 59 (no leap second, no 24:00).
+    """
+    if not isinstance(value, str) or not _WIRE_TIME.fullmatch(value):
+        return None
+    try:
+        return dt.datetime(
+            int(value[0:4]),
+            int(value[5:7]),
+            int(value[8:10]),
+            int(value[11:13]),
+            int(value[14:16]),
+            int(value[17:19]),
+            tzinfo=dt.UTC,
+        )
+    except ValueError:  # year 0, month 13, 30 February, hour 24, second 60
+        return None
+
+
 def check_command(command: dict[str, Any]) -> dict[str, Any]:
-    """The fields every command must hold, with their types (after ``open_envelope``); or ``Rejected``."""
+    """The members every command must hold, with their types and ranges (after ``open_envelope``); or ``Rejected``.
+
+    The rules a phone applies at receipt (docs/lock-pipeline.md, "The command"): the server runs its
+    own commands through this too, so it can never issue one a phone would call ``malformed``.
+    ``time_zone`` is not checked: a zone the phone does not know means UTC, never a refusal.
+    """
     seq = command.get("seq")
     if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
         raise Rejected("malformed", "seq is an integer from 1 to MAX_SEQ")
-    if command.get("state") not in STATES:
-        raise Rejected("malformed", f"unknown state {command.get('state')!r}")
+    state = command.get("state")
+    if state not in STATES:
+        raise Rejected("malformed", f"unknown state {state!r}")
     imeis = command.get("imeis")
     if not isinstance(command.get("device"), str) or not isinstance(imeis, list) or not imeis:
         raise Rejected("malformed", "device and imeis are required")
-    if command.get("lease_until") is not None and command.get("lease_expiry_state") not in LEASE_EXPIRY_STATES:
-        raise Rejected("malformed", "a lease names the state it expires into")
+    _check_command_times(command, state)
+    warning = command.get("lease_warning_days")
+    if type(warning) is not int or not 0 <= warning <= MAX_WARNING_DAYS:
+        raise Rejected("malformed", f"lease_warning_days is an integer from 0 to {MAX_WARNING_DAYS}")
+    _check_lock_window(command.get("lock_window"))
     return command
+
+
+def _check_command_times(command: dict[str, Any], state: str) -> None:
+    # The phone anchors trusted time at issued_at and ends a temporary unlock at expires_at:
+    # a command it could not place in time is refused, never guessed at.
+    if read_wire_time(command.get("issued_at")) is None:
+        raise Rejected("malformed", "issued_at is not a time")
+    expires_at = command.get("expires_at")
+    if state == "temp_unlocked" and read_wire_time(expires_at) is None:
+        raise Rejected("malformed", "a temporary unlock names when it ends (expires_at)")
+    if state != "temp_unlocked" and expires_at is not None:
+        raise Rejected("malformed", "expires_at is null for every state but temp_unlocked")
+    lease_until = command.get("lease_until")
+    if lease_until is None:
+        return
+    if read_wire_time(lease_until) is None:
+        raise Rejected("malformed", "lease_until is not a time")
+    if state not in LEASED_STATES:
+        raise Rejected("malformed", f"a {state} command has no lease")
+    if command.get("lease_expiry_state") not in LEASE_EXPIRY_STATES:
+        raise Rejected("malformed", "a lease names the state it expires into")
+
+
+def _check_lock_window(window: object) -> None:
+    if window is None:
+        return
+    if not isinstance(window, dict):
+        raise Rejected("malformed", "lock_window is an object or null")
+    start, end, weekdays = window.get("start_hour"), window.get("end_hour"), window.get("weekdays")
+    if type(start) is not int or type(end) is not int or not 0 <= start < end <= 24:
+        raise Rejected("malformed", "lock_window hours: 0 <= start_hour < end_hour <= 24")
+    if not isinstance(weekdays, list) or not weekdays or any(type(d) is not int or not 0 <= d <= 6 for d in weekdays):
+        raise Rejected("malformed", "lock_window weekdays: a non-empty array of integers 0 (Monday) to 6")
 
 
 def check_key_statement(statement: dict[str, Any]) -> dict[str, str]:

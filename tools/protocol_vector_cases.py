@@ -456,7 +456,7 @@ add(
         [
             keys_step(statement(2, {}, OLD), "malformed", [OLD]),
             keys_step(statement(2, {NEW: b64(bytes(31))}, OLD), "malformed", [OLD]),
-            keys_step(statement(2, {NEW: 7}, OLD), "malformed", [OLD]),
+            keys_step(statement(2, {NEW: 7}, OLD), "malformed", [OLD]),  # type: ignore[dict-item]
             keys_step(statement(1, trusted(OLD, NEW), OLD), "stale", [OLD]),
             keys_step(statement(2, trusted(NEW), OLD), "apply", [NEW]),
             cmd(sealed(command(seq=2, state="locked"), OLD), "unknown_key", "unlocked", 1),

@@ -254,3 +254,122 @@ add(
         ],
     )
 )
+
+add(
+    case(
+        "temp_unlocked_no_previous",
+        "A temporary unlock that is a new phone's first command (no command before it) ends in `reminder`, "
+        "never a lock the server did not send, and that reminder is still bound by the unlock's own 7-day "
+        "lease: warned from day 4, locked at day 7. A 2-day offline code then unlocks it until day 9.",
+        ["temp_unlocked", "no previous command", "lease", "offline code"],
+        phone(in_force=None, last_seq=0),
+        [
+            cmd(
+                sealed(
+                    command(
+                        seq=1,
+                        state="temp_unlocked",
+                        reason="agent visit",
+                        expires_at="2026-03-02T08:00:00Z",
+                        **_lease7,
+                    )
+                ),
+                "apply",
+                "temp_unlocked",
+                1,
+            ),
+            at(7199, "2026-03-02T07:59:59Z", "temp_unlocked", False),
+            at(7200, "2026-01-01T00:00:00Z", "reminder", False),
+            at(4 * DAY - 1, "2026-03-06T05:59:59Z", "reminder", False),
+            at(4 * DAY, "2026-03-06T06:00:00Z", "reminder", True),
+            at(7 * DAY, "2026-03-09T06:00:00Z", "locked", False),
+            code(2, "unlocked", False),
+            at(9 * DAY - 1, "2026-03-11T05:59:59Z", "unlocked", False),
+            at(9 * DAY, "2026-03-11T06:00:00Z", "locked", False),
+        ],
+    )
+)
+
+_leased2 = sealed(command(seq=2, **_lease7))
+add(
+    case(
+        "same_replay_keeps_trusted_time",
+        "The command in force (a 7-day lease) replayed on day 5 is `same`, and does not turn trusted time back "
+        "to its issued_at: the lease still warns and locks on day 7 counted from the first receipt. Replayed "
+        "again once locked by its lease, the phone stays locked.",
+        ["same", "replay", "trusted time", "lease"],
+        phone(),
+        [
+            cmd(_leased2, "apply", "unlocked", 2),
+            at(5 * DAY, "2026-03-07T06:00:00Z", "unlocked", True),
+            cmd(_leased2, "same", "unlocked", 2),
+            at(7 * DAY - 1, "2026-03-02T06:00:00Z", "unlocked", True),
+            at(7 * DAY, "2026-03-02T06:00:00Z", "locked", False),
+            at(9 * DAY, "2026-03-02T06:00:00Z", "locked", False),
+            cmd(_leased2, "same", "unlocked", 2),
+            at(9 * DAY, "2026-03-02T06:00:00Z", "locked", False),
+        ],
+    )
+)
+
+_MARS = "Mars/Olympus_Mons"
+add(
+    case(
+        "unknown_time_zone",
+        "A time_zone the phone does not know (a made-up name, an offset, an empty string, null) is never "
+        "`malformed`: a lock and an unlock apply, and the phone uses UTC for the lock window. A lease ending "
+        "Tuesday 04:00 UTC (09:30 in Colombo) with a 09:00-17:00 weekday window locks at 09:00 UTC; one "
+        "ending 16:00 UTC (21:30 in Colombo) locks at once.",
+        ["time_zone", "unknown zone", "UTC", "lock window"],
+        phone(),
+        [
+            cmd(sealed(command(seq=2, state="locked", reason="overdue", time_zone=_MARS)), "apply", "locked", 2),
+            cmd(
+                sealed(command(seq=3, state="temp_unlocked", expires_at="2026-03-02T08:00:00Z", time_zone="")),
+                "apply",
+                "temp_unlocked",
+                3,
+            ),
+            cmd(sealed(command(seq=4, time_zone=None)), "apply", "unlocked", 4),
+            cmd(
+                sealed(
+                    command(
+                        seq=5,
+                        time_zone=_MARS,
+                        lease_until="2026-03-03T04:00:00Z",
+                        lease_expiry_state="locked",
+                        lease_warning_days=0,
+                        offline_lock_days=1,
+                        lock_window=WEEKDAYS_9_TO_17,
+                    )
+                ),
+                "apply",
+                "unlocked",
+                5,
+            ),
+            at(79_199, "2026-03-03T03:59:59Z", "unlocked", False),
+            at(79_200, "2026-03-03T04:00:00Z", "reminder", True),
+            at(97_199, "2026-03-03T08:59:59Z", "reminder", True),
+            at(97_200, "2026-03-03T09:00:00Z", "locked", False),
+            cmd(
+                sealed(
+                    command(
+                        seq=6,
+                        time_zone="+05:30",
+                        issued_at="2026-03-03T10:00:00Z",
+                        lease_until="2026-03-03T16:00:00Z",
+                        lease_expiry_state="locked",
+                        lease_warning_days=0,
+                        offline_lock_days=1,
+                        lock_window=WEEKDAYS_9_TO_17,
+                    )
+                ),
+                "apply",
+                "unlocked",
+                6,
+            ),
+            at(21_599, "2026-03-03T15:59:59Z", "unlocked", False),
+            at(21_600, "2026-03-03T16:00:00Z", "locked", False),
+        ],
+    )
+)

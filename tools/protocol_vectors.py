@@ -5,7 +5,8 @@
 
 Inputs are built with ``devices.protocol.payload_bytes`` and ``seal`` (no Django) and signed with fixed
 TEST keys (Ed25519 is deterministic). Every expectation is written by hand in
-``tools/protocol_vector_cases.py``, from docs/lock-pipeline.md: nothing here runs a phone model, which
+``tools/protocol_vector_cases.py``, ``tools/protocol_vector_rules.py`` and ``tools/protocol_vector_lease.py``,
+from docs/lock-pipeline.md: nothing here runs a phone model, which
 would only check Python against itself. Java (conformance/java/Conformance.java) and the reference agent
 must both pass them.
 """
@@ -24,8 +25,9 @@ if str(ROOT) not in sys.path:  # run as a script: the repository's packages must
 from tools.protocol_vector_build import KEYS, public_key, seed  # noqa: E402
 from tools.protocol_vector_cases import CASES as MESSAGE_CASES  # noqa: E402
 from tools.protocol_vector_lease import CASES as LEASE_CASES  # noqa: E402
+from tools.protocol_vector_rules import CASES as RULE_CASES  # noqa: E402
 
-CASES = MESSAGE_CASES + LEASE_CASES
+CASES = MESSAGE_CASES + RULE_CASES + LEASE_CASES
 VECTORS = ROOT / "docs" / "protocol" / "vectors"
 
 README_HEAD = """# Test vectors of the finlock phone protocol, version 2
@@ -55,7 +57,9 @@ warning: what will happen, when, and how to avoid it). `reason`, where present, 
 
 Interpretations these vectors fix where the text leaves a choice: past the lease in `reminder`, the
 phone shows the reminder banner, not the warning (nothing more will happen); locked by the lease, it
-shows no warning either; a `temp_unlocked` past `expires_at` shows what the command before it showed.
+shows no warning either; a `temp_unlocked` past `expires_at` shows what the command before it showed
+(with no command before it, `reminder` under the temporary unlock's own lease, as the spec says). A phone
+built from `phone` has no command before the one in `in_force`.
 
 ## Cases
 

@@ -21,8 +21,11 @@ import java.security.KeyFactory;
 import java.security.PublicKey;
 import java.security.Signature;
 import java.security.spec.X509EncodedKeySpec;
+import java.time.DateTimeException;
 import java.time.Instant;
 import java.time.LocalDate;
+import java.time.LocalDateTime;
+import java.time.ZoneOffset;
 import java.time.ZoneId;
 import java.time.ZonedDateTime;
 import java.util.ArrayList;
@@ -45,6 +48,11 @@ public class Conformance {
     static final BigInteger MAX_SEQ = BigInteger.valueOf(2_000_000_000L);
     static final Set<String> STATES = Set.of("unlocked", "reminder", "locked", "temp_unlocked", "released");
     static final Set<String> LEASE_EXPIRY_STATES = Set.of("reminder", "locked");
+    /** The states a command may carry a lease in; a lease on a locked or released command is malformed. */
+    static final Set<String> LEASED_STATES = Set.of("unlocked", "reminder", "temp_unlocked");
+    static final BigInteger MAX_WARNING_DAYS = BigInteger.valueOf(365);
+    /** Where an ended temporary unlock with no command before it falls: usable, urging a check-in. */
+    static final String TEMP_FALLBACK_STATE = "reminder";
     static final byte[] SPKI_PREFIX = hex("302a300506032b6570032100");
     static final Pattern TIME = Pattern.compile("\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}Z");
     static final Pattern B64 = Pattern.compile("[A-Za-z0-9+/]*={0,2}");
@@ -243,11 +251,29 @@ public class Conformance {
                 .toString();
     }
 
+    /**
+     * A wire time: exactly YYYY-MM-DDTHH:MM:SSZ with a real date, year 0001-9999, hour 00-23, second 00-59.
+     * Not Instant.parse, which takes 24:00:00 and a leap second 23:59:60 that the spec refuses.
+     */
     static Instant time(Object value) {
         if (!(value instanceof String text) || !TIME.matcher(text).matches()) {
             throw new IllegalArgumentException("not a YYYY-MM-DDTHH:MM:SSZ time: " + value);
         }
-        return Instant.parse(text);
+        int year = Integer.parseInt(text.substring(0, 4));
+        if (year < 1) throw new IllegalArgumentException("year 0000");
+        try {
+            return LocalDateTime.of(year, Integer.parseInt(text.substring(5, 7)), Integer.parseInt(text.substring(8, 10)),
+                    Integer.parseInt(text.substring(11, 13)), Integer.parseInt(text.substring(14, 16)),
+                    Integer.parseInt(text.substring(17, 19))).toInstant(ZoneOffset.UTC);
+        } catch (DateTimeException e) {
+            throw new IllegalArgumentException("not a real date and time: " + text);
+        }
+    }
+
+    /** The IANA zone named, or UTC for anything the JDK's tz database does not list (never malformed). */
+    static ZoneId zoneOf(Object value) {
+        if (value instanceof String name && ZoneId.getAvailableZoneIds().contains(name)) return ZoneId.of(name);
+        return ZoneOffset.UTC;
     }
 
     static Instant timeOrNull(Object value) {
@@ -270,11 +296,16 @@ public class Conformance {
                         time(m.get("issued_at")), timeOrNull(m.get("expires_at")), timeOrNull(lease),
                         m.get("lease_expiry_state") instanceof String e ? e : null,
                         warning instanceof BigInteger w ? w.longValueExact() : 0,
-                        m.get("time_zone") instanceof String z ? ZoneId.of(z) : ZoneId.of("UTC"),
+                        zoneOf(m.get("time_zone")),
                         window instanceof Map<?, ?> w ? castMap(w) : null);
             } catch (RuntimeException e) {
                 throw new Rejected("malformed", "unreadable member: " + e.getMessage());
             }
+        }
+
+        Command withState(String other) {
+            return new Command(bytes, members, seq, other, issuedAt, expiresAt, leaseUntil, expiryState, warningDays,
+                    zone, window);
         }
     }
 
@@ -412,17 +443,58 @@ public class Conformance {
             if (!(m.get("device") instanceof String) || !(m.get("imeis") instanceof List<?> l) || l.isEmpty()) {
                 throw new Rejected("malformed", "device and imeis");
             }
-            Object lease = m.get("lease_until");
-            if (lease != null && lease != NULL && !LEASE_EXPIRY_STATES.contains(m.get("lease_expiry_state"))) {
-                throw new Rejected("malformed", "a lease names the state it expires into");
+            boolean temp = state.equals("temp_unlocked");
+            try {
+                time(m.get("issued_at"));
+                if (temp) time(m.get("expires_at"));
+            } catch (IllegalArgumentException e) {
+                throw new Rejected("malformed", e.getMessage());
+            }
+            if (!temp && absent(m.get("expires_at")) != null) {
+                throw new Rejected("malformed", "expires_at is for temp_unlocked only");
+            }
+            Object lease = absent(m.get("lease_until"));
+            if (lease != null) {
+                try {
+                    time(lease);
+                } catch (IllegalArgumentException e) {
+                    throw new Rejected("malformed", "lease_until: " + e.getMessage());
+                }
+                if (!LEASED_STATES.contains(state)) throw new Rejected("malformed", "a " + state + " command has no lease");
+                if (!LEASE_EXPIRY_STATES.contains(m.get("lease_expiry_state"))) {
+                    throw new Rejected("malformed", "a lease names the state it expires into");
+                }
+            }
+            if (!(m.get("lease_warning_days") instanceof BigInteger w) || w.signum() < 0
+                    || w.compareTo(MAX_WARNING_DAYS) > 0) {
+                throw new Rejected("malformed", "lease_warning_days is an integer from 0 to 365");
+            }
+            checkWindow(absent(m.get("lock_window")));
+        }
+
+        /** JSON null and an absent member alike as Java null; anything else as itself. */
+        static Object absent(Object value) {
+            return value == NULL ? null : value;
+        }
+
+        static void checkWindow(Object window) throws Rejected {
+            if (window == null) return;
+            if (!(window instanceof Map<?, ?> w)) throw new Rejected("malformed", "lock_window is an object or null");
+            if (!(w.get("start_hour") instanceof BigInteger start) || !(w.get("end_hour") instanceof BigInteger end)
+                    || start.signum() < 0 || start.compareTo(end) >= 0 || end.compareTo(BigInteger.valueOf(24)) > 0) {
+                throw new Rejected("malformed", "lock_window hours: 0 <= start_hour < end_hour <= 24");
+            }
+            if (!(w.get("weekdays") instanceof List<?> days) || days.isEmpty() || !days.stream().allMatch(
+                    d -> d instanceof BigInteger day && day.signum() >= 0 && day.compareTo(BigInteger.valueOf(6)) <= 0)) {
+                throw new Rejected("malformed", "lock_window weekdays: a non-empty array of 0 (Monday) to 6");
             }
         }
 
         String receiveKeyStatement(Object envelope) {
             try {
                 Map<String, Object> m = castMap(open(envelope, "key_statement")[0]);
-                if (!(m.get("seq") instanceof BigInteger seq) || seq.signum() <= 0) {
-                    throw new Rejected("malformed", "seq");
+                if (!(m.get("seq") instanceof BigInteger seq) || seq.signum() <= 0 || seq.compareTo(MAX_SEQ) > 0) {
+                    throw new Rejected("malformed", "seq is an integer from 1 to MAX_SEQ");
                 }
                 if (seq.compareTo(BigInteger.valueOf(keyStatementSeq)) <= 0) return "stale";
                 if (!(m.get("keys") instanceof Map<?, ?> keys) || keys.isEmpty()) {
@@ -461,8 +533,9 @@ public class Conformance {
             if (c == null) throw new IllegalStateException("no command in force: the spec says nothing to show");
             if (c.state().equals("released")) return new Shown("released", false);
             if (c.state().equals("temp_unlocked")) {
-                if (c.expiresAt() == null || now.isBefore(c.expiresAt())) return new Shown("temp_unlocked", false);
-                return effective(before, null, now);
+                if (now.isBefore(c.expiresAt())) return new Shown("temp_unlocked", false);
+                // Then what the command before it showed; with none, a reminder under this command's own lease.
+                return effective(before != null ? before : c.withState(TEMP_FALLBACK_STATE), null, now);
             }
             if (grantUntil != null && now.isBefore(grantUntil)) return new Shown("unlocked", false);
             if (c.leaseUntil() == null) return new Shown(c.state(), false);

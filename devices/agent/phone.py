@@ -22,32 +22,30 @@ from typing import Any
 
 from devices.protocol import (
     KIND_KEY_STATEMENT,
+    MAX_SEQ,
     Rejected,
     b64,
     check_command,
     check_key_statement,
     open_envelope,
+    read_wire_time,
     unb64,
 )
 
 DAY = dt.timedelta(days=1)
 #: Without a command in force the phone has nothing to restrict.
 NO_COMMAND_STATE = "unlocked"
-#: What a temporary unlock falls back to when nothing (usable) was in force before it: a
-#: temporary unlock is only ever granted to lift a lock.
-TEMP_FALLBACK_STATE = "locked"
+#: What an ended temporary unlock falls back to when no command was in force before it
+#: (docs/lock-pipeline.md, "What the phone does"): usable, urging a check-in, under the
+#: temporary unlock's own lease. Never a lock the server did not send.
+TEMP_FALLBACK_STATE = "reminder"
 #: A lock window is searched this far ahead (a week and a day covers every weekday set).
 WINDOW_SEARCH_HOURS = 24 * 9
 
 
 def parse_wire_time(value: object) -> dt.datetime | None:
-    """``YYYY-MM-DDTHH:MM:SSZ`` as an aware UTC datetime; None for anything else."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    except ValueError:
-        return None
+    """``YYYY-MM-DDTHH:MM:SSZ`` as an aware UTC datetime; None for anything else (strict, as on receipt)."""
+    return read_wire_time(value)
 
 
 def wire_time(value: dt.datetime) -> str:
@@ -55,11 +53,14 @@ def wire_time(value: dt.datetime) -> str:
 
 
 def zone_of(command: dict[str, Any]) -> dt.tzinfo:
-    """The command's IANA zone; UTC when it names none the phone knows (the moment is still right)."""
+    """The command's IANA zone; UTC when it names none the phone knows (the moment is still right).
+
+    Never a refusal: a phone with older time-zone data must still apply an unlock.
+    """
     name = command.get("time_zone")
     try:
         return zoneinfo.ZoneInfo(name) if isinstance(name, str) and name else dt.UTC
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # unknown, not a key, not a TZif file
         return dt.UTC
 
 
@@ -214,7 +215,6 @@ class Phone:
         """
         try:
             command = check_command(open_envelope(envelope, self.trusted_keys))
-            _check_times(command)
         except Rejected as exc:
             return exc.code
         imeis = command["imeis"]
@@ -249,7 +249,7 @@ class Phone:
 
     def _anchor(self, command: dict[str, Any], monotonic: float, *, forward_only: bool) -> None:
         issued_at = parse_wire_time(command["issued_at"])
-        assert issued_at is not None  # checked by _check_times
+        assert issued_at is not None  # checked by check_command
         if forward_only and self.anchor_at is not None and issued_at < self.trusted_now(monotonic):
             # The command in force delivered again (retained MQTT, a replay) never turns
             # trusted time back: otherwise replaying it would extend the lease for ever.
@@ -266,7 +266,7 @@ class Phone:
         except Rejected as exc:
             return exc.code
         seq = statement.get("seq")
-        if type(seq) is not int or seq < 1:
+        if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
             return "malformed"
         if seq <= self.key_statement_seq:
             return "stale"
@@ -324,7 +324,8 @@ class Phone:
                 return Showing("temp_unlocked", command=command, trusted_now=now, until=expires_at)
             previous = self.previous.command if self.previous else None
             if previous is None or previous.get("state") not in ("unlocked", "reminder", "locked"):
-                return self._offline_or(Showing(TEMP_FALLBACK_STATE, command=previous or command, trusted_now=now))
+                # Nothing before it: a reminder (the phone checks in), still bound by this command's lease.
+                previous = {**command, "state": TEMP_FALLBACK_STATE}
             command = previous
         return self._leased(command, now)
 
@@ -411,17 +412,6 @@ class Phone:
 def envelope_dict(envelope: Any) -> dict[str, Any]:
     """The envelope as an object (after ``open_envelope`` accepted it, text or bytes parse)."""
     return envelope if isinstance(envelope, dict) else json.loads(envelope)
-
-
-def _check_times(command: dict[str, Any]) -> None:
-    # The phone anchors trusted time at issued_at and ends a temporary unlock at expires_at:
-    # a command it could not place in time is refused, not guessed at.
-    if parse_wire_time(command.get("issued_at")) is None:
-        raise Rejected("malformed", "issued_at is not a time")
-    if command["state"] == "temp_unlocked" and parse_wire_time(command.get("expires_at")) is None:
-        raise Rejected("malformed", "a temporary unlock names when it ends")
-    if command.get("lease_until") is not None and parse_wire_time(command["lease_until"]) is None:
-        raise Rejected("malformed", "lease_until is not a time")
 
 
 def _issued(command: dict[str, Any]) -> dt.datetime | None:
