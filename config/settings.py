@@ -225,6 +225,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    # Lock-screen and offline-lease refreshes whose next batch never reached the broker (or whose
+    # worker died) resume from their stored cursor (payments/locks/refresh.py).
+    "payments.resume-lock-refreshes": {
+        "task": "payments.resume_lock_refreshes",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
     # Phones' broker accounts not yet in sync with their enrolment (devices/mqtt_accounts.py),
     # e.g. because Mosquitto was down when the phone enrolled. Does nothing without MQTT_PROVISION_URL.
     "devices.sync-mqtt-accounts": {

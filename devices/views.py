@@ -30,7 +30,7 @@ from devices.services.enrolment import device_reenrollment_code_issue
 from devices.services.tokens import enrollment_token_create, enrollment_token_revoke
 from portal.forms import form_errors_from
 from portal.http import client_ip
-from portal.models import Organisation, OrganisationKind
+from portal.models import AuditEvent, Organisation, OrganisationKind
 from portal.permissions import Right, has_right, require, scoped_get, scoped_list
 from portal.shell import links_for
 
@@ -157,6 +157,11 @@ def _can_see_delivery_errors(user) -> bool:
     return user.organisation.kind != OrganisationKind.SERVICE_CENTER
 
 
+#: The audit action of a command that could not be built (written by payments.locks.refusals).
+COMMAND_REFUSED = "device.command_refused"
+REFUSED_SHOWN = 50
+
+
 @login_required
 def dead_letters(request):
     """Commands that exhausted their push attempts, for the providers the user can see."""
@@ -167,8 +172,17 @@ def dead_letters(request):
         provider_field="device__provider",
     )
     page = Paginator(commands.order_by("-dead_at", "-id"), 50).get_page(request.GET.get("page"))
+    # Commands never issued because they could not be built (payments.locks.refusals: a lock screen
+    # over the size a phone accepts); at most one event per phone an hour, the last week's shown.
+    refused = scoped_list(
+        AuditEvent.objects.filter(action=COMMAND_REFUSED, created_at__gte=timezone.now() - dt.timedelta(days=7)),
+        request.user,
+        Right.VIEW_DEVICES,
+        provider_field="organisation",
+    ).select_related("organisation")
     ctx = {
         "page": page,
+        "refused": refused.order_by("-id")[:REFUSED_SHOWN],
         "can_retry": has_right(request.user, Right.MANAGE_DEVICES),
         "can_see_delivery_errors": _can_see_delivery_errors(request.user),
     }

@@ -12,7 +12,13 @@ from celery import shared_task
 from celery.app.task import Task
 
 from payments.ledger.services import payments_flag_unconfirmed
-from payments.locks.refresh import RefreshBatch, lock_screens_refresh_after_change, lock_screens_refresh_batch
+from payments.locks.refresh import (
+    REFRESH_BATCH,
+    RefreshBatch,
+    lock_refresh_batch,
+    lock_refreshes_resume,
+    lock_screens_refresh_after_change,
+)
 from payments.locks.services import lock_sweep as lock_sweep_run
 from payments.statements.imports import statement_import_run, statement_imports_requeue
 from portal.outbound import BROKER_ERRORS
@@ -48,27 +54,33 @@ def requeue_imports() -> int:
 
 
 @shared_task(bind=True, name="payments.refresh_lock_screens", ignore_result=True)
-def refresh_lock_screens(self: Task, provider_id: int, after_id: int = 0) -> int:
-    """One batch of a lock-screen refresh (``payments.locks.refresh``), then the next batch queued behind the others.
+def refresh_lock_screens(self: Task, refresh_id: int, batch_size: int = REFRESH_BATCH) -> int:
+    """One batch of a refresh (a ``LockRefresh`` row, ``payments.locks.refresh``), then the next one queued.
 
     Re-queued rather than looped, so locks, reminders and webhooks on the same queue interleave
     with a refresh of 100,000 phones (and unlocks have a queue of their own). In-process mode
-    (no broker) does every batch here. Retry-safe: a batch run again skips phones already refreshed.
+    (no broker) does every batch here. Retry-safe: the cursor is stored with each batch, and a
+    batch run again skips phones already refreshed.
     """
     refreshed = 0
     while True:
-        batch: RefreshBatch = lock_screens_refresh_batch(provider_id=provider_id, after_id=after_id)
+        batch: RefreshBatch = lock_refresh_batch(refresh_id=refresh_id, batch_size=batch_size)
         refreshed += batch.refreshed
         if batch.next_after is None:
             return refreshed
         if not self.request.is_eager:
             try:
-                self.apply_async(args=(provider_id, batch.next_after))
+                self.apply_async(args=(refresh_id, batch_size))
             except BROKER_ERRORS as exc:
-                # The phones after this one keep their screen until their next command or refresh.
-                log.warning("refresh: provider %s stopped after contract %s: %s", provider_id, batch.next_after, exc)
+                # Nothing is lost: the periodic pickup queues it again from its stored cursor.
+                log.warning("refresh %s stopped after contract %s: %s", refresh_id, batch.next_after, exc)
             return refreshed
-        after_id = batch.next_after
+
+
+@shared_task(name="payments.resume_lock_refreshes", ignore_result=True)
+def resume_lock_refreshes() -> int:
+    """Queue again the refreshes whose task was lost (every 60 s from beat); how many."""
+    return len(lock_refreshes_resume())
 
 
 @shared_task(name="payments.refresh_lock_screens_after_change", ignore_result=True)

@@ -4,14 +4,18 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from devices.models import Device, DeviceCommand
 from devices.protocol import check_command, open_envelope
 from payments.contracts.services import contract_set_status
-from payments.locks.services import contract_lock_evaluate, lock_sweep
-from payments.models import Contract, LockOverride, PaymentChannel
+from payments.locks.screen import DEFAULT_TEXTS
+from payments.locks.services import contract_lock_evaluate, lock_screen_text_save, lock_sweep
+from payments.models import Contract, LockOverride, LockScreenText, PaymentChannel
 from portal.models import AuditEvent
-from tests.factories import make_contract
+from tests.factories import CustomerFactory, make_contract
 
 # Tuesday 17 Feb 2026, 10:00 in Colombo: the 15 Jan installment is 33 days late.
 TUESDAY_MORNING = dt.datetime(2026, 2, 17, 4, 30, tzinfo=dt.UTC)
@@ -126,3 +130,85 @@ def test_a_paid_off_contract_is_released_for_good(overdue, admin_a):
     assert lock_sweep(now=TUESDAY_MORNING + dt.timedelta(hours=1)).changed == {"released": 1}
     assert Contract.objects.get(pk=overdue.pk).lock_state == "released"
     assert lock_sweep(now=TUESDAY_MORNING + dt.timedelta(days=40)).total_changed == 0
+
+
+# --- one phone whose command cannot be issued never stops the sweep ---------------------------
+
+# A lock-screen text pasted in by mistake: about 40 KB of Sinhala, saved before the bound was checked.
+ESSAY = "ගෙවීම් උපදෙස් " * 1500
+
+
+def oversized_contract(provider, number: str) -> Contract:
+    """An overdue contract whose Tamil-speaking owner's lock screen would not fit in a command."""
+    LockScreenText.objects.get_or_create(
+        provider=provider, language="ta", defaults=DEFAULT_TEXTS["en"] | {"body": ESSAY}
+    )
+    return make_contract(provider, number=number, customer=CustomerFactory(provider=provider, preferred_language="ta"))
+
+
+def test_a_phone_whose_command_is_too_large_keeps_its_state_and_the_rest_of_the_sweep_goes_on(
+    provider_a, provider_b, as_user, admin_a, agent_b
+):
+    bad = oversized_contract(provider_a, "DLG-TA1")
+    good = [make_contract(provider_a, number=f"DLG-20{i}") for i in range(3)]
+    later = make_contract(provider_b, number="JPC-1")  # a later provider in the same sweep
+
+    report = lock_sweep(now=TUESDAY_MORNING)
+
+    assert report.changed["locked"] == 3 and report.total_changed == 4  # Nairobi's 07:30: B is reminded
+    assert {Contract.objects.get(pk=c.pk).lock_state for c in good} == {"locked"}
+    assert Contract.objects.get(pk=later.pk).lock_state == "reminder"
+    bad.refresh_from_db()
+    assert bad.lock_state == "unlocked" and bad.lock_changed_at is None
+    assert not DeviceCommand.objects.filter(device_id=bad.device_id).exists()
+    assert Device.objects.get(pk=bad.device_id).command_seq == 0
+    event = AuditEvent.objects.get(action="device.command_refused")
+    assert (event.object_id, event.organisation_id) == (str(bad.device_id), provider_a.pk)
+    assert "over the 32768 a phone accepts" in event.after["reason"]
+
+    # Every sweep meets it again: still skipped, audited at most once an hour; a payment never fails on it.
+    assert lock_sweep(now=TUESDAY_MORNING + dt.timedelta(minutes=5)).total_changed == 0
+    assert contract_lock_evaluate(contract=bad, now=TUESDAY_MORNING + dt.timedelta(minutes=6)) == "unlocked"
+    assert AuditEvent.objects.filter(action="device.command_refused").count() == 1
+
+    # The provider sees it where delivery problems show; another provider's staff do not.
+    page = as_user(admin_a).get("/devices/dead-letters/").content.decode()
+    assert "Commands that could not be issued" in page and bad.device.imei in page and "32768" in page
+    assert bad.device.imei not in as_user(agent_b).get("/devices/dead-letters/").content.decode()
+
+    # The wording fixed, the next sweep locks it.
+    lock_screen_text_save(provider=provider_a, language="ta", actor=admin_a, **DEFAULT_TEXTS["en"])
+    assert lock_sweep(now=TUESDAY_MORNING + dt.timedelta(minutes=10)).changed == {"locked": 1}
+
+
+def test_a_sweep_with_a_refused_phone_costs_the_same_queries_for_2_or_8_good_ones(provider_a):
+    def sweep_of(n: int, tag: str) -> int:
+        oversized_contract(provider_a, f"DLG-{tag}X")
+        for i in range(n):
+            make_contract(provider_a, number=f"DLG-{tag}{i}")
+        with CaptureQueriesContext(connection) as captured:
+            assert lock_sweep(now=TUESDAY_MORNING).changed == {"locked": n}
+        return len(captured)
+
+    assert sweep_of(2, "A") == sweep_of(8, "B")
+    assert AuditEvent.objects.filter(action="device.command_refused").count() == 2  # one per phone
+
+
+def test_wording_that_would_make_a_command_too_large_is_refused_naming_the_field(provider_a, admin_a):
+    texts = dict(DEFAULT_TEXTS["en"])
+    for field in ("body", "reminder_body"):
+        with pytest.raises(ValidationError) as refused:
+            lock_screen_text_save(provider=provider_a, language="si", actor=admin_a, **(texts | {field: ESSAY}))
+        assert list(refused.value.message_dict) == [field]
+        assert "over the 32768 bytes a phone accepts" in refused.value.message_dict[field][0]
+    assert not LockScreenText.objects.filter(provider=provider_a).exists()
+
+    # A long text that fits is saved; changing it to one that does not changes nothing.
+    long_enough = "ගෙවීම් උපදෙස් " * 100  # 1,400 characters of Sinhala
+    saved = lock_screen_text_save(provider=provider_a, language="si", actor=admin_a, **(texts | {"body": long_enough}))
+    with pytest.raises(ValidationError) as refused:
+        lock_screen_text_save(provider=provider_a, language="si", actor=admin_a, reminder_body=ESSAY)
+    assert list(refused.value.message_dict) == ["reminder_body"]
+    saved.refresh_from_db()
+    assert saved.body == long_enough.strip() and saved.reminder_body == texts["reminder_body"]
+    assert AuditEvent.objects.filter(action="lock_screen_text.change").count() == 1

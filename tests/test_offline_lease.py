@@ -27,9 +27,10 @@ from devices.protocol import check_command, open_envelope
 from devices.services.checkin import device_checkin
 from devices.services.commands import wire_time
 from payments.locks.decision import lock_eligible_at
+from payments.locks.refresh import lock_leases_refresh_batch
 from payments.locks.selectors import decide_contract, policy_rules
 from payments.locks.services import contract_dispute_hold, contract_lock_evaluate, lock_sweep
-from payments.models import Contract, LockPolicy
+from payments.models import Contract, LockPolicy, LockRefresh
 from portal.models import AuditEvent
 from tests.factories import DeviceFactory, make_contract
 
@@ -337,3 +338,92 @@ def test_the_silent_list_costs_the_same_queries_for_2_or_12_phones(as_user, agen
         return len(ctx.captured_queries)
 
     assert silent_phones(2) == silent_phones(10)
+
+
+# --- a policy change reaches the phones whose state stays ----------------------------------------
+
+
+@pytest.fixture
+def in_process():
+    """The demo's in-process mode: every queued task runs at once (even where CI sets a broker)."""
+    from config.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = before
+
+
+def unlocked_after_paying(provider, *, number: str, now: dt.datetime) -> Contract:
+    """A phone locked ten days late whose owner paid: unlocked, with its command, the next installment weeks away."""
+    contract = overdue_contract(provider, days_late=10, number=number)
+    assert contract_lock_evaluate(contract=contract, now=now) == "locked"
+    first = contract.installments.order_by("number").first()
+    first.amount_paid = first.amount_due
+    first.save()
+    assert contract_lock_evaluate(contract=contract, now=now) == "unlocked"
+    return contract
+
+
+def post_policy(client, capture, **changes) -> None:
+    with capture(execute=True):
+        assert client.post("/locks/policy/", {**POLICY, **changes}).status_code == 302
+
+
+def test_turning_the_offline_lock_on_reaches_unlocked_and_reminded_phones_in_their_state_and_screen(
+    as_user, admin_a, provider_a, morning, in_process, django_capture_on_commit_callbacks
+):
+    admin = as_user(admin_a)
+    post_policy(admin, django_capture_on_commit_callbacks, offline_lock_days="")  # locks any day 08:00 to 18:00
+    unlocked = unlocked_after_paying(provider_a, number="DLG-601", now=morning)
+    reminded = overdue_contract(provider_a, days_late=1, number="DLG-602")
+    locked = overdue_contract(provider_a, days_late=10, number="DLG-603")
+    assert lock_sweep(now=morning).changed == {"reminder": 1, "locked": 1}
+    before = {c.pk: payload(c.device_id) for c in (unlocked, reminded, locked)}
+    assert all(before[c.pk]["lease_until"] is None for c in (unlocked, reminded))
+    assert not AuditEvent.objects.filter(action="lock_lease.refresh").exists()  # no lease before or after
+
+    post_policy(admin, django_capture_on_commit_callbacks)  # on: 7 days, warn 3 before
+
+    for contract, state in ((unlocked, "unlocked"), (reminded, "reminder")):
+        command, old = payload(contract.device_id), before[contract.pk]
+        assert command["seq"] == old["seq"] + 1 and command["state"] == state
+        assert command["screen"] == old["screen"] and command["reason"] == old["reason"]
+        assert command["offline_lock_days"] == 7 and command["lease_warning_days"] == 3
+        assert command["lease_expiry_state"] == "locked" and command["lease_until"] is not None
+        assert command["lock_window"] == {"start_hour": 8, "end_hour": 18, "weekdays": [0, 1, 2, 3, 4, 5, 6]}
+        assert Device.objects.get(pk=contract.device_id).lease_renew_at is not None
+    assert payload(locked.device_id)["seq"] == before[locked.pk]["seq"]  # a locked phone has no lease
+    event = AuditEvent.objects.get(action="lock_lease.refresh")
+    assert event.actor == admin_a and event.organisation_id == provider_a.pk and event.after["devices"] == 2
+    assert "lock_policy.offline_lock_days" in event.after["changed"]
+
+    # The same policy saved again re-issues nothing; the warning days changed, the two phones once more.
+    post_policy(admin, django_capture_on_commit_callbacks)
+    assert payload(reminded.device_id)["seq"] == before[reminded.pk]["seq"] + 1
+    post_policy(admin, django_capture_on_commit_callbacks, offline_warning_days="2")
+    assert [payload(c.device_id)["lease_warning_days"] for c in (unlocked, reminded)] == [2, 2]
+    assert payload(reminded.device_id)["seq"] == before[reminded.pk]["seq"] + 2
+
+    # Turned off: no phone keeps a lease that would lock it.
+    post_policy(admin, django_capture_on_commit_callbacks, offline_lock_days="")
+    for contract in (unlocked, reminded):
+        command = payload(contract.device_id)
+        assert command["lease_until"] is None and command["offline_lock_days"] is None
+    assert AuditEvent.objects.filter(action="lock_lease.refresh").count() == 3  # one per request that changed it
+    assert not LockRefresh.objects.filter(done_at__isnull=True).exists()
+
+
+def test_a_lease_refresh_batch_costs_the_same_queries_for_2_or_6_phones(provider_a, offline_on, morning):
+    def batch_of(n: int, tag: str) -> int:
+        contracts = [overdue_contract(provider_a, days_late=1, number=f"DLG-{tag}{i}") for i in range(n)]
+        assert lock_sweep(now=morning).changed == {"reminder": n}
+        LockPolicy.objects.filter(provider=provider_a).update(offline_warning_days=2 if tag == "A" else 4)
+        first = min(c.pk for c in contracts) - 1
+        with CaptureQueriesContext(connection) as captured:
+            batch = lock_leases_refresh_batch(provider_id=provider_a.pk, after_id=first, batch_size=10)
+        assert (batch.refreshed, batch.unchanged, batch.next_after) == (n, 0, None)
+        assert all(payload(c.device_id)["lease_warning_days"] == (2 if tag == "A" else 4) for c in contracts)
+        return len(captured)
+
+    assert batch_of(2, "A") == batch_of(6, "B")

@@ -20,19 +20,29 @@ import pytest
 from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from devices.delivery import mqtt_publish
 from devices.keys import public_keys
 from devices.models import Device, DeviceCommand
 from devices.protocol import check_command, open_envelope, topic_for
 from payments.ledger.channels import payment_channel_save
-from payments.locks.refresh import lock_screens_refresh_after_change, lock_screens_refresh_batch
+from payments.locks.refresh import (
+    RESUME_AFTER,
+    lock_refresh_batch,
+    lock_refreshes_resume,
+    lock_screens_refresh,
+    lock_screens_refresh_after_change,
+    lock_screens_refresh_batch,
+)
 from payments.locks.screen import DEFAULT_TEXTS
 from payments.locks.services import lock_screen_text_save, lock_sweep
-from payments.models import Contract
+from payments.models import Contract, LockRefresh, LockScreenText
+from payments.tasks import refresh_lock_screens
 from portal.models import AuditEvent, Organisation
-from tests.factories import make_contract
+from tests.factories import CustomerFactory, make_contract
 from tests.local_services import wait_for
+from tests.test_lock_sweep import ESSAY
 
 # 10:00 in Colombo on a Tuesday: the contracts' 15 Jan installment is 33 days late.
 TUESDAY_MORNING = dt.datetime(2026, 2, 17, 4, 30, tzinfo=dt.UTC)
@@ -295,3 +305,98 @@ def test_a_retried_request_from_the_admin_is_audited_and_refreshed_once(
         assert lock_screens_refresh_after_change(event_id=event.pk) is None  # the task delivered twice
     assert newest(contract.device_id).seq == seq + 1
     assert AuditEvent.objects.filter(action="lock_screen.refresh").count() == 1
+
+
+# --- one phone that cannot take its command; a refresh that loses its task --------------------
+
+
+def test_a_phone_whose_refreshed_screen_would_be_too_large_is_skipped_and_the_others_refreshed(provider_a, no_mqtt):
+    tamil_text = LockScreenText.objects.create(provider=provider_a, language="ta", **DEFAULT_TEXTS["en"])
+    tamil = make_contract(provider_a, customer=CustomerFactory(provider=provider_a, preferred_language="ta"))
+    others = [make_contract(provider_a) for _ in range(3)]
+    assert lock_sweep(now=TUESDAY_MORNING).changed == {"locked": 4}
+    seq = newest(tamil.device_id).seq
+    assert newest(tamil.device_id).payload["screen"]["language"] == "ta"
+    # The Tamil wording replaced by 40 KB pasted in before the bound was checked, and a new hotline for everyone.
+    LockScreenText.objects.filter(pk=tamil_text.pk).update(body=ESSAY)
+    Organisation.objects.filter(pk=provider_a.pk).update(hotline_numbers=[NEW_HOTLINE])
+
+    batch = lock_screens_refresh_batch(provider_id=provider_a.pk, batch_size=10)
+
+    assert (batch.refreshed, batch.unchanged, batch.refused, batch.next_after) == (3, 0, 1, None)
+    assert all(newest(c.device_id).payload["screen"]["hotline_numbers"] == [NEW_HOTLINE] for c in others)
+    assert newest(tamil.device_id).seq == seq  # it keeps the lock it has
+    event = AuditEvent.objects.get(action="device.command_refused")
+    assert event.object_id == str(tamil.device_id) and event.actor_label == "lock-screen refresh"
+
+
+@contextlib.contextmanager
+def broker_down():
+    """The broker unreachable (nothing listens on port 1), with tasks queued as a deployment queues them."""
+    from config.celery import app
+    from tests.test_delivery import producer_broker
+
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = False
+    try:
+        with producer_broker("redis://127.0.0.1:1/0"):
+            yield
+    finally:
+        app.conf.task_always_eager = eager
+
+
+@pytest.mark.django_db
+def test_a_refresh_whose_next_batch_meets_a_broker_outage_resumes_from_its_cursor_on_the_periodic_pickup(
+    provider_a, admin_a, no_mqtt, in_process, django_capture_on_commit_callbacks, caplog
+):
+    contracts = locked_contracts(provider_a, 5)
+    seqs = {c.device_id: newest(c.device_id).seq for c in contracts}
+    Organisation.objects.filter(pk=provider_a.pk).update(hotline_numbers=[NEW_HOTLINE])
+    with django_capture_on_commit_callbacks(execute=False) as queued:  # the task is in the queue
+        assert lock_screens_refresh(provider_ids=[provider_a.pk], changed=["hotline_numbers"], actor=admin_a) == 5
+    assert len(queued) == 1
+    refresh = LockRefresh.objects.get(provider=provider_a, kind="screen", done_at__isnull=True)
+
+    # A worker takes it and refreshes two phones; queueing the next batch meets the broker down.
+    with broker_down():
+        assert refresh_lock_screens.run(refresh.pk, 2) == 2
+    assert f"refresh {refresh.pk} stopped after contract {contracts[1].pk}" in caplog.text
+    refresh.refresh_from_db()
+    assert (refresh.cursor, refresh.done_at) == (contracts[1].pk, None)
+    assert [newest(c.device_id).seq - seqs[c.device_id] for c in contracts] == [1, 1, 0, 0, 0]
+
+    # The pickup leaves a refresh that moved a moment ago alone, and queues one that did not for five minutes.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert lock_refreshes_resume() == []
+    with django_capture_on_commit_callbacks(execute=True):
+        assert lock_refreshes_resume(now=timezone.now() + RESUME_AFTER) == [refresh.pk]
+
+    refresh.refresh_from_db()
+    assert refresh.done_at is not None and refresh.cursor == contracts[-1].pk
+    assert [newest(c.device_id).seq - seqs[c.device_id] for c in contracts] == [1, 1, 1, 1, 1]  # each once
+    assert all(newest(c.device_id).payload["screen"]["hotline_numbers"] == [NEW_HOTLINE] for c in contracts)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert lock_refreshes_resume(now=timezone.now() + 2 * RESUME_AFTER) == []  # done: never again
+    entry = settings.CELERY_BEAT_SCHEDULE["payments.resume-lock-refreshes"]
+    assert entry["task"] == "payments.resume_lock_refreshes" and entry["schedule"] <= 60
+
+
+@pytest.mark.django_db
+def test_a_new_change_while_a_refresh_runs_starts_it_again_from_the_first_phone(provider_a, admin_a, no_mqtt):
+    contracts = locked_contracts(provider_a, 3)
+    Organisation.objects.filter(pk=provider_a.pk).update(hotline_numbers=[NEW_HOTLINE])
+    lock_screens_refresh(provider_ids=[provider_a.pk], changed=["hotline_numbers"], actor=admin_a)
+    refresh = LockRefresh.objects.get(provider=provider_a, done_at__isnull=True)
+    assert lock_refresh_batch(refresh_id=refresh.pk, batch_size=2).next_after == contracts[1].pk
+
+    # The wording changes too: the phones already refreshed must show it as well.
+    texts = DEFAULT_TEXTS["en"] | {"title": "Locked by {provider}"}
+    language = newest(contracts[0].device_id).payload["screen"]["language"]
+    lock_screen_text_save(provider=provider_a, language=language, actor=admin_a, **texts)
+    assert LockRefresh.objects.get(done_at__isnull=True).pk == refresh.pk  # one open refresh, from the start
+    refresh.refresh_from_db()
+    assert refresh.cursor == 0
+    while lock_refresh_batch(refresh_id=refresh.pk, batch_size=2).next_after is not None:
+        pass
+    assert {newest(c.device_id).payload["screen"]["title"] for c in contracts} == {"Locked by Dialog Finance"}
+    assert LockRefresh.objects.get(pk=refresh.pk).done_at is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 from dataclasses import dataclass, field
@@ -99,7 +100,9 @@ def _check_change(change: StateChange) -> None:
         raise ValueError(f"{where}: allowed_numbers must be a list of strings")
 
 
-def device_states_apply(*, changes: list[StateChange], actor: AuditActor = None) -> list[DeviceCommand]:
+def device_states_apply(
+    *, changes: list[StateChange], actor: AuditActor = None, refused: dict[int, str] | None = None
+) -> list[DeviceCommand]:
     """Record desired lock states and issue one signed command per change (the outbox).
 
     All in one transaction, the caller's if there is one: the devices' rows are
@@ -111,9 +114,18 @@ def device_states_apply(*, changes: list[StateChange], actor: AuditActor = None)
     seconds. Delivery (push) is queued only once the transaction commits; until a
     worker delivers it, the command is served by the phone's check-in (pull). ``actor`` may
     also be a text naming a non-person (``"device <uid>"`` when a check-in re-issues a state).
+
+    A change that cannot be issued (``ValueError``: ``CommandTooLarge``, a bad lease, an exhausted
+    seq) fails the whole call, unless the caller passes ``refused``: then every command is built
+    first, a device with a refused change is left out of the call altogether (nothing written for
+    it), its reason goes into ``refused`` (device id: reason), and the others are written at once.
     """
     if not changes:
         return []
+    if refused is not None:
+        changes = _without_refused(changes, refused)
+        if not changes:
+            return []
     for change in changes:
         _check_change(change)
     key_id, private_key = current_signer()
@@ -138,6 +150,42 @@ def device_states_apply(*, changes: list[StateChange], actor: AuditActor = None)
         # A phone checking in must be answered this new command, not a cached older one.
         checkin_cache.invalidate_on_commit(ids)
     return commands
+
+
+def _without_refused(changes: list[StateChange], refused: dict[int, str]) -> list[StateChange]:
+    """The changes whose devices' commands can all be issued; the others' reasons into ``refused``.
+
+    A dry run on the devices as they are (read, not locked: a seq only grows, and a size bound
+    missed by a digit is caught by ``device_states_apply`` itself), so one bad device never
+    stops a batch of a thousand.
+    """
+    key_id, private_key = current_signer()
+    now = timezone.now()
+    signing = _Signing(key_id=key_id, private_key=private_key, now=now, issued_at=now.replace(microsecond=0))
+    devices = Device.objects.in_bulk(sorted({change.device_id for change in changes}))
+    for change in changes:
+        device = devices.get(change.device_id)
+        if device is None or change.device_id in refused:
+            continue  # a missing device fails the call as before
+        try:
+            _check_change(change)
+            _issue(change, device, signing)  # in memory: the device's seq moves as the real call's will
+        except ValueError as exc:
+            refused[change.device_id] = str(exc)
+    return [change for change in changes if change.device_id not in refused]
+
+
+def command_check(*, change: StateChange, device: Device) -> None:
+    """Raise what ``device_states_apply`` would raise for ``change`` to ``device`` (``CommandTooLarge``, ...).
+
+    Nothing is written and ``device`` is not changed: for a bound checked before it is saved
+    (the longest lock screen a provider's wording makes, on a made-up phone).
+    """
+    _check_change(change)
+    key_id, private_key = current_signer()
+    now = timezone.now()
+    signing = _Signing(key_id=key_id, private_key=private_key, now=now, issued_at=now.replace(microsecond=0))
+    _issue(change, copy.copy(device), signing)
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,37 @@
-"""Lock-screen refresh: what a screen shows changed, so the phones showing it get it again.
+"""Refreshes: what a screen shows or the offline lease changed, so the phones whose state stays get it again.
 
 A reminder or lock screen names the provider's wording, payment channels, hotlines and
 contacts, its service centres and the platform's fallback contacts. When an admin changes
 one of them, every phone of that provider (every provider's, for the platform's fallback)
-whose contract is in ``reminder`` or ``locked`` gets a refreshed command: the same state and
-reason, the same lease inputs (taken from the command in force: the lease policy a phone was
-given is not re-decided here), the next seq, and a new screen built by
-``payments.locks.screen`` (the only screen builder). The lock decision is not taken again:
-whether a phone is locked stays the sweep's and the payments' business.
+whose contract is in ``reminder`` or ``locked`` gets a refreshed command (kind ``screen``): the
+same state and reason, the same lease inputs (taken from the command in force), the next seq,
+and a new screen built by ``payments.locks.screen`` (the only screen builder). When the admin
+changes the offline policy or the lock hours, every phone in ``unlocked``, ``reminder`` or
+``temp_unlocked`` gets its command again with the lease inputs worked out from the new policy
+(kind ``lease``): the same state, reason, screen and end. The lock decision is not taken
+again: whether a phone is locked stays the sweep's and the payments' business.
 
 Shape of the work, so that it never competes with an unlock:
 
-* ``lock_screens_refresh`` (the request, in the caller's transaction) writes one audit event
-  ``lock_screen.refresh`` (who, what changed, how many phones) and, on commit, queues one
-  ``payments.refresh_lock_screens`` task per provider by its registered name.
+* the request (``lock_screens_refresh``, ``lock_leases_refresh``, in the caller's transaction)
+  writes one audit event (``lock_screen.refresh`` / ``lock_lease.refresh``: who, what changed,
+  how many phones), opens (or starts again from the first contract) one ``LockRefresh`` row per
+  provider and kind, and, on commit, queues one ``payments.refresh_lock_screens`` task per row
+  by its registered name.
 * each run of that task handles one batch (``REFRESH_BATCH`` contracts, a fixed number of
-  queries) and queues itself for the next one (cursor: the last contract id), on the usual
-  "celery" queue: unlocks travel on their own queue and never wait behind it.
+  queries), moves the row's cursor (the last contract id) in the same transaction, and queues
+  itself for the next one on the usual "celery" queue: unlocks travel on their own queue and
+  never wait behind it. A run lost with the broker (the re-queue failed, a worker died) is
+  queued again by the periodic pickup (``lock_refreshes_resume``) from the stored cursor.
 * portal cannot import payments: the Django admin queues
   ``payments.refresh_lock_screens_after_change`` with the id of its ``organisation.*`` audit
   event, and ``lock_screens_refresh_after_change`` reads from that event what changed.
 
 Idempotent and retry-safe: a device whose command in force already carries the new screen
-(and allowed numbers) is skipped, so a retried or duplicated batch issues nothing twice, and
-a retried after-change task finds its refresh already audited.
+(or lease inputs) is skipped, so a retried or duplicated batch issues nothing twice, and a
+retried after-change task finds its refresh already audited. A device whose command cannot be
+issued (``CommandTooLarge``) is left out and recorded (``payments.locks.refusals``); the rest
+of its batch is written.
 """
 
 from __future__ import annotations
@@ -37,11 +45,12 @@ from django.db.models import F, Prefetch, QuerySet
 from django.utils import timezone
 
 from devices.models import DeviceCommand, LockState
-from devices.services.commands import StateChange, device_states_apply
+from devices.services.commands import StateChange, device_states_apply, wire_time
 from payments.locks.decision import Decision
+from payments.locks.refusals import commands_refused_record
 from payments.locks.screen import ProviderScreenData, screen_build
-from payments.locks.selectors import decide_contract, policy_rules
-from payments.models import Contract, Installment
+from payments.locks.selectors import contract_lease_terms, decide_contract, policy_rules
+from payments.models import Contract, Installment, LockRefresh, RefreshKind, Rules
 from portal.audit import audit_record
 from portal.models import AuditEvent, Organisation, OrganisationKind
 from portal.queue import enqueue_each
@@ -51,12 +60,21 @@ from portal.types import AuditActor
 REFRESH_BATCH = 500
 #: The states whose screen the owner is looking at (an unlocked phone shows none).
 REFRESH_STATES = (LockState.REMINDER, LockState.LOCKED)
-#: The batch task (``payments.tasks``), queued by name: services never import tasks.
+#: The states whose command carries a lease (a locked or released phone has nothing to fall to).
+LEASE_STATES = (LockState.UNLOCKED, LockState.REMINDER, LockState.TEMP_UNLOCKED)
+STATES_BY_KIND: dict[str, tuple[LockState, ...]] = {RefreshKind.SCREEN: REFRESH_STATES, RefreshKind.LEASE: LEASE_STATES}
+#: The batch task (``payments.tasks``, one ``LockRefresh`` row's id), queued by name: services never import tasks.
 REFRESH_TASK = "payments.refresh_lock_screens"
-#: The audit action of one refresh request.
+#: The audit actions of one request.
 REFRESH_ACTION = "lock_screen.refresh"
-#: The actor of the refreshed commands' ``device.state`` events (the request's event names the person).
+LEASE_REFRESH_ACTION = "lock_lease.refresh"
+#: The actors of the refreshed commands' ``device.state`` events (the request's event names the person).
 REFRESH_ACTOR = "lock-screen refresh"
+ACTORS_BY_KIND: dict[str, str] = {RefreshKind.SCREEN: REFRESH_ACTOR, RefreshKind.LEASE: "offline-lease refresh"}
+#: An open refresh no batch moved for this long lost its task: the periodic pickup queues it again.
+RESUME_AFTER = dt.timedelta(minutes=5)
+#: Finished refreshes are kept this long (what ran, and when), then deleted by the pickup.
+DONE_KEPT = dt.timedelta(days=30)
 
 #: What of an organisation a screen shows, by kind (``screen.py``: title, contacts, fallback,
 #: service centres, the emergency numbers of the country, the default language).
@@ -66,25 +84,37 @@ SCREEN_FIELDS: dict[str, tuple[str, ...]] = {
     OrganisationKind.PLATFORM: ("name", "hotline_numbers", "support_email", "website"),
 }
 ORGANISATION_ACTIONS = ("organisation.create", "organisation.update", "organisation.delete")
+#: The lease inputs a command carries (``devices.services.commands.StateChange``), as they travel.
+LEASE_MEMBERS = (
+    "paid_until",
+    "offline_lock_days",
+    "lease_expiry_state",
+    "lease_warning_days",
+    "time_zone",
+    "lock_window",
+)
 
 
 @dataclass(frozen=True)
 class RefreshBatch:
-    """What one batch did: commands issued, devices already showing the new screen, where to go on."""
+    """What one batch did: commands issued, devices already up to date, where to go on, devices refused."""
 
     refreshed: int
     unchanged: int
     next_after: int | None
+    refused: int = 0
+    #: The last contract id this batch looked at (None: none left).
+    last: int | None = None
 
 
-def refreshable_contracts(provider_ids: list[int]) -> QuerySet[Contract]:
-    """Contracts of these providers whose phone shows a reminder or a lock right now.
+def refreshable_contracts(provider_ids: list[int], kind: str = RefreshKind.SCREEN) -> QuerySet[Contract]:
+    """Contracts of these providers whose phone shows a reminder or a lock (``lease``: carries a lease) right now.
 
     The device must be meant to be in the contract's state (its newest command says so); one
     whose command is still on the way from another change is left to that change.
     """
     return Contract.objects.filter(
-        provider_id__in=provider_ids, lock_state__in=REFRESH_STATES, device__desired_state=F("lock_state")
+        provider_id__in=provider_ids, lock_state__in=STATES_BY_KIND[kind], device__desired_state=F("lock_state")
     )
 
 
@@ -106,24 +136,69 @@ def lock_screens_refresh(
         if provider_ids is None:
             providers = Organisation.objects.filter(kind=OrganisationKind.PROVIDER)
             provider_ids = list(providers.order_by("pk").values_list("pk", flat=True))
-        provider_ids = sorted(set(provider_ids))
-        devices = refreshable_contracts(provider_ids).count()
-        after: dict[str, Any] = {"changed": sorted(changed), "providers": provider_ids, "devices": devices}
-        if source_event is not None:
-            after["source_event"] = source_event
-        only = Organisation.objects.filter(pk=provider_ids[0]).first() if len(provider_ids) == 1 else None
-        audit_record(
+        return _refresh_request(
+            RefreshKind.SCREEN,
+            sorted(set(provider_ids)),
+            changed=changed,
             actor=actor,
-            action=REFRESH_ACTION,
-            organisation=only,
-            after=after,
             ip_address=ip_address,
-            object_repr=f"lock screens of {devices} phone(s)",
+            source_event=source_event,
         )
-        if devices:
-            ids = list(provider_ids)
-            transaction.on_commit(lambda: enqueue_each(REFRESH_TASK, ids, what="provider"))
+
+
+def lock_leases_refresh(
+    *, provider: Organisation, changed: list[str], actor: AuditActor, ip_address: str | None = None
+) -> int:
+    """Re-issue the commands of a provider's phones that carry a lease, with the lease inputs of its new policy.
+
+    Call it in the transaction of the policy change: one ``lock_lease.refresh`` event names who,
+    what changed and how many phones; the batches are queued once it commits. Returns the
+    number of phones.
+    """
+    with transaction.atomic():
+        return _refresh_request(RefreshKind.LEASE, [provider.pk], changed=changed, actor=actor, ip_address=ip_address)
+
+
+def _refresh_request(
+    kind: str,
+    provider_ids: list[int],
+    *,
+    changed: list[str],
+    actor: AuditActor,
+    ip_address: str | None,
+    source_event: int | None = None,
+) -> int:
+    """Audit one request, open its refreshes and queue them on commit; the number of phones."""
+    devices = refreshable_contracts(provider_ids, kind).count()
+    after: dict[str, Any] = {"changed": sorted(changed), "providers": provider_ids, "devices": devices}
+    if source_event is not None:
+        after["source_event"] = source_event
+    only = Organisation.objects.filter(pk=provider_ids[0]).first() if len(provider_ids) == 1 else None
+    audit_record(
+        actor=actor,
+        action=REFRESH_ACTION if kind == RefreshKind.SCREEN else LEASE_REFRESH_ACTION,
+        organisation=only,
+        after=after,
+        ip_address=ip_address,
+        object_repr=f"{'lock screens' if kind == RefreshKind.SCREEN else 'offline leases'} of {devices} phone(s)",
+    )
+    if devices:
+        ids = _refreshes_open(kind, provider_ids)
+        transaction.on_commit(lambda: enqueue_each(REFRESH_TASK, ids, what="lock refresh"))
     return devices
+
+
+def _refreshes_open(kind: str, provider_ids: list[int]) -> list[int]:
+    """Each provider's open refresh of ``kind``, created or started again from the first contract; their ids."""
+    now = timezone.now()
+    rows = [LockRefresh(provider_id=pk, kind=kind, created_at=now, updated_at=now) for pk in provider_ids]
+    LockRefresh.objects.bulk_create(rows, ignore_conflicts=True)  # one open row per provider and kind
+    # Race: a batch of a refresh already open, running while this change commits, would leave the phones
+    # before its cursor with the old content. Starting the row again from the first contract (this
+    # UPDATE waits for the batch in flight, which holds the row) brings every phone the new one.
+    open_rows = LockRefresh.objects.filter(provider_id__in=provider_ids, kind=kind, done_at__isnull=True)
+    open_rows.update(cursor=0, updated_at=now)
+    return list(open_rows.order_by("pk").values_list("pk", flat=True))
 
 
 def _screen_changes(event: AuditEvent) -> tuple[list[str], list[int] | None] | None:
@@ -210,6 +285,35 @@ def _refreshed(
     )
 
 
+def _lease_refreshed(contract: Contract, payload: dict[str, Any], rules: Rules, now: dt.datetime) -> StateChange | None:
+    """The command in force again with the new policy's lease inputs, or None when it carries them already.
+
+    A temporary unlock whose end has passed is left to the sweep (it decides what comes next).
+    """
+    terms = contract_lease_terms(contract, rules=rules, now=now)
+    paid_until = terms["paid_until"]
+    wanted = {
+        **terms,
+        "paid_until": wire_time(paid_until) if paid_until else None,
+        # A command carries the state its lease ends in only when it has a lease.
+        "lease_expiry_state": terms["lease_expiry_state"] if terms["offline_lock_days"] else None,
+    }
+    if payload.get("state") == contract.lock_state and all(payload.get(k) == wanted[k] for k in LEASE_MEMBERS):
+        return None
+    expires_at = _wire_time(payload.get("expires_at")) if contract.lock_state == LockState.TEMP_UNLOCKED else None
+    if contract.lock_state == LockState.TEMP_UNLOCKED and (expires_at is None or expires_at <= now):
+        return None
+    return StateChange(
+        device_id=contract.device_id,
+        state=contract.lock_state,
+        reason=payload.get("reason") or contract.lock_reason,
+        screen=payload.get("screen") or {},
+        allowed_numbers=payload.get("allowed_numbers") or [],
+        expires_at=expires_at,
+        **terms,
+    )
+
+
 def lock_screens_refresh_batch(
     *, provider_id: int, after_id: int = 0, batch_size: int = REFRESH_BATCH, now: dt.datetime | None = None
 ) -> RefreshBatch:
@@ -218,10 +322,23 @@ def lock_screens_refresh_batch(
     One transaction and a fixed number of queries whatever the batch size. ``next_after`` is
     the cursor for the next run, None when this was the last batch.
     """
+    return _refresh_batch(RefreshKind.SCREEN, provider_id, after_id=after_id, batch_size=batch_size, now=now)
+
+
+def lock_leases_refresh_batch(
+    *, provider_id: int, after_id: int = 0, batch_size: int = REFRESH_BATCH, now: dt.datetime | None = None
+) -> RefreshBatch:
+    """``lock_screens_refresh_batch`` for the leases: the next phones carrying a lease get the policy's new one."""
+    return _refresh_batch(RefreshKind.LEASE, provider_id, after_id=after_id, batch_size=batch_size, now=now)
+
+
+def _refresh_batch(
+    kind: str, provider_id: int, *, after_id: int, batch_size: int, now: dt.datetime | None
+) -> RefreshBatch:
     now = now or timezone.now()
     with transaction.atomic():
         ids = list(
-            refreshable_contracts([provider_id])
+            refreshable_contracts([provider_id], kind)
             .filter(pk__gt=after_id)
             .order_by("pk")
             .values_list("pk", flat=True)[:batch_size]
@@ -234,27 +351,83 @@ def lock_screens_refresh_batch(
         # device_states_apply) and their state is read again under the lock: a payment committed
         # first is seen here (the contract is skipped), one committed later comes after the refresh.
         contracts = list(
-            refreshable_contracts([provider_id])
+            refreshable_contracts([provider_id], kind)
             .select_for_update(of=("self",))
             .filter(pk__in=ids)
             .select_related("provider", "customer", "device")
             .prefetch_related(Prefetch("installments", queryset=Installment.objects.order_by("number")), "overrides")
             .order_by("pk")
         )
-        changes: list[StateChange] = []
-        if contracts:
-            provider = contracts[0].provider
-            data, rules = ProviderScreenData.load(provider), policy_rules(provider)
-            payloads = _payloads_in_force([contract.device_id for contract in contracts])
-            for contract in contracts:
-                payload = payloads.get(contract.device_id)
-                if payload is None:
-                    continue  # never commanded: its first command (at check-in) is built fresh anyway
-                facts = decide_contract(contract, rules=rules, now=now)
-                change = _refreshed(contract, payload, data, facts)
-                if change is not None:
-                    changes.append(change)
+        changes = _batch_changes(kind, contracts, now=now)
+        refused: dict[int, str] = {}
         if changes:
-            device_states_apply(changes=changes, actor=REFRESH_ACTOR)
+            device_states_apply(changes=changes, actor=ACTORS_BY_KIND[kind], refused=refused)
+            commands_refused_record(refused=refused, actor=ACTORS_BY_KIND[kind])
     next_after = ids[-1] if len(ids) == batch_size else None
-    return RefreshBatch(len(changes), len(ids) - len(changes), next_after)
+    return RefreshBatch(len(changes) - len(refused), len(ids) - len(changes), next_after, len(refused), ids[-1])
+
+
+def _batch_changes(kind: str, contracts: list[Contract], *, now: dt.datetime) -> list[StateChange]:
+    """The commands a batch issues: one per phone whose command in force is out of date."""
+    if not contracts:
+        return []
+    provider = contracts[0].provider
+    data, rules = ProviderScreenData.load(provider), policy_rules(provider)
+    payloads = _payloads_in_force([contract.device_id for contract in contracts])
+    changes: list[StateChange] = []
+    for contract in contracts:
+        payload = payloads.get(contract.device_id)
+        if payload is None:
+            continue  # never commanded: its first command (at check-in) is built fresh anyway
+        if kind == RefreshKind.LEASE:
+            change = _lease_refreshed(contract, payload, rules, now)
+        else:
+            change = _refreshed(contract, payload, data, decide_contract(contract, rules=rules, now=now))
+        if change is not None:
+            changes.append(change)
+    return changes
+
+
+def lock_refresh_batch(
+    *, refresh_id: int, batch_size: int = REFRESH_BATCH, now: dt.datetime | None = None
+) -> RefreshBatch:
+    """The next batch of an open ``LockRefresh``, its cursor moved in the same transaction (the task's one call).
+
+    ``next_after`` None: the refresh is done (or was already, or never existed).
+    """
+    with transaction.atomic():
+        # Race: two runs of one refresh at once (a redelivered task, or the pickup re-queueing one that
+        # was only slow) would handle the same contracts and move the cursor back; the row lock
+        # serialises them, and each starts from the cursor the other left.
+        refresh = LockRefresh.objects.select_for_update().filter(pk=refresh_id, done_at__isnull=True).first()
+        if refresh is None:
+            return RefreshBatch(0, 0, None)
+        batch = _refresh_batch(
+            refresh.kind, refresh.provider_id, after_id=refresh.cursor, batch_size=batch_size, now=now
+        )
+        moved = timezone.now()
+        LockRefresh.objects.filter(pk=refresh.pk).update(
+            cursor=batch.last if batch.last is not None else refresh.cursor,
+            done_at=moved if batch.next_after is None else None,
+            updated_at=moved,
+        )
+    return batch
+
+
+def lock_refreshes_resume(*, now: dt.datetime | None = None) -> list[int]:
+    """Queue again every open refresh no batch moved for ``RESUME_AFTER`` (the periodic pickup); their ids.
+
+    Its task was lost: the broker was down when a batch queued the next one, or a worker died
+    with it. The run resumes from the stored cursor. Finished refreshes older than ``DONE_KEPT``
+    are deleted.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        LockRefresh.objects.filter(done_at__lt=now - DONE_KEPT).delete()
+        stale = LockRefresh.objects.filter(done_at__isnull=True, updated_at__lt=now - RESUME_AFTER)
+        ids = list(stale.order_by("pk").values_list("pk", flat=True)[:1000])
+        if ids:
+            # The next tick leaves them alone while the queued run works (it moves updated_at too).
+            LockRefresh.objects.filter(pk__in=ids).update(updated_at=now)
+            transaction.on_commit(lambda: enqueue_each(REFRESH_TASK, ids, what="lock refresh"))
+    return ids

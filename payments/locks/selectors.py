@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from payments.locks.decision import Decision, Line, Overrides, decide
+from payments.locks.decision import Decision, LeaseTerms, Line, Overrides, decide, lease_terms
 from payments.models import Contract, LockPolicy, OverrideKind, Rules
 from portal.models import Organisation
 from portal.permissions import Right, scoped_list
@@ -67,6 +67,21 @@ def decide_contract(contract: Contract, *, rules: Rules, now: dt.datetime) -> De
         now=now,
         zone=contract.provider.zone,
         current=contract.lock_state,
+    )
+
+
+def contract_lease_terms(contract: Contract, *, rules: Rules, now: dt.datetime) -> LeaseTerms:
+    """The lease inputs of a loaded contract's command (installments and overrides prefetched: no query)."""
+    unpaid = [line.due_date for line in contract.installments.all() if line.amount_paid < line.amount_due]
+    on_hold = any(
+        o.kind == OverrideKind.DISPUTE_HOLD
+        and o.lifted_at is None
+        and o.starts_at <= now
+        and (o.ends_at is None or o.ends_at > now)
+        for o in contract.overrides.all()
+    )
+    return lease_terms(
+        earliest_unpaid_due=min(unpaid, default=None), rules=rules, zone=contract.provider.zone, dispute_hold=on_hold
     )
 
 

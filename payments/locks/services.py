@@ -15,11 +15,12 @@ from django.utils import timezone
 
 from devices.models import Device, LockState
 from devices.services.commands import StateChange, device_states_apply
+from payments.locks.bounds import lock_screen_text_problem
 from payments.locks.decision import Decision, lease_terms
-from payments.locks.refresh import lock_screens_refresh
+from payments.locks.refresh import lock_leases_refresh, lock_screens_refresh
 from payments.locks.screen import ProviderScreenData, screen_build, screen_without_contract
-from payments.locks.selectors import policy_rules, temp_unlock_hours_checked
-from payments.locks.sweep import SweepReport, apply_decisions, contract_lease_terms, run_sweep
+from payments.locks.selectors import contract_lease_terms, policy_rules, temp_unlock_hours_checked
+from payments.locks.sweep import SweepReport, apply_decisions, run_sweep
 from payments.models import Contract, LockOverride, LockPolicy, LockScreenText, OverrideKind
 from portal.audit import audit_record, audited_update, snapshot
 from portal.models import Organisation, User
@@ -27,6 +28,15 @@ from portal.types import Actor
 
 #: What the policy form and the API may change: the model's audited fields but its provider and timestamp.
 LOCK_POLICY_FIELDS = tuple(name for name in LockPolicy.audit_fields if name not in ("provider", "updated_at"))
+#: What a command's offline lease is made of (``payments.locks.decision.lease_terms``).
+LEASE_POLICY_FIELDS = (
+    "offline_lock_days",
+    "offline_warning_days",
+    "grace_days",
+    "lock_start_hour",
+    "lock_end_hour",
+    "lock_weekdays",
+)
 
 
 def lock_policy_update(
@@ -34,13 +44,17 @@ def lock_policy_update(
 ) -> LockPolicy:
     """Create or change a provider's lock policy; every field validated, the change audited.
 
-    Raises ``ValidationError`` (per field) and changes nothing on bad input.
+    Raises ``ValidationError`` (per field) and changes nothing on bad input. A change of what a
+    phone's offline lease is made of (the offline policy turned on, changed or off, the lock hours,
+    days or grace) reaches the phones whose state stays: their commands are issued again with the
+    new lease inputs, in throttled batches after commit (``payments.locks.refresh``, kind ``lease``).
     """
     unknown = sorted(set(changes) - set(LOCK_POLICY_FIELDS))
     if unknown:
         raise ValidationError({name: ["Not a lock policy setting."] for name in unknown})
     with transaction.atomic():
         policy, _created = LockPolicy.objects.select_for_update().get_or_create(provider=provider)
+        before = {name: getattr(policy, name) for name in LEASE_POLICY_FIELDS}
         audited_update(
             policy,
             actor=actor,
@@ -49,6 +63,15 @@ def lock_policy_update(
             fields=LOCK_POLICY_FIELDS,
             ip_address=ip_address,
         )
+        changed = [name for name in LEASE_POLICY_FIELDS if getattr(policy, name) != before[name]]
+        # Without an offline policy before or after, no command carries a lease: nothing to re-issue.
+        if changed and (before["offline_lock_days"] is not None or policy.offline_lock_days is not None):
+            lock_leases_refresh(
+                provider=provider,
+                changed=[f"lock_policy.{name}" for name in changed],
+                actor=actor,
+                ip_address=ip_address,
+            )
     return policy
 
 
@@ -278,7 +301,9 @@ def lock_screen_text_save(
 ) -> LockScreenText:
     """Create or change a provider's lock-screen wording for one language; validated, audited.
 
-    A text with an unknown placeholder is refused with the list of allowed ones; nothing changes.
+    A text with an unknown placeholder is refused with the list of allowed ones, and one that would
+    make the provider's longest command exceed what a phone accepts is refused naming the field
+    (``payments.locks.bounds``); nothing changes.
     The next command for each of the provider's phones carries the new wording.
     """
     unknown = sorted(set(fields) - set(LOCK_SCREEN_TEXT_FIELDS))
@@ -289,6 +314,11 @@ def lock_screen_text_save(
     values = {name: (value or "").strip() for name, value in fields.items()}
     with transaction.atomic():
         text = LockScreenText.objects.select_for_update().filter(provider=provider, language=language).first()
+        current = {name: getattr(text, name) for name in LOCK_SCREEN_TEXT_FIELDS} if text is not None else {}
+        # Refused here, not when the sweep meets it: a command over the bound is never issued.
+        too_long = lock_screen_text_problem(provider=provider, language=language, texts=current | values)
+        if too_long:
+            raise ValidationError(too_long)
         if text is not None:
             changed = sorted(name for name, value in values.items() if getattr(text, name) != value)
             if audited_update(

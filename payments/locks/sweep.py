@@ -34,9 +34,9 @@ from django.utils import timezone
 
 from devices.models import LockState
 from devices.services.commands import StateChange, device_states_apply
-from payments.locks.decision import LeaseTerms, lease_terms
+from payments.locks.refusals import commands_refused_record
 from payments.locks.screen import ProviderScreenData, screen_build
-from payments.locks.selectors import decide_contract, policy_rules
+from payments.locks.selectors import contract_lease_terms, decide_contract, policy_rules
 from payments.models import Contract, ContractStatus, Installment, LockOverride, OverrideKind, Rules
 from portal.models import Organisation, OrganisationKind
 from portal.types import Actor
@@ -135,11 +135,12 @@ def apply_decisions(
 
     Returns ``{new_state: count}``. Runs in one transaction. With ``reissue`` a contract whose state
     stays gets its command again all the same (a dispute hold changes the lease, not the state).
+    A contract whose device's command cannot be issued (``CommandTooLarge``, ...) keeps its state and
+    the refusal is recorded (``payments.locks.refusals``); the others are written all the same.
     Private to the lock package: everyone else calls ``payments.locks.services`` (import-linter
     protects this module).
     """
 
-    changed: dict[str, int] = {}
     with transaction.atomic():
         # Lock order: contracts by id, then (inside device_states_apply) devices by id. A payment
         # verification takes the same order, so the sweep and an unlock never deadlock, and a
@@ -154,42 +155,59 @@ def apply_decisions(
             )
             .order_by("pk")
         )
-        screens: dict[int, ProviderScreenData] = {}
-        rules_by_provider: dict[int, Rules] = {}
-        updates, changes = [], []
-        for contract in contracts:
-            provider = contract.provider
-            if provider.pk not in rules_by_provider:
-                rules_by_provider[provider.pk] = policy_rules(provider)
-            rules = rules_by_provider[provider.pk]
-            decision = decide_contract(contract, rules=rules, now=now)
-            if decision.state == contract.lock_state:
-                if not reissue or decision.state == LockState.RELEASED:
-                    continue  # a payment or another sweep got there first
-                contract.lock_reason, contract.updated_at = decision.reason[:300], now
-            else:
-                _record_change(contract, decision.state, reason=decision.reason, now=now)
-                changed[decision.state] = changed.get(decision.state, 0) + 1
-            if provider.pk not in screens:  # only for a change: most payments change nothing
-                screens[provider.pk] = ProviderScreenData.load(provider)
-            updates.append(contract)
-            changes.append(
-                StateChange(
-                    device_id=contract.device_id,
-                    state=decision.state,
-                    reason=decision.reason,
-                    screen=screen_build(data=screens[provider.pk], contract=contract, decision=decision),
-                    allowed_numbers=screens[provider.pk].allowed_numbers(),
-                    expires_at=decision.expires_at,
-                    **contract_lease_terms(contract, rules=rules, now=now),
-                )
-            )
+        decided = _decided(contracts, now=now, reissue=reissue)
+        refused: dict[int, str] = {}
+        if decided:
+            # Every command is built before any is written: a device whose command cannot be issued
+            # is left out, and one bad phone never rolls back the batch nor stops the sweep.
+            device_states_apply(changes=[change for _c, _s, change in decided], actor=actor, refused=refused)
+        kept = [(contract, state) for contract, state, _change in decided if contract.device_id not in refused]
         Contract.objects.bulk_update(
-            updates, ["lock_state", "lock_reason", "lock_changed_at", "arrears_cleared_at", "updated_at"]
+            [contract for contract, _state in kept],
+            ["lock_state", "lock_reason", "lock_changed_at", "arrears_cleared_at", "updated_at"],
         )
-        if changes:
-            device_states_apply(changes=changes, actor=actor)
+        commands_refused_record(refused=refused, actor=actor)
+    changed: dict[str, int] = {}
+    for _contract, state in kept:
+        if state is not None:
+            changed[state] = changed.get(state, 0) + 1
     return changed
+
+
+def _decided(
+    contracts: list[Contract], *, now: dt.datetime, reissue: bool
+) -> list[tuple[Contract, str | None, StateChange]]:
+    """(contract moved in memory, its new state or None when only re-issued, its device's change) to write."""
+    screens: dict[int, ProviderScreenData] = {}
+    rules_by_provider: dict[int, Rules] = {}
+    decided: list[tuple[Contract, str | None, StateChange]] = []
+    for contract in contracts:
+        provider = contract.provider
+        if provider.pk not in rules_by_provider:
+            rules_by_provider[provider.pk] = policy_rules(provider)
+        rules = rules_by_provider[provider.pk]
+        decision = decide_contract(contract, rules=rules, now=now)
+        new_state: str | None = None
+        if decision.state == contract.lock_state:
+            if not reissue or decision.state == LockState.RELEASED:
+                continue  # a payment or another sweep got there first
+            contract.lock_reason, contract.updated_at = decision.reason[:300], now
+        else:
+            _record_change(contract, decision.state, reason=decision.reason, now=now)
+            new_state = decision.state
+        if provider.pk not in screens:  # only for a change: most payments change nothing
+            screens[provider.pk] = ProviderScreenData.load(provider)
+        change = StateChange(
+            device_id=contract.device_id,
+            state=decision.state,
+            reason=decision.reason,
+            screen=screen_build(data=screens[provider.pk], contract=contract, decision=decision),
+            allowed_numbers=screens[provider.pk].allowed_numbers(),
+            expires_at=decision.expires_at,
+            **contract_lease_terms(contract, rules=rules, now=now),
+        )
+        decided.append((contract, new_state, change))
+    return decided
 
 
 def _record_change(contract: Contract, state: str, *, reason: str, now: dt.datetime) -> None:
@@ -203,21 +221,6 @@ def _record_change(contract: Contract, state: str, *, reason: str, now: dt.datet
     contract.lock_state = state
     contract.lock_reason = reason[:300]
     contract.lock_changed_at = contract.updated_at = now
-
-
-def contract_lease_terms(contract: Contract, *, rules: Rules, now: dt.datetime) -> LeaseTerms:
-    """The lease inputs of a loaded contract's command (installments and overrides prefetched: no query)."""
-    unpaid = [line.due_date for line in contract.installments.all() if line.amount_paid < line.amount_due]
-    on_hold = any(
-        o.kind == OverrideKind.DISPUTE_HOLD
-        and o.lifted_at is None
-        and o.starts_at <= now
-        and (o.ends_at is None or o.ends_at > now)
-        for o in contract.overrides.all()
-    )
-    return lease_terms(
-        earliest_unpaid_due=min(unpaid, default=None), rules=rules, zone=contract.provider.zone, dispute_hold=on_hold
-    )
 
 
 def run_sweep(*, now: dt.datetime | None = None, batch_size: int = 1000, actor: Actor = None) -> SweepReport:

@@ -74,10 +74,16 @@ from payments.models.locks import (
     LockPolicy as LockPolicy,
 )
 from payments.models.locks import (
+    LockRefresh as LockRefresh,
+)
+from payments.models.locks import (
     LockScreenText as LockScreenText,
 )
 from payments.models.locks import (
     OverrideKind as OverrideKind,
+)
+from payments.models.locks import (
+    RefreshKind as RefreshKind,
 )
 from payments.models.locks import (
     Rules as Rules,

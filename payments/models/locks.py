@@ -347,3 +347,46 @@ class LockScreenText(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} ({self.language})"
+
+
+class RefreshKind(models.TextChoices):
+    """What a ``LockRefresh`` re-issues to phones whose state stays."""
+
+    SCREEN = "screen", _("Lock screen")  # the provider's wording, channels or contacts changed
+    LEASE = "lease", _("Offline lease")  # the provider's offline policy or lock hours changed
+
+
+class LockRefresh(models.Model):
+    """A re-issue to a provider's phones in progress (``payments.locks.refresh``), with its cursor.
+
+    Each batch moves ``cursor`` (the last contract id handled) in its own transaction, so a run
+    lost with a broker or a worker resumes where it stopped (the periodic pickup); ``done_at`` is
+    set by the last batch. A provider has at most one open refresh of each kind: a new request
+    while one runs starts it again from the first contract.
+    """
+
+    #: What may enter the audit trail (portal.audit.snapshot): an explicit list, never a secret.
+    audit_fields = ("provider", "kind", "cursor", "done_at", "created_at", "updated_at")
+
+    provider = models.ForeignKey(
+        Organisation,
+        on_delete=models.CASCADE,
+        related_name="lock_refreshes",
+        limit_choices_to={"kind": OrganisationKind.PROVIDER},
+    )
+    kind = models.CharField(max_length=10, choices=RefreshKind.choices)
+    cursor = models.BigIntegerField(default=0, help_text=_("The last contract id handled."))
+    done_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, help_text=_("The last batch or (re)start."))
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "kind"], condition=Q(done_at__isnull=True), name="one_open_lock_refresh_per_kind"
+            )
+        ]
+        indexes = [models.Index(fields=["updated_at"], condition=Q(done_at__isnull=True), name="open_lock_refreshes")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} refresh of {self.provider_id} after {self.cursor}"
