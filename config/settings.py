@@ -9,6 +9,7 @@ documented in the README's configuration table.
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 
@@ -338,13 +339,13 @@ CELERY_TASK_ANNOTATIONS = {
 
 # --- Device command signing (docs/lock-pipeline.md, "Keys and rotation") -----
 # DEVICE_SIGNING_KEY=<key_id>:<base64 32-byte Ed25519 seed> signs every command.
-# Retired keys' public halves stay in DEVICE_SIGNING_PUBLIC_KEYS so phones still
-# accept commands signed before a rotation. `manage.py device_signing_key` prints
+# The previous key's (and an announced key's) public half stays in DEVICE_SIGNING_PUBLIC_KEYS
+# so phones still accept commands signed before a rotation. `manage.py device_signing_key` prints
 # a fresh key and the public half of the current one.
 _signing_keys = env_keyed_bytes("DEVICE_SIGNING_KEY", length=32)
 if len(_signing_keys) > 1:
     raise ImproperEnvironment(
-        "DEVICE_SIGNING_KEY holds exactly one key; list retired ones in DEVICE_SIGNING_PUBLIC_KEYS"
+        "DEVICE_SIGNING_KEY holds exactly one key; list other trusted ones in DEVICE_SIGNING_PUBLIC_KEYS"
     )
 if not _signing_keys and not DEBUG:
     # A generated key in production would change on every new host and phones
@@ -357,6 +358,12 @@ if not _signing_keys and not DEBUG:
 DEVICE_SIGNING_KEY = next(iter(_signing_keys.items()), None)
 DEVICE_SIGNING_PUBLIC_KEYS = env_keyed_bytes("DEVICE_SIGNING_PUBLIC_KEYS", length=32)
 DEVICE_SIGNING_KEY_FILE = VAR_DIR / "device-signing-key"
+# DEVICE_SIGNING_RETIRED_KEYS=<key_id>,... names the keys the next key statement may drop (one merely
+# missing from a process's configuration, a worker not restarted yet, is never dropped).
+DEVICE_SIGNING_RETIRED_KEYS = frozenset(env_list("DEVICE_SIGNING_RETIRED_KEYS"))
+for _id in sorted(DEVICE_SIGNING_RETIRED_KEYS):
+    if _id in {*_signing_keys, *DEVICE_SIGNING_PUBLIC_KEYS} or not re.fullmatch(r"[\w.-]{1,40}", _id, re.ASCII):
+        raise ImproperEnvironment(f"DEVICE_SIGNING_RETIRED_KEYS lists ids of keys no longer configured; not {_id!r}")
 
 # --- Audit trail keys and checkpoints (portal/audit_keys.py, README "Security model") ---
 # AUDIT_HMAC_KEY=<key_id>:<base64 32 bytes> keys every new audit event's hash (HMAC-SHA256),

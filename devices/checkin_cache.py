@@ -59,7 +59,7 @@ from rest_framework.throttling import SimpleRateThrottle
 
 from devices import checkin_record
 from devices.checkin_record import render
-from devices.keys import key_statement
+from devices.keys import key_statements
 from devices.models import Device, DeviceCommand
 from devices.protocol import CREDENTIAL_PREFIX, MAX_SEQ, PROTOCOL_VERSION, STATES, secret_digest
 from portal.cache import OutageLog
@@ -215,16 +215,16 @@ def _forget_rate(*, setting, **kwargs):
         _rate.cache_clear()
 
 
-@functools.cache
-def _key_statement() -> bytes:
-    """The rendered key statement (it changes only with settings, which restart the process)."""
-    return render(key_statement())
+_rendered_chain: dict[str, tuple[list[dict[str, Any]], bytes]] = {}  # {"chain": (the chain, its JSON)}
 
 
-@receiver(setting_changed)
-def _forget_key_statement(*, setting, **kwargs):
-    if setting.startswith("DEVICE_SIGNING"):
-        _key_statement.cache_clear()
+def _key_statements() -> bytes:
+    """The key statements as JSON, rendered again only when the chain changes (a new statement)."""
+    chain = key_statements()
+    cached = _rendered_chain.get("chain")
+    if cached is None or cached[0] != chain:
+        _rendered_chain["chain"] = cached = (chain, render(chain))
+    return cached[1]
 
 
 def rate_count(device_id: int) -> tuple[int, int, int] | None:
@@ -432,7 +432,7 @@ def _local_store(digest: str, entry: _Local) -> None:
 
 def _answer_bytes(envelope: bytes) -> HttpResponse:
     response = HttpResponse(
-        b'{"envelope":' + envelope + b',"key_statement":' + _key_statement() + b"}",
+        b'{"envelope":' + envelope + b',"key_statements":' + _key_statements() + b"}",
         content_type="application/json",
     )
     # What DRF adds to the database path's answer, so a client cannot tell the paths apart.

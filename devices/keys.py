@@ -1,7 +1,8 @@
 """The server's Ed25519 key that signs device commands, and the public keys phones trust.
 
-Configured by ``DEVICE_SIGNING_KEY`` (current) and ``DEVICE_SIGNING_PUBLIC_KEYS``
-(retired), read and validated in ``config.settings``. Without configuration (development
+Configured by ``DEVICE_SIGNING_KEY`` (current), ``DEVICE_SIGNING_PUBLIC_KEYS`` (announced
+or previous keys phones must also trust) and ``DEVICE_SIGNING_RETIRED_KEYS`` (ids the next
+statement may drop), read and validated in ``config.settings``. Without configuration (development
 only: settings refuse to start with ``DEBUG=0``) a key is generated once into
 ``<FINLOCK_VAR_DIR>/device-signing-key`` so commands stay verifiable across restarts.
 """
@@ -12,6 +13,7 @@ import functools
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,38 +49,101 @@ def current_signer() -> tuple[str, Ed25519PrivateKey]:
 
 
 def public_keys() -> dict[str, str]:
-    """Every key id a phone must accept, mapped to its base64 public key: retired ones and the current one."""
+    """The configured key ids a phone must accept, mapped to base64 public keys: the listed ones and the current one."""
     key_id, private_key = current_signer()
     keys = {kid: b64(raw) for kid, raw in settings.DEVICE_SIGNING_PUBLIC_KEYS.items()}
     keys[key_id] = public_key_b64(private_key)
     return keys
 
 
-def key_statement() -> dict[str, Any]:
-    """The envelope of the newest key statement, writing a new one if the configured keys changed.
+# Answers carry at most this many statements: a phone that missed fewer catches up at once.
+CHAIN_LENGTH = 16
+# A process re-reads the published statements this often, so every process serves the newest
+# chain soon after any one of them writes it (a statement changes only with a restart).
+REFRESH_SECONDS = 60.0
 
-    Check-in and enrolment answers carry it. A phone replaces its trusted key set only by a
-    statement with a higher ``seq`` signed by a key it already trusts, so the configured set
-    changes as docs/lock-pipeline.md "Rotating the signing key" says: announce the new key
-    (signed by the old), then sign with it, then retire the old one (signed by the new).
+
+def key_statements() -> list[dict[str, Any]]:
+    """The envelopes of the newest key statements (at most ``CHAIN_LENGTH``), oldest first.
+
+    Enrolment and check-in answers carry them as ``key_statements``. A phone applies them in
+    order: one it already holds is ``stale``, a newer one replaces its trusted set if a key it
+    trusts signed it, so a phone that missed statements catches up through the chain. A new
+    statement is written only as :func:`statement_problems` allows (docs/lock-pipeline.md,
+    "Keys"); otherwise the newest is served unchanged and the difference logged.
     """
-    return _statement_for(tuple(sorted(public_keys().items()))).envelope
+    now = time.monotonic()
+    cached = _published.get("chain")
+    if cached is None or now - cached[0] >= REFRESH_SECONDS:
+        cached = (now, [statement.envelope for statement in _publish()])
+        _published["chain"] = cached
+    return list(cached[1])
 
 
-@functools.cache
-def _statement_for(keys: tuple[tuple[str, str], ...]) -> KeyStatement:
-    wanted = dict(keys)
-    latest = KeyStatement.objects.order_by("-seq").first()
-    if latest is not None and latest.keys == wanted:
-        return latest
+def statement_problems(
+    published: list[dict[str, str]], configured: dict[str, str], signer: str, retired: frozenset[str]
+) -> list[str]:
+    """Why the configured set may not become the next statement after ``published`` (oldest first).
+
+    Empty when it may (or when it is the newest statement already). A new statement only adds
+    keys no statement ever listed and only drops keys the operator names as retired, and is
+    signed by a key the newest statement lists. So a process still running an older
+    configuration can neither take back an announced key (stranding the phones that learnt
+    it), nor bring back a retired one, nor sign with a key phones do not trust yet.
+    """
+    if not published:
+        return []
+    newest = published[-1]
+    ever_listed = {key_id for keys in published for key_id in keys}
+    problems = [
+        f"{k} was dropped by an earlier statement"
+        for k in sorted(configured.keys() - newest.keys())
+        if k in ever_listed
+    ]
+    problems += [
+        f"{k} is not configured but not retired (DEVICE_SIGNING_RETIRED_KEYS)"
+        for k in sorted(newest.keys() - configured.keys())
+        if k not in retired
+    ]
+    problems += [
+        f"{k} has another public key" for k in sorted(newest.keys() & configured.keys()) if newest[k] != configured[k]
+    ]
+    if configured != newest and signer not in newest:
+        problems.append(f"the signing key {signer} is not listed, so phones would refuse a statement it signs")
+    return problems
+
+
+def _publish() -> list[KeyStatement]:
+    """The newest statements, oldest first, after writing the configured set if the rules allow it."""
     key_id, private_key = current_signer()
+    configured = public_keys()
+    retired = frozenset(settings.DEVICE_SIGNING_RETIRED_KEYS)
+    for _attempt in range(3):
+        statements = list(KeyStatement.objects.order_by("seq"))
+        published = [statement.keys for statement in statements]
+        problems = statement_problems(published, configured, key_id, retired)
+        if problems:
+            _log_once(statements[-1].seq, problems)
+        elif not published or published[-1] != configured:
+            latest = statements[-1] if statements else None
+            written = _write(latest, configured, key_id=key_id, private_key=private_key)
+            if written is None:
+                continue  # another process wrote this seq first: decide again against its statement
+            statements.append(written)
+        return statements[-CHAIN_LENGTH:]
+    raise RuntimeError("key statements are being written concurrently; try again")
+
+
+def _write(
+    latest: KeyStatement | None, keys: dict[str, str], *, key_id: str, private_key: Ed25519PrivateKey
+) -> KeyStatement | None:
     seq = (latest.seq if latest else 0) + 1
     body = payload_bytes(
         {
             "kind": KIND_KEY_STATEMENT,
             "seq": seq,
             "issued_at": timezone.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "keys": wanted,
+            "keys": keys,
         }
     )
     envelope = seal(body, key_id=key_id, private_key=private_key)
@@ -92,14 +157,29 @@ def _statement_for(keys: tuple[tuple[str, str], ...]) -> KeyStatement:
                 action="device.key_statement",
                 obj=statement,
                 before={"keys": sorted(latest.keys) if latest else []},
-                after={"keys": sorted(wanted), "seq": seq, "signed_by": key_id},
+                after={"keys": sorted(keys), "seq": seq, "signed_by": key_id},
             )
     except IntegrityError:
-        # Race: two processes noticing the new key set at once both write seq n+1; the
-        # unique seq lets one win, and the other serves the winner's statement.
-        statement = KeyStatement.objects.get(seq=seq)
-    log.warning("Key statement %s: phones now trust %s", statement.seq, ", ".join(sorted(wanted)))
+        # Race: two processes both write seq n+1; the unique seq lets one win, and the other
+        # decides again against the winner's statement (serving it, or logging the difference).
+        return None
+    log.warning("Key statement %s: phones now trust %s", seq, ", ".join(sorted(keys)))
     return statement
+
+
+def _log_once(seq: int, problems: list[str]) -> None:
+    message = (
+        f"configured keys differ from the published statement {seq}: {'; '.join(problems)}; "
+        "restart every process with the current configuration"
+    )
+    if message not in _logged:
+        _logged.add(message)
+        log.error("%s", message)
+
+
+# {"chain": (monotonic time read, envelopes)}; and the differences this process has logged.
+_published: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+_logged: set[str] = set()
 
 
 def _development_key(path: Path) -> tuple[str, bytes]:
@@ -138,6 +218,7 @@ def _development_key(path: Path) -> tuple[str, bytes]:
 @receiver(setting_changed)
 def _forget_cached_key(*, setting, **kwargs):
     # Tests switch keys with override_settings; the cached signer must follow.
-    if setting in {"DEVICE_SIGNING_KEY", "DEVICE_SIGNING_KEY_FILE", "DEVICE_SIGNING_PUBLIC_KEYS"}:
+    if setting.startswith("DEVICE_SIGNING"):
         current_signer.cache_clear()
-        _statement_for.cache_clear()
+        _published.clear()
+        _logged.clear()

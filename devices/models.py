@@ -321,9 +321,10 @@ class DeviceCommand(models.Model):
 class KeyStatement(models.Model):
     """A signed statement of the server keys phones must trust (docs/lock-pipeline.md, "Keys").
 
-    A new one is written whenever the configured key set changes, with the next ``seq``,
-    signed by the current key; phones replace their trusted set only with a statement
-    signed by a key they already trust. ``body`` is the exact signed UTF-8 JSON text.
+    A new one (the next ``seq``, signed by the current key) is written only when the configured
+    set adds keys never listed or drops retired ones (``devices.keys.statement_problems``);
+    phones replace their trusted set only with a statement signed by a key they already
+    trust. ``body`` is the exact signed UTF-8 JSON text.
     """
 
     seq = models.PositiveIntegerField(unique=True)

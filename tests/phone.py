@@ -1,8 +1,8 @@
 """A phone enrolling over HTTP, and reading what the server signs, for scripts and tests (no Django needed).
 
 The same steps as the reference agent (docs/lock-pipeline.md, "Enrolment"): fetch a challenge,
-sign it with a fresh device key, enrol; then trust the keys of the enrolment's key statement
-and verify commands with them, as protocol v2 says.
+sign it with a fresh device key, enrol; then trust the keys of the enrolment's key statements
+(a chain, oldest first) and verify commands with them, as protocol v2 says.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from devices.protocol import (
     KIND_KEY_STATEMENT,
+    Rejected,
     b64,
     check_command,
     check_key_statement,
@@ -41,23 +42,37 @@ def enrol_over_http(base_url: str, imei: str, token: str, *, app_version: str = 
     return enrolled.json()
 
 
-def first_trust(statement: dict) -> tuple[dict[str, str], int]:
-    """What a new phone trusts from its enrolment's key statement: its keys, if it verifies with one of them.
+def first_trust(chain: list[dict], *, pinned: dict[str, str] | None = None) -> tuple[dict[str, str], int]:
+    """What a new phone trusts from its enrolment's ``key_statements`` (oldest first), as the protocol says.
 
-    Returns ``(keys, seq)``; raises ``devices.protocol.Rejected`` for a statement that does not.
+    It takes the oldest statement that verifies with one of the keys it lists itself (with
+    ``pinned`` keys: the first that verifies with a pinned key), then applies the rest in order.
+    Returns ``(keys, seq)``; raises ``devices.protocol.Rejected`` when no statement can be trusted.
     """
-    claimed = payload_of(statement)["keys"]  # unverified: only to find the key to check it with
-    verified = open_envelope(statement, claimed, kind=KIND_KEY_STATEMENT)
-    return check_key_statement(verified), verified["seq"]
+    refused: Rejected | None = None
+    for at, statement in enumerate(chain):
+        verifying = pinned or payload_of(statement)["keys"]  # unverified: only to find the key to check it with
+        try:
+            verified = open_envelope(statement, verifying, kind=KIND_KEY_STATEMENT)
+        except Rejected as exc:
+            refused = refused or exc
+            continue
+        return learn((check_key_statement(verified), verified["seq"]), chain[at + 1 :])
+    raise refused or Rejected("malformed", "no key statement")
 
 
-def learn(held: tuple[dict[str, str], int], statement: dict) -> tuple[dict[str, str], int]:
-    """A phone's trusted keys after a check-in's statement: replaced only by a newer one signed by a trusted key."""
-    keys, seq = held
-    verified = open_envelope(statement, keys, kind=KIND_KEY_STATEMENT)
-    if verified["seq"] <= seq:
-        return held
-    return check_key_statement(verified), verified["seq"]
+def learn(held: tuple[dict[str, str], int], chain: list[dict]) -> tuple[dict[str, str], int]:
+    """A phone's trusted keys after an answer's ``key_statements``, applied in order.
+
+    One whose seq is not above the held one is stale and skipped (unverified: skipping grants
+    nothing); a newer one must verify with the keys held at that point, else ``Rejected``.
+    """
+    for statement in chain:
+        if payload_of(statement)["seq"] <= held[1]:
+            continue
+        verified = open_envelope(statement, held[0], kind=KIND_KEY_STATEMENT)
+        held = check_key_statement(verified), verified["seq"]
+    return held
 
 
 def read_command(envelope: dict, keys: dict[str, str], *, device: str | None = None, imeis=()) -> dict:

@@ -222,7 +222,7 @@ class Provider:
         return seal(body, key_id=signer.key_id, private_key=signer.key)
 
     def enrol(self, agent: Agent, **extra) -> None:
-        extra.setdefault("key_statement", self.key_statement(seq=max(self.statement_seq, 1)))
+        extra.setdefault("key_statements", [self.key_statement(seq=max(self.statement_seq, 1))])
         agent.install_enrolment(
             device=self.device,
             imei=self.imei,
@@ -523,7 +523,7 @@ def test_a_dual_sim_phone_enrolled_with_its_second_imei_applies_commands_naming_
             "enroll": {
                 "device": provider.device,
                 "credential": "cred",
-                "key_statement": provider.key_statement(),
+                "key_statements": [provider.key_statement()],
                 "envelope": provider.envelope("locked"),
             },
         }.get(call, {"ok": True})
@@ -547,25 +547,24 @@ def test_the_signing_key_rotates_through_key_statements_at_check_in(tmp_path, cl
     transport = FakeTransport()
     agent = agent_at(tmp_path / "phone", clock, transport=transport)
     old.enrol(agent, credential="cred", server_url="http://finlock.test")
-    transport.checkin_answer = {"envelope": old.envelope("locked", seq=1), "key_statement": old.key_statement(seq=1)}
+    chain = [old.key_statement(seq=1)]  # the server's answers carry every statement, oldest first
+    transport.checkin_answer = {"envelope": old.envelope("locked", seq=1), "key_statements": chain}
     agent.checkin()
 
     # (1) The new key is announced, signed by the old one.
     both = {**old.server_keys, **new.server_keys}
-    transport.checkin_answer = {"envelope": old.envelope("locked", seq=1), "key_statement": old.key_statement(both)}
+    chain.append(old.key_statement(both))
+    transport.checkin_answer = {"envelope": old.envelope("locked", seq=1), "key_statements": chain}
     agent.checkin()
     assert agent.phone.trusted_key_ids == ["k2026a", "k2027a"] and agent.phone.key_statement_seq == 2
     # (2) Commands are now signed by the new key.
-    transport.checkin_answer = {
-        "envelope": new.envelope("unlocked", seq=2),
-        "key_statement": old.key_statement(both, seq=2),
-    }
+    transport.checkin_answer = {"envelope": new.envelope("unlocked", seq=2), "key_statements": chain}
     assert agent.checkin().accepted
-    # (3) The old key is retired by a statement the new key signs: it is no longer trusted.
-    transport.checkin_answer = {
-        "envelope": new.envelope("unlocked", seq=2),
-        "key_statement": old.key_statement(new.server_keys, seq=3, signer=new),
-    }
+    # (3) The old key is retired by a statement the new key signs: it is no longer trusted. The
+    #     statements it signed stay in the chain; the phone skips them as held, unverified.
+    chain.append(old.key_statement(new.server_keys, seq=3, signer=new))
+    transport.checkin_answer = {"envelope": new.envelope("unlocked", seq=2), "key_statements": chain}
+    agent.checkin()
     agent.checkin()
     assert agent.phone.trusted_key_ids == ["k2027a"]
     assert agent.handle_envelope(old.envelope("locked", seq=3)).verdict == "unknown_key"
@@ -593,7 +592,7 @@ def test_a_new_phone_refuses_an_enrolment_whose_statement_does_not_verify(tmp_pa
     agent = agent_at(tmp_path / "phone", clock)
 
     with pytest.raises(AgentError, match="its key statement was refused: bad_signature"):
-        provider.enrol(agent, key_statement=provider.key_statement(signer=other))
+        provider.enrol(agent, key_statements=[provider.key_statement(signer=other)])
     assert agent.phone is None or not agent.phone.trusted_keys
 
 
@@ -601,7 +600,10 @@ def test_an_envelope_of_an_unknown_version_is_refused_and_the_phone_checks_in(tm
     transport = FakeTransport()
     agent = agent_at(tmp_path / "phone", clock, transport=transport)
     provider.enrol(agent, credential="cred", server_url="http://finlock.test")
-    transport.checkin_answer = {"envelope": provider.envelope("locked"), "key_statement": provider.key_statement(seq=1)}
+    transport.checkin_answer = {
+        "envelope": provider.envelope("locked"),
+        "key_statements": [provider.key_statement(seq=1)],
+    }
 
     outcome = agent.handle_envelope(provider.envelope("unlocked") | {"v": 3}, source="mqtt")
 
@@ -656,7 +658,7 @@ def test_a_factory_reset_keeps_the_owners_data_and_does_not_remove_the_lock(tmp_
             return {
                 "device": provider.device,
                 "credential": "new-cred",
-                "key_statement": provider.key_statement(seq=1),  # the one it already holds
+                "key_statements": [provider.key_statement(seq=1)],  # the one it already holds
                 "offline": None,  # handed out once, at the first enrolment; the phone kept it
                 "mqtt_topic": f"finlock/v1/devices/{provider.device}/command",
                 "envelope": current_lock,
@@ -985,7 +987,10 @@ def test_the_command_line_shows_status_renders_html_and_takes_codes(phone, provi
     assert refused.returncode == 1 and "already been used" in refused.stdout
 
     phone.install_enrolment(
-        device=provider.device, imei=IMEI, key_statement=provider.key_statement(seq=1), credential="device-cred-secret"
+        device=provider.device,
+        imei=IMEI,
+        key_statements=[provider.key_statement(seq=1)],
+        credential="device-cred-secret",
     )
     dump = cli("status", "--json").stdout
     assert json.loads(dump)["agent"]["state"] == "unlocked"  # by the offline code

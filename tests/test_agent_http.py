@@ -37,7 +37,7 @@ class StubFinlock:
     def __init__(self) -> None:
         self.provider = Provider()
         self.current = self.provider.envelope("locked")
-        self.statement = self.provider.key_statement()  # the newest signed key statement
+        self.statements = [self.provider.key_statement()]  # the signed key statements, oldest first
         self.credential: str | None = None
         self.device_key: str | None = None
         self.reenrollment_code: str | None = None
@@ -58,7 +58,7 @@ class StubFinlock:
         if authorization != f"Device {self.credential}" or self.credential is None:
             return 401, {"detail": "Invalid device credential."}
         if call == "checkin":
-            return 200, {"envelope": self.current, "key_statement": self.statement}
+            return 200, {"envelope": self.current, "key_statements": self.statements}
         if call == "ack":
             return 200, {"ok": True}
         return 404, {"detail": "Not found."}
@@ -91,7 +91,7 @@ class StubFinlock:
         return 201, {
             "device": self.provider.device,
             "credential": self.credential,
-            "key_statement": self.statement,
+            "key_statements": self.statements,
             "offline": offline,
             "mqtt_topic": topic_for(self.provider.device),
             "envelope": self.current,
@@ -282,7 +282,7 @@ def test_after_a_key_rotation_announced_at_check_in_the_phone_accepts_the_new_ke
 
     old = Provider(key_id="k2026a", device=server.provider.device, key=server.provider.key)
     server.provider.key_id, server.provider.key = "k2027a", Ed25519PrivateKey.generate()
-    server.statement = old.key_statement({**old.server_keys, **server.provider.server_keys}, seq=2)
+    server.statements.append(old.key_statement({**old.server_keys, **server.provider.server_keys}, seq=2))
     server.current = server.provider.envelope("unlocked")
 
     outcome = phone.checkin()

@@ -31,7 +31,7 @@ import yaml
 from drf_spectacular.validation import validate_schema
 from rest_framework.test import APIClient
 
-from devices.keys import key_statement
+from devices.keys import key_statements
 from devices.protocol import payload_of
 from devices.services.commands import StateChange, device_states_apply
 from tests.factories import DeviceFactory, make_contract
@@ -265,7 +265,7 @@ def test_real_commands_hold_exactly_the_members_and_types_the_schemas_publish(sc
 def test_a_real_key_statement_holds_exactly_the_members_and_types_the_device_schema_publishes(db):
     document = APIClient().get("/api/device/v1/schema/?format=json").json()
     statement = document["components"]["schemas"]["KeyStatement"]
-    envelope = key_statement()
+    envelope = key_statements()[-1]
     assert [e.message for e in response_validator(document, "KeyStatementEnvelope").iter_errors(envelope)] == []
     payload = payload_of(envelope)
     assert set(payload) == set(statement["properties"]) == set(statement["required"])
@@ -276,7 +276,8 @@ def test_a_real_key_statement_holds_exactly_the_members_and_types_the_device_sch
         members = document["components"]["schemas"][answer]["properties"]
         # A member with its own description is {"allOf": [{"$ref": ...}], "description": ...}.
         assert members["envelope"]["allOf"] == [{"$ref": "#/components/schemas/CommandEnvelope"}], answer
-        assert members["key_statement"]["allOf"] == [{"$ref": "#/components/schemas/KeyStatementEnvelope"}], answer
+        assert members["key_statements"]["items"] == {"$ref": "#/components/schemas/KeyStatementEnvelope"}, answer
+        assert members["key_statements"]["type"] == "array", answer
 
 
 def test_no_nullable_choice_is_an_enum_holding_null(schema):

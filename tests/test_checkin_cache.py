@@ -123,7 +123,7 @@ def test_a_routine_check_in_is_answered_without_the_database_and_with_the_same_b
     assert from_memory.status_code == from_redis.status_code == 200
     assert from_memory.content == from_redis.content == from_database.content
     assert from_redis["Content-Type"] == from_database["Content-Type"] == "application/json"
-    command = read_command(from_redis.json()["envelope"], first_trust(enrolled["key_statement"])[0])
+    command = read_command(from_redis.json()["envelope"], first_trust(enrolled["key_statements"])[0])
     assert (command["seq"], command["state"]) == (2, "locked")
 
 
@@ -134,7 +134,7 @@ def test_a_new_command_reaches_the_next_check_in(locked_phone):
 
     unlock = device_states_apply(changes=[StateChange(device_id=phone.pk, state="unlocked", reason="Paid")])[0]
 
-    command = read_command(checkin(client).json()["envelope"], first_trust(enrolled["key_statement"])[0])
+    command = read_command(checkin(client).json()["envelope"], first_trust(enrolled["key_statements"])[0])
     assert (command["seq"], command["state"]) == (unlock.seq, "unlocked")
 
 
@@ -162,7 +162,7 @@ def test_a_change_made_by_another_process_reaches_the_next_check_in_even_from_me
     monkeypatch.setattr(checkin_cache, "_local_forget", lambda device_ids: None)
     unlock = device_states_apply(changes=[StateChange(device_id=phone.pk, state="unlocked", reason="Paid")])[0]
 
-    command = read_command(checkin(client).json()["envelope"], first_trust(enrolled["key_statement"])[0])
+    command = read_command(checkin(client).json()["envelope"], first_trust(enrolled["key_statements"])[0])
 
     assert (command["seq"], command["state"]) == (unlock.seq, "unlocked")
 
@@ -298,7 +298,7 @@ def test_with_redis_unreachable_check_ins_are_answered_from_the_database(locked_
     response = checkin(client)
 
     assert response.status_code == 200
-    command = read_command(response.json()["envelope"], first_trust(enrolled["key_statement"])[0])
+    command = read_command(response.json()["envelope"], first_trust(enrolled["key_statements"])[0])
     assert command["seq"] == 2
 
 
@@ -316,7 +316,7 @@ def test_a_generation_whose_key_lapsed_never_matches_an_old_record_again(locked_
 
     unlock = device_states_apply(changes=[StateChange(device_id=phone.pk, state="unlocked", reason="Paid")])[0]
 
-    command = read_command(checkin(client).json()["envelope"], first_trust(enrolled["key_statement"])[0])
+    command = read_command(checkin(client).json()["envelope"], first_trust(enrolled["key_statements"])[0])
     assert (command["seq"], command["state"]) == (unlock.seq, "unlocked")
 
 

@@ -118,7 +118,7 @@ def test_a_phone_enrols_and_gets_everything_it_needs_signed(phone, token_a):
     offline = body["offline"]
     assert len(offline["secret"]) == 32 and int(offline["secret"], 16) >= 0
     assert isinstance(offline["starting_code"], int) and offline["count"] == 0
-    keys, _seq = first_trust(body["key_statement"])
+    keys, _seq = first_trust(body["key_statements"])
     command = command_for(phone, body["envelope"], keys)
     assert (command["imeis"], command["state"]) == ([phone.imei, phone.imei2], "unlocked")
 
@@ -144,7 +144,7 @@ def test_a_phone_may_enrol_with_its_second_imei_typed_as_printed(phone, token_a)
 
 def test_a_dual_sim_phone_enrolled_with_its_second_imei_receives_commands_naming_both(phone, token_a):
     enrolled = enroll(phone.imei2, token_a).json()
-    keys, _seq = first_trust(enrolled["key_statement"])
+    keys, _seq = first_trust(enrolled["key_statements"])
     # Whichever SIM slot it read its IMEI from, the phone finds one of its IMEIs in every command.
     assert command_for(phone, enrolled["envelope"], keys)["imeis"] == [phone.imei, phone.imei2]
     command = lock(phone)
@@ -196,7 +196,7 @@ def test_after_a_factory_reset_the_phone_gets_its_current_lock_back_and_the_old_
 
     assert again.status_code == 201
     body = again.json()
-    keys, _seq = first_trust(body["key_statement"])
+    keys, _seq = first_trust(body["key_statements"])
     current = command_for(phone, body["envelope"], keys)
     assert (current["seq"], current["state"]) == (command.seq, "locked")
     assert body["credential"] != first["credential"]
@@ -248,7 +248,7 @@ def test_a_check_in_answers_the_current_signed_command(phone, enrolled):
     )
 
     assert response.status_code == 200, response.json()
-    keys, _seq = first_trust(enrolled["key_statement"])
+    keys, _seq = first_trust(enrolled["key_statements"])
     current = command_for(phone, response.json()["envelope"], keys)
     assert (current["seq"], current["state"]) == (command.seq, "locked")
     phone.refresh_from_db()
@@ -291,7 +291,7 @@ def test_a_server_restored_from_a_backup_reissues_the_state_with_a_seq_the_phone
     response = as_phone(enrolled["credential"]).post(CHECKIN, {"state": "locked", "last_seq": 7}, format="json")
 
     assert response.status_code == 200
-    current = command_for(phone, response.json()["envelope"], first_trust(enrolled["key_statement"])[0])
+    current = command_for(phone, response.json()["envelope"], first_trust(enrolled["key_statements"])[0])
     assert current["seq"] == 8 and current["state"] == "locked"
     phone.refresh_from_db()
     assert phone.command_seq == 8 and phone.desired_state == "locked"
@@ -300,7 +300,7 @@ def test_a_server_restored_from_a_backup_reissues_the_state_with_a_seq_the_phone
 def test_a_stolen_credential_can_neither_exhaust_the_sequence_nor_mint_commands(phone, enrolled):
     command = lock(phone)
     client = as_phone(enrolled["credential"])
-    keys, _seq = first_trust(enrolled["key_statement"])
+    keys, _seq = first_trust(enrolled["key_statements"])
 
     # Far above anything issued (towards MAX_SEQ): no backup ever lost that many commands.
     response = client.post(CHECKIN, {"state": "locked", "last_seq": MAX_SEQ - 1}, format="json")
@@ -322,7 +322,7 @@ def test_a_stolen_credential_can_neither_exhaust_the_sequence_nor_mint_commands(
 
 def test_a_phone_reporting_max_seq_is_answered_its_current_command_and_nothing_above_max_seq(phone, enrolled):
     command = lock(phone)
-    keys, _seq = first_trust(enrolled["key_statement"])
+    keys, _seq = first_trust(enrolled["key_statements"])
 
     response = as_phone(enrolled["credential"]).post(CHECKIN, {"state": "locked", "last_seq": MAX_SEQ}, format="json")
 
@@ -343,7 +343,7 @@ def test_a_key_rotation_reaches_an_enrolled_phone_through_its_check_ins(settings
     settings.DEVICE_SIGNING_PUBLIC_KEYS = {}
     enrolled = enroll(phone.imei, token_a).json()
     client = as_phone(enrolled["credential"])
-    held = first_trust(enrolled["key_statement"])
+    held = first_trust(enrolled["key_statements"])
     keys, first_seq = held
     assert set(keys) == {"k2025"}
 
@@ -353,9 +353,9 @@ def test_a_key_rotation_reaches_an_enrolled_phone_through_its_check_ins(settings
     # 1. The operator announces the next key; the phone learns it at its next check-in, from a
     #    statement signed by the key it already trusts.
     settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": new.public_key().public_bytes_raw()}
-    statement = check_in()["key_statement"]
-    assert statement["key_id"] == "k2025"
-    held = learn(held, statement)
+    chain = check_in()["key_statements"]
+    assert [s["key_id"] for s in chain] == ["k2025", "k2025"]
+    held = learn(held, chain)
     assert (set(held[0]), held[1]) == ({"k2025", "k2026"}, first_seq + 1)
 
     # 2. The new key signs; the old one stays listed: the same set, so no new statement.
@@ -363,25 +363,28 @@ def test_a_key_rotation_reaches_an_enrolled_phone_through_its_check_ins(settings
     settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2025": old.public_key().public_bytes_raw()}
     lock(phone)
     answer = check_in()
-    assert protocol.payload_of(answer["key_statement"])["seq"] == first_seq + 1
-    assert learn(held, answer["key_statement"]) == held
+    assert protocol.payload_of(answer["key_statements"][-1])["seq"] == first_seq + 1
+    assert learn(held, answer["key_statements"]) == held
     assert answer["envelope"]["key_id"] == "k2026"
     assert command_for(phone, answer["envelope"], held[0])["state"] == "locked"
     assert command_for(phone, enrolled["envelope"], held[0])["seq"] == 1  # the old command still verifies
 
-    # 3. The old key is retired: a statement signed by the new key drops it.
+    # 3. The old key is retired (named in DEVICE_SIGNING_RETIRED_KEYS): a statement signed by
+    #    the new key drops it.
     settings.DEVICE_SIGNING_PUBLIC_KEYS = {}
-    statement = check_in()["key_statement"]
-    assert statement["key_id"] == "k2026"
-    held = learn(held, statement)
+    settings.DEVICE_SIGNING_RETIRED_KEYS = frozenset({"k2025"})
+    chain = check_in()["key_statements"]
+    assert chain[-1]["key_id"] == "k2026"
+    held = learn(held, chain)
     assert (set(held[0]), held[1]) == ({"k2026"}, first_seq + 2)
     with pytest.raises(protocol.Rejected) as refused:
         protocol.open_envelope(enrolled["envelope"], held[0])
     assert refused.value.code == "unknown_key"
-    # A phone that missed step 1 cannot jump to the new set: nothing it trusts signed it.
-    with pytest.raises(protocol.Rejected) as skipped:
-        learn(first_trust(enrolled["key_statement"]), statement)
-    assert skipped.value.code == "unknown_key"
+    # A phone that missed every check-in since its enrolment catches up through the chain.
+    assert learn(first_trust(enrolled["key_statements"]), chain) == held
+    # And a new phone enrolling now trusts the oldest statement it can verify, then follows the rest.
+    another = DeviceFactory(provider=phone.provider)
+    assert first_trust(enroll(another.imei, token_a).json()["key_statements"]) == held
 
 
 # --- acknowledgement --------------------------------------------------------------------

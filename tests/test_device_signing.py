@@ -9,9 +9,16 @@ Stories:
   signature; anything else is malformed or a bad signature, never "probably fine";
 * an envelope of another version is refused as such (the phone checks in and learns);
 * a signature made for a command never passes as a key statement, nor the other way;
-* the server writes a new signed key statement whenever its configured key set changes
-  (seq + 1, signed by the current key, audited), and a rotation in three steps moves
-  phones to the new key without ever asking them to trust a key nobody they trust vouched for;
+* the server writes a new signed key statement (seq + 1, audited) only when its configured set
+  adds keys no statement ever listed or drops keys the operator named in
+  DEVICE_SIGNING_RETIRED_KEYS, signed by a key the newest statement lists; a rotation in three
+  steps moves phones to the new key without ever asking them to trust a key nobody they trust
+  vouched for;
+* a worker still on an older configuration serves the newest statement, writes nothing and logs
+  the difference once: it can neither take back an announced key, nor bring back a retired one,
+  nor sign with a key the phones do not trust yet (the outsider review's stranded phones);
+* answers carry the newest 16 statements, oldest first: a phone that missed one catches up, and a
+  new phone trusts the oldest it can verify (with its own keys, or a pinned key), then the rest;
 * a developer without configuration gets a key generated once, private to its
   owner, and the same key on every restart;
 * an operator with a malformed key, or none in production, is stopped at start-up
@@ -21,6 +28,7 @@ Stories:
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import stat
@@ -30,11 +38,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from django.core.management import call_command
+from django.test import override_settings
 
 from devices import protocol
-from devices.keys import current_signer, key_statement, public_key_b64, public_keys
+from devices.keys import CHAIN_LENGTH, current_signer, key_statements, public_key_b64, public_keys
 from devices.models import KeyStatement
-from devices.protocol import KIND_COMMAND, KIND_KEY_STATEMENT, Rejected
+from devices.protocol import KIND_COMMAND, KIND_KEY_STATEMENT, Rejected, b64
 from devices.services.commands import StateChange, device_states_apply
 from portal.env import ImproperEnvironment, env_keyed_bytes
 from portal.models import AuditEvent
@@ -216,7 +226,7 @@ def test_a_command_signature_never_verifies_as_a_key_statement_nor_the_other_way
     keys = public_keys()
 
     assert failure(envelope, keys, kind=KIND_KEY_STATEMENT) == "wrong_kind"
-    statement = key_statement()
+    statement = newest()
     assert failure(statement, keys, kind=KIND_COMMAND) == "wrong_kind"
     assert protocol.open_envelope(statement, keys, kind=KIND_KEY_STATEMENT)["keys"] == keys
     # A payload naming no kind is neither.
@@ -238,43 +248,51 @@ def statement_events() -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(action="device.key_statement").order_by("id"))
 
 
-def test_the_key_statement_is_written_once_per_configured_key_set_signed_and_audited(key_2025, db):
-    first = key_statement()
+def public(private: Ed25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes_raw()
 
-    keys, seq = first_trust(first)
-    assert (keys, seq, first["key_id"]) == (public_keys(), 1, "k2025")
-    statement = protocol.open_envelope(first, keys, kind=KIND_KEY_STATEMENT)
+
+def newest() -> dict:
+    return key_statements()[-1]
+
+
+def test_the_key_statement_is_written_once_per_configured_key_set_signed_and_audited(key_2025, db):
+    chain = key_statements()
+
+    assert len(chain) == 1
+    keys, seq = first_trust(chain)
+    assert (keys, seq, chain[0]["key_id"]) == (public_keys(), 1, "k2025")
+    statement = protocol.open_envelope(chain[0], keys, kind=KIND_KEY_STATEMENT)
     assert set(statement) == {"kind", "seq", "issued_at", "keys"}
-    assert key_statement() == first  # nothing changed: the same statement, not another
+    assert key_statements() == chain  # nothing changed: the same statement, not another
     assert KeyStatement.objects.count() == 1
     (event,) = statement_events()
     assert event.actor_label == "server configuration"
     assert event.before == {"keys": []} and event.after == {"keys": ["k2025"], "seq": 1, "signed_by": "k2025"}
 
 
-def test_a_rotation_in_three_steps_moves_phones_to_the_new_key(settings, key_2025, provider_a):
+def test_a_rotation_in_three_steps_moves_phones_to_the_new_key(settings, key_2025, provider_a, caplog):
     old_private = current_signer()[1]
     new_seed = seed()
     new_private = Ed25519PrivateKey.from_private_bytes(new_seed)
-    new_public = new_private.public_key().public_bytes_raw()
     phone = DeviceFactory(provider=provider_a)
-    enrolled_with = first_trust(key_statement())  # a phone enrolled before the rotation holds statement 1
+    enrolled_with = first_trust(key_statements())  # a phone enrolled before the rotation holds statement 1
     old_command = lock(phone, "Before the rotation")
     assert protocol.open_envelope(old_command.envelope, enrolled_with[0])["seq"] == 1
 
     # 1. Announce: the new public key joins the set; statement 2, signed by the OLD key.
-    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": new_public}
-    announced = key_statement()
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": public(new_private)}
+    announced = newest()
     assert announced["key_id"] == "k2025"
-    checked_in = learn(enrolled_with, announced)
+    checked_in = learn(enrolled_with, key_statements())
     assert (sorted(checked_in[0]), checked_in[1]) == (["k2025", "k2026"], 2)
     assert checked_in[0]["k2026"] == public_key_b64(new_private)
     assert lock(phone).key_id == "k2025"  # the old key still signs until step 2
 
     # 2. Switch: the new key signs, the old stays listed. The same set: no new statement.
     settings.DEVICE_SIGNING_KEY = ("k2026", new_seed)
-    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2025": old_private.public_key().public_bytes_raw()}
-    assert key_statement() == announced and KeyStatement.objects.count() == 2
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2025": public(old_private)}
+    assert newest() == announced and KeyStatement.objects.count() == 2
     new_command = lock(phone, "After the switch")
     assert new_command.key_id == new_command.envelope["key_id"] == "k2026"
     assert protocol.open_envelope(new_command.envelope, checked_in[0])["reason"] == "After the switch"
@@ -283,21 +301,25 @@ def test_a_rotation_in_three_steps_moves_phones_to_the_new_key(settings, key_202
     # Commands the old key signed still verify (phones that have not checked in keep working).
     assert protocol.open_envelope(old_command.envelope, checked_in[0])["seq"] == 1
 
-    # 3. Retire: the old key leaves the set; statement 3, signed by the NEW key.
+    # 3. Retire: removing the old key is not enough (a process missing a key may just be
+    #    stale): nothing is written until the operator names it retired.
     settings.DEVICE_SIGNING_PUBLIC_KEYS = {}
-    retired = key_statement()
-    assert retired["key_id"] == "k2026"
-    after = learn(checked_in, retired)
+    assert newest() == announced and KeyStatement.objects.count() == 2
+    assert "k2025 is not configured but not retired (DEVICE_SIGNING_RETIRED_KEYS)" in caplog.text
+    settings.DEVICE_SIGNING_RETIRED_KEYS = frozenset({"k2025"})
+    retired = newest()
+    assert retired["key_id"] == "k2026"  # statement 3, signed by the NEW key
+    after = learn(checked_in, key_statements())
     assert (list(after[0]), after[1]) == (["k2026"], 3)
     assert failure(old_command.envelope, after[0]) == "unknown_key"  # an absent key is no longer trusted
-    # A phone still on statement 1 cannot skip to 3: nothing it trusts signed it.
+    # Statement 3 alone means nothing to a phone still on statement 1 (nothing it trusts signed it)...
     with pytest.raises(Rejected) as skipped:
-        learn(enrolled_with, retired)
+        learn(enrolled_with, [retired])
     assert skipped.value.code == "unknown_key"
-    # The announcement replayed to an up-to-date phone is refused: its signer is no longer trusted.
-    with pytest.raises(Rejected) as replayed:
-        learn(after, announced)
-    assert replayed.value.code == "unknown_key"
+    # ... but the answers carry the chain, through which it catches up at its next check-in.
+    assert learn(enrolled_with, key_statements()) == after
+    # The announcement replayed to an up-to-date phone is stale: skipped, and nothing changes.
+    assert learn(after, [announced]) == after
 
     assert [(e.before["keys"], e.after) for e in statement_events()] == [
         ([], {"keys": ["k2025"], "seq": 1, "signed_by": "k2025"}),
@@ -306,15 +328,122 @@ def test_a_rotation_in_three_steps_moves_phones_to_the_new_key(settings, key_202
     ]
 
 
+def test_a_worker_still_on_the_old_configuration_can_no_longer_strand_the_phones(settings, key_2025, db, caplog):
+    """The outsider review's reproduction: a worker not restarted after step 1 used to write {old}."""
+    old_seed, new_seed = settings.DEVICE_SIGNING_KEY[1], seed()
+    old_public, new_public = (
+        public(Ed25519PrivateKey.from_private_bytes(old_seed)),
+        public(Ed25519PrivateKey.from_private_bytes(new_seed)),
+    )
+    held = first_trust(key_statements())
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": new_public}  # step 1, restarted processes
+    held = learn(held, key_statements())
+    assert (sorted(held[0]), held[1]) == (["k2025", "k2026"], 2)
+
+    # A worker that was not restarted: it serves statement 2 unchanged, writes nothing, and says why.
+    with override_settings(DEVICE_SIGNING_PUBLIC_KEYS={}):
+        caplog.clear()
+        served = key_statements()
+        assert [protocol.payload_of(s)["seq"] for s in served] == [1, 2]
+        assert key_statements() == served
+    assert KeyStatement.objects.count() == 2
+    (error,) = [r for r in caplog.records if r.levelname == "ERROR"]  # once, however often it answers
+    assert error.getMessage() == (
+        "configured keys differ from the published statement 2: k2026 is not configured but not retired "
+        "(DEVICE_SIGNING_RETIRED_KEYS); restart every process with the current configuration"
+    )
+    assert learn(held, served) == held
+
+    # Step 2 goes ahead: the new key signs and the phones, trusting it since step 1, take its commands.
+    settings.DEVICE_SIGNING_KEY = ("k2026", new_seed)
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2025": old_public}
+    assert learn(held, key_statements()) == held and KeyStatement.objects.count() == 2
+    _key_id, signer = current_signer()
+    command = protocol.seal(protocol.payload_bytes(COMMAND), key_id="k2026", private_key=signer)
+    assert protocol.open_envelope(command, held[0])["seq"] == COMMAND["seq"]
+    assert statement_events()[-1].after["seq"] == 2
+
+
+def test_a_retired_key_is_never_listed_again_by_a_process_that_still_has_it(settings, key_2025, db, caplog):
+    old_seed, new_seed = settings.DEVICE_SIGNING_KEY[1], seed()
+    old_public = public(Ed25519PrivateKey.from_private_bytes(old_seed))
+    new_public = public(Ed25519PrivateKey.from_private_bytes(new_seed))
+    key_statements()
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": new_public}
+    key_statements()
+    settings.DEVICE_SIGNING_KEY = ("k2026", new_seed)
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {}
+    settings.DEVICE_SIGNING_RETIRED_KEYS = frozenset({"k2025"})
+    retired = key_statements()
+    assert list(protocol.payload_of(retired[-1])["keys"]) == ["k2026"]
+
+    # A process still at step 2 lists k2025 again; one still at step 1 even signs with it.
+    for stale in [
+        {"DEVICE_SIGNING_KEY": ("k2026", new_seed), "DEVICE_SIGNING_PUBLIC_KEYS": {"k2025": old_public}},
+        {"DEVICE_SIGNING_KEY": ("k2025", old_seed), "DEVICE_SIGNING_PUBLIC_KEYS": {"k2026": new_public}},
+    ]:
+        with override_settings(DEVICE_SIGNING_RETIRED_KEYS=frozenset(), **stale):
+            caplog.clear()
+            assert key_statements() == retired
+            assert "k2025 was dropped by an earlier statement" in caplog.text
+    assert "the signing key k2025 is not listed" in caplog.text
+    assert KeyStatement.objects.count() == 3 and len(statement_events()) == 3
+
+
+def test_a_key_phones_do_not_trust_yet_never_signs_a_statement(settings, key_2025, db, caplog):
+    """Step 2 before step 1: the statement would be unknown_key to every phone, so none is written."""
+    first = key_statements()
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2025": public(current_signer()[1])}
+    settings.DEVICE_SIGNING_KEY = ("k2026", seed())
+
+    assert key_statements() == first and KeyStatement.objects.count() == 1
+    assert "the signing key k2026 is not listed, so phones would refuse a statement it signs" in caplog.text
+
+
+def test_answers_carry_the_newest_sixteen_statements_oldest_first(settings, key_2025, db):
+    key_statements()
+    announced = {}
+    for number in range(CHAIN_LENGTH + 2):  # 18 more statements: every one adds a key
+        announced[f"k-extra-{number}"] = public(Ed25519PrivateKey.generate())
+        settings.DEVICE_SIGNING_PUBLIC_KEYS = dict(announced)
+        key_statements()
+
+    chain = key_statements()
+    assert [protocol.payload_of(s)["seq"] for s in chain] == list(range(4, 20))
+    keys, seq = first_trust(chain)  # a new phone trusts the oldest it can verify, then the rest
+    assert seq == 19 and len(keys) == 19
+
+
+def test_a_new_phone_with_pinned_keys_trusts_the_first_statement_a_pinned_key_signed(settings, key_2025, db):
+    old_public = public(current_signer()[1])
+    new_seed = seed()
+    new_public = public(Ed25519PrivateKey.from_private_bytes(new_seed))
+    key_statements()
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": new_public}
+    key_statements()
+    settings.DEVICE_SIGNING_KEY = ("k2026", new_seed)
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {}
+    settings.DEVICE_SIGNING_RETIRED_KEYS = frozenset({"k2025"})
+    chain = key_statements()
+
+    # An app built after the rotation pins only the new key: statement 3 is the first it can verify.
+    assert first_trust(chain, pinned={"k2026": b64(new_public)}) == ({"k2026": b64(new_public)}, 3)
+    # An app built before it pins the old key and follows the chain from statement 1.
+    assert first_trust(chain, pinned={"k2025": b64(old_public)}) == ({"k2026": b64(new_public)}, 3)
+    with pytest.raises(Rejected) as refused:
+        first_trust(chain, pinned={"k-other": b64(public(Ed25519PrivateKey.generate()))})
+    assert refused.value.code == "unknown_key"
+
+
 def test_a_replayed_older_statement_changes_nothing(settings, key_2025, db):
-    first = key_statement()
+    first = key_statements()
     settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": Ed25519PrivateKey.generate().public_key().public_bytes_raw()}
-    second = key_statement()
+    second = key_statements()
     held = learn(first_trust(first), second)
 
     assert held[1] == 2
     assert learn(held, first) == held  # stale: seq 1 is not above 2
-    assert learn(held, second) == held  # the same statement again
+    assert learn(held, second) == held  # the same statements again
 
 
 def test_without_configuration_a_development_key_is_generated_once_and_kept_private(settings, tmp_path):
@@ -367,3 +496,44 @@ def test_production_without_a_signing_key_or_with_a_malformed_one_refuses_to_sta
     result = _manage_check(production | {"DEVICE_SIGNING_KEY": "k2026a:c2hvcnQ="})
     assert result.returncode != 0
     assert "DEVICE_SIGNING_KEY: the key 'k2026a' must decode to 32 bytes" in result.stderr
+
+
+def test_a_malformed_retired_key_list_refuses_to_start_naming_the_variable(tmp_path):
+    production = {
+        "DEBUG": "0",
+        "SECRET_KEY": "s" * 60,
+        "ALLOWED_HOSTS": "finlock.example.com",
+        "FINLOCK_VAR_DIR": str(tmp_path),
+        "DEVICE_SIGNING_KEY": "k2026a:" + "A" * 43 + "=",
+        "AUDIT_HMAC_KEY": "audit2026a:" + "B" * 43 + "=",
+    }
+    result = _manage_check(production | {"DEVICE_SIGNING_RETIRED_KEYS": "k2025a, k 2024"})
+    assert result.returncode != 0
+    assert "DEVICE_SIGNING_RETIRED_KEYS lists ids of keys no longer configured; not 'k 2024'" in result.stderr
+    # Retiring the key that signs (or one still listed) is a contradiction, not a rotation step.
+    result = _manage_check(production | {"DEVICE_SIGNING_RETIRED_KEYS": "k2025a,k2026a"})
+    assert result.returncode != 0
+    assert "DEVICE_SIGNING_RETIRED_KEYS lists ids of keys no longer configured; not 'k2026a'" in result.stderr
+    assert _manage_check(production | {"DEVICE_SIGNING_RETIRED_KEYS": "k2025a"}).returncode == 0
+
+
+def test_the_operator_sees_whether_a_configuration_would_write_a_statement(settings, key_2025, db):
+    def shown() -> str:
+        out = io.StringIO()
+        call_command("device_signing_key", stdout=out)
+        return out.getvalue()
+
+    assert "No key statement yet" in shown()
+    key_statements()
+    new_seed = seed()
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": public(Ed25519PrivateKey.from_private_bytes(new_seed))}
+    assert "This configuration writes statement 2: k2025, k2026." in shown()
+    key_statements()
+    settings.DEVICE_SIGNING_KEY = ("k2026", new_seed)
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {}
+    text = shown()
+    assert "Published key statement 2 lists k2025, k2026." in text
+    assert "writes no statement: k2025 is not configured but not retired (DEVICE_SIGNING_RETIRED_KEYS)." in text
+    settings.DEVICE_SIGNING_RETIRED_KEYS = frozenset({"k2025"})
+    assert "This configuration writes statement 3: k2026." in shown()
+    assert KeyStatement.objects.count() == 2  # showing writes nothing

@@ -98,6 +98,7 @@ class Phone:
         self.models = module(client_package, "models")
         self.key = Ed25519PrivateKey.generate()
         self.trusted: dict[str, str] = {}
+        self.seq = 0  # of the key statement the phone holds
         self.client = None
 
     def call(self, operation: str, **kwargs):
@@ -122,10 +123,10 @@ class Phone:
             app_version="generated-1.0",
         )
         answer = self.call("device_enroll", body=body)
-        # A new phone (no trusted set, no pinned keys) takes the first statement that verifies
-        # with one of the keys it names itself.
-        self.trusted = self.keys_in(answer.key_statement)
-        self.take_statement(answer.key_statement)
+        # A new phone (no trusted set, no pinned keys) takes the oldest statement of the chain that
+        # verifies with one of the keys it names itself, then the rest in order.
+        self.trusted = self.keys_in(answer.key_statements[0])
+        self.take_statements(answer.key_statements)
         self.client = self.opened.enter_context(
             self.pkg.AuthenticatedClient(
                 base_url=self.base_url, token=answer.credential, prefix="Device", raise_on_unexpected_status=True
@@ -137,11 +138,14 @@ class Phone:
         """The keys an (as yet unverified) statement names: only to check it is self-consistent."""
         return self.models.KeyStatement.from_dict(json.loads(unb64(envelope.payload))).keys.to_dict()
 
-    def take_statement(self, envelope):
-        statement = open_envelope(envelope.to_dict(), self.trusted, kind=KIND_KEY_STATEMENT)
-        parsed = self.models.KeyStatement.from_dict(statement)
-        assert parsed.seq >= 1 and parsed.kind == KIND_KEY_STATEMENT
-        self.trusted = check_key_statement(statement)
+    def take_statements(self, chain):
+        for envelope in chain:
+            if json.loads(unb64(envelope.payload))["seq"] <= self.seq:
+                continue  # held already: skipped before any check, as the protocol says
+            statement = open_envelope(envelope.to_dict(), self.trusted, kind=KIND_KEY_STATEMENT)
+            parsed = self.models.KeyStatement.from_dict(statement)
+            assert parsed.seq >= 1 and parsed.kind == KIND_KEY_STATEMENT
+            self.trusted, self.seq = check_key_statement(statement), parsed.seq
 
     def command(self, envelope):
         """The verified command of an envelope, parsed by the generated model."""
@@ -153,7 +157,7 @@ class Phone:
     def checkin(self, *, state: str, last_seq: int):
         body = self.models.CheckinRequest(state=self.models.StateEnum(state), last_seq=last_seq)
         answer = self.call("device_checkin", body=body)
-        self.take_statement(answer.key_statement)
+        self.take_statements(answer.key_statements)
         return self.command(answer.envelope)
 
     def ack(self, command) -> bool:

@@ -16,7 +16,7 @@ import pytest
 from devices.agent import Agent
 from devices.agent import screen as agent_render
 from devices.agent.render import ScreenView, render_html, render_text
-from devices.keys import key_statement
+from devices.keys import key_statements
 from devices.models import DeviceCommand
 from payments.locks import screen as lockscreen
 from payments.locks.services import lock_sweep
@@ -46,7 +46,7 @@ def phone_shows(command: DeviceCommand, tmp_path) -> Agent:
     payload = command.payload
     phone = Agent(tmp_path / "phone")
     phone.install_enrolment(
-        device=payload["device"], imei=payload["imeis"][0], imeis=payload["imeis"], key_statement=key_statement()
+        device=payload["device"], imei=payload["imeis"][0], imeis=payload["imeis"], key_statements=key_statements()
     )
     assert phone.handle_envelope(command.envelope).accepted
     return phone

@@ -25,6 +25,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from devices.agent import keychain
 from devices.agent import offline as offline_codes
 from devices.agent.client import ApiError, HttpTransport, Transport
 from devices.agent.phone import Phone, Showing
@@ -276,7 +277,7 @@ class Agent:
         return Outcome("rejected", reason, seq, state, verdict)
 
     def receive_key_statement(self, envelope: Any, source: str = "checkin") -> str:
-        """A signed key statement from an enrolment or check-in answer: the phone's verdict.
+        """One signed key statement of an enrolment or check-in answer's chain (apply them in order): the verdict.
 
         On ``apply`` the trusted set is replaced (and saved to protected storage) before any
         command of the same answer is checked, so a command signed by a newly announced key verifies.
@@ -286,7 +287,7 @@ class Agent:
             if phone is None:
                 return "not_enrolled"
             before = phone.trusted_key_ids
-            verdict = phone.receive_key_statement(envelope)
+            verdict = "stale" if keychain.held(phone, envelope) else phone.receive_key_statement(envelope)
             if verdict == "apply":
                 self._save_protected(loaded)
             if verdict != "stale":
@@ -332,7 +333,7 @@ class Agent:
         device: str,
         imei: str,
         imeis: list[str] | None = None,
-        key_statement: dict[str, Any] | None = None,
+        key_statements: list[Any] | None = None,
         server_keys: dict[str, str] | None = None,
         credential: str | None = None,
         server_url: str | None = None,
@@ -342,9 +343,9 @@ class Agent:
     ) -> None:
         """Record who this phone is (what ``enroll`` does with the server's answer).
 
-        ``key_statement`` is the answer's signed statement: a phone that trusts no key yet
-        takes it if it verifies with a key it names (or with a pinned key); later ones need
-        a key already trusted. ``server_keys`` provisions the trusted set directly (a factory
+        ``key_statements`` is the answer's chain, applied in order: a phone that trusts no key
+        yet takes the first that verifies with a key it names (or with a pinned key); later
+        ones need a key already trusted. ``server_keys`` provisions the trusted set directly (a factory
         tool, a test). ``imeis`` are every IMEI of the phone (dual SIM), ``imei`` the one it
         enrolled with. Public so a test, or a provisioning tool, can enrol without a server.
         """
@@ -373,9 +374,9 @@ class Agent:
             loaded.phone = phone
             if server_keys:
                 phone.trusted_keys = {str(k): str(v) for k, v in server_keys.items()}
-            verdict = phone.receive_key_statement(key_statement) if key_statement is not None else None
+            verdicts = keychain.apply_chain(phone, key_statements or [])
             if not phone.trusted_keys:
-                why = f" (its key statement was refused: {verdict})" if verdict else ""
+                why = f" (its key statement was refused: {', '.join(verdicts)})" if verdicts else ""
                 raise AgentError(f"enrolment without server keys{why}: the phone could never verify a command")
             now = format_time(self.clock())
             if st.enrolment and st.enrolment.device != str(device):
@@ -391,8 +392,7 @@ class Agent:
                 **mqtt_account(mqtt),
             )
             note = install_offline(prot, offline)
-            if verdict not in (None, "apply", "stale"):
-                note += f"; key statement refused ({verdict})"
+            note += "".join(f"; key statement refused ({v})" for v in verdicts if v not in ("apply", "stale"))
             append_log(st, {"at": now, "event": "enrolled", "device": str(device), "reason": note})
             self._save_protected(loaded)
             self._refresh(loaded)
@@ -448,14 +448,14 @@ class Agent:
         if reenrollment_code:
             body["reenrollment_code"] = reenrollment_code
         answer = self.transport.post(server_url, "enroll", body)
-        missing = [k for k in ("device", "credential", "key_statement", "envelope") if not answer.get(k)]
+        missing = [k for k in ("device", "credential", "key_statements", "envelope") if not answer.get(k)]
         if missing:
             raise AgentError(f"the enrolment answer lacks {', '.join(missing)}")
         self.install_enrolment(
             device=answer["device"],
             imei=digits,
             imeis=imeis,
-            key_statement=answer["key_statement"],
+            key_statements=keychain.chain_of(answer),
             credential=answer["credential"],
             server_url=server_url,
             mqtt_topic=answer.get("mqtt_topic"),
@@ -488,8 +488,8 @@ class Agent:
             st = self.store.load_agent()
             st.last_checkin_at = format_time(self.clock())
             self.store.save_agent(st)
-        if answer.get("key_statement") is not None:
-            self.receive_key_statement(answer["key_statement"], source="checkin")
+        for statement in keychain.chain_of(answer):
+            self.receive_key_statement(statement, source="checkin")
         return self.handle_envelope(answer["envelope"], source="checkin")
 
     def _can_reach_server(self) -> bool:

@@ -18,10 +18,10 @@ DEVICE_SCHEMA_SETTINGS = {
         "`checkin` and `ack`. Every answer carrying a command holds the signed envelope "
         '`{"v": 2, "payload", "key_id", "signature"}` (`CommandEnvelope`): `payload` is base64 of the exact '
         "signed UTF-8 JSON bytes of a `Command`. Verify the signature over the decoded bytes with a trusted "
-        "key, then parse them. The trusted keys come in `key_statement` (`KeyStatementEnvelope`, whose payload is "
-        "a `KeyStatement`), in the same envelope. Base64 is the standard alphabet with `=` padding (RFC 4648 "
-        "section 4) everywhere; keys are raw 32-byte Ed25519 public keys, signatures 64 bytes; times are "
-        "`YYYY-MM-DDTHH:MM:SSZ` (UTC)."
+        "key, then parse them. The trusted keys come in `key_statements` (`KeyStatementEnvelope`s, oldest first, "
+        "each with a `KeyStatement` as payload), in the same envelope. Base64 is the standard alphabet with "
+        "`=` padding (RFC 4648 section 4) everywhere; keys are raw 32-byte Ed25519 public keys, signatures "
+        "64 bytes; times are `YYYY-MM-DDTHH:MM:SSZ` (UTC)."
     ),
     "SCHEMA_PATH_PREFIX": r"/api/device/v1",
     "PREPROCESSING_HOOKS": [],

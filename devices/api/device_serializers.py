@@ -7,6 +7,7 @@ field must never be locked out of its check-ins by an older server.
 from rest_framework import serializers
 
 from devices.api.payloads import CommandEnvelopeSerializer, KeyStatementEnvelopeSerializer
+from devices.keys import CHAIN_LENGTH
 from devices.protocol import MAX_SEQ, STATES
 
 # Sequence numbers are stored in 32-bit columns, with room for the server to issue more.
@@ -69,9 +70,11 @@ class MqttAccountSerializer(serializers.Serializer):
 class EnrollAnswerSerializer(serializers.Serializer):
     device = serializers.UUIDField(help_text="The device's public id, used in the MQTT topic and every command.")
     credential = serializers.CharField(help_text="Send as Authorization: Device <credential>; shown once.")
-    key_statement = KeyStatementEnvelopeSerializer(
-        help_text="The newest signed key statement: the server keys a phone trusts. A new phone takes it if it "
-        "verifies with one of its own keys (or a key pinned in the app)."
+    key_statements = KeyStatementEnvelopeSerializer(
+        many=True,
+        help_text=f"The newest signed key statements (at most {CHAIN_LENGTH}), oldest first: the server keys a "
+        "phone trusts. A new phone takes the oldest that verifies with one of its own keys (or, with keys pinned "
+        "in the app, the first that verifies with a pinned key), then applies the rest in order.",
     )
     offline = OfflineSerializer(
         allow_null=True,
@@ -91,9 +94,11 @@ class CheckinAnswerSerializer(serializers.Serializer):
     envelope = CommandEnvelopeSerializer(
         help_text="The device's current signed command (a renewed lease when the check-in renewed it)."
     )
-    key_statement = KeyStatementEnvelopeSerializer(
-        help_text="The newest signed key statement: a phone replaces its trusted keys by a newer one signed "
-        "by a key it already trusts (a key is announced before it signs)."
+    key_statements = KeyStatementEnvelopeSerializer(
+        many=True,
+        help_text=f"The newest signed key statements (at most {CHAIN_LENGTH}), oldest first. A phone applies "
+        "them in order: one whose seq is not above the one it holds is stale and skipped; a newer one replaces "
+        "its trusted keys if a key it already trusts signed it (a key is announced before it signs).",
     )
 
 

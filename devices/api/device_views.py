@@ -25,7 +25,7 @@ from devices.api.device_serializers import (
     EnrollAnswerSerializer,
     EnrollSerializer,
 )
-from devices.keys import key_statement
+from devices.keys import key_statements
 from devices.services.checkin import device_ack, device_checkin
 from devices.services.enrolment import device_enroll, enrollment_challenge_issue
 from portal.api.parsers import JSONParser
@@ -128,8 +128,8 @@ class CheckinView(DeviceApiView):
         form.is_valid(raise_exception=True)
         envelope = device_checkin(device=request.auth, **form.validated_data)
         checkin_cache.fill(request.auth.pk)
-        # The key statement too: a phone learns a key announced for a rotation before it signs.
-        return Response({"envelope": envelope, "key_statement": key_statement()})
+        # The key statements too: a phone learns a key announced for a rotation before it signs.
+        return Response({"envelope": envelope, "key_statements": key_statements()})
 
 
 class AckView(DeviceApiView):

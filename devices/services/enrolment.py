@@ -20,7 +20,7 @@ from django.utils.crypto import salted_hmac
 from openpaygo.token_shared import OpenPAYGOTokenShared
 
 from devices import checkin_cache, mqtt_accounts
-from devices.keys import key_statement
+from devices.keys import key_statements
 from devices.models import (
     Device,
     EnrollmentToken,
@@ -128,7 +128,7 @@ class Enrollment:
 
     device: Device
     credential: str
-    key_statement: dict[str, Any]
+    key_statements: list[dict[str, Any]]
     offline: dict[str, Any] | None
     mqtt_topic: str
     envelope: dict[str, Any]
@@ -139,7 +139,7 @@ class Enrollment:
         return {
             "device": str(self.device.uid),
             "credential": self.credential,
-            "key_statement": self.key_statement,
+            "key_statements": self.key_statements,
             "offline": self.offline,
             "mqtt_topic": self.mqtt_topic,
             "mqtt": self.mqtt,
@@ -417,7 +417,7 @@ def _enrol(
     return Enrollment(
         device=device,
         credential=credential,
-        key_statement=key_statement(),
+        key_statements=key_statements(),
         offline=offline,
         mqtt_topic=topic_for(str(device.uid)),
         envelope=device_current_envelope(device),
