@@ -30,6 +30,7 @@ from devices.protocol import (
     MAX_SEQ,
     PROTOCOL_VERSION,
     STATES,
+    check_command,
     envelope_of,
     payload_bytes,
     seal,
@@ -253,6 +254,8 @@ def _issue(change: StateChange, device: Device, signing: _Signing) -> tuple[Devi
         "screen": change.screen,
         "allowed_numbers": list(change.allowed_numbers),
     }
+    # The server never signs what a phone would refuse as malformed (docs/lock-pipeline.md).
+    check_command(payload)
     body = payload_bytes(payload)
     envelope = seal(body, key_id=signing.key_id, private_key=signing.private_key)
     _check_envelope_size(envelope, device)
