@@ -8,6 +8,7 @@ from payments.models import (
     Installment,
     LockOverride,
     LockPolicy,
+    LockRefresh,
     LockScreenText,
     Payment,
     PaymentAllocation,
@@ -159,3 +160,11 @@ class CsvColumnMappingAdmin(AuditedAdmin):
 class InstallmentAdmin(ReadOnlyAdmin):
     list_display = ["contract", "number", "due_date", "amount_due", "amount_paid"]
     search_fields = ["=contract__number"]
+
+
+@admin.register(LockRefresh)
+class LockRefreshAdmin(ReadOnlyAdmin):
+    """Lock-screen and lease refreshes in progress or done (written by payments.locks.refresh only)."""
+
+    list_display = ["provider", "kind", "cursor", "done_at", "updated_at"]
+    list_filter = ["kind", "provider"]
