@@ -164,13 +164,23 @@ def test_the_envelope_is_four_members_in_standard_base64_with_padding_and_a_64_b
 
 
 def _with_alphabet_and_padding(key_2025) -> tuple[dict, bytes]:
-    """A sealed command whose payload's base64 holds ``+`` or ``/`` and ends in padding (the reason padded)."""
+    """A sealed command whose payload's and signature's base64 hold ``+`` or ``/``, the payload padded."""
     key_id, private_key = current_signer()
-    for extra in range(60):
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
+    for extra in range(400):
         body = protocol.payload_bytes(COMMAND | {"reason": COMMAND["reason"] + "?" * extra + ">"})
         text = protocol.b64(body)
-        if ("+" in text or "/" in text) and text.endswith("="):
-            return protocol.seal(body, key_id=key_id, private_key=private_key), body
+        sealed = protocol.seal(body, key_id=key_id, private_key=private_key)
+        signature = sealed["signature"]
+        # The key is made per run, so the signature varies: pick one whose URL-safe form differs
+        # and whose last data character has a free low bit to set (the "loose" variant below).
+        if (
+            ("+" in text or "/" in text)
+            and text.endswith("=")
+            and ("+" in signature or "/" in signature)
+            and alphabet.index(signature[-3]) % 2 == 0
+        ):
+            return sealed, body
     raise AssertionError("no such payload")
 
 
