@@ -50,6 +50,7 @@ from rest_framework.test import APIClient
 from devices.agent import Agent, AgentError, ApiError
 from devices.agent.offline import apply_code
 from devices.agent.state import OfflineState
+from devices.keys import public_key_b64
 from devices.models import Device, EnrollmentToken
 from devices.protocol import enrollment_message, secret_digest, topic_for
 from devices.services.commands import StateChange, device_states_apply
@@ -462,7 +463,7 @@ def test_a_phone_enrolling_as_a_never_enrolled_device_with_its_key_gets_the_same
     assert _token_uses(real_phone) == uses, "a refused first enrolment uses none of the token"
     assert real_phone.checkin().status_code == 200, "the phone's own credential still works"
     refused = AuditEvent.objects.get(action="device.enrol_refused", object_id=str(other.pk))
-    assert refused.after["reason"] == "the device key is registered to another device"
+    assert refused.after["reason"] == "the device key is not accepted for this device"  # names no other device
     assert not AuditEvent.objects.filter(action="device.enrol_refused", object_id=str(real_phone.device.pk)).exists()
     # The very device the phone is still enrols with its key; the other device with a key of its own.
     assert real_phone.enroll().status_code == 201
@@ -618,3 +619,15 @@ def test_a_released_phone_or_one_without_a_command_may_become_another_device(tmp
 
     assert outcome.accepted and phone.state.enrolment.device == other.device
     assert phone.view().state == "unlocked"
+
+
+def test_a_phone_released_for_good_can_be_financed_again_as_another_device_with_its_key(real_phone, provider_a):
+    # Paid off: released for good. The same handset is later sold again on a new contract.
+    Device.objects.filter(pk=real_phone.device.pk).update(desired_state="released")
+    again = DeviceFactory(provider=provider_a)
+
+    assert enrol_as(real_phone, again.imei).status_code == 201  # its key moves to the new record
+
+    registered = Device.objects.get(pk=real_phone.device.pk).device_key
+    assert registered == ""  # the released record holds it no more
+    assert Device.objects.get(pk=again.pk).device_key == public_key_b64(real_phone.key)

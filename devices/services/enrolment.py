@@ -24,6 +24,7 @@ from devices.keys import key_statements
 from devices.models import (
     Device,
     EnrollmentToken,
+    LockState,
     normalise_imei,
 )
 from devices.protocol import (
@@ -180,7 +181,7 @@ def _enrolment_proof(
     if key != device.device_key and _key_registered_elsewhere(device=device, device_key=key):
         # A device key belongs to one device: a phone (a locked one, say) that enrolled as
         # another device would drop its own command with the other device's id.
-        return None, "the device key is registered to another device"
+        return None, "the device key is not accepted for this device"
     return proof, ""
 
 
@@ -194,7 +195,13 @@ def _key_registered_elsewhere(*, device: Device, device_key: str) -> bool:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_KEY_LOCK_NAMESPACE, lock_id])
     # SQLite (development): one writer at a time, each transaction taking the write lock first.
-    return Device.objects.filter(device_key=device_key).exclude(pk=device.pk).exists()
+    holders = Device.objects.filter(device_key=device_key).exclude(pk=device.pk)
+    if holders.exclude(desired_state=LockState.RELEASED).exists():
+        return True
+    # A phone released for good (paid off) may be financed again as another device, here or at
+    # another provider: its key moves, and the released record no longer holds it.
+    holders.update(device_key="")
+    return False
 
 
 def device_enroll(
