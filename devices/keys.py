@@ -26,7 +26,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from devices.models import KeyStatement
-from devices.protocol import KIND_KEY_STATEMENT, b64, payload_bytes, seal, unb64
+from devices.protocol import KIND_KEY_STATEMENT, b64, payload_bytes, payload_of, seal, unb64
 from portal.audit import audit_record
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ def public_keys() -> dict[str, str]:
     return keys
 
 
-# Answers carry at most this many statements: a phone that missed fewer catches up at once.
-CHAIN_LENGTH = 16
+# Answers carry at most this many statements (each about 300 bytes; 32 rotations): a phone that
+# missed fewer catches up at once. One further behind is stranded until a staff re-key.
+CHAIN_LENGTH = 64
 # A process re-reads the published statements this often, so every process serves the newest
 # chain soon after any one of them writes it (a statement changes only with a restart).
 REFRESH_SECONDS = 60.0
@@ -78,6 +79,35 @@ def key_statements() -> list[dict[str, Any]]:
         cached = (now, [statement.envelope for statement in _publish()])
         _published["chain"] = cached
     return list(cached[1])
+
+
+class UntrustedSigner(ValueError):
+    """The configured signing key is not in the newest published statement: phones would refuse its commands."""
+
+
+def published_keys() -> dict[str, str]:
+    """The keys of the newest published statement (what up-to-date phones trust)."""
+    chain = key_statements()
+    return dict(payload_of(chain[-1])["keys"]) if chain else {}
+
+
+def trusted_signer() -> tuple[str, Ed25519PrivateKey]:
+    """The signer of new commands, refused (``UntrustedSigner``) when phones would not trust it.
+
+    A worker still running an older configuration (a key retired since) would otherwise sign
+    commands every phone refuses as ``unknown_key``: a paid phone would stay locked. It fails
+    loudly instead, in every process type, until it is restarted with the current configuration.
+    """
+    key_id, private_key = current_signer()
+    published = published_keys()
+    if published and published.get(key_id) != public_key_b64(private_key):
+        message = (
+            f"the signing key {key_id} is not in the published key statement ({', '.join(sorted(published))}); "
+            "restart this process with the current DEVICE_SIGNING_KEY"
+        )
+        log.error("Refusing to sign device commands: %s", message)
+        raise UntrustedSigner(message)
+    return key_id, private_key
 
 
 def statement_problems(

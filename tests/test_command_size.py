@@ -218,3 +218,15 @@ def test_a_provider_with_sixty_channels_still_locks_its_phones_and_no_one_elses_
     assert [c["name"] for c in screen["payment_channels"]][:5] == [name for _k, name, _a, _i in CHANNELS]
     assert len(screen["payment_channels"]) == 6  # the first six by position; the rest are for the portal
     assert len(envelope_bytes(command)) < MAX_ENVELOPE_BYTES
+
+
+def test_an_unlock_or_a_release_is_never_held_back_by_an_oversized_screen(provider_a):
+    phone = DeviceFactory(provider=provider_a)
+    essay = "ගෙවීම් උපදෙස් " * 1500  # about 40 KB: a lock screen this long cannot be sent
+    screen = {"language": "si", "provider": {"name": "Dialog"}, "hotline_numbers": ["+94117100100"], "body": essay}
+
+    for state in ("unlocked", "released"):
+        (command,) = device_states_apply(changes=[StateChange(device_id=phone.pk, state=state, screen=screen)])
+        assert command.state == state
+        assert command.payload["screen"] == {k: screen[k] for k in ("language", "provider", "hotline_numbers")}
+        assert len(envelope_bytes(command)) < MAX_ENVELOPE_BYTES

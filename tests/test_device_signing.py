@@ -17,7 +17,7 @@ Stories:
 * a worker still on an older configuration serves the newest statement, writes nothing and logs
   the difference once: it can neither take back an announced key, nor bring back a retired one,
   nor sign with a key the phones do not trust yet (the outsider review's stranded phones);
-* answers carry the newest 16 statements, oldest first: a phone that missed one catches up, and a
+* answers carry the newest 64 statements, oldest first: a phone that missed one catches up, and a
   new phone trusts the oldest it can verify (with its own keys, or a pinned key), then the rest;
 * a developer without configuration gets a key generated once, private to its
   owner, and the same key on every restart;
@@ -42,13 +42,20 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from devices import protocol
-from devices.keys import CHAIN_LENGTH, current_signer, key_statements, public_key_b64, public_keys
-from devices.models import KeyStatement
+from devices.keys import (
+    CHAIN_LENGTH,
+    UntrustedSigner,
+    current_signer,
+    key_statements,
+    public_key_b64,
+    public_keys,
+)
+from devices.models import Device, KeyStatement
 from devices.protocol import KIND_COMMAND, KIND_KEY_STATEMENT, Rejected, b64
-from devices.services.commands import StateChange, device_states_apply
+from devices.services.commands import StateChange, device_current_envelope, device_states_apply
 from portal.env import ImproperEnvironment, env_keyed_bytes
 from portal.models import AuditEvent
-from tests.factories import DeviceFactory
+from tests.factories import DeviceFactory, make_command
 from tests.phone import first_trust, learn
 from tests.test_settings import _manage
 
@@ -400,6 +407,37 @@ def test_a_retired_key_is_never_listed_again_by_a_process_that_still_has_it(sett
     assert KeyStatement.objects.count() == 3 and len(statement_events()) == 3
 
 
+def test_a_worker_still_signing_with_a_retired_key_issues_nothing_and_its_command_is_reissued(
+    settings, key_2025, provider_a, caplog
+):
+    """A stale worker's commands would be unknown_key on every phone: a paid phone would stay locked."""
+    old_seed, new_seed = settings.DEVICE_SIGNING_KEY[1], seed()
+    new_public = public(Ed25519PrivateKey.from_private_bytes(new_seed))
+    phone = DeviceFactory(provider=provider_a)
+    key_statements()
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {"k2026": new_public}
+    key_statements()
+    settings.DEVICE_SIGNING_KEY = ("k2026", new_seed)
+    settings.DEVICE_SIGNING_PUBLIC_KEYS = {}
+    settings.DEVICE_SIGNING_RETIRED_KEYS = frozenset({"k2025"})
+    key_statements()  # statement 3: only k2026
+
+    stale = {"DEVICE_SIGNING_KEY": ("k2025", old_seed), "DEVICE_SIGNING_PUBLIC_KEYS": {"k2026": new_public}}
+    with (
+        override_settings(DEVICE_SIGNING_RETIRED_KEYS=frozenset(), **stale),
+        pytest.raises(UntrustedSigner, match="k2025 is not in the published key statement"),
+    ):
+        device_states_apply(changes=[StateChange(device_id=phone.pk, state="unlocked")])
+    assert not phone.commands.exists()
+    assert "Refusing to sign device commands" in caplog.text
+
+    # A command a stale worker stored before this guard (signed k2025) is issued again, not served.
+    make_command(phone, private_key=Ed25519PrivateKey.from_private_bytes(old_seed), state="unlocked", key_id="k2025")
+    envelope = device_current_envelope(Device.objects.get(pk=phone.pk))
+    assert envelope["key_id"] == "k2026"
+    assert protocol.check_command(protocol.open_envelope(envelope, {"k2026": b64(new_public)}))["state"] == "unlocked"
+
+
 def test_a_key_phones_do_not_trust_yet_never_signs_a_statement(settings, key_2025, db, caplog):
     """Step 2 before step 1: the statement would be unknown_key to every phone, so none is written."""
     first = key_statements()
@@ -410,18 +448,19 @@ def test_a_key_phones_do_not_trust_yet_never_signs_a_statement(settings, key_202
     assert "the signing key k2026 is not listed, so phones would refuse a statement it signs" in caplog.text
 
 
-def test_answers_carry_the_newest_sixteen_statements_oldest_first(settings, key_2025, db):
+def test_answers_carry_the_newest_statements_up_to_the_chain_length_oldest_first(settings, key_2025, db):
     key_statements()
     announced = {}
-    for number in range(CHAIN_LENGTH + 2):  # 18 more statements: every one adds a key
+    for number in range(CHAIN_LENGTH + 2):  # CHAIN_LENGTH + 2 more statements: every one adds a key
         announced[f"k-extra-{number}"] = public(Ed25519PrivateKey.generate())
         settings.DEVICE_SIGNING_PUBLIC_KEYS = dict(announced)
         key_statements()
 
     chain = key_statements()
-    assert [protocol.payload_of(s)["seq"] for s in chain] == list(range(4, 20))
+    newest = CHAIN_LENGTH + 3  # the first statement, then CHAIN_LENGTH + 2 more
+    assert [protocol.payload_of(s)["seq"] for s in chain] == list(range(newest - CHAIN_LENGTH + 1, newest + 1))
     keys, seq = first_trust(chain)  # a new phone trusts the oldest it can verify, then the rest
-    assert seq == 19 and len(keys) == 19
+    assert seq == newest and len(keys) == newest
 
 
 def test_a_new_phone_with_pinned_keys_trusts_the_first_statement_a_pinned_key_signed(settings, key_2025, db):

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from devices import checkin_cache
 from devices.delivery import commands_enqueue
-from devices.keys import current_signer
+from devices.keys import current_signer, published_keys, trusted_signer
 from devices.models import (
     Device,
     DeviceCommand,
@@ -129,7 +129,7 @@ def device_states_apply(
             return []
     for change in changes:
         _check_change(change)
-    key_id, private_key = current_signer()
+    key_id, private_key = trusted_signer()
     now = timezone.now()
     signing = _Signing(key_id=key_id, private_key=private_key, now=now, issued_at=now.replace(microsecond=0))
     ids = sorted({change.device_id for change in changes})
@@ -258,7 +258,17 @@ def _issue(change: StateChange, device: Device, signing: _Signing) -> tuple[Devi
     check_command(payload)
     body = payload_bytes(payload)
     envelope = seal(body, key_id=signing.key_id, private_key=signing.private_key)
-    _check_envelope_size(envelope, device)
+    try:
+        _check_envelope_size(envelope, device)
+    except CommandTooLarge:
+        if change.state not in NEVER_HELD_BACK:
+            raise
+        # An unlock or a release is never held back by its screen (a paid phone would stay
+        # locked): the phone works normally and needs no more than who to call.
+        payload["screen"] = {k: change.screen[k] for k in MINIMAL_SCREEN if k in change.screen}
+        body = payload_bytes(payload)
+        envelope = seal(body, key_id=signing.key_id, private_key=signing.private_key)
+        _check_envelope_size(envelope, device)
     command = DeviceCommand(
         device=device,
         seq=device.command_seq,
@@ -283,6 +293,11 @@ def _issue(change: StateChange, device: Device, signing: _Signing) -> tuple[Devi
         "lease_expiry_state": change.lease_expiry_state if lease_until else None,
     }
     return command, AuditEntry(action="device.state", obj=device, before=before, after=after)
+
+
+#: States whose command is issued with a minimal screen rather than refused when too large.
+NEVER_HELD_BACK = frozenset({LockState.UNLOCKED, LockState.TEMP_UNLOCKED, LockState.RELEASED})
+MINIMAL_SCREEN = ("language", "provider", "hotline_numbers")
 
 
 class CommandTooLarge(ValueError):
@@ -415,8 +430,11 @@ def device_current_envelope(device: Device) -> dict[str, Any]:
         .order_by("-seq")
         .values_list("body", "key_id", "signature", "version")[:1]
     )
+    trusted = published_keys()
     for body, key_id, signature, version in latest_row:
-        if version == PROTOCOL_VERSION:
+        # A command signed by a key since retired (a stale worker's, say) is refused by every
+        # up-to-date phone: it is issued again below with the current key instead of served.
+        if version == PROTOCOL_VERSION and (not trusted or key_id in trusted):
             return envelope_of(body.encode("utf-8"), key_id=key_id, signature=signature)
     with transaction.atomic():
         # Race: two check-ins of a never-commanded device (or one whose newest command was
@@ -424,6 +442,6 @@ def device_current_envelope(device: Device) -> dict[str, Any]:
         # the second sees the first's command.
         locked = Device.objects.select_for_update().get(pk=device.pk)
         latest = latest_command(device.pk)
-        if latest is None or latest.version != PROTOCOL_VERSION:
+        if latest is None or latest.version != PROTOCOL_VERSION or (trusted and latest.key_id not in trusted):
             latest = reissue_current_state(locked, latest=latest)
     return latest.envelope
