@@ -44,7 +44,11 @@ def _longest_contract(provider: Organisation, language: str) -> Contract:
 
 
 def _longest_change(data: ProviderScreenData, contract: Contract, state: str) -> StateChange:
-    """The largest command with ``state``'s wording: a temporary unlock stands for a lock (an end and a lease more)."""
+    """The largest command with ``state``'s wording: a reminder stands for a lock (a lease more).
+
+    Not a temporary unlock: an unlock is never refused for its size (it goes out with a minimal
+    screen, devices.services.commands), so it could not tell whether a lock would be.
+    """
     provider = data.provider
     reason = "W" * (DeviceCommand._meta.get_field("reason").max_length or 300)
     decision = Decision(state, reason, overdue_since=dt.date(2026, 12, 31), amount_overdue=Decimal("999999999999.99"))
@@ -52,14 +56,12 @@ def _longest_change(data: ProviderScreenData, contract: Contract, state: str) ->
     terms = lease_terms(earliest_unpaid_due=dt.date(2099, 12, 31), rules=rules, zone=provider.zone, dispute_hold=False)
     terms["offline_lock_days"] = 200
     terms["lock_window"] = {"start_hour": 23, "end_hour": 24, "weekdays": [0, 1, 2, 3, 4, 5, 6]}
-    temp = state == LockState.LOCKED
     return StateChange(
         device_id=0,
-        state=LockState.TEMP_UNLOCKED if temp else state,
+        state=LockState.REMINDER,
         reason=reason,
         screen=screen_build(data=data, contract=contract, decision=decision),
         allowed_numbers=data.allowed_numbers(),
-        expires_at=dt.datetime(2099, 12, 31, 23, 59, 59, tzinfo=dt.UTC) if temp else None,
         **terms,
     )
 
